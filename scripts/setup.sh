@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Create .venv and install ssmkit with its test dependencies.
+# On the project's CPU machines this takes the local CPU build of torch 2.13.0;
+# set SSMKIT_TORCH to another requirement (e.g. "torch>=2.4") on your own machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "${SSMKIT_TORCH:-torch==2.13.0}"
+.venv/bin/python -m pip install -q -e ".[test]"
