@@ -110,3 +110,17 @@ class Mixer(nn.Module):
     def _state_shape_ok(self, name: str, t: torch.Tensor, ref: torch.Tensor) -> bool:
         """Override for state fields whose size may legitimately vary (a KV cache)."""
         return False
+
+    def _check_mask(self, mask: Optional[torch.Tensor], x: torch.Tensor) -> None:
+        """``mask`` must be None or a (B, L) bool tensor (True = real token) on x's device."""
+        if mask is None:
+            return
+        fn = f"{type(self).__name__}.forward"
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"{fn}: argument `mask` must be a torch.Tensor or None, got {type(mask).__name__}")
+        if mask.dtype != torch.bool:
+            raise TypeError(f"{fn}: argument `mask` must have dtype bool (True = real token), got {mask.dtype}")
+        if tuple(mask.shape) != tuple(x.shape[:2]):
+            raise ValueError(f"{fn}: argument `mask` expected shape (B, L) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}")
+        if mask.device != x.device:
+            raise ValueError(f"{fn}: argument `mask` is on {mask.device}, expected the device of `x` ({x.device})")

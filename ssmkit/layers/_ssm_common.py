@@ -1,0 +1,89 @@
+"""Pieces shared by the Mamba and Mamba-2 layers.
+
+- :class:`SSMMixer`: a :class:`Mixer` whose numerics parameters (``A_log``,
+  ``D``, the Δ bias) stay float32 when the module is cast to a half dtype.
+- :func:`inverse_softplus_dt`: the Δ bias init of Mamba (Gu & Dao, 2023): Δ drawn
+  log-uniformly in [dt_min, dt_max], stored as softplus^{-1}(Δ).
+- :func:`conv_backend_for`: which causal-conv1d backend a layer backend uses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .._checks import check_choice
+from ..ops.backends import BACKEND_NAMES
+from ..ops.conv import CONV1D_BACKENDS
+from .base import Mixer
+
+HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+def keep_fp32(param: nn.Parameter) -> nn.Parameter:
+    """Mark ``param`` as a float32 numerics parameter, out of weight decay.
+
+    Sets ``param._no_weight_decay = True`` (read by the optimizer groups) and
+    ``param._keep_fp32 = True`` (read by :meth:`SSMMixer._apply`).
+    """
+    param._no_weight_decay = True
+    param._keep_fp32 = True
+    return param
+
+
+def inverse_softplus_dt(
+    n: int, dt_min: float, dt_max: float, dt_init_floor: float, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
+    """A Δ bias whose softplus is log-uniform in [dt_min, dt_max] (then floored at dt_init_floor).
+
+    Δ = exp(U * (log dt_max - log dt_min) + log dt_min), U ~ Uniform(0, 1);
+    bias = softplus^{-1}(Δ) = Δ + log(1 - exp(-Δ)) = Δ + log(-expm1(-Δ)).
+
+    Returns:
+        (n,) float32.
+    """
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    dt = torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=dt_init_floor)
+    return (dt + torch.log(-torch.expm1(-dt))).float()  # (n,)
+
+
+def check_dt_range(fn: str, dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """Raise ValueError unless 0 < dt_min <= dt_max and dt_init_floor > 0."""
+    if not (0 < dt_min <= dt_max):
+        raise ValueError(f"{fn}: expected 0 < `dt_min` <= `dt_max`, got dt_min={dt_min}, dt_max={dt_max}")
+    if not dt_init_floor > 0:
+        raise ValueError(f"{fn}: argument `dt_init_floor` must be > 0, got {dt_init_floor}")
+
+
+def conv_backend_for(backend: str) -> str:
+    """The causal-conv1d backend run under a layer's ``backend``.
+
+    The short conv has "reference" and "torch" implementations; a layer backend
+    the conv does not implement ("c", "triton": kernels of the scan) runs the
+    conv's "torch" path (``F.conv1d``, itself a compiled kernel). See the
+    layer's ``op_backends()`` for what actually runs.
+    """
+    return backend if backend in CONV1D_BACKENDS.impls or backend == "auto" else "torch"
+
+
+class SSMMixer(Mixer):
+    """Mixer base for the selective SSM layers (float32 numerics parameters, backend check)."""
+
+    backend: str
+
+    def _set_backend(self, backend: str) -> None:
+        check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)
+        self.backend = backend
+
+    def _apply(self, fn, recurse: bool = True):
+        """Casting to float16/bfloat16 leaves the ``keep_fp32`` parameters in float32 (exact values)."""
+        kept = {name: p.data for name, p in self.named_parameters() if getattr(p, "_keep_fp32", False)}
+        super()._apply(fn, recurse)
+        for name, p in self.named_parameters():
+            if name in kept and p.dtype in HALF_DTYPES:
+                p.data = kept[name].to(device=p.device, dtype=torch.float32)
+                keep_fp32(p)
+        return self
