@@ -1,0 +1,48 @@
+"""Attention through ``torch.nn.functional.scaled_dot_product_attention`` (SDPA).
+
+SDPA picks a fused kernel (flash / memory-efficient on GPU, a fused CPU
+kernel otherwise) and takes the grouped-query heads directly
+(``enable_gqa=True``). ssmkit's layout (B, L, H, Dh) is transposed to SDPA's
+(B, H, L, Dh) and back. Plain causal attention takes the ``is_causal`` path
+(no mask materialised); anything else (positions, window, key padding) passes
+the boolean mask. Queries that see no key output zero, as in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from ._mask import guard_empty_rows
+
+
+def attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: Optional[torch.Tensor],
+    is_causal: bool,
+    scale: float,
+) -> torch.Tensor:
+    """SDPA attention; same arguments and result as :func:`attention_reference`.
+
+    Args:
+        q: (B, Lq, H, Dh); k, v: (B, Lk, Hkv, Dh).
+        mask: (B, Lq, Lk) bool or None; is_causal: used when mask is None.
+    Returns:
+        (B, Lq, H, Dh) in q's dtype.
+    """
+    qh = rearrange(q, "b l h d -> b h l d")  # (B, H, Lq, Dh)
+    kh = rearrange(k, "b l h d -> b h l d")  # (B, Hkv, Lk, Dh)
+    vh = rearrange(v, "b l h d -> b h l d")  # (B, Hkv, Lk, Dh)
+    gqa = q.shape[2] != k.shape[2]
+    if mask is None:
+        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+        return rearrange(out, "b h l d -> b l h d")  # (B, Lq, H, Dh)
+    mask, has_key = guard_empty_rows(mask)
+    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None], scale=scale, enable_gqa=gqa)
+    out = rearrange(out, "b h l d -> b l h d")  # (B, Lq, H, Dh)
+    return out * has_key[:, :, None, None].to(out.dtype)
