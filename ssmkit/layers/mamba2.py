@@ -62,6 +62,7 @@ class Mamba2(SSMMixer):
         dt_limit: (lo, hi) clamp of Δ after the softplus.
         A_init_range: A is drawn uniformly in this range (Mamba-2: [1, 16]).
         rmsnorm: gated RMSNorm on the output (else a plain silu(z) gate).
+        norm_eps: epsilon of that gated RMSNorm (mamba_ssm: 1e-5; transformers: its layer_norm_epsilon).
         norm_before_gate: normalise y before multiplying by silu(z).
         conv_bias: bias in conv1d.  bias: bias in in_proj and out_proj.
         backend: op backend for the SSD ("auto", "reference", "torch", "triton"); the conv runs the
@@ -87,6 +88,7 @@ class Mamba2(SSMMixer):
         dt_limit: tuple[float, float] = (0.0, float("inf")),
         A_init_range: tuple[float, float] = (1.0, 16.0),
         rmsnorm: bool = True,
+        norm_eps: float = 1e-5,
         norm_before_gate: bool = False,
         conv_bias: bool = True,
         bias: bool = False,
@@ -123,7 +125,7 @@ class Mamba2(SSMMixer):
         A = torch.empty(H, dtype=torch.float32).uniform_(*A_init_range)  # (H,)
         self.A_log = keep_fp32(nn.Parameter(torch.log(A)))
         self.D = keep_fp32(nn.Parameter(torch.ones(H)))
-        self.norm = GatedRMSNorm(d_inner, eps=1e-5, group_size=d_inner // G, norm_before_gate=norm_before_gate) \
+        self.norm = GatedRMSNorm(d_inner, eps=norm_eps, group_size=d_inner // G, norm_before_gate=norm_before_gate) \
             if rmsnorm else None  # fmt: skip
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
 
