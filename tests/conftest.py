@@ -16,6 +16,12 @@ import torch
 
 BASE_SEED = int(os.environ.get("SSMKIT_TEST_SEED", random.SystemRandom().randrange(2**31)))
 
+# Without CUDA the Triton kernel tests run in Triton's CPU interpreter, which must be
+# switched on before `triton` is first imported (importing ssmkit can import it, through
+# torch._dynamo): so here, before any test module is collected.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 
 def pytest_report_header(config):
     return f"ssmkit test seed: SSMKIT_TEST_SEED={BASE_SEED}"

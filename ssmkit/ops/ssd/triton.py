@@ -1,0 +1,176 @@
+"""SSD (Mamba-2) on GPU: Triton kernels behind ``torch.library`` custom ops.
+
+    ssd_triton(x, dt, A, B, C, ...)   the "triton" backend of ``ssmkit.ops.ssd``
+
+Symbols as in ``reference.py``: Δ = softplus?(dt + dt_bias), Ā = exp(Δ A),
+h_t = Ā_t h_{t-1} + Δ_t x_t B_t^T, y_t = h_t C_t + D x_t, out = y * silu(z).
+The chunked algorithm (``chunked.py``, ``docs/ssd.md``) runs in four stages,
+one file each, forward and backward: ``triton_cumsum.py`` (Δ and
+cumulative log decays, fused into the others), ``triton_states.py`` /
+``triton_states_bwd.py`` (chunk states), ``triton_passing.py`` (passing
+states between segments of chunks) and ``triton_scan.py`` /
+``triton_scan_bwd.py`` (outputs, and every input gradient);
+``triton_launch.py`` chains them.
+
+Two custom ops, ``ssmkit::ssd_fwd`` and ``ssmkit::ssd_bwd``, with fake
+(meta) implementations and autograd registered, so the op composes with
+``torch.compile(fullgraph=True)``. Matmuls run on tensor cores with fp32
+accumulation (fp32 inputs: full-precision products); the state is fp32.
+Packed variable-length sequences (``cu_seqlens``) restart the state at every
+sequence boundary and return one final state per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .triton_launch import make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
+
+Tensor = torch.Tensor
+
+
+def _c(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.contiguous()
+
+
+def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.to(torch.float32).contiguous()
+
+
+@torch.library.custom_op("ssmkit::ssd_fwd", mutates_args=())
+def _ssd_fwd_op(
+    x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
+    dt_bias: Optional[Tensor], initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
+    dt_softplus: bool, chunk_size: int, seg_chunks: int, save_pre: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Returns y, final states (S, H, P, N) fp32, and residuals for the backward:
+    segment states, segment decays, pre-gate output (empty unless ``save_pre``)."""
+    n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
+    table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
+    return ssd_fwd(x.contiguous(), dt.contiguous(), _f32(A), B.contiguous(), C.contiguous(), _f32(D), _c(z),
+                   _f32(dt_bias), _f32(initial_state), table, n_seqs, plan, dt_softplus, save_pre)  # fmt: skip
+
+
+@_ssd_fwd_op.register_fake
+def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, save_pre):
+    rows, L, H, P = x.shape
+    N = B.shape[3]
+    n_seqs = rows if cu_seqlens is None else cu_seqlens.shape[0] - 1
+    plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    return (
+        torch.empty_like(x),
+        torch.empty(n_seqs, H, P, N, **f32),
+        torch.empty(rows, plan.n_segs, H, N, P, **f32),
+        torch.empty(rows, plan.n_segs, H, **f32),
+        torch.empty_like(x) if save_pre else x.new_empty(0),
+    )
+
+
+@torch.library.custom_op("ssmkit::ssd_bwd", mutates_args=())
+def _ssd_bwd_op(
+    dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
+    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor,
+    dt_softplus: bool, chunk_size: int, seg_chunks: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_state), each in
+    its input's dtype; an empty tensor stands for an input that was None."""
+    n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
+    plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
+    table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
+    dz = x.new_empty(0)
+    if z is None:
+        dy = dout.to(x.dtype).contiguous()
+    else:  # out = y * silu(z): dy = dout silu(z), dz = dout y silu'(z)
+        zf, g = z.float(), dout.float()
+        sig = torch.sigmoid(zf)
+        dy = (g * zf * sig).to(x.dtype).contiguous()
+        dz = (g * y_pre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
+    dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(
+        dy, _f32(dfinal), x.contiguous(), dt.contiguous(), _f32(A), B.contiguous(), C.contiguous(), _f32(D),
+        _f32(dt_bias), _f32(initial_state), table, seg_in, seg_decay, n_seqs, plan, dt_softplus,
+    )  # fmt: skip
+    def cast(g: Optional[Tensor], like: Optional[Tensor]) -> Tensor:  # outputs may not alias each other
+        return x.new_empty(0) if like is None else g.to(like.dtype)
+
+    return (dx, cast(ddt, dt), cast(dA, A), cast(dB, B), cast(dC, C), cast(dD, D), dz,
+            cast(ddt_bias, dt_bias), cast(dinit, initial_state))  # fmt: skip
+
+
+@_ssd_bwd_op.register_fake
+def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
+      dt_softplus, chunk_size, seg_chunks):  # fmt: skip
+    like = lambda t: x.new_empty(0) if t is None else torch.empty_like(t)  # noqa: E731
+    return (like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_state))
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, _ = inputs
+    _, _, seg_in, seg_decay, y_pre = output
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre)
+    ctx.options = (dt_softplus, chunk_size, seg_chunks)
+
+
+def _backward(ctx, dout, dfinal, *_residual_grads):
+    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre = ctx.saved_tensors
+    if dout is None:
+        dout = torch.zeros_like(x)
+    grads = _ssd_bwd_op(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
+                        seg_in, seg_decay, y_pre, *ctx.options)  # fmt: skip
+    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
+    keep = lambda g, t: None if t is None else g  # noqa: E731
+    return (dx, ddt, dA, dB, dC, keep(dD, D), keep(dz, z), keep(ddt_bias, dt_bias), keep(dinit, initial_state),
+            None, None, None, None, None)  # fmt: skip
+
+
+torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
+
+
+def ssd_triton(
+    x: Tensor,
+    dt: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    dt_bias: Optional[Tensor] = None,
+    dt_softplus: bool = False,
+    chunk_size: int = 64,
+    initial_state: Optional[Tensor] = None,
+    cu_seqlens: Optional[Tensor] = None,
+    *,
+    seg_chunks: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """SSD by the Triton kernels (inputs assumed validated by ``ssmkit.ops.ssd.ssd``).
+
+    Args:
+        x: (B, L, H, P) float32, float16 or bfloat16;  dt: (B, L, H);  A: (H,);
+        B, C: (B, L, G, N);  D: (H,) or (H, P) or None;  z: (B, L, H, P) or None;
+        dt_bias: (H,) or None;  chunk_size: Q <= 256 (clipped to L);
+        initial_state: (B, H, P, N), or (S, H, P, N) with ``cu_seqlens``, or None;
+        cu_seqlens: (S + 1,) int32/int64 cumulative lengths of S sequences packed
+            in a batch of one (x: (1, T, H, P)), or None;
+        seg_chunks: chunks per segment (a tuning knob; 0 picks it for the device).
+            Results do not depend on it beyond rounding.
+    Returns:
+        y: (B, L, H, P) in x's dtype; final state (B, H, P, N) or (S, H, P, N), float32.
+    """
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(
+            f"ssd (triton): argument `x` must have dtype float32, float16 or bfloat16 for the triton backend, "
+            f"got {str(x.dtype).replace('torch.', '')} (use backend='torch' or 'reference' for float64)"
+        )
+    save_pre = z is not None and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
+    )
+    y, final, _, _, _ = _ssd_fwd_op(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
+                                    dt_softplus, chunk_size, seg_chunks, save_pre)  # fmt: skip
+    return y, final
+
+
+__all__ = ["ssd_triton"]

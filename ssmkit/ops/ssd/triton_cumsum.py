@@ -1,0 +1,120 @@
+"""SSD Triton stage 1: chunk bounds, step sizes and cumulative log decays.
+
+Every SSD kernel works on chunks of Q = `chunk_size` tokens and starts by
+calling these helpers, so this stage is fused into the others (it reads only
+Q scalars of `dt` per chunk and head: recomputing beats a round trip through
+memory). Symbols as in ``reference.py``, per head h and chunk c:
+
+    Δ_t    = `delta` = softplus(dt_t + dt_bias_h)   (or dt_t + dt_bias_h)
+    log Ā_t = Δ_t A_h
+    `acum`_i = Σ_{k<=i, k in c} Δ_k A_h        inclusive, chunk-local
+
+Tokens past the chunk's end are masked with Δ = 0 (decay 1, no input), so
+`acum` is flat there and its last entry is the whole chunk's log decay.
+
+Chunk table. A chunk covers tokens [start, end) of one sequence. For a batch
+of equal-length rows, chunk c of row b is [cQ, min(cQ + Q, L)) and row b is
+sequence b. For packed variable-length sequences (``cu_seqlens``, a batch of
+one) the wrapper builds an int64 table of rows (start, end, seq, flags), with
+flag 1 = the chunk opens its sequence (the state is reset to that sequence's
+initial state) and flag 2 = it closes it (its end state is the sequence's
+final state); every sequence starts a fresh chunk, so no chunk spans two.
+(For a plain batch, where a row opens in its first chunk and closes in its
+last, the kernels do the reset and the final store outside their chunk loops.)
+
+The backward of this stage (dΔ -> d dt through the softplus, and the decay
+gradient -> dA) is fused into ``triton_scan_bwd.py`` via :func:`dt_grad`.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN: tl.constexpr):
+    """Token range, sequence index and open/close flags of chunk ``c``.
+
+    Returns (start, end, seq, opens, closes): int64 scalars start/end/seq and
+    bool scalars. ``b`` is the batch row (0 for packed sequences).
+    """
+    if VARLEN:
+        row = table_ptr + c.to(tl.int64) * 4
+        start = tl.load(row)
+        end = tl.load(row + 1)
+        seq = tl.load(row + 2)
+        flags = tl.load(row + 3)
+        opens = (flags & 1) != 0
+        closes = (flags & 2) != 0
+    else:
+        start = c.to(tl.int64) * Q
+        end = tl.minimum(start + Q, L)
+        seq = b.to(tl.int64)
+        opens = c == 0
+        closes = c == n_chunks - 1
+    return start, end, seq, opens, closes
+
+
+@triton.jit
+def softplus(v):
+    """log(1 + e^v) without overflow, accurate for very negative v."""
+    u = tl.exp(-tl.abs(v))
+    w = 1.0 + u
+    # log1p(u) = u * log(w) / (w - 1): exact when 1 + u rounds (Goldberg's correction).
+    log1p_u = tl.where(w == 1.0, u, u * (tl.log(w) / (w - 1.0)))
+    return tl.maximum(v, 0.0) + log1p_u
+
+
+@triton.jit
+def chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS: tl.constexpr):
+    """Δ and the chunk-local cumulative log decay for one head.
+
+    Args:
+        dt_row: pointer to dt[b, 0, h];  t: (BLOCK_Q,) int64 token indices;
+        mask_q: (BLOCK_Q,) valid tokens;  bias, A: fp32 scalars of this head.
+    Returns:
+        (raw, delta, acum), each (BLOCK_Q,) fp32: raw = dt + dt_bias (the
+        softplus argument), delta = Δ (0 where masked), acum = cumsum(Δ A).
+    """
+    raw = tl.load(dt_row + t * stride_dt_l, mask=mask_q, other=0.0).to(tl.float32) + bias
+    if SOFTPLUS:
+        delta = softplus(raw)
+    else:
+        delta = raw
+    delta = tl.where(mask_q, delta, 0.0)
+    acum = tl.cumsum(delta * A, axis=0)
+    return raw, delta, acum
+
+
+@triton.jit
+def last_of(v, offs, BLOCK: tl.constexpr):
+    """v[BLOCK - 1] as a scalar (the chunk's total when v is a masked cumsum)."""
+    return tl.sum(tl.where(offs == BLOCK - 1, v, 0.0), axis=0)
+
+
+@triton.jit
+def decay_matrix(acum, causal):
+    """exp(acum_i - acum_j) where ``causal`` (i >= j), else 0: (BLOCK_Q, BLOCK_Q).
+
+    Only differences of cumulative sums are exponentiated, never a sum itself,
+    so a chunk whose log decay reaches -1e4 still gives finite values.
+    """
+    diff = acum[:, None] - acum[None, :]
+    return tl.where(causal, tl.exp(tl.where(causal, diff, 0.0)), 0.0)
+
+
+@triton.jit
+def dt_grad(ddelta, raw, SOFTPLUS: tl.constexpr):
+    """d dt from dΔ: through the softplus (its derivative is sigmoid) or identity."""
+    if SOFTPLUS:
+        return ddelta * tl.sigmoid(raw)
+    else:
+        return ddelta
+
+
+@triton.jit
+def mask_if(mask, flag):
+    """``mask & flag`` for a scalar ``flag``, written as a select (Triton's CPU
+    interpreter mistypes a block-and-scalar ``&``)."""
+    return tl.where(flag, mask, False)

@@ -1,0 +1,246 @@
+"""SSD Triton: launch plans and the forward / backward launch sequences.
+
+The kernels (one file per stage) are chained here:
+
+    forward:  states (segment-local) -> passing -> scan
+    backward: states (per chunk, from the saved segment inputs)
+              dstates (segment-local) -> passing (reversed)
+              scan_bwd (dx, d dt, dA, dB, dC, dD, d initial state)
+
+A segment is `seg_chunks` consecutive chunks walked by one program with the
+state in registers; segments give the GPU parallel work along the sequence.
+
+Shapes: x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N), states (B, H, P, N).
+Packed variable-length sequences use B = 1 and a chunk table (see
+``triton_cumsum.py``); "rows" below are batch rows (B, or 1 when packed) and
+"sequences" the rows or the packed sequences (S).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_passing import _ssd_passing_kernel
+from .triton_scan import _ssd_scan_fwd_kernel
+from .triton_scan_bwd import _ssd_bwd_kernel
+from .triton_states import _ssd_states_kernel
+from .triton_states_bwd import _ssd_dstates_kernel
+
+MAX_CHUNK = 256  # Q x Q tiles live in registers
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one call: chunking, segments, tiles and warps."""
+
+    Q: int  # tokens per chunk
+    n_chunks: int  # chunks per row (packed: an upper bound, trailing chunks empty)
+    seg_chunks: int  # chunks per segment (one program walks a segment)
+    n_segs: int
+    block_q: int
+    block_p: int  # P tile of the forward and state kernels
+    block_p_bwd: int  # P tile of the fused backward
+    block_n: int
+    fwd_warps: int
+    bwd_warps: int
+    fwd_stages: int  # software-pipelining depth of the segment loops
+    bwd_stages: int
+    varlen: bool
+
+
+def _dot_flags(x: torch.Tensor) -> dict:
+    """Operand dtype ``DT`` and input precision ``PREC`` of the kernels' tl.dot.
+
+    16-bit inputs multiply as they are (fp32 accumulation); fp32 inputs use
+    full-precision products ("ieee": tf32 would miss fp32 tolerances). On CPU,
+    Triton's interpreter (3.9) multiplies bfloat16 blocks wrongly, so there
+    bfloat16 products are formed in fp32.
+    """
+    if x.dtype == torch.float16:
+        return dict(DT=tl.float16, PREC="tf32")
+    if x.dtype == torch.bfloat16 and x.device.type != "cpu":
+        return dict(DT=tl.bfloat16, PREC="tf32")
+    return dict(DT=tl.float32, PREC="ieee")
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+def make_plan(
+    x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
+    fwd_warps: int = 4, bwd_warps: int = 4, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
+) -> Plan:  # fmt: skip
+    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` 0 mean "choose for this GPU".
+
+    ``n_seqs`` is the number of packed sequences, or None for a plain batch.
+    """
+    rows, L, H, P = x.shape
+    Q = max(1, min(chunk_size, L))
+    if Q > MAX_CHUNK:
+        raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
+    n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
+    block_n = _pow2(N)
+    block_p = min(_pow2(P), max(16, 8192 // block_n))
+    if seg_chunks <= 0:  # enough programs to fill the GPU about four times over
+        programs = rows * H * triton.cdiv(P, block_p)
+        n_segs = max(1, min(n_chunks, triton.cdiv(4 * _sm_count(x.device), programs)))
+        seg_chunks = triton.cdiv(n_chunks, n_segs)
+    seg_chunks = min(seg_chunks, n_chunks)
+    if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
+        block_p_bwd = min(_pow2(P), 32 if x.dtype == torch.float32 else 64)
+    return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
+                block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
+
+
+def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
+    """(n_chunks, 4) int64 rows (start, end, seq, flags) for packed sequences.
+
+    Each sequence starts a fresh chunk; flag 1 = opens its sequence, 2 = closes
+    it. Chunks past the last real one are empty (start = end = total length).
+    Built on the device with static shapes (no host sync).
+    """
+    cu = cu_seqlens.to(torch.int64)
+    S = cu.numel() - 1
+    lens = cu[1:] - cu[:-1]
+    per_seq = torch.div(lens + Q - 1, Q, rounding_mode="floor")  # chunks of each sequence
+    ends = torch.cumsum(per_seq, 0)  # first chunk index after each sequence
+    c = torch.arange(n_chunks, device=cu.device)
+    seq = torch.searchsorted(ends, c, right=True)  # (n_chunks,), S past the last sequence
+    valid = seq < S
+    k = seq.clamp(max=S - 1)
+    j = c - (ends[k] - per_seq[k])  # index of the chunk inside its sequence
+    start = torch.where(valid, cu[k] + j * Q, cu[-1])
+    end = torch.where(valid, torch.minimum(start + Q, cu[k + 1]), cu[-1])
+    flags = (valid & (j == 0)).long() + 2 * (valid & (j == per_seq[k] - 1)).long()
+    return torch.stack([start, end, torch.where(valid, k, 0), flags], dim=1).contiguous()  # (n_chunks, 4)
+
+
+def _state_like(init: Optional[torch.Tensor], n_seqs: int, H: int, P: int, N: int, plan: Plan, x) -> torch.Tensor:
+    """A (S, H, P, N) fp32 buffer every sequence's last chunk overwrites; packed
+    sequences may be empty, so there it starts as ``init`` (or zeros)."""
+    if not plan.varlen:
+        return torch.empty(n_seqs, H, P, N, dtype=torch.float32, device=x.device)
+    if init is None:
+        return torch.zeros(n_seqs, H, P, N, dtype=torch.float32, device=x.device)
+    return init.clone()
+
+
+def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
+    """Chain segments in place: states (rows, n_segs, H, N, P) fp32, decay (rows, n_segs, H)."""
+    rows, n_segs, H, N, P = states.shape
+    block = min(1024, triton.next_power_of_2(P * N))
+    grid = (triton.cdiv(P * N, block), rows * H)
+    _ssd_passing_kernel[grid](states, decay, n_segs, H, P * N, REVERSE=reverse, BLOCK=block, num_warps=4)
+
+
+def _launch_args(x, dt, B, plan: Plan):
+    rows, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    sizes = (L, H, P, N, plan.n_chunks, plan.n_segs, plan.seg_chunks, plan.Q, H // G)
+    strides = (x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
+    grid = (triton.cdiv(P, plan.block_p), plan.n_segs, rows * H)
+    blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p, BLOCK_N=plan.block_n,
+                  num_warps=plan.fwd_warps, num_stages=plan.fwd_stages)  # fmt: skip
+    return sizes, strides, grid, blocks
+
+
+def ssd_fwd(
+    x, dt, A, B, C, D, z, dt_bias, init, table, n_seqs: int, plan: Plan, dt_softplus: bool, save_pre: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Forward launches; inputs contiguous, ``init`` fp32 (S, H, P, N) or None.
+
+    Returns y (B, L, H, P) in x's dtype, final (S, H, P, N) fp32, the state
+    entering each segment (rows, n_segs, H, N, P) fp32 (transposed), the segment decays
+    (rows, n_segs, H) fp32 and the pre-gate output (empty unless ``save_pre``).
+    """
+    rows, L, H, P = x.shape
+    N = B.shape[3]
+    sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
+    flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,
+                 VARLEN=plan.varlen, **_dot_flags(x))  # fmt: skip
+    opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)
+    seg = torch.empty(rows, plan.n_segs, H, N, P, dtype=torch.float32, device=x.device)
+    seg_decay = torch.empty(rows, plan.n_segs, H, dtype=torch.float32, device=x.device)
+    _ssd_states_kernel[grid](
+        x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, *sizes, *strides,
+        STORE_CHUNKS=False, **flags, **blocks,
+    )  # fmt: skip
+    passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
+
+    final = _state_like(init, n_seqs, H, P, N, plan, x)
+    y = torch.empty_like(x)
+    y_pre = torch.empty_like(x) if save_pre else x.new_empty(0)
+    _ssd_scan_fwd_kernel[grid](
+        x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, y, y_pre if save_pre else y, final,
+        *sizes, *strides, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        STORE_PRE=save_pre, **flags, **blocks,
+    )  # fmt: skip
+    return y, final, seg, seg_decay, y_pre
+
+
+def ssd_bwd(
+    dy, dfinal, x, dt, A, B, C, D, dt_bias, init, table, seg_in, seg_decay, n_seqs: int, plan: Plan,
+    dt_softplus: bool,
+) -> tuple:  # fmt: skip
+    """Backward launches. ``dy``: gradient of the pre-gate output (x's dtype);
+    ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` from :func:`ssd_fwd`.
+
+    Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (B's dtype, fp32 for fp32 x),
+    dD (fp32, D's shape) or None, d dt_bias (fp32) or None, d initial state (fp32) or None.
+    """
+    rows, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
+    base = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, VARLEN=plan.varlen, **_dot_flags(x))
+    opt = lambda t: x if t is None else t  # noqa: E731
+    f32 = dict(dtype=torch.float32, device=x.device)
+
+    # State entering every chunk, recomputed from the saved segment states.
+    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=x.dtype, device=x.device)
+    _ssd_states_kernel[grid](
+        x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, *sizes, *strides,
+        STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks,
+    )  # fmt: skip
+    # Gradient at every segment's end: segment-local sums chained backwards.
+    g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
+    _ssd_dstates_kernel[grid](
+        dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, *sizes, *strides,
+        HAS_DFINAL=dfinal is not None, **base, **blocks,
+    )  # fmt: skip
+    passing(g_seg, seg_decay, reverse=True)
+
+    n_pb = triton.cdiv(P, plan.block_p_bwd)
+    dx = torch.empty_like(x)
+    ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
+    share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
+    dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
+    dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
+    dA = torch.empty(n_pb, rows * plan.n_segs, H, **f32)
+    dD = torch.empty(rows * plan.n_segs, H, P, **f32) if D is not None else None
+    dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
+    _ssd_bwd_kernel[(n_pb, plan.n_segs, rows * H)](
+        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, opt(dfinal), opt(table),
+        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
+        HAS_DINIT=init is not None, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
+        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages,
+    )  # fmt: skip
+    # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
+    dB = dB_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)  # (B, L, G, N)
+    dC = dC_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)
+    ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
+    dD_sum = None
+    if D is not None:
+        dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum((0, 2))
+    ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
+    return dx, ddt, dA.sum((0, 1)), dB, dC, dD_sum, ddt_bias, dinit

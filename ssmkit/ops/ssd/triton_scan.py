@@ -1,0 +1,135 @@
+"""SSD Triton stage 4: chunk scan, the outputs (forward).
+
+Per chunk c (``chunked.py`` steps 1 and 4), with `acum` the chunk-local
+cumulative log decay and h_{c-1} the state entering the chunk:
+
+    Y_diag[i] = Σ_{j<=i} (C_i · B_j) exp(acum_i - acum_j) Δ_j x_j     intra-chunk, quadratic in Q
+    Y_off[i]  = exp(acum_i) h_{c-1} C_i                                 the carried state
+    y = Y_diag + Y_off + D x,   out = y * silu(z)
+
+A program owns one (batch row, head, block of P) and a segment of chunks,
+starting from the state entering the segment (``triton_passing.py``); after
+each chunk it advances the state in registers exactly as
+``triton_states.py`` does, so no per-chunk state ever goes to memory. The
+products C B^T, scores @ x, C h^T and (Δ x)^T B run on tensor cores with
+fp32 accumulation; the state stays fp32 (held transposed, see
+``triton_states.py``).
+
+Where a chunk closes a sequence the state at its end is that sequence's
+final state; where one opens a sequence the state is reset to its initial
+state (or zero).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, last_of, mask_if
+
+
+@triton.jit
+def _ssd_scan_fwd_kernel(
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, z_ptr, init_ptr, table_ptr,
+    seg_in_ptr, out_ptr, pre_ptr, final_ptr,
+    L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
+    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+    HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+
+    x, z, out, pre: (B, L, H, P); dt: (B, L, H); B, C: (B, L, G, N);
+    D: (H,) or (H, P); init, final: (S, H, P, N) fp32;
+    seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment.
+    """
+    pid_p = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // heads_per_group
+    b64 = b.to(tl.int64)
+
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_np = mask_n[:, None] & mask_p[None, :]
+    offs_np = offs_n[:, None] * P + offs_p[None, :]  # internal (N, P) state
+    api_np = offs_n[:, None] + offs_p[None, :] * N  # public (P, N) state
+    causal = offs_q[:, None] >= offs_q[None, :]  # (Q, Q): i >= j
+
+    A = tl.load(A_ptr + head).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(dt_bias_ptr + head).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + head * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)
+        else:
+            Dv = tl.load(D_ptr + head).to(tl.float32)
+    x_row = x_ptr + b64 * stride_x_b + head * P
+    z_row = z_ptr + b64 * stride_x_b + head * P
+    pre_row = pre_ptr + b64 * stride_x_b + head * P
+    out_row = out_ptr + b64 * stride_x_b + head * P
+    dt_row = dt_ptr + b64 * stride_dt_b + head
+    B_row = B_ptr + b64 * stride_B_b + grp * N
+    C_row = C_ptr + b64 * stride_B_b + grp * N
+
+    seg_row = (b64 * n_segs + pid_s) * H + head
+    state = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # h^T (BLOCK_N, BLOCK_P)
+    if not VARLEN:  # a batch row opens in chunk 0 and closes in its last chunk
+        if HAS_INIT:
+            h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
+            state = tl.where(pid_s == 0, h0, state)
+    c0 = pid_s * seg_chunks
+    for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
+        c = c0 + i
+        start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+        t = start + offs_q
+        mask_q = t < end
+        if VARLEN:  # packed sequences open and close anywhere
+            if HAS_INIT:
+                h0 = tl.load(init_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, opens), other=0.0)
+                state = tl.where(opens, h0, state)
+            else:
+                state = tl.where(opens, 0.0, state)
+
+        _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        acum_last = last_of(acum, offs_q, BLOCK_Q)
+        mask_qp = mask_q[:, None] & mask_p[None, :]
+        mask_qn = mask_q[:, None] & mask_n[None, :]
+        xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_qp, other=0.0)
+        Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
+        Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
+
+        # Intra-chunk: (C B^T ∘ decay ∘ Δ_j) @ x.
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q)
+        scores = CB * decay_matrix(acum, causal) * delta[None, :]
+        y = tl.dot(scores.to(DT), xv.to(DT), input_precision=PREC)  # (Q, BLOCK_P)
+        # Carried state: exp(acum_i) C_i h^T.
+        y += tl.exp(acum)[:, None] * tl.dot(Cv, state.to(DT), input_precision=PREC)
+        if HAS_D:
+            if D_PER_P:
+                y += xv.to(tl.float32) * Dv[None, :]
+            else:
+                y += xv.to(tl.float32) * Dv
+        io = t[:, None] * stride_x_l + offs_p[None, :]
+        if STORE_PRE:
+            tl.store(pre_row + io, y.to(pre_ptr.dtype.element_ty), mask=mask_qp)
+        if HAS_Z:
+            zv = tl.load(z_row + io, mask=mask_qp, other=0.0).to(tl.float32)
+            y = y * zv * tl.sigmoid(zv)
+        tl.store(out_row + io, y.to(out_ptr.dtype.element_ty), mask=mask_qp)
+
+        # Advance the state to the chunk's end (as in triton_states.py).
+        w = delta * tl.exp(acum_last - acum)
+        xs = (xv.to(tl.float32) * w[:, None]).to(DT)
+        state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv), xs, input_precision=PREC)
+        if VARLEN:
+            tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
+    if not VARLEN:
+        tl.store(final_ptr + (b64 * H + head) * P * N + api_np, state, mask=mask_if(mask_np, pid_s == n_segs - 1))

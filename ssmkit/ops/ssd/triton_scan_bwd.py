@@ -1,0 +1,181 @@
+"""SSD Triton backward of stages 1, 2 and 4: every input gradient, chunk by chunk.
+
+Per chunk c and head, with x̃_j = Δ_j x_j, L_ij = exp(acum_i - acum_j) [j <= i],
+h = h_{c-1} the state entering the chunk, g = ∂loss/∂h_c the gradient of the
+state at its end (``triton_states_bwd.py``) and dy the gradient of the
+pre-gate output:
+
+    dx̃_j  = Σ_{i>=j} (C_i·B_j) L_ij dy_i + exp(acum_last - acum_j) g B_j
+    dB_j  = Σ_i M'_ij C_i + exp(acum_last - acum_j) g^T x̃_j      M'_ij = (dy_i·x̃_j) L_ij
+    dC_i  = Σ_j M'_ij B_j + exp(acum_i) h^T dy_i
+    dx    = Δ dx̃ + D dy,   dD = Σ dy x
+
+A program owns one (batch row, head, block of P) and a segment of chunks,
+walks it backwards with g in registers (starting from the gradient at the
+segment's end, after ``triton_passing.py``), reads h from the per-chunk
+states that ``triton_states.py`` recomputed, and writes its share of dB, dC
+and d dt: every quantity that sums over P or over heads is linear in the
+per-(head, P block) terms, so the shares are summed afterwards.
+
+Decay gradient (backward of stage 1). With a_t = Δ_t A the log decay of token
+t, d a_t collects every path that crosses t: pairs j < t <= i inside the
+chunk, the carried state read at i >= t, the chunk's inputs j < t reaching
+its end state, and the carried state reaching its end state:
+
+    d a_t = Σ_{i>=t} Σ_{j<t} M_ij + Σ_{i>=t} dy_i·Y_off_i + Σ_{j<t} x̃_j·dx̃^state_j
+            + exp(acum_last) <g, h>,                 M_ij = M'_ij (C_i·B_j), j < i
+
+Each term is a sum of the actual cross-boundary contributions (no difference
+of large totals, so no cancellation even when decay is strong). Then
+dΔ_t = x_t·dx̃_t + A d a_t, d dt via the softplus, dA = Σ_t Δ_t d a_t.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of, mask_if
+
+
+@triton.jit
+def _ssd_bwd_kernel(
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, dfinal_ptr, table_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
+    L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
+    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, DT: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
+
+    x, dy, dx: (B, L, H, P); dt: (B, L, H); B, C: (B, L, G, N);
+    hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, x's dtype);
+    gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end;
+    dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
+    dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares;
+    dD: (B * n_segs, H, P) fp32 partial sums.
+    """
+    pid_p = tl.program_id(0)
+    n_pb = tl.num_programs(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // heads_per_group
+    b64 = b.to(tl.int64)
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_np = mask_n[:, None] & mask_p[None, :]
+    offs_np = offs_n[:, None] * P + offs_p[None, :]  # internal (N, P)
+    api_np = offs_n[:, None] + offs_p[None, :] * N  # public (P, N), read as (N, P)
+    causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
+    strict = offs_q[:, None] > offs_q[None, :]
+
+    A = tl.load(A_ptr + head).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(dt_bias_ptr + head).to(tl.float32)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + head * P + offs_p, mask=mask_p, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + head).to(tl.float32)
+    x_row = b64 * stride_x_b + head * P
+    dt_row = dt_ptr + b64 * stride_dt_b + head
+    B_row = b64 * stride_B_b + grp * N
+    seg_row = (b64 * n_segs + pid_s) * H + head
+    g = tl.load(gseg_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # g^T (N, P)
+    if not VARLEN:  # a batch row closes in its last chunk and opens in chunk 0
+        if HAS_DFINAL:
+            last = pid_s == n_segs - 1
+            g_final = tl.load(dfinal_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, last), other=0.0)
+            g = tl.where(last, g_final, g)
+    dA_acc = 0.0
+    dD_acc = tl.zeros((BLOCK_P,), dtype=tl.float32)
+
+    c0 = pid_s * seg_chunks
+    n_here = tl.minimum(seg_chunks, n_chunks - c0)
+    for i in range(0, n_here):
+        c = c0 + n_here - 1 - i
+        start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+        t = start + offs_q
+        mask_q = t < end
+        mask_qp = mask_q[:, None] & mask_p[None, :]
+        mask_qn = mask_q[:, None] & mask_n[None, :]
+        if VARLEN:  # packed sequences close anywhere
+            if HAS_DFINAL:
+                g_final = tl.load(dfinal_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, closes), other=0.0)
+                g = tl.where(closes, g_final, g)
+            else:
+                g = tl.where(closes, 0.0, g)
+        raw, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        acum_last = last_of(acum, offs_q, BLOCK_Q)
+        io = x_row + t[:, None] * stride_x_l + offs_p[None, :]
+        bc = B_row + t[:, None] * stride_B_l + offs_n[None, :]
+        xf = tl.load(x_ptr + io, mask=mask_qp, other=0.0).to(tl.float32)  # (Q, P)
+        dyv = tl.load(dy_ptr + io, mask=mask_qp, other=0.0).to(DT)
+        Bv = tl.load(B_ptr + bc, mask=mask_qn, other=0.0).to(DT)  # (Q, N)
+        Cv = tl.load(C_ptr + bc, mask=mask_qn, other=0.0).to(DT)
+        h_in = tl.load(hin_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np, mask=mask_np, other=0.0).to(DT)
+        gd = g.to(DT)
+
+        e_in = tl.exp(acum)  # decay from the chunk's start to i
+        e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
+        Lmat = decay_matrix(acum, causal)
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q): C_i · B_j
+        xt = (xf * delta[:, None]).to(DT)  # x̃ (Q, P)
+
+        dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
+        dxt = tl.dot(tl.trans((CB * Lmat).to(DT)), dyv, input_precision=PREC) + dxt_state
+        Mp = tl.dot(dyv, tl.trans(xt), input_precision=PREC) * Lmat  # M'_ij = (dy_i · x̃_j) L_ij
+        y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
+
+        # d a_t: sums of the contributions that cross t (see the module docstring).
+        M = tl.where(strict, Mp * CB, 0.0)
+        before_t = tl.cumsum(M, axis=1) - M  # [i, t] = Σ_{j<t} M_ij
+        y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
+        state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
+        da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
+        da += tl.cumsum(state_dot, axis=0) - state_dot
+        da += tl.exp(acum_last) * tl.sum(tl.sum(g * h_in.to(tl.float32), axis=1), axis=0)
+        da = tl.where(mask_q, da, 0.0)
+
+        ddelta = tl.sum(xf * dxt, axis=1) + A * da
+        ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
+        tl.store(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask=mask_q)
+        dA_acc += tl.sum(delta * da, axis=0)
+        dx = delta[:, None] * dxt
+        if HAS_D:
+            dyf = dyv.to(tl.float32)
+            dx += dyf * Dv
+            dD_acc += tl.sum(dyf * xf, axis=0)
+        tl.store(dx_ptr + io, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
+
+        # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
+        dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)
+        dB_h += e_end[:, None] * tl.dot(xt, tl.trans(gd), input_precision=PREC)
+        dC_h = tl.dot(Mp.to(DT), Bv, input_precision=PREC)
+        dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
+        share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
+        tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
+        tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)
+
+        # Gradient at the chunk's start; at a sequence's start it is the initial state's.
+        dys = (dyv.to(tl.float32) * e_in[:, None]).to(DT)
+        g = g * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)
+        if VARLEN:
+            if HAS_DINIT:
+                tl.store(dinit_ptr + (seq * H + head) * P * N + api_np, g, mask=mask_if(mask_np, opens))
+            g = tl.where(opens, 0.0, g)
+    if not VARLEN:
+        if HAS_DINIT:
+            tl.store(dinit_ptr + (b64 * H + head) * P * N + api_np, g, mask=mask_if(mask_np, pid_s == 0))
+
+    tl.store(dA_ptr + pid_p.to(tl.int64) * share_dA + seg_row, dA_acc)
+    if HAS_D:
+        tl.store(dD_ptr + seg_row * P + offs_p, dD_acc, mask=mask_p)

@@ -1,0 +1,120 @@
+"""SSD Triton stage 2: chunk states, gathered per segment.
+
+What chunk c adds to the state at its end (``chunked.py`` step 2), with
+`acum` the chunk-local cumulative log decay (``triton_cumsum.py``):
+
+    S_c = Σ_j exp(acum_last - acum_j) Δ_j x_j B_j^T             (P, N)
+    h_c = exp(acum_last) h_{c-1} + S_c
+
+A program owns one (batch row, head, block of P) and a *segment* of
+`seg_chunks` consecutive chunks, and runs this recurrence over them with the
+state in registers (a tensor-core product per chunk). Inside the kernels the
+state is held transposed, h^T (N, P), so that both products that touch it,
+h_c^T += B^T (w x) and C h^T, need no transpose; internal buffers use that
+layout, the public initial/final states are (P, N). Two modes:
+
+- segment states (``STORE_CHUNKS=False``): start from zero and write the
+  segment's own contribution to the state at its end, plus the segment's
+  total decay (0 when a sequence opens inside it: what came before is cut).
+  ``triton_passing.py`` then chains segments.
+- chunk states (``STORE_CHUNKS=True``, used by the backward): start from the
+  true state entering the segment and write the state entering every chunk,
+  h_{c-1}, in the dot dtype.
+
+Where a chunk opens a sequence, the state is reset to that sequence's
+initial state (or zero).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if
+
+
+@triton.jit
+def _ssd_states_kernel(
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, init_ptr, table_ptr,
+    out_ptr, seg_in_ptr, seg_decay_ptr,
+    L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
+    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
+    VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+
+    x: (B, L, H, P); dt: (B, L, H); B: (B, L, G, N); init: (S, H, P, N) fp32.
+    out: (B, n_segs, H, N, P) fp32 segment states, or with STORE_CHUNKS
+    (B, n_chunks, H, N, P) in x's dtype; seg_in: (B, n_segs, H, N, P) fp32
+    (read with STORE_CHUNKS); seg_decay: (B, n_segs, H) fp32 (written without).
+    """
+    pid_p = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // heads_per_group
+    b64 = b.to(tl.int64)
+
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_np = mask_n[:, None] & mask_p[None, :]
+    offs_np = offs_n[:, None] * P + offs_p[None, :]  # (BLOCK_N, BLOCK_P) in an internal (N, P) state
+    api_np = offs_n[:, None] + offs_p[None, :] * N  # the same entries of a public (P, N) state
+
+    A = tl.load(A_ptr + head).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(dt_bias_ptr + head).to(tl.float32)
+    x_row = x_ptr + b64 * stride_x_b + head * P
+    dt_row = dt_ptr + b64 * stride_dt_b + head
+    B_row = B_ptr + b64 * stride_B_b + grp * N
+    seg_row = (b64 * n_segs + pid_s) * H + head  # row of (B, n_segs, H)
+
+    if STORE_CHUNKS:
+        state = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)
+    else:
+        state = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
+    log_decay = 0.0
+    n_opens = (pid_s == 0).to(tl.int32)  # a batch row opens in its first chunk
+    if not VARLEN:
+        if HAS_INIT:  # (the state entering segment 0 is zero)
+            h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
+            state = tl.where(pid_s == 0, h0, state)
+    c0 = pid_s * seg_chunks
+    for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
+        c = c0 + i
+        start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+        t = start + offs_q
+        mask_q = t < end
+        if VARLEN:  # packed sequences open anywhere
+            if HAS_INIT:
+                h0 = tl.load(init_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, opens), other=0.0)
+                state = tl.where(opens, h0, state)
+            else:
+                state = tl.where(opens, 0.0, state)
+            n_opens += opens.to(tl.int32)
+        if STORE_CHUNKS:
+            dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
+            tl.store(dst, state.to(out_ptr.dtype.element_ty), mask=mask_np)
+
+        _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        acum_last = last_of(acum, offs_q, BLOCK_Q)
+        xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :],
+                     mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)
+        Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :],
+                     mask=mask_q[:, None] & mask_n[None, :], other=0.0)  # (Q, BLOCK_N)
+        w = delta * tl.exp(acum_last - acum)  # Δ_j exp(acum_last - acum_j)
+        xs = (xv.to(tl.float32) * w[:, None]).to(DT)  # (Q, BLOCK_P)
+        state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv.to(DT)), xs, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
+        log_decay += acum_last
+
+    if not STORE_CHUNKS:
+        tl.store(out_ptr + seg_row * P * N + offs_np, state, mask=mask_np)
+        seg_decay = tl.where(n_opens > 0, 0.0, tl.exp(log_decay))
+        tl.store(seg_decay_ptr + seg_row, seg_decay, mask=pid_p == 0)

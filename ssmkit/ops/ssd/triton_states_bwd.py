@@ -1,0 +1,99 @@
+"""SSD Triton backward of stages 2 and 4: what each segment sends back to its start.
+
+Let g_c = ∂loss/∂h_c, the gradient of the state at the end of chunk c (from
+everything after it). The state h_{c-1} entering chunk c reaches the outputs
+through Y_off[i] = exp(acum_i) h_{c-1} C_i and the next state through
+h_c = exp(acum_last) h_{c-1} + S_c, so going backwards in time
+
+    g_{c-1} = exp(acum_last) g_c + Σ_i exp(acum_i) dy_i C_i^T        (P, N)
+
+where dy is the gradient of the pre-gate output y. Where chunk c closes a
+sequence, g_c is that sequence's final-state gradient (nothing later reads
+its end state); where it opens one, nothing flows on into the previous
+sequence (``triton_scan_bwd.py`` stores the initial-state gradient there).
+
+This kernel runs the recurrence over one segment of chunks from zero at the
+segment's end, giving the segment's own contribution to the gradient at its
+start; ``triton_passing.py`` chains segments in reverse, and the fused
+backward (``triton_scan_bwd.py``) then walks each segment again from the true
+gradient at its end. Gradients are held transposed, g^T (N, P), like the
+states in ``triton_states.py``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if
+
+
+@triton.jit
+def _ssd_dstates_kernel(
+    dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr,
+    L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
+    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+
+    dy: (B, L, H, P); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
+    out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
+    gradient at its start.
+    """
+    pid_p = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    pid_bh = tl.program_id(2)
+    b = pid_bh // H
+    head = pid_bh % H
+    grp = head // heads_per_group
+    b64 = b.to(tl.int64)
+
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mask_p = offs_p < P
+    mask_n = offs_n < N
+    mask_np = mask_n[:, None] & mask_p[None, :]
+    api_np = offs_n[:, None] + offs_p[None, :] * N  # public (P, N) layout, read as (N, P)
+
+    A = tl.load(A_ptr + head).to(tl.float32)
+    bias = 0.0
+    if HAS_BIAS:
+        bias = tl.load(dt_bias_ptr + head).to(tl.float32)
+    dy_row = dy_ptr + b64 * stride_x_b + head * P
+    dt_row = dt_ptr + b64 * stride_dt_b + head
+    C_row = C_ptr + b64 * stride_B_b + grp * N
+
+    grad = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)  # g^T
+    if not VARLEN:  # a batch row closes in its last chunk
+        if HAS_DFINAL:
+            last = pid_s == n_segs - 1
+            grad = tl.load(dfinal_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, last), other=0.0)
+    c0 = pid_s * seg_chunks
+    n_here = tl.minimum(seg_chunks, n_chunks - c0)
+    for i in range(0, n_here):
+        c = c0 + n_here - 1 - i
+        start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+        t = start + offs_q
+        mask_q = t < end
+        if VARLEN:  # packed sequences close anywhere
+            if HAS_DFINAL:
+                g_final = tl.load(dfinal_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, closes), other=0.0)
+                grad = tl.where(closes, g_final, grad)
+            else:
+                grad = tl.where(closes, 0.0, grad)
+        _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        acum_last = last_of(acum, offs_q, BLOCK_Q)
+        dyv = tl.load(dy_row + t[:, None] * stride_x_l + offs_p[None, :],
+                      mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)
+        Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :],
+                     mask=mask_q[:, None] & mask_n[None, :], other=0.0).to(DT)  # (Q, BLOCK_N)
+        dys = (dyv.to(tl.float32) * tl.exp(acum)[:, None]).to(DT)
+        grad = grad * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
+        if VARLEN:
+            grad = tl.where(opens, 0.0, grad)
+
+    seg_row = (b64 * n_segs + pid_s) * H + head
+    tl.store(out_ptr + seg_row * P * N + offs_n[:, None] * P + offs_p[None, :], grad, mask=mask_np)

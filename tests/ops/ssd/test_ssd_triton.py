@@ -1,0 +1,252 @@
+"""SSD "triton" backend: the kernels against the float64 loop, packed sequences, compile.
+
+On a machine without a GPU the kernels run in Triton's CPU interpreter
+(``TRITON_INTERPRET=1``, set by a module fixture for this file only), on
+small odd shapes; on a GPU the same tests run there, and two more run the
+full-shape and L = 2^20 checks of ``benchmarks/gpu_ssd_checks.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+import pytest
+import torch
+
+from numerics import TOL, assert_close, randn
+from ssmkit.ops.backends import BackendUnavailableError
+from ssmkit.ops.ssd import SSD_BACKENDS, ssd, ssd_reference
+
+if importlib.util.find_spec("triton") is None:
+    pytest.skip("triton is not installed: the Triton SSD kernels cannot run", allow_module_level=True)
+
+CUDA = torch.cuda.is_available()
+DEV = "cuda" if CUDA else "cpu"
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _interpreter():
+    """On CPU the kernels need Triton's interpreter, switched on before Triton was
+    first imported (``tests/conftest.py`` does it when there is no CUDA)."""
+    if not CUDA:
+        import triton.language.standard as standard
+
+        if os.environ.get("TRITON_INTERPRET") != "1" or "Interpreted" not in type(standard.sum).__name__:
+            pytest.skip("no CUDA, and Triton was imported before TRITON_INTERPRET=1 was set")
+
+
+def make_inputs(gen, *, b=2, L=37, H=4, P=8, N=16, G=2, dtype=torch.float32, D_shape="H", softplus=True,
+                strong_decay=False, n_states=None) -> dict:  # fmt: skip
+    """Fresh random inputs: activations in `dtype`, A, D, dt_bias in fp32."""
+    dt_bias = randn(H, gen=gen, scale=0.5) - 1
+    if strong_decay:  # dt |A| up to ~160 per step: chunk log decays near -1e4
+        dt = (5 + 15 * torch.rand(b, L, H, generator=gen, dtype=torch.float64)).to(dtype)
+        A = -torch.exp(torch.linspace(-7.0, 2.0, H, dtype=torch.float64)).float()
+    elif softplus:
+        dt, A = randn(b, L, H, gen=gen, dtype=dtype), -torch.exp(randn(H, gen=gen))
+    else:  # Δ = dt + dt_bias itself must be positive
+        dt, A = torch.exp(randn(b, L, H, gen=gen, scale=0.5) - 1).to(dtype), -torch.exp(randn(H, gen=gen))
+        dt_bias = 0.1 * torch.rand(H, generator=gen)
+    return dict(
+        x=randn(b, L, H, P, gen=gen, dtype=dtype), dt=dt, A=A,
+        B=randn(b, L, G, N, gen=gen, dtype=dtype), C=randn(b, L, G, N, gen=gen, dtype=dtype),
+        D=randn(*((H,) if D_shape == "H" else (H, P)), gen=gen), z=randn(b, L, H, P, gen=gen, dtype=dtype),
+        dt_bias=dt_bias, initial_state=randn(n_states or b, H, P, N, gen=gen),
+    )  # fmt: skip
+
+
+def run(fn, inp: dict, gen, **kw):
+    """y, final state and the gradients of a random projection of both."""
+    leaves = {k: v.detach().to(DEV).requires_grad_(True) for k, v in inp.items() if v is not None}
+    y, s = fn(**leaves, return_final_state=True, **kw)
+    wy = torch.randn(y.shape, generator=gen, dtype=torch.float64).to(DEV)
+    ws = torch.randn(s.shape, generator=gen, dtype=torch.float64).to(DEV)
+    ((y.double() * wy).sum() + (s.double() * ws).sum()).backward()
+    return y, s, {k: v.grad for k, v in leaves.items()}
+
+
+def triton_with(seg_chunks: int):
+    """The triton backend with a given segment length, called like ``ssd``."""
+    from ssmkit.ops.ssd.triton import ssd_triton
+
+    def f(return_final_state=True, **kw):
+        return ssd_triton(**kw, seg_chunks=seg_chunks)
+
+    return f
+
+
+def assert_all_close(got, ref, dtype, names):
+    (y, s, g), (y_r, s_r, g_r) = got, ref
+    assert y.dtype == dtype and s.dtype == torch.float32
+    assert_close(y, y_r, TOL[dtype], "y")
+    assert_close(s, s_r, TOL[dtype], "final state")
+    assert set(g) == set(names)
+    for name in names:
+        assert g[name].dtype == g_r[name].dtype or g_r[name].dtype == torch.float64
+        assert_close(g[name], g_r[name], TOL[dtype], f"grad {name}")
+
+
+CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default plan)
+    (torch.float32, 37, 40, 16, 2, "HP", True, 2),  # several segments; fp32 splits P in the backward
+    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1),
+    (torch.float16, 29, 8, 32, 4, "H", True, 0),  # L < chunk
+    (torch.float32, 23, 8, 7, 2, "H", False, 2),  # odd chunk size
+]
+
+
+@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg", CASES)
+def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg):
+    """Output, final state and every gradient against the float64 loop."""
+    inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(seg), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=softplus)  # fmt: skip
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+
+
+def test_optional_inputs_absent_and_strong_decay(gen):
+    """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
+    full = make_inputs(gen, L=40, G=2, strong_decay=True)
+    inp = {k: full[k] for k in ("x", "dt", "A", "B", "C")}
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(ssd, inp, torch.Generator().manual_seed(seed), chunk_size=16, backend="triton")
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed))
+    for t in (got[0], got[1], *got[2].values()):
+        assert torch.isfinite(t).all()
+    assert_all_close(got, ref, torch.float32, ("x", "dt", "A", "B", "C"))
+
+
+def _packed(gen, dtype):
+    lens = [20, 0, 1, 23, 16]  # an empty and a one-token sequence; 16 = one whole chunk
+    cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
+    inp = make_inputs(gen, b=1, L=sum(lens), G=2, dtype=dtype, D_shape="HP", n_states=len(lens))
+    return lens, cu, inp
+
+
+def _alone(inp: dict, cu: torch.Tensor) -> dict:
+    """Run each packed sequence alone through the float64 loop, as ``ssd`` would return them."""
+    bounds = cu.tolist()
+
+    def f(return_final_state=True, **kw):
+        ys, ss = [], []
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            cut = {n: (v[:, a:b] if n in ("x", "dt", "B", "C", "z") else v) for n, v in kw.items()}
+            y, s = ssd_reference(**cut | {"initial_state": kw["initial_state"][k : k + 1]}, return_final_state=True)
+            ys.append(y)
+            ss.append(s)
+        return torch.cat(ys, 1), torch.cat(ss, 0)
+
+    return f
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_sequences_do_not_leak(gen, dtype):
+    """cu_seqlens: each sequence equals itself run alone (outputs, per-sequence final
+    states, every gradient), so no state or gradient crosses a boundary."""
+    lens, cu, inp = _packed(gen, dtype)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(ssd, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16, backend="triton",
+              cu_seqlens=cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV))  # fmt: skip
+    ref = run(_alone(inp, cu), {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert got[1].shape == (len(lens),) + inp["initial_state"].shape[1:]
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+    # The empty sequence keeps its initial state and passes its gradient straight through.
+    assert torch.equal(got[1][1].cpu(), inp["initial_state"][1])
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch"])
+def test_packed_sequences_other_backends(gen, backend):
+    """Every backend accepts cu_seqlens (they run each sequence alone)."""
+    _, cu, inp = _packed(gen, torch.float32)
+    y, s = ssd(**inp, dt_softplus=True, chunk_size=16, backend=backend, cu_seqlens=cu, return_final_state=True)
+    y_r, s_r = _alone(inp, cu)(**{k: v.double() for k, v in inp.items()}, dt_softplus=True)
+    assert_close(y, y_r, TOL[torch.float32], "y")
+    assert_close(s, s_r, TOL[torch.float32], "final states")
+
+
+def test_compile_fullgraph(gen):
+    """The custom ops trace into one graph (fake kernels, autograd) and give eager's numbers."""
+    inp = make_inputs(gen, L=21, G=2)
+
+    def f(**kw):
+        return ssd(**kw, dt_softplus=True, chunk_size=16, backend="triton", return_final_state=True)
+
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    eager = run(lambda return_final_state, **kw: f(**kw), inp, torch.Generator().manual_seed(seed))
+    compiled_f = torch.compile(f, fullgraph=True, backend="aot_eager")  # the capture is what is checked
+    compiled = run(lambda return_final_state, **kw: compiled_f(**kw), inp, torch.Generator().manual_seed(seed))
+    assert_all_close(compiled, eager, torch.float32, GRAD_NAMES)
+
+
+def test_opcheck(gen):
+    """torch.library.opcheck: schema, fake tensor and autograd registration of the forward op."""
+    import ssmkit.ops.ssd.triton  # noqa: F401  (registers the ops)
+
+    inp = make_inputs(gen, b=1, L=9, H=2, G=1)
+    args = [inp[k].to(DEV).requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
+    tests = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, True), test_utils=tests)
+
+
+def test_auto_prefers_triton_on_cuda():
+    assert SSD_BACKENDS.auto_order["cuda"][0] == "triton" and "triton" in SSD_BACKENDS.impls
+    if CUDA:
+        assert SSD_BACKENDS.resolve("auto", torch.device("cuda")) == "triton"
+
+
+def test_errors(gen, monkeypatch):
+    inp = make_inputs(gen, b=1, L=9, H=2, G=1)
+    with pytest.raises(TypeError, match=r"`x` must have dtype float32, float16 or bfloat16 for the triton backend, got float64"):
+        ssd(**{k: v.double() for k, v in inp.items()}, backend="triton")
+    long = make_inputs(gen, b=1, L=300, H=2, G=1, N=16)
+    with pytest.raises(ValueError, match=r"`chunk_size` must be <= 256 for the triton backend, got 300"):
+        ssd(**long, chunk_size=300, backend="triton")
+    cu = torch.tensor([0, 4, 9], dtype=torch.int32)
+    cases = [
+        (dict(cu_seqlens=cu.float()), TypeError, r"`cu_seqlens` must have dtype int32 or int64, got float32"),
+        (dict(cu_seqlens=cu[None]), ValueError, r"`cu_seqlens` expected shape \(S \+ 1,\) with S >= 1, got \(1, 3\)"),
+        (dict(cu_seqlens=torch.tensor([0, 4, 8])), ValueError, r"`cu_seqlens` must rise from 0 to L=9 .* got \[0, 4, 8\]"),
+        (dict(cu_seqlens=torch.tensor([0, 5, 4, 9])), ValueError, r"without decreasing, got \[0, 5, 4, 9\]"),
+        (dict(cu_seqlens=cu, initial_state=inp["initial_state"]), ValueError,
+         r"`initial_state` expected shape \(S=2, H=2, P=8, N=16\), got \(1, 2, 8, 16\)"),
+        (dict(cu_seqlens=cu.tolist()), TypeError, r"`cu_seqlens` must be a torch.Tensor, got list"),
+    ]  # fmt: skip
+    for change, exc, pattern in cases:
+        with pytest.raises(exc, match=pattern):
+            ssd(**inp | change, backend="torch")
+    two = make_inputs(gen, b=2, L=9, H=2, G=1)
+    with pytest.raises(ValueError, match=r"with `cu_seqlens`, `x` must hold the packed sequences in a batch of one, got batch 2"):
+        ssd(**two | {"initial_state": None}, cu_seqlens=cu)
+    if not CUDA:
+        monkeypatch.delenv("TRITON_INTERPRET")
+        with pytest.raises(BackendUnavailableError, match=r"backend 'triton' cannot run on cpu: .*TRITON_INTERPRET=1"):
+            ssd(**inp, backend="triton")
+
+
+def _gpu_checks():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "..", "benchmarks"))
+    import gpu_ssd_checks
+
+    return gpu_ssd_checks
+
+
+@pytest.mark.skipif(not CUDA, reason="full shapes (H=8, P=64, N=128, L up to 1000) need a GPU")
+def test_gpu_full_shapes():
+    checks = _gpu_checks()
+    rows = checks.run_checks(checks.new_seed())
+    failed = [r for r in rows if not r[-1]]
+    assert not failed, failed
+
+
+@pytest.mark.skipif(not CUDA or torch.cuda.get_device_properties(0).total_memory < 100 * 2**30 if CUDA else True,
+                    reason="L = 2^20 with 2^32-element tensors needs a GPU with >= 100 GiB")  # fmt: skip
+def test_gpu_long_sequence():
+    checks = _gpu_checks()
+    rows = checks.check_long(checks.new_seed())
+    failed = [r for r in rows if not r[-1]]
+    assert not failed, failed
