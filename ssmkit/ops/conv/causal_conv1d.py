@@ -17,9 +17,10 @@ convolution exactly; :func:`causal_conv1d_step` advances it one token.
 
 Backends (table ``CONV1D_BACKENDS``): ``"reference"`` is a loop over time in
 float64 (the spec); ``"torch"`` is ``F.conv1d`` with ``groups=D`` on the
-channels-first view. Both accumulate in float32 at least (float64 inputs stay
-float64) and return ``x``'s dtype; the state keeps ``x``'s dtype (it holds
-inputs, exactly).
+channels-first view; ``"triton"`` are GPU kernels (``causal_conv1d_triton.py``,
+float32/16 and bfloat16 only). All accumulate in float32 at least (float64 inputs
+stay float64) and return ``x``'s dtype; the state keeps ``x``'s dtype (it holds
+inputs, exactly). The step has its own table, ``CONV1D_STEP_BACKENDS``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ..._checks import check_choice, check_float, check_same_device, check_shape
+from .._triton import triton_unavailable_reason
 from ..backends import OpBackends, always
 
 ACTIVATIONS = (None, "silu")
@@ -83,10 +85,41 @@ def _conv_torch(x, weight, bias, initial_state, activation):
     return y.to(x.dtype), xc[:, L:]  # (B, L, D), (B, K-1, D)
 
 
+def _conv_triton(x, weight, bias, initial_state, activation):
+    """Triton kernels (``causal_conv1d_triton.py``), imported on first use."""
+    from .causal_conv1d_triton import causal_conv1d_triton
+
+    return causal_conv1d_triton(x, weight, bias, initial_state, activation)
+
+
 CONV1D_BACKENDS = OpBackends(
     op="causal_conv1d",
-    impls={"reference": _conv_reference, "torch": _conv_torch},
-    available={"reference": always, "torch": always},
+    impls={"reference": _conv_reference, "torch": _conv_torch, "triton": _conv_triton},
+    available={"reference": always, "torch": always, "triton": triton_unavailable_reason},
+)
+
+
+def _step_torch(x_t, state, weight, bias, activation):
+    """One token in PyTorch: (y_t (B, D), new_state (B, K-1, D)) in x_t's dtype."""
+    work = _work_dtype(x_t)
+    window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (B, K, D)
+    y_t = torch.einsum("bkd,dk->bd", window.to(work), weight.to(work))  # (B, D)
+    if bias is not None:
+        y_t = y_t + bias.to(work)
+    return _activate(y_t, activation).to(x_t.dtype), window[:, 1:]  # (B, D), (B, K-1, D)
+
+
+def _step_triton(x_t, state, weight, bias, activation):
+    from .causal_conv1d_triton import causal_conv1d_step_triton
+
+    return causal_conv1d_step_triton(x_t, state, weight, bias, activation)
+
+
+CONV1D_STEP_BACKENDS = OpBackends(
+    op="causal_conv1d_step",
+    impls={"torch": _step_torch, "triton": _step_triton},
+    available={"torch": always, "triton": triton_unavailable_reason},
+    auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
 )
 
 
@@ -128,7 +161,7 @@ def causal_conv1d(
         initial_state: (B, K-1, D) the K-1 inputs before ``x`` (zeros when None).
         activation: None or ``"silu"``, applied after the bias.
         return_final_state: also return the last K-1 inputs.
-        backend: ``"auto"``, ``"reference"`` or ``"torch"`` (table ``CONV1D_BACKENDS``).
+        backend: ``"auto"``, ``"reference"``, ``"torch"`` or ``"triton"`` (table ``CONV1D_BACKENDS``).
     Returns:
         y: (B, L, D) in x's dtype, or ``(y, final_state)`` with final_state (B, K-1, D) in x's dtype.
     """
@@ -160,6 +193,7 @@ def causal_conv1d_step(
     weight: torch.Tensor,
     bias: Optional[torch.Tensor] = None,
     activation: Optional[str] = None,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token of :func:`causal_conv1d`, for decoding.
 
@@ -167,6 +201,7 @@ def causal_conv1d_step(
         x_t: (B, D) the new input.
         state: (B, K-1, D) the K-1 previous inputs (oldest first).
         weight: (D, K); bias: (D,) or None; activation: None or ``"silu"``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` (table ``CONV1D_STEP_BACKENDS``).
     Returns:
         y_t: (B, D) in x_t's dtype; new_state: (B, K-1, D) in x_t's dtype (a new tensor; ``state`` is untouched).
     """
@@ -182,10 +217,5 @@ def causal_conv1d_step(
         check_shape(fn, "bias", bias, ("D",), sizes)
         check_float(fn, "bias", bias)
     check_choice(fn, "activation", activation, ACTIVATIONS)
-    check_same_device(fn, {"x_t": x_t, "state": state, "weight": weight, "bias": bias})
-    work = _work_dtype(x_t)
-    window = torch.cat([state.to(x_t.dtype), x_t[:, None]], dim=1)  # (B, K, D)
-    y_t = torch.einsum("bkd,dk->bd", window.to(work), weight.to(work))  # (B, D)
-    if bias is not None:
-        y_t = y_t + bias.to(work)
-    return _activate(y_t, activation).to(x_t.dtype), window[:, 1:]  # (B, D), (B, K-1, D)
+    device = check_same_device(fn, {"x_t": x_t, "state": state, "weight": weight, "bias": bias})
+    return CONV1D_STEP_BACKENDS.get(backend, device)(x_t, state, weight, bias, activation)

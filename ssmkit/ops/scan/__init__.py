@@ -15,8 +15,10 @@ state (B, D, N), float32 (float64 for float64 inputs).
 
 Backends (``SCAN_BACKENDS``): "reference" (float64 loop, reference.py),
 "torch" (chunked PyTorch, chunked.py, any device), "c" (compiled C kernel,
-CPU, cpu_c.py). "auto" tries ("c", "torch") on CPU and ("triton", "torch")
-on CUDA, once per device type, and logs its choice.
+CPU, cpu_c.py), "triton" (GPU kernels, triton*.py; float32/16, bfloat16).
+"auto" tries ("c", "torch") on CPU and ("triton", "torch") on CUDA, once per
+device type, and logs its choice. ``selective_scan_step``: "torch" (step.py)
+or "triton" (triton_step.py), table ``SCAN_STEP_BACKENDS``.
 """
 
 from __future__ import annotations
@@ -107,7 +109,7 @@ def selective_scan(
         delta_softplus: apply softplus to delta + delta_bias.
         initial_state: (B, D, N) or None (zeros).
         return_final_state: also return the state after the last token.
-        backend: "auto", "reference", "torch" or "c" (see module docstring).
+        backend: "auto", "reference", "torch", "c" or "triton" (see module docstring).
     Returns:
         y: (B, L, D) in u's dtype; with ``return_final_state`` also the final
         state (B, D, N) in float32 (float64 for float64 ``u``).

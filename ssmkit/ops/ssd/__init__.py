@@ -3,7 +3,8 @@
     ssd(x, dt, A, B, C, ...)       whole sequences; backend "reference" (float64
                                    loop, the spec), "torch" (chunked algorithm)
                                    or "triton" (GPU kernels, triton*.py)
-    ssd_step(state, x, dt, ...)    one token, for decoding
+    ssd_step(state, x, dt, ...)    one token, for decoding (table ``SSD_STEP_BACKENDS``:
+                                   "torch", step.py, or "triton", triton_step.py)
 
 Symbols (see ``reference.py``): Δ = softplus?(dt + dt_bias), Ā = exp(Δ A),
 h_t = Ā_t h_{t-1} + Δ_t x_t B_t^T, y_t = h_t C_t + D x_t, gated by silu(z).

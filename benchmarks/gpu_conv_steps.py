@@ -1,0 +1,131 @@
+"""GPU checks and timings of the small Triton kernels: causal conv1d (+ step) and the decode steps.
+
+Called by ``gpu_scan.py``. Each check compares backend "triton" with the float64
+"reference" / "torch" path on fresh random inputs (output, state, every gradient);
+each timing is the median of CUDA-event timings against the "torch" path and, for
+the Mamba decode step, ``mamba_ssm``'s Triton ``selective_state_update``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Callable
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from numerics import TOL, rel_err  # noqa: E402
+
+from ssmkit.ops.conv import causal_conv1d  # noqa: E402
+from ssmkit.ops.conv.causal_conv1d_triton import causal_conv1d_step_triton  # noqa: E402
+from ssmkit.ops.scan.step import selective_scan_step_impl  # noqa: E402
+from ssmkit.ops.scan.triton_step import selective_scan_step_triton  # noqa: E402
+from ssmkit.ops.ssd.step import ssd_step_torch  # noqa: E402
+from ssmkit.ops.ssd.triton_step import ssd_step_triton  # noqa: E402
+
+
+def _squeeze1(out):
+    return out[0][:, 0], out[1]
+
+
+def _grads(fn, args, seed):
+    """Outputs of fn and the gradients of a random projection of them w.r.t. every tensor arg."""
+    leaves = [a.detach().clone().requires_grad_(True) if isinstance(a, torch.Tensor) else a for a in args]
+    outs = fn(*leaves)
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    loss = sum((o.double() * torch.randn(o.shape, generator=g, device="cuda", dtype=torch.float64)).sum()
+               for o in outs if o.numel())  # fmt: skip
+    ts = [a for a in leaves if isinstance(a, torch.Tensor)]
+    return outs, torch.autograd.grad(loss, ts)
+
+
+def _compare(case, fn, ref, args, dtype) -> list[list]:
+    seed = int(torch.randint(2**31, (1,)))
+    out, g = _grads(fn, args, seed)
+    out_r, g_r = _grads(ref, [a.double() if isinstance(a, torch.Tensor) else a for a in args], seed)
+    tol = TOL[dtype]
+    rows = []
+    for what, a, b in [*(("output", o, r) for o, r in zip(out, out_r) if r.numel()),
+                       *((f"grad #{i}", a, b) for i, (a, b) in enumerate(zip(g, g_r)))]:  # fmt: skip
+        err = rel_err(a, b)
+        rows.append([case, what, f"{err:.2e}", f"{tol:.0e}", "yes" if err <= tol else "NO"])
+    return rows
+
+
+def checks(seed: int) -> list[list]:
+    g = torch.Generator(device="cuda").manual_seed(seed)
+
+    def r(*s, dt=torch.float32):
+        return torch.randn(*s, generator=g, device="cuda").to(dt)
+
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        x, w, b, s = r(4, 4093, 1000, dt=dtype), r(1000, 4), r(1000), r(4, 3, 1000, dt=dtype)
+        rows += _compare(f"conv1d B=4 L=4093 D=1000 K=4 silu {str(dtype)[6:]}",
+                         lambda *a: causal_conv1d(*a, activation="silu", return_final_state=True, backend="triton"),
+                         lambda *a: causal_conv1d(*a, activation="silu", return_final_state=True, backend="torch"),
+                         [x, w, b, s], dtype)  # fmt: skip
+        xt, st = r(8, 1000, dt=dtype), r(8, 3, 1000, dt=dtype)
+        rows += _compare(f"conv1d step B=8 D=1000 K=4 {str(dtype)[6:]}",
+                         lambda *a: causal_conv1d_step_triton(*a, "silu"),
+                         lambda *a: _squeeze1(causal_conv1d(a[0][:, None], a[2], a[3], a[1], "silu", True, "torch")),
+                         [xt, st, w, b], dtype)  # fmt: skip
+        st, u, dl, z = r(8, 1000, 16), r(8, 1000, dt=dtype), r(8, 1000, dt=dtype), r(8, 1000, dt=dtype)
+        A, Bv, Cv, D, bias = -torch.exp(r(1000, 16)), r(8, 2, 16, dt=dtype), r(8, 2, 16, dt=dtype), r(1000), r(1000)
+        rows += _compare(f"selective_scan_step B=8 D=1000 N=16 G=2 {str(dtype)[6:]}",
+                         lambda *a: selective_scan_step_triton(*a, delta_softplus=True),
+                         lambda *a: selective_scan_step_impl(*a, delta_softplus=True),
+                         [st, u, dl, A, Bv, Cv, D, z, bias], dtype)  # fmt: skip
+        st, x, dt_, z = r(8, 24, 64, 128), r(8, 24, 64, dt=dtype), r(8, 24, dt=dtype), r(8, 24, 64, dt=dtype)
+        A, Bv, Cv, D, bias = -torch.exp(r(24)), r(8, 2, 128, dt=dtype), r(8, 2, 128, dt=dtype), r(24), r(24)
+        rows += _compare(f"ssd_step B=8 H=24 P=64 N=128 G=2 {str(dtype)[6:]}",
+                         lambda *a: ssd_step_triton(*a, dt_softplus=True),
+                         lambda *a: ssd_step_torch(*a, dt_softplus=True),
+                         [st, x, dt_, A, Bv, Cv, D, z, bias], dtype)  # fmt: skip
+    return rows
+
+
+def _ms(fn: Callable) -> float:
+    return do_bench(fn, warmup=25, rep=100, return_mode="median")
+
+
+def timings(mamba_src) -> list[list]:
+    rows = []
+    bf = torch.bfloat16
+    x, w, b = torch.randn(8, 4096, 2048, device="cuda", dtype=bf), torch.randn(2048, 4, device="cuda"), torch.randn(2048, device="cuda")
+    for be in ("triton", "torch"):
+        f = lambda be=be: causal_conv1d(x, w, b, activation="silu", backend=be)  # noqa: E731
+        xg = x.detach().requires_grad_(True)
+        dy = torch.randn_like(x)
+        fb = lambda be=be: causal_conv1d(xg, w, b, activation="silu", backend=be).backward(dy)  # noqa: E731
+        rows.append([f"conv1d B=8 L=4096 D=2048 K=4 bf16, {be}", f"{_ms(f):.3f}", f"{_ms(fb):.3f}"])
+    B_, D_, N_ = 16, 5120, 16
+    st = torch.randn(B_, D_, N_, device="cuda")
+    u, dl, z = (torch.randn(B_, D_, device="cuda", dtype=bf) for _ in range(3))
+    A, Bv, Cv = -torch.rand(D_, N_, device="cuda"), torch.randn(B_, N_, device="cuda", dtype=bf), torch.randn(B_, N_, device="cuda", dtype=bf)
+    D, bias = torch.randn(D_, device="cuda"), torch.randn(D_, device="cuda")
+    with torch.no_grad():
+        rows.append([f"selective_scan_step B={B_} D={D_} N={N_}, triton",
+                     f"{_ms(lambda: selective_scan_step_triton(st, u, dl, A, Bv, Cv, D, z, bias, True)):.4f}", ""])
+        rows.append([f"selective_scan_step B={B_} D={D_} N={N_}, torch",
+                     f"{_ms(lambda: selective_scan_step_impl(st, u, dl, A, Bv, Cv, D, z, bias, True)):.4f}", ""])
+        if mamba_src:
+            try:
+                from mamba_ssm.ops.triton.selective_state_update import selective_state_update
+
+                s2 = st.clone()
+                rows.append([f"mamba_ssm selective_state_update (in place) B={B_} D={D_} N={N_}",
+                             f"{_ms(lambda: selective_state_update(s2, u, dl, A, Bv, Cv, D, z, bias, True)):.4f}", ""])  # fmt: skip
+            except Exception as e:  # noqa: BLE001
+                rows.append(["mamba_ssm selective_state_update", f"unavailable: {type(e).__name__}", ""])
+        H, P, N2 = 80, 64, 128
+        s3 = torch.randn(B_, H, P, N2, device="cuda")
+        xs, dts, zs = torch.randn(B_, H, P, device="cuda", dtype=bf), torch.randn(B_, H, device="cuda", dtype=bf), torch.randn(B_, H, P, device="cuda", dtype=bf)
+        A2, B2, C2 = -torch.rand(H, device="cuda"), torch.randn(B_, 1, N2, device="cuda", dtype=bf), torch.randn(B_, 1, N2, device="cuda", dtype=bf)
+        D2, b2 = torch.randn(H, device="cuda"), torch.randn(H, device="cuda")
+        for name, fn in (("triton", ssd_step_triton), ("torch", ssd_step_torch)):
+            rows.append([f"ssd_step B={B_} H={H} P={P} N={N2}, {name}",
+                         f"{_ms(lambda fn=fn: fn(s3, xs, dts, A2, B2, C2, D2, zs, b2, True)):.4f}", ""])  # fmt: skip
+    return rows

@@ -1,0 +1,223 @@
+"""GPU speed of the selective scan (Mamba-1): ssmkit's Triton kernels against mamba_ssm.
+
+Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
+  1. correctness at full shapes and at L = 2^20 (``gpu_scan_checks.py``);
+  2. B=8, L=4096, D=2048, N=16, bfloat16, with z, D, delta bias and softplus:
+     ssmkit "triton" vs ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn``
+     (CUDA kernel, fed its own (B, D, L) layout), forward and forward+backward,
+     median of CUDA-event timings (``triton.testing.do_bench``), and the fraction
+     of the forward floor: one exp per (b, l, d, n) at the special-function rate
+     (16/clk/SM), or the bytes (each input read once, y written once);
+  3. a sweep of the kernels' tile sizes, the compiled kernels' registers and spills,
+     and a per-kernel profile.
+mamba_ssm is imported from its source tree (``MAMBA_SRC``) without running its package
+``__init__``; its compiled ``selective_scan_cuda`` must be importable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+import types
+from typing import Callable, Optional
+
+import torch
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _timing import markdown_table  # noqa: E402
+from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
+
+from ssmkit.ops.scan import selective_scan  # noqa: E402
+from ssmkit.ops.scan.triton_launch import ScanKernelConfig, default_config, scan_bwd, scan_fwd  # noqa: E402
+
+SHAPE = dict(b=8, L=4096, D=2048, N=16)
+
+
+def load_mamba(src: Optional[str]) -> Optional[Callable]:
+    """selective_scan_fn from an unpacked mamba_ssm source tree, or None."""
+    if not src or not os.path.isdir(os.path.join(src, "mamba_ssm")):
+        return None
+    sys.path.insert(0, src)  # the compiled selective_scan_cuda sits in the source tree (build_ext --inplace)
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__ = [os.path.join(src, "mamba_ssm")]
+    sys.modules["mamba_ssm"] = pkg
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    return selective_scan_fn
+
+
+def ms(fn: Callable, grads=None) -> float:
+    return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+
+
+def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
+    """Median ms of f(**inp) without autograd, and of f(**leaves).backward(dy)."""
+    leaves = {k: (v.detach().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    with torch.no_grad():
+        t_f = ms(lambda: f(**inp))
+    dy = torch.randn_like(f(**leaves))
+    t_fb = ms(lambda: f(**leaves).backward(dy), grads=[v for v in leaves.values() if v is not None])
+    return t_f, t_fb
+
+
+def floors_ms(b: int, L: int, D: int, N: int) -> tuple[float, float]:
+    """(special-function floor, byte floor) of the forward, in ms."""
+    props = torch.cuda.get_device_properties(0)
+    clock_hz = 1.98e9  # H100/H200 SXM boost clock
+    exp_ms = b * L * D * N / (16 * props.multi_processor_count * clock_hz) * 1e3
+    bytes_ = b * L * D * 2 * 4 + b * L * N * 2 * 2  # u, delta, z, y (bf16) and B, C
+    return exp_ms, bytes_ / 4.16e12 * 1e3
+
+
+def ours(**k):
+    return selective_scan(k["u"], k["delta"], k["A"], k["B"], k["C"], k["D"], k["z"], k["delta_bias"], True,
+                          backend="triton")  # fmt: skip
+
+
+def bench_vs_mamba(mamba) -> str:
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    inp = make_inputs(g, **SHAPE)
+    inp.pop("initial_state")
+    t_f, t_fb = fwd_and_fwdbwd(ours, inp)
+    exp_ms, byte_ms = floors_ms(**SHAPE)
+    rows = [["ssmkit triton", f"{t_f:.3f}", f"{t_fb:.3f}", "1.00", "1.00", f"{max(exp_ms, byte_ms) / t_f:.0%}"]]
+    if mamba is not None:
+        # mamba_ssm's layout: u, delta, z (B, D, L); B, C (B, N, L)
+        m_inp = {k: (v.transpose(1, 2).contiguous() if k in ("u", "delta", "z", "B", "C") else v) for k, v in inp.items()}
+
+        def theirs(**k):
+            return mamba(k["u"], k["delta"], k["A"], k["B"], k["C"], k["D"], k["z"], k["delta_bias"], True)
+
+        with torch.no_grad():
+            diff = (theirs(**m_inp).transpose(1, 2).float() - ours(**inp).float()).norm() / ours(**inp).float().norm()
+        m_f, m_fb = fwd_and_fwdbwd(theirs, m_inp)
+        rows.append([f"mamba_ssm selective_scan_fn (rel diff to ours {diff:.1e})", f"{m_f:.3f}", f"{m_fb:.3f}",
+                     f"{t_f / m_f:.2f}", f"{t_fb / m_fb:.2f}", f"{max(exp_ms, byte_ms) / m_f:.0%}"])  # fmt: skip
+    head = ["B=8 L=4096 D=2048 N=16 bf16", "fwd ms", "fwd+bwd ms", "ours/mamba fwd", "ours/mamba fwd+bwd",
+            "fwd floor / time"]  # fmt: skip
+    note = f"\nforward floors: {exp_ms:.3f} ms (exp at 16/clk/SM), {byte_ms:.3f} ms (bytes at 4.16 TB/s)\n"
+    return markdown_table(head, rows) + note
+
+
+def sweep_configs() -> str:
+    """Tile sizes and segment counts at the benchmark shape, through the launchers directly."""
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    inp = make_inputs(g, **SHAPE)
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    rows = []
+
+    def timed(label, fn):
+        try:
+            rows.append([label, f"{ms(fn):.3f}"])
+        except Exception as e:  # a config can exceed registers or shared memory
+            rows.append([label, f"failed: {type(e).__name__}: {str(e)[:80]}"])
+
+    base = default_config(16)
+    for bd, ch, nw, ns, ahead in ((32, 4, 1, 1, True), (32, 4, 1, 1, False), (32, 2, 1, 1, True), (64, 4, 2, 1, True),
+                                  (128, 4, 4, 1, True), (32, 4, 1, 8, True), (64, 4, 2, 8, True),
+                                  (64, 4, 2, 8, False), (32, 4, 1, 0, True)):  # fmt: skip
+        cfg = ScanKernelConfig(bd, ch, base.bwd_block_d, base.bwd_chunk, 8, num_warps=nw, n_segs=ns, dt_ahead=ahead)
+        timed(f"fwd block_d={bd} chunk={ch} warps={nw} n_segs={ns or 'auto'} dt_ahead={ahead}",
+              lambda: scan_fwd(*args, None, True, False, cfg))  # fmt: skip
+    cfg = ScanKernelConfig(32, 4, 32, 2, 8)
+    timed("fwd (default) saving states every 8", lambda: scan_fwd(*args, None, True, True, cfg))
+    dy = torch.randn_like(inp["u"])
+    for bbd, bch, S, bnw, ns in ((32, 2, 8, 1, 8), (32, 2, 8, 1, 0), (32, 2, 8, 1, 32), (32, 1, 8, 1, 8),
+                                 (32, 1, 8, 1, 16), (32, 4, 8, 1, 16), (32, 2, 16, 1, 16), (64, 2, 8, 2, 8)):  # fmt: skip
+        cfg = ScanKernelConfig(32, 4 if S % 4 == 0 else 2, bbd, bch, S, bwd_num_warps=bnw, bwd_n_segs=ns)
+        _, _, hsave = scan_fwd(*args, None, True, True, cfg)
+        timed(f"bwd block_d={bbd} chunk={bch} save_every={S} warps={bnw} n_segs={ns or 'auto'}",
+              lambda: scan_bwd(dy, None, *args, hsave, True, cfg))  # fmt: skip
+    return markdown_table(["config", "ms"], rows)
+
+
+def kernel_resources() -> str:
+    import ssmkit.ops.scan.triton_launch as launch
+
+    rows = []
+    for name in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
+        fn = getattr(launch, name)
+        for caches in fn.device_caches.values():
+            for k in caches[0].values():
+                md = k.metadata
+                rows.append([name, md.num_warps, k.n_regs, k.n_spills, md.shared])
+    return markdown_table(["kernel", "warps", "registers", "spills", "shared bytes"], rows)
+
+
+def profile_kernels() -> str:
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    inp = {k: v.requires_grad_(True) for k, v in make_inputs(g, **SHAPE).items()}
+    for _ in range(3):
+        ours(**inp).float().sum().backward()
+    torch.cuda.synchronize()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            ours(**inp).float().sum().backward()
+        torch.cuda.synchronize()
+    return "```\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=12) + "\n```"
+
+
+def _section(title: str, fn: Callable, report: list, results: dict) -> None:
+    print(f"== {title}", flush=True)
+    try:
+        out = fn()
+        results[title] = out
+        report.append(f"### {title}\n\n{out}\n")
+        print(out, flush=True)
+    except Exception:  # keep going: one call should bring back every section it can
+        tb = traceback.format_exc()
+        results[title] = tb
+        report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
+        print(tb, flush=True)
+
+
+def _wait_for(flag: Optional[str], timeout_s: float = 420.0) -> str:
+    """Wait until the file ``flag`` exists (a background mamba_ssm build finished)."""
+    import time
+
+    t0 = time.time()
+    while flag and not os.path.exists(flag) and time.time() - t0 < timeout_s:
+        time.sleep(2)
+    return f"waited {time.time() - t0:.0f} s for {flag}" if flag else "no build to wait for"
+
+
+def run(out_dir: str) -> str:
+    """All sections; writes ``gpu_scan.md`` / ``gpu_scan.json`` under ``out_dir``; returns the report.
+
+    Correctness first (it needs no mamba_ssm, which may still be building in the
+    background: ``MAMBA_READY`` names the file its build touches when done), timings after.
+    """
+    import gpu_conv_steps
+
+    os.makedirs(out_dir, exist_ok=True)
+    seed = new_seed()
+    report = [f"## Selective scan (Mamba-1) on {torch.cuda.get_device_name()} (torch {torch.__version__}, seed {seed})\n"]
+    results: dict = {}
+    check_head = ["case", "quantity", "rel err", "tol", "ok"]
+    _section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
+    _section("torch.compile", lambda: markdown_table(check_head, compiles_fullgraph(seed)), report, results)
+    _section("L = 2^20, tensors past 2^31 elements", lambda: markdown_table(check_head, check_long(seed)), report, results)
+    _section("conv1d and decode steps: correctness", lambda: markdown_table(check_head, gpu_conv_steps.checks(seed)),
+             report, results)  # fmt: skip
+    print(_wait_for(os.environ.get("MAMBA_READY")), flush=True)
+    try:
+        mamba = load_mamba(os.environ.get("MAMBA_SRC"))
+    except Exception:  # a failed build: time ours alone
+        print(traceback.format_exc(), flush=True)
+        mamba = None
+    _section("ssmkit vs mamba_ssm", lambda: bench_vs_mamba(mamba), report, results)
+    _section("tile sizes", sweep_configs, report, results)
+    _section("compiled kernels", kernel_resources, report, results)
+    _section("kernel profile (5 x fwd+bwd)", profile_kernels, report, results)
+    _section("conv1d and decode steps: timings",
+             lambda: markdown_table(["case", "fwd ms", "fwd+bwd ms"], gpu_conv_steps.timings(os.environ.get("MAMBA_SRC"))),
+             report, results)  # fmt: skip
+    text = "\n".join(report)
+    with open(os.path.join(out_dir, "gpu_scan.md"), "w") as f:
+        f.write(text)
+    with open(os.path.join(out_dir, "gpu_scan.json"), "w") as f:
+        json.dump({k: str(v) for k, v in results.items()}, f, indent=1)
+    return text

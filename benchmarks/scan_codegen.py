@@ -1,0 +1,95 @@
+"""Compile the selective scan Triton kernels for sm_90 without a GPU and count instructions.
+
+Uses the ``ptxas`` / ``nvdisasm`` shipped in Triton's wheel. Integer arguments and
+pointers get the divisibility-by-16 hints the JIT infers on the GPU for the usual
+shapes (which is what changed the layouts on the device once: see
+docs/kernels_gpu_notes_scan.md). Per kernel: registers, spills, and per loop of
+the SASS the instructions by kind; the forward's main loop should show no SHFL
+and no local memory (LDL/STL).
+
+    python benchmarks/scan_codegen.py            # forward (full and local pass), backward
+    PYTHONPATH=<other triton> python benchmarks/scan_codegen.py   # another Triton version
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from ssmkit.ops.scan.triton_bwd import selective_scan_bwd_kernel  # noqa: E402
+from ssmkit.ops.scan.triton_fwd import selective_scan_fwd_kernel  # noqa: E402
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr"}
+KINDS = ("MUFU", "SHFL", "LDS", "STS", "BAR", "LDG", "STG", "RED", "FFMA", "FMUL", "FADD", "LDL", "STL")
+COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_LOG=True)
+
+
+def compile_sm90(kernel, constexprs: dict, num_warps: int = 1):
+    """(cubin bytes, SASS text) of ``kernel`` for sm_90, with the JIT's divisibility hints."""
+    sig, attrs = {}, {}
+    for i, p in enumerate(kernel.params):
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        else:
+            sig[p.name] = ("*bf16" if p.name in BF16 else "*fp32") if p.name.endswith("_ptr") else "i32"
+            if p.name != "ONE":  # ONE = 1 is passed unspecialized on purpose
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1})
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(c.asm["cubin"])
+    res = subprocess.run([f"{BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+    sass = subprocess.run([f"{BIN}/nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    return res, sass
+
+
+def loops(sass: str) -> list[tuple[int, collections.Counter]]:
+    """(size, instruction counts) of every backward-branch loop body in the SASS."""
+    lines = sass.splitlines()
+    labels = {m.group(1): i for i, l in enumerate(lines) if (m := re.match(r"^\.(L_x_\d+):", l.strip()))}
+    out = []
+    for i, l in enumerate(lines):
+        m = re.search(r"BRA `\(\.(L_x_\d+)\)", l)
+        if m and labels.get(m.group(1), i) < i:
+            ops = collections.Counter(
+                mm.group(2) for line in lines[labels[m.group(1)] : i + 1]
+                if (mm := re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", line))
+            )  # fmt: skip
+            out.append((sum(ops.values()), ops))
+    return out
+
+
+def report(name: str, kernel, constexprs: dict, elements_per_iteration: int) -> None:
+    res, sass = compile_sm90(kernel, constexprs)
+    regs = re.search(r"REG:(\d+)", res)
+    stack = re.search(r"STACK:(\d+)", res)
+    print(f"{name}: registers {regs and regs.group(1)}, stack {stack and stack.group(1)} bytes")
+    for size, ops in loops(sass):
+        if size > 50:
+            mix = " ".join(f"{k}={ops.get(k, 0)}" for k in KINDS)
+            print(f"  loop of {size} instructions ({size / elements_per_iteration:.1f} per element): {mix}")
+
+
+def main() -> None:
+    print(f"triton {triton.__version__}")
+    fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, HAS_H0=True, DT_AHEAD=True)
+    report("forward, full pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=False), 64)
+    report("forward, full pass saving checkpoints", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=True, LOCAL=False), 64)
+    report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
+    bwd = dict(COMMON, BLOCK_D=32, T=2, K=4, HAS_DHLAST=True, DOT_REDUCE=False)
+    report("backward (chunk loop: per 32 elements)", selective_scan_bwd_kernel, bwd, 32)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""When the Triton kernels can run, and small helpers they share.
+
+Triton kernels run on CUDA tensors, or on CPU tensors when the environment
+variable ``TRITON_INTERPRET=1`` was set before ``triton`` was first imported
+(the interpreter: slow, for tests). :func:`triton_unavailable_reason` says why
+they cannot run on a device (``None`` when they can); it is the availability
+check of every ``"triton"`` entry in the ops' backend tables.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional
+
+import torch
+
+# torch.compile evaluates these once while tracing and keeps the result (importlib and
+# os.environ are not traceable in every torch version); both are facts of the process.
+_constant = getattr(torch.compiler, "assume_constant_result", None) or torch._dynamo.assume_constant_result
+
+
+@_constant
+def interpret_mode() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@_constant
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_unavailable_reason(device: torch.device) -> Optional[str]:
+    """``None`` when the Triton kernels can run on ``device``, else the reason they cannot."""
+    if not _triton_installed():
+        return "the `triton` package is not installed (pip install 'ssmkit[triton]')"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available"
+        return None
+    if device.type == "cpu":
+        if interpret_mode():
+            return None
+        return "Triton kernels run on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
+    return f"Triton kernels do not run on {device.type} tensors"
+
+
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (tile sizes must be powers of two)."""
+    return 1 << max(0, (n - 1).bit_length())

@@ -1,0 +1,196 @@
+"""Causal depthwise conv1d, the "triton" backend: custom ops around the kernels.
+
+    causal_conv1d_triton(x, weight, bias, initial_state, activation) -> (y, final_state)
+    causal_conv1d_step_triton(x_t, state, weight, bias, activation) -> (y_t, new_state)
+
+Same contract as ``causal_conv1d.py`` (x (B, L, D), weight (D, K), state (B, K-1, D)
+in x's dtype). The forward, backward and one-token update run in Triton
+(``causal_conv1d_triton_kernels.py``) and are ``torch.library`` custom ops with a
+fake implementation and an autograd formula (``torch.compile(fullgraph=True)``
+traces through them). The final state (the last K-1 inputs) is a slice taken in
+PyTorch, so its gradient flows through autograd by itself.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._triton import next_pow2
+from .causal_conv1d_triton_kernels import conv1d_bwd_dx_kernel, conv1d_bwd_g_kernel, conv1d_fwd_kernel, conv1d_step_kernel
+
+_SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _unit_last(x: Optional[Tensor]) -> Optional[Tensor]:
+    return x if x is None or x.stride(-1) == 1 else x.contiguous()
+
+
+def _blocks(L: int, D: int) -> tuple[int, int]:
+    return min(64, next_pow2(max(L, 1))), min(64, next_pow2(D))
+
+
+@torch.library.custom_op("ssmkit::causal_conv1d_fwd", mutates_args=())
+def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor], silu: bool) -> Tensor:
+    """y (B, L, D) in x's dtype."""
+    x, s = _unit_last(x), _unit_last(initial_state)
+    batch, L, D = x.shape
+    K = weight.shape[1]
+    y = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
+    bl, bd = _blocks(L, D)
+    ss = s if s is not None else x
+    grid = (triton_cdiv(L, bl), triton_cdiv(D, bd), batch)
+    conv1d_fwd_kernel[grid](x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D,
+                            x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, BLOCK_L=bl, BLOCK_D=bd,
+                            HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu)  # fmt: skip
+    return y
+
+
+@_fwd_op.register_fake
+def _(x, weight, bias, initial_state, silu):
+    return x.new_empty(x.shape)
+
+
+@torch.library.custom_op("ssmkit::causal_conv1d_bwd", mutates_args=())
+def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
+            silu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dx, dweight, dbias, dinitial_state); dbias / dinitial_state empty when absent."""
+    x, s, dy = _unit_last(x), _unit_last(initial_state), _unit_last(dy)
+    batch, L, D = x.shape
+    K = weight.shape[1]
+    w = weight.contiguous()
+    bl, bd = _blocks(L, D)
+    n_tiles, n_d = triton_cdiv(L, bl), triton_cdiv(D, bd)
+    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
+    per_prog = triton_cdiv(n_tiles, max(1, min(n_tiles, triton_cdiv(4 * sms, n_d * batch))))
+    n_split = triton_cdiv(n_tiles, per_prog)
+    f32 = torch.float32
+    g = torch.empty((batch, L, D), dtype=f32, device=x.device)
+    dw = torch.empty((batch, n_split, K, D), dtype=f32, device=x.device)
+    db = torch.empty((batch, n_split, D), dtype=f32, device=x.device)
+    ss = s if s is not None else x
+    conv1d_bwd_g_kernel[(n_d, batch, n_split)](
+        x, w, bias if bias is not None else w, ss, dy, g, dw, db, L, D, per_prog,
+        x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1),
+        K=K, BLOCK_L=bl, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu,
+    )  # fmt: skip
+    dx = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
+    conv1d_bwd_dx_kernel[(n_tiles, n_d, batch)](g, w, dx, L, D, K=K, BLOCK_L=bl, BLOCK_D=bd)
+    dstate = x.new_empty(0)
+    if s is not None:  # ∂x~[i] = Σ_k w[k] g[i - k] for the K-1 state rows i
+        wf = w.to(f32)
+        rows = []
+        for i in range(K - 1):
+            acc = torch.zeros((batch, D), dtype=f32, device=x.device)
+            for k in range(0, i + 1):
+                if i - k < L:
+                    acc = acc + wf[:, k] * g[:, i - k]
+            rows.append(acc)
+        dstate = torch.stack(rows, dim=1).to(initial_state.dtype)  # (B, K-1, D)
+    dbias = db.sum((0, 1)).to(bias.dtype).contiguous() if bias is not None else x.new_empty(0)
+    return dx, dw.sum((0, 1)).t().contiguous().to(weight.dtype), dbias, dstate
+
+
+@_bwd_op.register_fake
+def _(dy, x, weight, bias, initial_state, silu):
+    empty = x.new_empty(0)
+    return (x.new_empty(x.shape), weight.new_empty(weight.shape), empty if bias is None else bias.new_empty(bias.shape),
+            empty if initial_state is None else initial_state.new_empty(initial_state.shape))  # fmt: skip
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, initial_state, silu = inputs
+    ctx.save_for_backward(x, weight, bias, initial_state)
+    ctx.silu = silu
+
+
+def _backward(ctx, dy):
+    x, weight, bias, initial_state = ctx.saved_tensors
+    dx, dw, db, ds = _bwd_op(dy, x, weight, bias, initial_state, ctx.silu)
+    return dx, dw, None if bias is None else db, None if initial_state is None else ds, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+@torch.library.custom_op("ssmkit::causal_conv1d_step", mutates_args=())
+def _step_op(x_t: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor], silu: bool) -> tuple[Tensor, Tensor]:
+    """(y_t (B, D), new_state (B, K-1, D)) in x_t's dtype."""
+    batch, D = x_t.shape
+    K = weight.shape[1]
+    x_t, state = _unit_last(x_t), _unit_last(state)
+    y = torch.empty((batch, D), dtype=x_t.dtype, device=x_t.device)
+    ns = torch.empty((batch, K - 1, D), dtype=x_t.dtype, device=x_t.device)
+    bd = min(128, next_pow2(D))
+    conv1d_step_kernel[(triton_cdiv(D, bd), batch)](
+        x_t, state, weight.contiguous(), bias if bias is not None else weight, y, ns, D,
+        x_t.stride(0), state.stride(0), state.stride(1) if K > 1 else D,
+        K=K, BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu,
+    )  # fmt: skip
+    return y, ns
+
+
+@_step_op.register_fake
+def _(x_t, state, weight, bias, silu):
+    return x_t.new_empty(x_t.shape), x_t.new_empty((x_t.shape[0], weight.shape[1] - 1, x_t.shape[1]))
+
+
+def _setup_step(ctx, inputs, output):
+    x_t, state, weight, bias, silu = inputs
+    ctx.save_for_backward(x_t, state, weight, bias)
+    ctx.silu = silu
+
+
+def _backward_step(ctx, dy, dns):
+    """y = act(bias + Σ_k w[k] window[k]) with window = [state, x_t]; new_state = window[1:]."""
+    x_t, state, weight, bias = ctx.saved_tensors
+    f32 = torch.float32
+    window = torch.cat([state.to(f32), x_t.to(f32)[:, None]], dim=1)  # (B, K, D)
+    g = dy.to(f32)
+    if ctx.silu:
+        p = torch.einsum("bkd,dk->bd", window, weight.to(f32))
+        if bias is not None:
+            p = p + bias.to(f32)
+        sg = torch.sigmoid(p)
+        g = g * sg * (1 + p * (1 - sg))
+    dwin = g[:, None, :] * weight.to(f32).t()[None]  # (B, K, D)
+    if dns is not None:
+        dwin[:, 1:] += dns.to(f32)
+    dw = torch.einsum("bd,bkd->dk", g, window).to(weight.dtype)
+    db = None if bias is None else g.sum(0).to(bias.dtype)
+    return dwin[:, -1].to(x_t.dtype), dwin[:, :-1].to(state.dtype), dw, db, None
+
+
+_step_op.register_autograd(_backward_step, setup_context=_setup_step)
+
+
+def _check_dtype(fn: str, tensors: dict) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.dtype not in _SUPPORTED:
+            raise TypeError(f"{fn} (backend 'triton'): argument `{name}` must be float32, float16 or bfloat16, "
+                            f"got {str(t.dtype).replace('torch.', '')} (use backend 'torch' or 'reference' for float64)")  # fmt: skip
+
+
+def causal_conv1d_triton(x, weight, bias, initial_state, activation):
+    """The "triton" implementation for ``CONV1D_BACKENDS``: (y, final_state), inputs validated."""
+    _check_dtype("causal_conv1d", {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
+    K, L = weight.shape[1], x.shape[1]
+    y = _fwd_op(x, weight, bias, initial_state, activation == "silu")
+    if L >= K - 1:  # the last K-1 inputs (a slice: autograd routes its gradient to x)
+        final = x[:, L - (K - 1) :].contiguous()
+    else:
+        init = initial_state if initial_state is not None else x.new_zeros(x.shape[0], K - 1, x.shape[2])
+        final = torch.cat([init.to(x.dtype)[:, L:], x], dim=1)
+    return y, final
+
+
+def causal_conv1d_step_triton(x_t, state, weight, bias, activation):
+    """One token: (y_t (B, D), new_state (B, K-1, D)), inputs validated."""
+    _check_dtype("causal_conv1d_step", {"x_t": x_t, "state": state, "weight": weight, "bias": bias})
+    return _step_op(x_t, state.to(x_t.dtype), weight, bias, activation == "silu")
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,233 @@
+"""Selective scan backward in Triton: recompute the states, sweep the adjoint back in time.
+
+Symbols as in ``triton_fwd.py``. With g_t = ∂L/∂y_t · silu(z_t) (the gradient
+reaching C·h + D u), the adjoint of the state runs backwards:
+
+    dh_t = g_t C_t + Ā_{t+1} dh_{t+1}          (dh after the last step: ∂L/∂h_final)
+
+and every input gradient is a sum of local terms, using Ā_t h_{t-1} = h_t - Δ_t B_t u_t
+(so h_{t-1} itself is never needed):
+
+    ∂Δ_t   = Σ_n A dh_t (h_t - Δ_t B_t u_t) + u_t Σ_n dh_t B_t
+    ∂u_t   = Δ_t Σ_n dh_t B_t + D g_t                 ∂A   = Σ_t Δ_t dh_t (h_t - Δ_t B_t u_t)
+    ∂B_t   = Σ_d dh_t Δ_t u_t    ∂C_t = Σ_d g_t h_t   ∂D   = Σ_t g_t u_t
+    ∂z_t   = ∂L/∂y_t (C·h_t + D u_t) silu'(z_t)       ∂h_0 = Ā_1 dh_1
+
+then ∂delta = ∂Δ · sigmoid(delta + bias) under softplus, and ∂bias = Σ_t ∂delta.
+
+Work split as in the forward: one program per (batch, block of channels, sequence
+segment), one channel per thread, the N states in registers. The adjoint entering a
+segment from the later ones is assembled from their local adjoints
+(``triton_bwd_local.py``). The forward saved the state every S = T * K steps
+(``hsave``); a program walks its range backwards S steps at a time: pass 1
+recomputes the states at the starts of the K chunks of T steps (kept in registers),
+pass 2 walks the chunks backwards, recomputing each chunk's T states and sweeping the
+adjoint through them. ∂B, ∂C are summed over the block's channels (lane shuffles, or
+a matrix product with ``DOT_REDUCE``) and added atomically (float32) to (B, L, G, N)
+buffers; ∂A, ∂D, ∂bias are returned per (batch, segment) and summed by the caller.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import (
+    _bc_offsets,
+    _bc_tile,
+    _flat,
+    _load_tile,
+    _m_col3,
+    _row,
+    _row_at,
+    _scan_chunk,
+    _sigmoid,
+    _softplus,
+    _sum_channels,
+)
+
+
+@triton.jit
+def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m_n,
+             T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+             SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr, GROUP_UNIFORM: tl.constexpr):  # fmt: skip
+    """The state after the T steps starting at ``t0`` (row pointers px, pu, pB already there),
+    from the state ``h`` before them."""
+    Bt = _bc_tile(tl.load(pB + o_B, mask=(t0 + tB < L) & m_n, other=0.0), T, NP, BLOCK_D, GROUP_UNIFORM)
+    m_tile = (t0 + tr < L) & m_col
+    x = _load_tile(px, o_x, m_tile, T, BLOCK_D)
+    u = _load_tile(pu, o_u, m_tile, T, BLOCK_D)
+    if HAS_BIAS:
+        x = x + bias
+    if SOFTPLUS:
+        x = _softplus(x, FAST_LOG)
+    dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
+    dA = tl.exp2(dt * A2)  # (T, NP, BD)
+    return _row(_scan_chunk(dA, dt * u * Bt, h, t3), t3, T - 1)
+
+
+@triton.jit(do_not_specialize=["ONE"])
+def selective_scan_bwd_kernel(
+    u_ptr, dl_ptr, z_ptr, A2_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, hsave_ptr, dy_ptr, dhlast_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr, qloc_ptr, dts_ptr,
+    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, ONE,
+    s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
+    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_gb, s_gl,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_LOG: tl.constexpr,
+    DOT_REDUCE: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
+    (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
+    qloc (B, n_segs, N, D) and Σ Δ dts (B, n_segs, D) from ``selective_scan_bwd_local_kernel``.
+    Outputs: du, ddl, dz (B, L, D) contiguous; dB, dC (B, L, G, N) float32 accumulators
+    (strides s_gb, s_gl, N, 1), zero-filled by the caller; dh0 (B, N, D) (from segment 0);
+    per (batch, segment) partial sums dA (B, n_segs, N, D), dD, dbias (B, n_segs, D), float32.
+    Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN); ONE = 1 at run
+    time (see the forward kernel)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    n_ps = tl.num_programs(2)
+    d0 = pid_d * BLOCK_D
+    t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    k3 = tl.arange(0, K)[:, None, None]  # (K, 1, 1)
+    S: tl.constexpr = T * K
+    sn, sc = _flat(NP, BLOCK_D)  # a (NP, BD) state tile, flat
+    m_s = (sn < N) & (d0 + sc < DIM)
+    o_s = sn * DIM + (d0 + sc) * ONE  # into (N, D)
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    cc = tl.arange(0, BLOCK_D)
+    m_c = d0 + cc < DIM
+    if HAS_D:
+        Dsk = tl.reshape(tl.load(Dsk_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+    if HAS_BIAS:
+        bias = tl.reshape(tl.load(bias_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+    else:
+        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)  # unused
+    o_state = pid_b * N * DIM + o_s  # into (B, N, D)
+    q = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)  # q = Ā_{t+1} dh_{t+1}: the adjoint carried into step t
+    if HAS_DHLAST:
+        q = tl.reshape(tl.load(dhlast_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    for jj in range(0, n_ps - 1 - pid_s):  # carried back through the later segments
+        o_seg = pid_b * n_ps + n_ps - 1 - jj
+        ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+        ql = tl.reshape(tl.load(qloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+        q = tl.exp2(ds * A2) * q + ql
+    dA_acc = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
+    dD_acc = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    dbias_acc = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+
+    tr, tc = _flat(T, BLOCK_D)  # a (T, BD) tile, flat
+    m_col = d0 + tc < DIM
+    ch = (d0 + tc) * ONE
+    o_u = tr * s_ul + ch
+    o_x = tr * s_dl + ch
+    o_z = tr * s_zl + ch
+    o_y = tr * s_yl + ch
+    o_o = tr * DIM + ch  # outputs, contiguous (B, L, D)
+    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    m_n = nB < N
+    t_begin = pid_s * SEG_LEN
+    t_end = tl.minimum(L, t_begin + SEG_LEN)
+    first = t_begin // S
+    n_segs = tl.cdiv(t_end, S) - first  # checkpoint segments of S steps in this program's range
+    for j in range(0, n_segs):
+        seg = first + n_segs - 1 - j
+        # pass 1: the states at the start of the segment's K chunks
+        h = tl.reshape(tl.load(hsave_ptr + (pid_b * N_SAVES + seg) * N * DIM + o_s, mask=m_s, other=0.0),
+                       (1, NP, BLOCK_D))  # fmt: skip
+        H = tl.zeros((K, NP, BLOCK_D), dtype=tl.float32)
+        for kf in tl.static_range(K):
+            H = tl.where(k3 == kf, h, H)
+            tf = (seg * S + kf * T).to(tl.int64)
+            h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
+                         u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
+                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM)  # fmt: skip
+        # pass 2: the chunks backwards
+        for kk in range(0, K):
+            kb = K - 1 - kk
+            t0 = seg * S + kb * T
+            t0_64 = t0.to(tl.int64)
+            m_tile = (t0 + tr < L) & m_col  # (T*BD,)
+            m_bc = (t0 + tB < L) & m_n
+            o_out = pid_b * L * DIM + t0_64 * DIM + o_o  # into the (B, L, D) outputs
+            o_g = pid_b * s_gb + t0_64 * s_gl + o_G  # into the (B, L, G, N) accumulators
+            Bt = _bc_tile(tl.load(B_ptr + pid_b * s_Bb + t0_64 * s_Bl + o_B, mask=m_bc, other=0.0),
+                          T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
+            Ct = _bc_tile(tl.load(C_ptr + pid_b * s_Cb + t0_64 * s_Cl + o_C, mask=m_bc, other=0.0),
+                          T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
+            if HAS_Z:
+                zz = _load_tile(z_ptr + pid_b * s_zb + t0_64 * s_zl, o_z, m_tile, T, BLOCK_D)
+            x = _load_tile(dl_ptr + pid_b * s_db + t0_64 * s_dl, o_x, m_tile, T, BLOCK_D)
+            u = _load_tile(u_ptr + pid_b * s_ub + t0_64 * s_ul, o_u, m_tile, T, BLOCK_D)
+            dy = _load_tile(dy_ptr + pid_b * s_yb + t0_64 * s_yl, o_y, m_tile, T, BLOCK_D)
+            mt3 = tl.reshape(m_tile, (T, 1, BLOCK_D))
+            if HAS_BIAS:
+                x = x + bias
+            if SOFTPLUS:
+                dt = _softplus(x, FAST_LOG)
+            else:
+                dt = x
+            dt = tl.where(mt3, dt, 0.0)
+            dtu = dt * u  # (T, 1, BD)
+            dA = tl.exp2(dt * A2)  # Ā: (T, NP, BD)
+            dBu = dtu * Bt  # (T, NP, BD)
+            hs = _scan_chunk(dA, dBu, _row_at(H, k3, kb), t3)  # (T, NP, BD)
+            P = hs - dBu  # Ā_t h_{t-1}: (T, NP, BD)
+            y = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
+            if HAS_D:
+                y = y + Dsk * u
+            if HAS_Z:
+                sz = _sigmoid(zz)
+                g = dy * zz * sz
+                dz = dy * y * sz * (1.0 + zz * (1.0 - sz))
+                tl.store(dz_ptr + o_out, tl.reshape(dz, (T * BLOCK_D,)).to(dz_ptr.dtype.element_ty), mask=m_tile)
+            else:
+                g = dy
+            if HAS_D:
+                dD_acc += tl.sum(g * u, axis=0, keep_dims=True)
+            if GROUP_UNIFORM:  # Σ_d g_t h_t
+                dC = tl.reshape(_sum_channels(hs * g, DOT_REDUCE), (T * NP,))
+                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc, sem="relaxed")
+            else:  # the block's channels read different groups: add per channel
+                dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
+                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+            gC = g * Ct  # (T, NP, BD)
+            DH = gC
+            for i in tl.static_range(T - 1, -1, -1):  # the adjoint, backwards through the chunk
+                dh_i = _row(gC, t3, i) + q
+                DH = tl.where(t3 == i, dh_i, DH)
+                q = _row(dA, t3, i) * dh_i
+            ddA = DH * P  # dh_t Ā_t h_{t-1}: (T, NP, BD)
+            dA_acc += tl.sum(ddA * dt, axis=0, keep_dims=True)
+            ddt = tl.sum(ddA * A2, axis=1, keep_dims=True) * 0.6931471805599453
+            if GROUP_UNIFORM:  # Σ_d dh_t Δ_t u_t
+                dB = tl.reshape(_sum_channels(DH * dtu, DOT_REDUCE), (T * NP,))
+                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc, sem="relaxed")
+            else:
+                dB = tl.reshape(DH * dtu, (T * NP * BLOCK_D,))
+                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+            sB = tl.sum(DH * Bt, axis=1, keep_dims=True)  # (T, 1, BD)
+            ddt += sB * u
+            du = sB * dt
+            if HAS_D:
+                du += Dsk * g
+            if SOFTPLUS:
+                ddt = ddt * _sigmoid(x)
+            ddt = tl.where(mt3, ddt, 0.0)
+            if HAS_BIAS:
+                dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
+            tl.store(du_ptr + o_out, tl.reshape(du, (T * BLOCK_D,)).to(du_ptr.dtype.element_ty), mask=m_tile)
+            tl.store(ddl_ptr + o_out, tl.reshape(ddt, (T * BLOCK_D,)).to(ddl_ptr.dtype.element_ty), mask=m_tile)
+    if pid_s == 0:
+        tl.store(dh0_ptr + o_state, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
+    o_part = pid_b * n_ps + pid_s
+    tl.store(dA_ptr + o_part * N * DIM + o_s, tl.reshape(dA_acc, (NP * BLOCK_D,)), mask=m_s)
+    if HAS_D:
+        tl.store(dD_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dD_acc, (BLOCK_D,)), mask=m_c)
+    if HAS_BIAS:
+        tl.store(dbias_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dbias_acc, (BLOCK_D,)), mask=m_c)

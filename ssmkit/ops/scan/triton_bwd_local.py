@@ -1,0 +1,76 @@
+"""Selective scan backward in Triton, first pass over segments: each segment's local adjoint.
+
+With the sequence split into segments run in parallel (``triton_launch.segments``),
+the adjoint recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1} (which does not involve
+the state h) is run backwards through each segment from a zero end condition; the
+result, q_s = Ā_first dh_first, and Σ Δ over the segment (Π Ā = exp2(A2 Σ Δ)) let
+the second pass (``triton_bwd.py``) start each segment from the exact adjoint
+coming back from all later segments. Symbols as in ``triton_bwd.py``.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import _bc_offsets, _bc_tile, _flat, _load_tile, _row, _sigmoid, _softplus
+
+
+@triton.jit(do_not_specialize=["ONE"])
+def selective_scan_bwd_local_kernel(
+    dl_ptr, z_ptr, A2_ptr, C_ptr, bias_ptr, dy_ptr, qloc_ptr, dts_ptr,
+    L, DIM, CH_PER_GROUP, SEG_LEN, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
+    FAST_LOG: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(D, BLOCK_D), B, n_segs): the adjoint each segment sends back to the state before
+    it when nothing comes in from after it, q_s = Ā_first dh_first (the recurrence
+    dh_t = g_t C_t + Ā_{t+1} dh_{t+1} does not involve h), and Σ Δ over the segment. Written to
+    qloc (B, n_segs, N, D) and dts (B, n_segs, D) float32 for ``selective_scan_bwd_kernel``."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    d0 = pid_d * BLOCK_D
+    t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    sn, sc = _flat(NP, BLOCK_D)
+    m_s = (sn < N) & (d0 + sc < DIM)
+    o_s = sn * DIM + (d0 + sc) * ONE
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    cc = tl.arange(0, BLOCK_D)
+    m_c = d0 + cc < DIM
+    if HAS_BIAS:
+        bias = tl.reshape(tl.load(bias_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+    tr, tc = _flat(T, BLOCK_D)
+    m_col = d0 + tc < DIM
+    ch = (d0 + tc) * ONE
+    o_C, tB, nB = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    m_n = nB < N
+    q = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
+    dts = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    t_begin = pid_s * SEG_LEN
+    t_end = tl.minimum(L, t_begin + SEG_LEN)
+    n_chunks = tl.cdiv(t_end - t_begin, T)
+    for kk in range(0, n_chunks):
+        t0 = (t_begin + (n_chunks - 1 - kk) * T).to(tl.int64)
+        m_tile = (t0 + tr < t_end) & m_col
+        Ct = _bc_tile(tl.load(C_ptr + pid_b * s_Cb + t0 * s_Cl + o_C, mask=(t0 + tB < t_end) & m_n, other=0.0),
+                      T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
+        x = _load_tile(dl_ptr + pid_b * s_db + t0 * s_dl, tr * s_dl + ch, m_tile, T, BLOCK_D)
+        g = _load_tile(dy_ptr + pid_b * s_yb + t0 * s_yl, tr * s_yl + ch, m_tile, T, BLOCK_D)
+        if HAS_Z:
+            zz = _load_tile(z_ptr + pid_b * s_zb + t0 * s_zl, tr * s_zl + ch, m_tile, T, BLOCK_D)
+            g = g * zz * _sigmoid(zz)
+        if HAS_BIAS:
+            x = x + bias
+        if SOFTPLUS:
+            x = _softplus(x, FAST_LOG)
+        dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
+        dts += tl.sum(dt, axis=0, keep_dims=True)
+        dA = tl.exp2(dt * A2)  # (T, NP, BD)
+        gC = g * Ct
+        for i in tl.static_range(T - 1, -1, -1):
+            q = _row(dA, t3, i) * (_row(gC, t3, i) + q)
+    o_seg = pid_b * tl.num_programs(2) + pid_s
+    tl.store(qloc_ptr + o_seg * N * DIM + o_s, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
+    tl.store(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, tl.reshape(dts, (BLOCK_D,)), mask=m_c)

@@ -1,0 +1,201 @@
+"""Selective scan forward in Triton: one fused pass, the state in registers.
+
+Symbols as in ``reference.py``: ``u`` = x, ``delta`` = Δ (before bias /
+softplus), ``dt`` = Δ after them, Ā = exp(Δ A) computed here as
+``exp2(dt * A2)`` with ``A2 = A log2(e)``, ``h`` = the state:
+
+    h_t = Ā_t h_{t-1} + Δ_t B_t u_t ;  y_t = (C_t · h_t + D u_t) * silu(z_t)
+
+Work split: one program per (batch b, block of ``BLOCK_D`` channels[, segment]).
+With N <= 16 each thread owns one channel d and its N states, so the recurrence
+runs sequentially in registers, in float32, with no communication between
+threads. The sequence is walked in chunks of ``T`` steps: a chunk's inputs are
+loaded as (T, ., BLOCK_D) tiles (channels on the lanes, the T steps in
+registers; see ``triton_common._flat``), the per-(t, d) work (softplus, gate)
+is done once per tile, and the T steps are unrolled at compile time, so picking
+step ``i`` of a tile (``_row``) is a register selection, not arithmetic. The
+loads of chunk c + 1 are issued before chunk c is computed (and Δ of chunk c + 1
+is computed then, ``DT_AHEAD``).
+
+Segments: when batch x channel blocks give too few programs to keep the GPU
+busy, the sequence is cut into segments run in parallel (``LOCAL`` pass: each
+segment's end state from a zero start and its Σ Δ; then the full pass starts
+each segment from the state carried through the earlier ones:
+h <- exp2(A2 Σ Δ) h + h_local).
+
+With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K`` steps is
+written to ``hsave`` (B, n_saves, N, D) for the backward kernel, which
+recomputes the states from there instead of storing (B, L, D, N).
+
+All offsets that can pass 2^31 elements (batch and sequence position times
+strides) are computed in int64.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .triton_common import _bc_offsets, _bc_tile, _flat, _row, _scan_chunk, _sigmoid, _softplus
+
+
+@triton.jit
+def _delta(x_raw, bias, mask, T: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+           SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr):  # fmt: skip
+    """Δ of one chunk from the flat delta tile: (T, 1, BLOCK_D) float32, 0 on padding steps
+    (Ā = 1 and Δ B u = 0 there: the state passes through)."""
+    x = tl.reshape(x_raw, (T, 1, BLOCK_D)).to(tl.float32)
+    if HAS_BIAS:
+        x = x + bias
+    if SOFTPLUS:
+        x = _softplus(x, FAST_LOG)
+    return tl.where(tl.reshape(mask, (T, 1, BLOCK_D)), x, 0.0)
+
+
+@triton.jit(do_not_specialize=["ONE"])
+def selective_scan_fwd_kernel(
+    u_ptr, dl_ptr, z_ptr, A2_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, h0_ptr,
+    y_ptr, hlast_ptr, hsave_ptr, hloc_ptr, dts_ptr,
+    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, ONE,
+    s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
+    s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
+    N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, SAVE_K: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
+    FAST_LOG: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
+    stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
+    float32; hsave (B, N_SAVES, N, D), hloc (B, n_segs, N, D), dts (B, n_segs, D) float32.
+
+    Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL``: run
+    the segment from a zero state and write its end state to hloc[s] and Σ Δ to dts[s]
+    (Π Ā over the segment = exp2(A2 Σ Δ)); else start from h0 carried through the earlier
+    segments' (hloc, dts), and write y (and the checkpoints, and hlast from the last segment).
+
+    ONE = 1, passed at run time: channel offsets are multiplied by it so that the compiler
+    cannot prove them contiguous and keeps one channel per lane (vectorized loads would put
+    several channels on a lane and spread the T steps of a tile over lanes)."""
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    pid_s = tl.program_id(2)
+    n_segs = tl.num_programs(2)
+    d0 = pid_d * BLOCK_D
+    t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    sn, sc = _flat(NP, BLOCK_D)  # a (NP, BD) state tile, flat
+    m_s = (sn < N) & (d0 + sc < DIM)
+    o_s = sn * DIM + (d0 + sc) * ONE  # into (N, D)
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    cc = tl.arange(0, BLOCK_D)
+    m_c = d0 + cc < DIM
+    o_c = (d0 + cc) * ONE
+    if HAS_D:
+        Dsk = tl.reshape(tl.load(Dsk_ptr + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+    if HAS_BIAS:
+        bias = tl.reshape(tl.load(bias_ptr + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+    else:
+        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)  # unused
+    o_state = pid_b * N * DIM + o_s  # into (B, N, D)
+    h = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
+    dts = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    if not LOCAL:
+        if HAS_H0:
+            h = tl.reshape(tl.load(h0_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+        for s2 in range(0, pid_s):  # carry the state through the earlier segments
+            o_seg = pid_b * n_segs + s2
+            ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+            hl = tl.reshape(tl.load(hloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+            h = tl.exp2(ds * A2) * h + hl
+
+    t_begin = pid_s * SEG_LEN
+    t_end = tl.minimum(L, t_begin + SEG_LEN)
+    tb64 = t_begin.to(tl.int64)
+    # Row pointers of the current chunk (int64 scalars) and in-chunk flat offsets (int32).
+    pu = u_ptr + pid_b * s_ub + tb64 * s_ul
+    px = dl_ptr + pid_b * s_db + tb64 * s_dl
+    pz = z_ptr + pid_b * s_zb + tb64 * s_zl
+    py = y_ptr + pid_b * s_yb + tb64 * s_yl
+    pB = B_ptr + pid_b * s_Bb + tb64 * s_Bl
+    pC = C_ptr + pid_b * s_Cb + tb64 * s_Cl
+    tr, tc = _flat(T, BLOCK_D)  # a (T, BD) tile, flat
+    m_col = d0 + tc < DIM
+    ch = (d0 + tc) * ONE
+    o_u = tr * s_ul + ch
+    o_x = tr * s_dl + ch
+    o_z = tr * s_zl + ch
+    o_y = tr * s_yl + ch
+    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    m_n = nB < N
+
+    # Software pipelining: the loads of chunk c + 1 are issued before chunk c is computed.
+    # (B and C first: the layout pass lets the last-issued loads' layouts win, and the
+    # (T, BD)-tile loads must win so that the recurrence stays in registers.)
+    B_n = tl.load(pB + o_B, mask=(t_begin + tB < t_end) & m_n, other=0.0)
+    if not LOCAL:
+        C_n = tl.load(pC + o_C, mask=(t_begin + tB < t_end) & m_n, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(pz + o_z, mask=(t_begin + tr < t_end) & m_col, other=0.0)
+    u_n = tl.load(pu + o_u, mask=(t_begin + tr < t_end) & m_col, other=0.0)
+    # DT_AHEAD: Δ is computed one chunk ahead (its softplus is a chain of special-function
+    # operations that the chunk's exponentials would wait for), so delta is loaded two ahead.
+    m_tile = (t_begin + tr < t_end) & m_col
+    x_n = tl.load(px + o_x, mask=m_tile, other=0.0)
+    if DT_AHEAD:
+        dt_n = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+        x_n = tl.load(px + T * s_dl + o_x, mask=(t_begin + T + tr < t_end) & m_col, other=0.0)
+    for t0 in range(t_begin, t_end, T):
+        if SAVE_STATES:
+            if (t0 // T) % SAVE_K == 0:
+                o_save = (pid_b * N_SAVES + t0 // (T * SAVE_K)) * N * DIM + o_s
+                tl.store(hsave_ptr + o_save, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
+        m_tile = (t0 + tr < t_end) & m_col  # (T*BD,)
+        Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM)
+        u = tl.reshape(u_n, (T, 1, BLOCK_D)).to(tl.float32)
+        if DT_AHEAD:
+            dt = dt_n
+        else:
+            dt = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+        if not LOCAL:
+            Ct = _bc_tile(C_n, T, NP, BLOCK_D, GROUP_UNIFORM)
+            if HAS_Z:
+                zz = tl.reshape(z_n, (T, 1, BLOCK_D)).to(tl.float32)
+        # prefetch chunk c + 1
+        pB += T * s_Bl
+        pu += T * s_ul
+        px += T * s_dl
+        t_next = t0 + T
+        B_n = tl.load(pB + o_B, mask=(t_next + tB < t_end) & m_n, other=0.0)
+        if not LOCAL:
+            pC += T * s_Cl
+            C_n = tl.load(pC + o_C, mask=(t_next + tB < t_end) & m_n, other=0.0)
+            if HAS_Z:
+                pz += T * s_zl
+                z_n = tl.load(pz + o_z, mask=(t_next + tr < t_end) & m_col, other=0.0)
+        u_n = tl.load(pu + o_u, mask=(t_next + tr < t_end) & m_col, other=0.0)
+        if DT_AHEAD:
+            dt_n = _delta(x_n, bias, (t_next + tr < t_end) & m_col, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+            x_n = tl.load(px + T * s_dl + o_x, mask=(t_next + T + tr < t_end) & m_col, other=0.0)
+        else:
+            x_n = tl.load(px + o_x, mask=(t_next + tr < t_end) & m_col, other=0.0)
+
+        dtu = dt * u  # (T, 1, BD)
+        dA = tl.exp2(dt * A2)  # Ā: (T, NP, BD)
+        hs = _scan_chunk(dA, dtu * Bt, h, t3)  # h_t for the T steps: (T, NP, BD)
+        h = _row(hs, t3, T - 1)  # (1, NP, BD)
+        if LOCAL:
+            dts += tl.sum(dt, axis=0, keep_dims=True)
+        else:
+            ys = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
+            if HAS_D:
+                ys = ys + Dsk * u
+            if HAS_Z:
+                ys = ys * zz * _sigmoid(zz)
+            tl.store(py + o_y, tl.reshape(ys, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty), mask=m_tile)
+            py += T * s_yl
+    if LOCAL:
+        o_seg = pid_b * n_segs + pid_s
+        tl.store(hloc_ptr + o_seg * N * DIM + o_s, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
+        tl.store(dts_ptr + o_seg * DIM + o_c, tl.reshape(dts, (BLOCK_D,)), mask=m_c)
+    elif pid_s == n_segs - 1:
+        tl.store(hlast_ptr + o_state, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)

@@ -1,0 +1,226 @@
+"""Launchers of the selective scan Triton kernels: argument preparation, grids, configs.
+
+Plain functions over tensors (no autograd); ``triton.py`` wraps them as
+``torch.library`` custom ops. Shapes follow the op's contract (``reference.py``):
+u, delta, z (B, L, D); A (D, N); B, C (B, L, N) or (B, L, G, N); D, delta_bias
+(D,); states (B, D, N). Inside, the kernels use the state transposed, (B, N, D),
+so that a warp's lanes read and write consecutive channels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .._triton import interpret_mode, next_pow2
+from .triton_bwd import selective_scan_bwd_kernel
+from .triton_bwd_local import selective_scan_bwd_local_kernel
+from .triton_common import LOG2E
+from .triton_fwd import selective_scan_fwd_kernel
+
+
+@dataclass(frozen=True)
+class ScanKernelConfig:
+    """Tile sizes of the scan kernels (defaults from :func:`default_config`)."""
+
+    block_d: int  # forward: channels per program (a warp holds 512 (channel, state) pairs)
+    chunk: int  # forward: T, steps per register tile
+    bwd_block_d: int  # backward: channels per program
+    bwd_chunk: int  # backward: T, steps per register tile
+    save_every: int  # S: the forward saves the state every S steps (a multiple of both chunks)
+    dot_reduce: bool = False  # backward: sums over channels on the tensor cores (else lane shuffles)
+    num_warps: int = 1
+    bwd_num_warps: int = 1
+    n_segs: int = 0  # forward: sequence segments run in parallel (two passes); 0: from the GPU's size
+    bwd_n_segs: int = 0  # backward: the same
+    dt_ahead: bool = True  # forward: Δ (softplus) computed one chunk ahead of the recurrence
+
+    def __post_init__(self) -> None:
+        if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
+            raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of chunk and bwd_chunk")
+
+
+def default_config(N: int) -> ScanKernelConfig:
+    """Tile sizes chosen from the instruction counts of the compiled kernels (sm_90) and
+    timings on an H200 (see docs/kernels_gpu_notes_scan.md)."""
+    NP = next_pow2(N)
+    block_d = max(1, 512 // NP)  # N <= 16: one channel and all its states per thread
+    return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
+
+
+def _unit_last(x: torch.Tensor) -> torch.Tensor:
+    """x with unit stride along the last dimension (a copy only when needed)."""
+    return x if x.stride(-1) == 1 else x.contiguous()
+
+
+def _grouped(x: torch.Tensor) -> torch.Tensor:
+    """(B, L, N) -> (B, L, 1, N); (B, L, G, N) unchanged; unit stride along N."""
+    return _unit_last(x.unsqueeze(2) if x.dim() == 3 else x)
+
+
+def _f32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    return None if x is None else x.detach().to(torch.float32).contiguous()
+
+
+def n_saves(L: int, cfg: ScanKernelConfig) -> int:
+    return -(-L // cfg.save_every)
+
+
+def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: int, cfg: ScanKernelConfig,
+             device: torch.device) -> tuple[int, int]:  # fmt: skip
+    """(number of segments, steps per segment) the sequence is split into.
+
+    A program runs its channels' recurrence sequentially, so batch x channel blocks alone
+    can leave the GPU with about one warp per scheduler (latency-bound). Segments of the
+    sequence then run in parallel: a first pass gives each segment's end state from a zero
+    start (or, backwards, the adjoint it sends back) and the second pass carries the true
+    state across segments, at the price of one more exponential per element. ``n`` <= 0:
+    one segment when there are ``single_pass_per_sm`` programs per multiprocessor, else about
+    ``per_sm`` programs per multiprocessor (rounded: whole waves matter). Segment lengths
+    are multiples of ``save_every``.
+    """
+    if n <= 0:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
+        n = max(1, min(n, L // (4 * cfg.save_every)))
+    S = cfg.save_every
+    seg_len = -(-(-(-L // n)) // S) * S
+    return -(-L // seg_len), seg_len
+
+
+def _common(u, delta, A, B, C, D, z, delta_bias, block_d: int):
+    batch, L, dim = u.shape
+    N = A.shape[1]
+    Bg, Cg = _grouped(B), _grouped(C)
+    G = Bg.shape[2]
+    uniform = G == 1 or (dim // G) % block_d == 0
+    A2 = (A.detach().to(torch.float32) * LOG2E).t().contiguous()  # (N, D)
+    return batch, L, dim, N, Bg, Cg, G, uniform, A2
+
+
+def scan_fwd(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    initial_state: Optional[torch.Tensor],
+    delta_softplus: bool,
+    save_states: bool,
+    cfg: Optional[ScanKernelConfig] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
+    (B, n_saves, N, D) float32 (an empty tensor unless ``save_states``)."""
+    cfg = cfg or default_config(A.shape[1])
+    batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
+    u, delta = _unit_last(u), _unit_last(delta)
+    z = None if z is None else _unit_last(z)
+    Dv, bias = _f32(D), _f32(delta_bias)
+    h0 = None if initial_state is None else initial_state.detach().to(torch.float32).transpose(1, 2).contiguous()
+    y = torch.empty((batch, L, dim), dtype=u.dtype, device=u.device)
+    hlast = torch.empty((batch, N, dim), dtype=torch.float32, device=u.device)
+    ns = n_saves(L, cfg) if save_states else 0
+    hsave = torch.empty((batch, ns, N, dim), dtype=torch.float32, device=u.device)
+    dummy = hlast  # stands in for absent optional pointers (never read)
+    zz = z if z is not None else u
+    nd = triton_cdiv(dim, cfg.block_d)
+    n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, 8, cfg, u.device)
+    hloc = torch.empty((batch, n_segs, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    dts = torch.empty((batch, n_segs, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    for local in ([True, False] if n_segs > 1 else [False]):
+        selective_scan_fwd_kernel[(nd, batch, n_segs)](
+            u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dummy, bias if bias is not None else dummy,
+            h0 if h0 is not None else dummy, y, hlast, hsave if save_states else dummy, hloc, dts,
+            L, dim, dim // G, ns, seg_len, 1,
+            u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+            y.stride(0), y.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
+            Cg.stride(2),
+            N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=cfg.save_every // cfg.chunk,
+            HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
+            HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
+            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead, num_warps=cfg.num_warps,
+        )  # fmt: skip
+    return y, hlast.transpose(1, 2).contiguous(), hsave
+
+
+def scan_bwd(
+    dy: torch.Tensor,
+    dhlast: Optional[torch.Tensor],
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: Optional[torch.Tensor],
+    z: Optional[torch.Tensor],
+    delta_bias: Optional[torch.Tensor],
+    hsave: torch.Tensor,
+    delta_softplus: bool,
+    cfg: Optional[ScanKernelConfig] = None,
+) -> tuple[torch.Tensor, ...]:
+    """Backward from dy (B, L, D) and the final state's gradient dhlast (B, D, N) or None.
+
+    Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its
+    input's dtype and shape (dD, dz, ddelta_bias: empty tensors when the input is absent;
+    dinitial_state: (B, D, N) float32).
+    """
+    cfg = cfg or default_config(A.shape[1])
+    batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.bwd_block_d)
+    u, delta, dy = _unit_last(u), _unit_last(delta), _unit_last(dy)
+    z = None if z is None else _unit_last(z)
+    Dv, bias = _f32(D), _f32(delta_bias)
+    dev, f32 = u.device, torch.float32
+    du = torch.empty((batch, L, dim), dtype=u.dtype, device=dev)
+    ddl = torch.empty((batch, L, dim), dtype=delta.dtype, device=dev)
+    dz = torch.empty((batch, L, dim), dtype=z.dtype, device=dev) if z is not None else du.new_empty(0)
+    dB = torch.zeros((batch, L, G, N), dtype=f32, device=dev)
+    dC = torch.zeros((batch, L, G, N), dtype=f32, device=dev)
+    nd = triton_cdiv(dim, cfg.bwd_block_d)
+    n_segs, seg_len = segments(L, nd * batch, cfg.bwd_n_segs, float("inf"), 32, cfg, dev)
+    dA = torch.empty((batch, n_segs, N, dim), dtype=f32, device=dev)
+    dh0 = torch.empty((batch, N, dim), dtype=f32, device=dev)
+    dD = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
+    dbias = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
+    dhl = None if dhlast is None else dhlast.detach().to(f32).transpose(1, 2).contiguous()
+    zz = z if z is not None else u
+    qloc, dts = dh0, dD  # placeholders when there is one segment (never read)
+    if n_segs > 1:
+        qloc = torch.empty((batch, n_segs, N, dim), dtype=f32, device=dev)
+        dts = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
+        selective_scan_bwd_local_kernel[(nd, batch, n_segs)](
+            delta, zz, A2, Cg, bias if bias is not None else dD, dy, qloc, dts,
+            L, dim, dim // G, seg_len, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+            dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
+            N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
+            HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
+            FAST_LOG=not interpret_mode(), num_warps=cfg.bwd_num_warps,
+        )  # fmt: skip
+    selective_scan_bwd_kernel[(nd, batch, n_segs)](
+        u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
+        hsave, dy, dhl if dhl is not None else dh0,
+        du, ddl, dz if z is not None else du, dB, dC, dA, dD, dbias, dh0, qloc, dts,
+        L, dim, dim // G, hsave.shape[1], seg_len, 1,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+        dy.stride(0), dy.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
+        Cg.stride(2), dB.stride(0), dB.stride(1),
+        N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, K=cfg.save_every // cfg.bwd_chunk,
+        HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
+        DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
+        num_warps=cfg.bwd_num_warps,
+    )  # fmt: skip
+    dB = dB.to(B.dtype).reshape(B.shape).contiguous()
+    dC = dC.to(C.dtype).reshape(C.shape).contiguous()
+    dA = dA.sum((0, 1)).t().contiguous().to(A.dtype)
+    dDo = dD.sum((0, 1)).to(D.dtype) if D is not None else dD.new_empty(0)
+    dbo = dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else dbias.new_empty(0)
+    return du, ddl, dA, dB, dC, dDo, dz, dbo, dh0.transpose(1, 2).contiguous()
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

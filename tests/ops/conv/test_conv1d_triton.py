@@ -1,0 +1,126 @@
+"""Causal conv1d, backend "triton" (forward, backward, one-token update) against the float64 loop.
+
+Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set
+here before any kernel module is imported) on small shapes.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+
+from numerics import TOL, assert_close, randn  # noqa: E402
+from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
+from ssmkit.ops.conv.causal_conv1d import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+pytestmark = pytest.mark.skipif(
+    triton_unavailable_reason(torch.device(DEVICE)) is not None,
+    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
+)
+
+
+def leaf(t):
+    return None if t is None else t.to(DEVICE).requires_grad_(True)
+
+
+def grads_of(outs, inputs, gen):
+    """Gradients of a random projection of ``outs`` (weights from ``gen``) w.r.t. the non-None inputs."""
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outs if o.numel())  # fmt: skip
+    return torch.autograd.grad(loss, [t for t in inputs if t is not None])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("K, L, state, bias, act", [(4, 37, True, True, "silu"), (3, 70, False, True, None),
+                                                    (4, 2, True, False, "silu"), (2, 9, True, True, None)])  # fmt: skip
+def test_forward_backward_match_reference(gen, dtype, K, L, state, bias, act):
+    D = 20
+    x = leaf(randn(2, L, D, gen=gen, dtype=dtype))
+    w, b = leaf(randn(D, K, gen=gen)), leaf(randn(D, gen=gen) if bias else None)
+    s = leaf(randn(2, K - 1, D, gen=gen, dtype=dtype) if state else None)
+    y, f = causal_conv1d(x, w, b, s, act, return_final_state=True, backend="triton")
+    to64 = [None if t is None else t.detach().cpu().double().requires_grad_(True) for t in (x, w, b, s)]
+    y_r, f_r = causal_conv1d(*to64, act, return_final_state=True, backend="reference")
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    g = grads_of((y, f), (x, w, b, s), torch.Generator().manual_seed(seed))
+    g_r = grads_of((y_r, f_r), to64, torch.Generator().manual_seed(seed))
+    tol = TOL[dtype]
+    assert y.dtype == dtype and f.dtype == dtype and f.shape == (2, K - 1, D)
+    assert_close(y.cpu(), y_r, tol, "output")
+    assert_close(f.cpu(), f_r, tol, "final state")
+    for name, a, r in zip([n for n, t in zip("x weight bias state".split(), (x, w, b, s)) if t is not None], g, g_r):
+        assert_close(a.cpu(), r, tol, f"gradient of `{name}`")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_step_matches_reference(gen, dtype):
+    D, K = 24, 4
+    x_t, st = leaf(randn(3, D, gen=gen, dtype=dtype)), leaf(randn(3, K - 1, D, gen=gen, dtype=dtype))
+    w, b = leaf(randn(D, K, gen=gen)), leaf(randn(D, gen=gen))
+    st_before = st.detach().clone()
+    y, ns = causal_conv1d_step(x_t, st, w, b, "silu", backend="triton")
+    to64 = [t.detach().cpu().double().requires_grad_(True) for t in (x_t, st, w, b)]
+    y_r, ns_r = causal_conv1d(to64[0][:, None], to64[2], to64[3], to64[1], "silu", True, backend="reference")
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    g = grads_of((y, ns), (x_t, st, w, b), torch.Generator().manual_seed(seed))
+    g_r = grads_of((y_r[:, 0], ns_r), to64, torch.Generator().manual_seed(seed))
+    assert y.dtype == dtype and ns.dtype == dtype
+    assert_close(y.cpu(), y_r[:, 0], TOL[dtype], "output")
+    assert_close(ns.cpu(), ns_r, TOL[dtype], "new state")
+    for name, a, r in zip(("x_t", "state", "weight", "bias"), g, g_r):
+        assert_close(a.cpu(), r, TOL[dtype], f"gradient of `{name}`")
+    assert torch.equal(st.detach(), st_before), "the step must not modify its state argument"
+
+
+def test_step_by_step_equals_forward(gen):
+    """Tokens fed one at a time through the triton step reproduce the triton forward."""
+    D, K, L = 16, 4, 7
+    x, w, b = randn(2, L, D, gen=gen).to(DEVICE), randn(D, K, gen=gen).to(DEVICE), randn(D, gen=gen).to(DEVICE)
+    y, f = causal_conv1d(x, w, b, None, "silu", return_final_state=True, backend="triton")
+    state = torch.zeros(2, K - 1, D, device=DEVICE)
+    ys = []
+    for t in range(L):
+        y_t, state = causal_conv1d_step(x[:, t], state, w, b, "silu", backend="triton")
+        ys.append(y_t)
+    assert_close(torch.stack(ys, 1), y, 1e-6, "step by step vs forward")
+    assert_close(state, f, 1e-6, "final state")
+
+
+def test_tables_and_float64_refused(gen):
+    assert "triton" in CONV1D_BACKENDS.impls and "triton" in CONV1D_STEP_BACKENDS.impls
+    x, w = randn(1, 5, 4, gen=gen, dtype=torch.float64).to(DEVICE), randn(4, 3, gen=gen).to(DEVICE)
+    with pytest.raises(TypeError, match="`x` must be float32, float16 or bfloat16, got float64"):
+        causal_conv1d(x, w, backend="triton")
+    with pytest.raises(TypeError, match="`x_t` must be float32, float16 or bfloat16, got float64"):
+        causal_conv1d_step(x[:, 0], x[:, :2], w, backend="triton")
+
+
+def test_compiles_fullgraph(gen):
+    x, w, b = leaf(randn(2, 9, 8, gen=gen)), leaf(randn(8, 4, gen=gen)), leaf(randn(8, gen=gen))
+
+    def f(x, w, b):
+        y, s = causal_conv1d(x, w, b, None, "silu", return_final_state=True, backend="triton")
+        return y.sum() + s.sum()
+
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(x, w, b)
+    g = torch.autograd.grad(out, (x, w, b))
+    g_e = torch.autograd.grad(f(x, w, b), (x, w, b))
+    for a, r in zip(g, g_e):
+        assert_close(a, r, 1e-6)
+
+
+def test_custom_ops_opcheck(gen):
+    """Schema, autograd registration and fake (meta) outputs matching the real ones, strides included."""
+    x, w, b, s = leaf(randn(2, 9, 6, gen=gen)), randn(6, 4, gen=gen).to(DEVICE), randn(6, gen=gen).to(DEVICE), randn(2, 3, 6, gen=gen).to(DEVICE)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.ssmkit.causal_conv1d_fwd.default, (x, w, b, s, True), test_utils=utils)
+    torch.library.opcheck(torch.ops.ssmkit.causal_conv1d_bwd.default, (torch.randn_like(x), x.detach(), w, b, s, True),
+                          test_utils=utils[::2])  # fmt: skip
+    torch.library.opcheck(torch.ops.ssmkit.causal_conv1d_step.default, (x[:, 0], s, w, b, True), test_utils=utils)

@@ -1,0 +1,107 @@
+"""selective_scan_step, backend "triton" (Mamba decode update) against the float64 PyTorch step.
+
+Without CUDA the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set
+here before any kernel module is imported).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+
+from numerics import TOL, assert_close, randn  # noqa: E402
+from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
+from ssmkit.ops.scan import SCAN_STEP_BACKENDS, selective_scan, selective_scan_step  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("state", "u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+pytestmark = pytest.mark.skipif(
+    triton_unavailable_reason(torch.device(DEVICE)) is not None,
+    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
+)
+
+
+def make(gen, b=3, D=20, N=5, G=None, dtype=torch.float32, full=True):
+    bc = (b, N) if G is None else (b, G, N)
+    t = dict(state=randn(b, D, N, gen=gen), u=randn(b, D, gen=gen, dtype=dtype), delta=randn(b, D, gen=gen, dtype=dtype),
+             A=-torch.exp(randn(D, N, gen=gen, scale=0.5)), B=randn(*bc, gen=gen, dtype=dtype),
+             C=randn(*bc, gen=gen, dtype=dtype), D=randn(D, gen=gen) if full else None,
+             z=randn(b, D, gen=gen, dtype=dtype) if full else None,
+             delta_bias=randn(D, gen=gen, scale=0.5) if full else None)  # fmt: skip
+    return {k: (v.to(DEVICE).requires_grad_(True) if v is not None else None) for k, v in t.items()}
+
+
+def run(inp, softplus, seed, **kw):
+    y, s = selective_scan_step(**inp, delta_softplus=softplus, **kw)
+    g = torch.Generator().manual_seed(seed)
+    loss = (y.double() * torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)).sum()
+    loss = loss + (s.double() * torch.randn(s.shape, generator=g, dtype=torch.float64).to(s.device)).sum()
+    names = [k for k in NAMES if inp[k] is not None]
+    return y, s, dict(zip(names, torch.autograd.grad(loss, [inp[k] for k in names])))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("G", [None, 2])
+def test_step_matches_reference(gen, dtype, G):
+    inp = make(gen, G=G, dtype=dtype)
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    y, s, g = run(inp, True, seed, backend="triton")
+    ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    y_r, s_r, g_r = run(ref, True, seed, backend="torch")
+    tol = TOL[dtype]
+    assert y.dtype == dtype and s.dtype == torch.float32
+    assert_close(y.cpu(), y_r, tol, "output")
+    assert_close(s.cpu(), s_r, tol, "new state")
+    for k in g:
+        assert g[k].dtype == inp[k].dtype
+        assert_close(g[k].cpu(), g_r[k], tol, f"gradient of `{k}`")
+
+
+def test_step_without_optional_inputs(gen):
+    inp = make(gen, b=2, D=7, N=3, full=False)
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    y, s, g = run(inp, False, seed, backend="triton")
+    ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    y_r, s_r, g_r = run(ref, False, seed, backend="torch")
+    assert_close(y.cpu(), y_r, 1e-4, "output")
+    assert_close(s.cpu(), s_r, 1e-4, "new state")
+    for k in g:
+        assert_close(g[k].cpu(), g_r[k], 1e-4, f"gradient of `{k}`")
+
+
+def test_steps_equal_triton_forward(gen):
+    """Token by token through the triton step = the triton scan over the sequence."""
+    b, L, D, N = 2, 6, 12, 4
+    u, dl, z = (randn(b, L, D, gen=gen).to(DEVICE) for _ in range(3))
+    A, B, C = -torch.exp(randn(D, N, gen=gen)).to(DEVICE), randn(b, L, N, gen=gen).to(DEVICE), randn(b, L, N, gen=gen).to(DEVICE)
+    Dv, bias = randn(D, gen=gen).to(DEVICE), randn(D, gen=gen).to(DEVICE)
+    with torch.no_grad():
+        y, h = selective_scan(u, dl, A, B, C, Dv, z, bias, True, return_final_state=True, backend="triton")
+        s = torch.zeros(b, D, N, device=DEVICE)
+        ys = []
+        for t in range(L):
+            y_t, s = selective_scan_step(s, u[:, t], dl[:, t], A, B[:, t], C[:, t], Dv, z[:, t], bias, True, backend="triton")
+            ys.append(y_t)
+    assert_close(torch.stack(ys, 1), y, 1e-5, "steps vs forward")
+    assert_close(s, h, 1e-5, "final state")
+
+
+def test_table_and_float64_refused(gen):
+    assert "triton" in SCAN_STEP_BACKENDS.impls
+    inp = {k: (v.detach() if v is not None else None) for k, v in make(gen, b=1, D=3, N=2).items()}
+    inp["u"] = inp["u"].double()
+    with pytest.raises(TypeError, match="`u` must be float32, float16 or bfloat16, got float64"):
+        selective_scan_step(**inp, backend="triton")
+
+
+def test_custom_op_opcheck(gen):
+    inp = make(gen, b=2, D=5, N=3, G=None)
+    args = tuple(inp[k] for k in NAMES) + (True,)
+    torch.library.opcheck(torch.ops.ssmkit.selective_scan_step.default, args,
+                          test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))  # fmt: skip

@@ -1,0 +1,190 @@
+"""Selective scan, backend "triton": forward, final state and every gradient against the float64 loop.
+
+On a machine without CUDA the kernels run in Triton's interpreter
+(``TRITON_INTERPRET=1``, set here before any kernel module is imported), on small
+shapes; the same tests run on the GPU at full speed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+triton = pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+
+from numerics import TOL, assert_close, randn  # noqa: E402
+from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
+from ssmkit.ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_reference  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+pytestmark = pytest.mark.skipif(
+    triton_unavailable_reason(torch.device(DEVICE)) is not None,
+    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
+)
+
+
+def make_inputs(gen, *, b=2, L=37, D=20, N=5, G=None, dtype=torch.float32, full=True, strong_decay=False):
+    """Fresh random inputs: activations in ``dtype``, A / D / delta_bias in float32."""
+    shape_bc = (b, L, N) if G is None else (b, L, G, N)
+    A = -torch.exp(randn(D, N, gen=gen, scale=0.5))
+    if strong_decay:  # Δ |A| up to ~100 per step: Ā underflows towards 0
+        A = A * 30.0
+    inp = dict(
+        u=randn(b, L, D, gen=gen, dtype=dtype), delta=randn(b, L, D, gen=gen, dtype=dtype, scale=0.7), A=A,
+        B=randn(*shape_bc, gen=gen, dtype=dtype), C=randn(*shape_bc, gen=gen, dtype=dtype),
+        D=randn(D, gen=gen) if full else None, z=randn(b, L, D, gen=gen, dtype=dtype) if full else None,
+        delta_bias=randn(D, gen=gen, scale=0.5) - 0.5 if full else None,
+        initial_state=randn(b, D, N, gen=gen) if full else None,
+    )  # fmt: skip
+    return {k: (v.to(DEVICE).requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+
+
+def run(fn, inp, softplus, seed):
+    """y, final state, and the gradients of a random projection of both."""
+    y, h = fn(**inp, delta_softplus=softplus, return_final_state=True)
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.device)
+    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.device)
+    loss = (y.double() * wy).sum() + (h.double() * wh).sum()
+    names = [k for k, v in inp.items() if v is not None]
+    grads = torch.autograd.grad(loss, [inp[k] for k in names])
+    return y, h, dict(zip(names, grads))
+
+
+def check_against_reference(inp, softplus, gen, dtype, what=""):
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    y, h, grads = run(lambda **kw: selective_scan(**kw, backend="triton"), inp, softplus, seed)
+    ref_in = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    y_ref, h_ref, g_ref = run(selective_scan_reference, ref_in, softplus, seed)
+    tol = TOL[dtype]
+    assert y.dtype == inp["u"].dtype and h.dtype == torch.float32
+    assert_close(y.cpu(), y_ref, tol, f"{what} output")
+    assert_close(h.cpu(), h_ref, tol, f"{what} final state")
+    for name in grads:
+        assert grads[name].dtype == inp[name].dtype, f"gradient of `{name}` has dtype {grads[name].dtype}"
+        assert_close(grads[name].cpu(), g_ref[name], tol, f"{what} gradient of `{name}`")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_all_inputs_match_reference(gen, dtype):
+    """D, z, delta_bias, softplus and an initial state; odd L, D, N; B/C ungrouped (B, L, N)."""
+    check_against_reference(make_inputs(gen, dtype=dtype), True, gen, dtype)
+
+
+@pytest.mark.parametrize("G", [1, 2])
+def test_grouped_bc(gen, G):
+    """(B, L, G, N): with G=2 the 20 channels split 10/10, across the kernel's channel blocks."""
+    check_against_reference(make_inputs(gen, G=G, L=19, N=4), True, gen, torch.float32, f"G={G}")
+
+
+def test_no_optional_inputs(gen):
+    """No D, z, bias, softplus or initial state; L=13 not a multiple of any tile."""
+    inp = make_inputs(gen, L=13, D=9, N=3, full=False)
+    inp["delta"] = torch.rand(inp["delta"].shape, generator=gen).to(DEVICE).requires_grad_(True)
+    check_against_reference(inp, False, gen, torch.float32)
+
+
+@pytest.mark.parametrize("L", [1, 3])
+def test_short_sequences(gen, L):
+    check_against_reference(make_inputs(gen, L=L, D=6, N=2), True, gen, torch.float32, f"L={L}")
+
+
+def test_strong_decay(gen):
+    """Ā = exp(Δ A) far below float32's resolution of 1: no division by Ā anywhere."""
+    check_against_reference(make_inputs(gen, L=17, D=8, N=4, strong_decay=True), True, gen, torch.float32)
+
+
+@pytest.mark.parametrize("n_segs, dt_ahead", [(1, False), (3, True)])
+def test_kernel_configs_and_segments(gen, n_segs, dt_ahead):
+    """Other tile sizes through the launchers: 4-channel blocks (groups of 8 channels then
+    fall on block boundaries), chunks of 2 and 4, a state saved every 4 steps; and the
+    sequence split into 3 segments run in parallel (two passes, forward and backward)."""
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
+
+    cfg = ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=8, bwd_chunk=4, save_every=4, n_segs=n_segs,
+                           bwd_n_segs=n_segs, dt_ahead=dt_ahead)
+    inp = make_inputs(gen, L=11, D=16, N=4, G=2)
+    args = [inp[k].detach() for k in NAMES]
+    y, h, hsave = scan_fwd(*args, True, True, cfg)
+    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
+    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
+    assert hsave.shape == (2, 3, 4, 16)
+    assert_close(y.cpu(), y_ref, 1e-4, "output")
+    assert_close(h.cpu(), h_ref, 1e-4, "final state")
+    dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
+    grads = scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
+    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
+                                [ref_in[k] for k in NAMES])  # fmt: skip
+    for name, g, gr in zip(NAMES, grads, g_ref):
+        assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
+
+
+def test_no_grad_saves_nothing(gen):
+    """Without autograd the forward keeps no states and gives the same output."""
+    inp = make_inputs(gen, L=9, D=5, N=3)
+    with torch.no_grad():
+        y0 = selective_scan(**inp, delta_softplus=True, backend="triton")
+    y1 = selective_scan(**inp, delta_softplus=True, backend="triton")
+    assert torch.equal(y0, y1.detach())
+    _, _, hsave = torch.ops.ssmkit.selective_scan_fwd(*[inp[k].detach() for k in NAMES], True, False)
+    assert hsave.numel() == 0
+
+
+def test_float64_is_refused(gen):
+    inp = make_inputs(gen, L=4, D=3, N=2)
+    with pytest.raises(TypeError, match="`u` must be float32, float16 or bfloat16, got float64"):
+        selective_scan(**{**inp, "u": inp["u"].detach().double()}, backend="triton")
+
+
+def test_config_validation():
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig
+
+    with pytest.raises(ValueError, match="save_every=6 must be a multiple of chunk and bwd_chunk"):
+        ScanKernelConfig(block_d=32, chunk=4, bwd_block_d=32, bwd_chunk=2, save_every=6)
+
+
+def test_table_entry_and_cpu_reason(monkeypatch):
+    assert "triton" in SCAN_BACKENDS.impls
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    reason = triton_unavailable_reason(torch.device("cpu"))
+    assert reason is not None and "TRITON_INTERPRET=1" in reason
+
+
+def test_custom_op_compiles_fullgraph(gen):
+    """The custom ops (fake implementation + autograd formula) trace without graph breaks."""
+    inp = make_inputs(gen, L=6, D=4, N=2)
+
+    def f(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        y, h = selective_scan(u, delta, A, B, C, D, z, delta_bias, True, initial_state, True, backend="triton")
+        return y.sum() + h.sum()
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    args = [inp[k] for k in NAMES]
+    out = compiled(*args)
+    g = torch.autograd.grad(out, args)
+    out_e = f(*args)
+    g_e = torch.autograd.grad(out_e, args)
+    assert math.isclose(out.item(), out_e.item(), rel_tol=1e-6)
+    for a, b in zip(g, g_e):
+        assert_close(a, b, 1e-6)
+
+
+def test_custom_ops_opcheck(gen):
+    """Schema, autograd registration and fake (meta) outputs matching the real ones, strides included."""
+    from ssmkit.ops.scan.triton_launch import scan_fwd
+
+    inp = make_inputs(gen, L=9, D=6, N=3)
+    args = tuple(inp[k] for k in NAMES) + (True, True)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    torch.library.opcheck(torch.ops.ssmkit.selective_scan_fwd.default, args, test_utils=utils)
+    plain = [inp[k].detach() for k in NAMES]
+    y, h, hsave = scan_fwd(*plain, True, True)
+    bwd_args = (torch.randn_like(y), torch.randn_like(h), *plain[:8], hsave, True)
+    torch.library.opcheck(torch.ops.ssmkit.selective_scan_bwd.default, bwd_args, test_utils=utils[::2])
