@@ -1,0 +1,55 @@
+"""Timing helpers shared by the benchmark scripts (CPU and GPU)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Callable, Sequence
+
+import torch
+
+
+def _sync(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn: Callable[[], object], *, reps: int = 5, warmup: int = 1, device="cpu", budget_s: float = 30.0) -> float:
+    """Median wall time of ``fn()`` in seconds, after ``warmup`` calls.
+
+    Stops repeating early once ``budget_s`` is spent (at least one timed call),
+    so that slow baselines (the reference loop at long L) stay affordable.
+    """
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times: list[float] = []
+    start = time.perf_counter()
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+        if time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times)
+
+
+def fit_exponent(lengths: Sequence[int], times: Sequence[float]) -> float:
+    """Least-squares slope of log(time) against log(L): 1.0 means linear in L."""
+    xs = [math.log(n) for n in lengths]
+    ys = [math.log(t) for t in times]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
