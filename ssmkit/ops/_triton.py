@@ -46,6 +46,10 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return f"Triton kernels do not run on {device.type} tensors"
 
 
+# The Triton kernels compute in float32 with float32, float16 or bfloat16 inputs; float64 goes to "torch".
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (tile sizes must be powers of two)."""
     return 1 << max(0, (n - 1).bit_length())

@@ -3,7 +3,7 @@
 Each op family (``scan``, ``ssd``, ...) declares an :class:`OpBackends` table:
 its implementations by name, a check that says why one cannot run on a
 device, and the order ``"auto"`` tries per device type. ``"auto"`` resolves
-once per (op, device type), is logged on the ``ssmkit.ops`` logger, and can be
+once per (op, device type, input dtype), is logged on the ``ssmkit.ops`` logger, and can be
 queried with :func:`resolved_backend`. An explicit backend that cannot run
 raises :class:`BackendUnavailableError` with the reason -- never a silent
 fallback.
@@ -49,40 +49,50 @@ class OpBackends:
     auto_order: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {"cuda": ("triton", "torch"), "cpu": ("c", "torch")}
     )
+    # backend -> the input dtypes it computes in; backends not listed take every float dtype
+    dtypes: Mapping[str, tuple[torch.dtype, ...]] = field(default_factory=dict)
 
-    def resolve(self, backend: str, device: torch.device) -> str:
-        """Name of the backend that will run for ``backend`` on ``device``."""
+    def resolve(self, backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> str:
+        """Name of the backend that will run for ``backend`` on ``device`` with ``dtype`` inputs."""
         if backend not in BACKEND_NAMES:
             raise ValueError(
                 f"{self.op}: argument `backend` must be one of {list(BACKEND_NAMES)}, got {backend!r}"
             )
         if backend == "auto":
-            return _resolve_auto(self, device.type)
+            return _resolve_auto(self, device.type, dtype)
         if backend not in self.impls:
             raise BackendUnavailableError(
                 f"{self.op}: backend {backend!r} is not implemented for this op "
                 f"(available: {sorted(self.impls)})"
             )
-        reason = self.available.get(backend, always)(device)
+        reason = self.unavailable_reason(backend, device, dtype)
         if reason is not None:
             raise BackendUnavailableError(f"{self.op}: backend {backend!r} cannot run on {device}: {reason}")
         return backend
 
-    def get(self, backend: str, device: torch.device) -> Callable:
-        """The implementation function for ``backend`` on ``device``."""
-        return self.impls[self.resolve(backend, device)]
+    def unavailable_reason(self, backend: str, device: torch.device, dtype: Optional[torch.dtype]) -> Optional[str]:
+        """Why ``backend`` cannot run on ``device`` with ``dtype`` inputs, or None when it can."""
+        allowed = self.dtypes.get(backend)
+        if dtype is not None and allowed is not None and dtype not in allowed:
+            names = ", ".join(str(d).replace("torch.", "") for d in allowed)
+            return f"it computes {names} inputs, got {str(dtype).replace('torch.', '')}"
+        return self.available.get(backend, always)(device)
+
+    def get(self, backend: str, device: torch.device, dtype: Optional[torch.dtype] = None) -> Callable:
+        """The implementation function for ``backend`` on ``device`` with ``dtype`` inputs."""
+        return self.impls[self.resolve(backend, device, dtype)]
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve_auto(table: OpBackends, device_type: str) -> str:
+def _resolve_auto(table: OpBackends, device_type: str, dtype: Optional[torch.dtype]) -> str:
     order = table.auto_order.get(device_type, ("torch",))
     reasons = []
     for name in order:
         if name not in table.impls:
             continue
-        reason = table.available.get(name, always)(torch.device(device_type))
+        reason = table.unavailable_reason(name, torch.device(device_type), dtype)
         if reason is None:
-            log.info("%s: backend 'auto' on %s resolved to %r", table.op, device_type, name)
+            log.info("%s: backend 'auto' on %s (%s) resolved to %r", table.op, device_type, dtype, name)
             if reasons:
                 log.info("%s: skipped %s", table.op, "; ".join(reasons))
             return name
@@ -90,6 +100,6 @@ def _resolve_auto(table: OpBackends, device_type: str) -> str:
     raise BackendUnavailableError(f"{table.op}: no backend can run on {device_type}: " + "; ".join(reasons))
 
 
-def resolved_backend(table: OpBackends, device: torch.device | str = "cpu") -> str:
+def resolved_backend(table: OpBackends, device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None) -> str:
     """What ``backend="auto"`` runs for this op on ``device`` (for reports and logs)."""
-    return table.resolve("auto", torch.device(device))
+    return table.resolve("auto", torch.device(device), dtype)

@@ -33,6 +33,7 @@ from einops import rearrange
 
 from ..._checks import check_choice, check_float, check_same_device, check_shape
 from .._triton import triton_unavailable_reason
+from .._triton import TRITON_DTYPES
 from ..backends import OpBackends, always
 
 ACTIVATIONS = (None, "silu")
@@ -96,6 +97,7 @@ CONV1D_BACKENDS = OpBackends(
     op="causal_conv1d",
     impls={"reference": _conv_reference, "torch": _conv_torch, "triton": _conv_triton},
     available={"reference": always, "torch": always, "triton": triton_unavailable_reason},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -120,6 +122,7 @@ CONV1D_STEP_BACKENDS = OpBackends(
     impls={"torch": _step_torch, "triton": _step_triton},
     available={"torch": always, "triton": triton_unavailable_reason},
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -179,7 +182,7 @@ def causal_conv1d(
         check_float(fn, "initial_state", initial_state)
     check_choice(fn, "activation", activation, ACTIVATIONS)
     device = check_same_device(fn, {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
-    impl = CONV1D_BACKENDS.get(backend, device)
+    impl = CONV1D_BACKENDS.get(backend, device, x.dtype)
     if x.shape[1] == 0:  # empty sequence: nothing to convolve, the state passes through
         y, final = x, _with_context(x, initial_state, weight.shape[1])
     else:
@@ -218,4 +221,4 @@ def causal_conv1d_step(
         check_float(fn, "bias", bias)
     check_choice(fn, "activation", activation, ACTIVATIONS)
     device = check_same_device(fn, {"x_t": x_t, "state": state, "weight": weight, "bias": bias})
-    return CONV1D_STEP_BACKENDS.get(backend, device)(x_t, state, weight, bias, activation)
+    return CONV1D_STEP_BACKENDS.get(backend, device, x_t.dtype)(x_t, state, weight, bias, activation)

@@ -29,6 +29,7 @@ import torch
 
 from ..._checks import check_divisible, check_float, check_same_device, check_shape
 from .._triton import triton_unavailable_reason
+from .._triton import TRITON_DTYPES
 from ..backends import BACKEND_NAMES, OpBackends
 from .chunked import selective_scan_chunked
 from .cpu_c import c_unavailable_reason, selective_scan_c
@@ -44,6 +45,7 @@ SCAN_BACKENDS = OpBackends(
            "triton": selective_scan_triton_impl},
     available={"c": c_unavailable_reason, "triton": triton_unavailable_reason},
     auto_order={"cpu": ("c", "torch"), "cuda": ("triton", "torch")},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -58,6 +60,7 @@ SCAN_STEP_BACKENDS = OpBackends(
     impls={"torch": selective_scan_step_impl, "triton": _step_triton},
     available={"triton": triton_unavailable_reason},
     auto_order={"cpu": ("torch",), "cuda": ("triton", "torch")},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -119,7 +122,7 @@ def selective_scan(
     device = _check_common(fn, args, ("B", "L", "D"), [("B", "L", "N"), ("B", "L", "G", "N")])
     if backend not in BACKEND_NAMES:
         raise ValueError(f"{fn}: argument `backend` must be one of {list(BACKEND_NAMES)}, got {backend!r}")
-    impl = SCAN_BACKENDS.get(backend, device)
+    impl = SCAN_BACKENDS.get(backend, device, u.dtype)
     if u.shape[1] == 0:  # empty sequence: nothing to scan, the state passes through
         state = initial_state if initial_state is not None else u.new_zeros(u.shape[0], u.shape[2], A.shape[1])
         y = u.new_empty(u.shape)
@@ -153,5 +156,5 @@ def selective_scan_step(
     fn = "selective_scan_step"
     args = dict(state=state, u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     device = _check_common(fn, args, ("B", "D"), [("B", "N"), ("B", "G", "N")])
-    impl = SCAN_STEP_BACKENDS.get(backend, device)
+    impl = SCAN_STEP_BACKENDS.get(backend, device, u.dtype)
     return impl(state, u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=bool(delta_softplus))

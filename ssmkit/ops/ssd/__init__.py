@@ -28,6 +28,7 @@ from ..._checks import (
     check_same_device,
     check_shape,
 )
+from .._triton import TRITON_DTYPES
 from ..backends import OpBackends
 from .chunked import ssd_chunked
 from .reference import ssd_reference
@@ -48,6 +49,7 @@ SSD_BACKENDS = OpBackends(
     impls={"reference": per_sequence(_reference_impl), "torch": per_sequence(ssd_chunked), "triton": ssd_triton_impl},
     available={"triton": triton_unavailable},
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -137,7 +139,7 @@ def ssd(
     _check_params(fn, sizes, tensors, dt_softplus)
     check_positive_int(fn, "chunk_size", chunk_size)
     _check_bool(fn, "return_final_state", return_final_state)
-    impl = SSD_BACKENDS.get(backend, x.device)
+    impl = SSD_BACKENDS.get(backend, x.device, x.dtype)
 
     if sizes["L"] == 0:  # nothing to scan: empty output, state unchanged
         state_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -185,6 +187,7 @@ SSD_STEP_BACKENDS = OpBackends(
     impls={"torch": ssd_step_torch, "triton": _ssd_step_triton},
     available={"triton": triton_unavailable},
     auto_order={"cpu": ("torch",), "cuda": ("triton", "torch")},
+    dtypes={"triton": TRITON_DTYPES},
 )
 
 
@@ -223,4 +226,4 @@ def ssd_step(
     tensors = {"state": state, "x": x, "dt": dt, "A": A, "B": B, "C": C, "D": D,
                "z": z, "dt_bias": dt_bias}  # fmt: skip
     _check_params(fn, sizes, tensors, dt_softplus)
-    return SSD_STEP_BACKENDS.get(backend, x.device)(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
+    return SSD_STEP_BACKENDS.get(backend, x.device, x.dtype)(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus)
