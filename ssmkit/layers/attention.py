@@ -232,7 +232,8 @@ class Attention(Mixer):
     def step(self, x_t: torch.Tensor, state: Optional[AttentionState]) -> tuple[torch.Tensor, AttentionState]:
         """One token: x_t (B, D) -> y_t (B, D); writes k, v into the cache in place and returns it.
 
-        Cost O(S * H * Dh): the query reads all S cache slots (the empty ones masked).
+        Cost O(S * H * Dh) for the S cache slots written so far (the longest row's; others' empty
+        slots are masked): one host read of the position per step.
         """
         if not self.causal:
             raise ValueError("Attention.step: a bidirectional layer cannot decode token by token")
@@ -249,5 +250,6 @@ class Attention(Mixer):
         state.v[b, slot] = v[:, 0].to(state.v.dtype)
         state.valid[b, slot] = True
         state.pos += 1
-        o = attention_step(q[:, 0], state.k, state.v, state.valid)  # (B, H, Dh)
+        used = min(self.cache_len, int(state.pos.max()))  # slots past every row's position are all empty
+        o = attention_step(q[:, 0], state.k[:, :used], state.v[:, :used], state.valid[:, :used])  # (B, H, Dh)
         return self.o_proj(rearrange(o, "b h d -> b (h d)")), state  # (B, D)
