@@ -35,6 +35,7 @@ from ssmkit import LM, ModelConfig  # noqa: E402
 from ssmkit.models.mixer_configs import AttentionConfig, HyenaConfig, Mamba2Config, MambaConfig  # noqa: E402
 
 D_MODEL, VOCAB = 256, 259
+ROUNDS, WARMUP = 3, 4
 
 
 def model_configs(max_len: int) -> dict[str, ModelConfig]:
@@ -67,12 +68,12 @@ def measure(model: LM, context: int, steps: int, gen: torch.Generator) -> tuple[
     logits, state = model(ids, num_last_tokens=1)
     token = logits[:, -1].argmax(-1)
     medians = []
-    for _ in range(3):  # the least disturbed of three rounds of `steps` steps (after 4 warm-up steps)
+    for _ in range(ROUNDS):  # the least disturbed of three rounds of `steps` steps (after 4 warm-up steps)
         times = []
-        for i in range(steps + 4):
+        for i in range(steps + WARMUP):
             t0 = time.perf_counter()
             logits, state = model.step(token, state)
-            if i >= 4:
+            if i >= WARMUP:
                 times.append(time.perf_counter() - t0)
             token = logits.argmax(-1)
         medians.append(statistics.median(times))
@@ -90,7 +91,7 @@ def main(argv=None):
     params = {}
     measure(LM(model_configs(256)["Hybrid (MmMAmM)"]).eval(), 128, 4, gen)  # warm up the process
     for ctx in args.contexts:
-        for name, cfg in model_configs(ctx + args.steps + 8).items():
+        for name, cfg in model_configs(ctx + ROUNDS * (args.steps + WARMUP)).items():
             torch.manual_seed(0)
             model = LM(cfg).eval()
             params[name] = sum(p.numel() for p in model.parameters())
