@@ -221,3 +221,19 @@ def test_bad_inputs_raise_clear_errors(gen):
         bidir.step(torch.ones(1, 64), [])
     with pytest.raises(ValueError, match=r"`hidden` expected shape \(B, L, D\) with D=64, got \(1, 3, 32\)"):
         bidir(torch.ones(1, 3, 32))
+
+
+@pytest.mark.parametrize("name", ["mamba-130m", "mamba2-130m", "hyena-small", "transformer-small", "hybrid-small"])
+@torch.no_grad()
+def test_big_preset_step_matches_forward(name, gen):
+    """Every causal full-size preset, built for real: teacher-forced step logits equal the forward's."""
+    config = ModelConfig.preset(name)
+    model = LM(config).eval()
+    ids = torch.randint(0, config.vocab_size, (1, 6), generator=gen)
+    logits, state = model(ids)
+    step_state, outs = model.init_state(1), []
+    for t in range(ids.shape[1]):
+        out, step_state = model.step(ids[:, t], step_state)
+        outs.append(out)
+    assert_close(torch.stack(outs, 1), logits, TOL32, f"{name}: teacher-forced step vs forward logits")
+    states_close(step_state, state, f"{name}: step vs forward state")
