@@ -204,6 +204,7 @@ def test_errors(gen, monkeypatch):
     with pytest.raises(BackendUnavailableError, match=r"ssd: backend 'triton' .*got float64"):
         ssd(**{k: v.double() for k, v in inp.items()}, backend="triton")
     long = make_inputs(gen, b=1, L=300, H=2, G=1, N=16)
+    long = {k: v.to("cuda" if CUDA else "cpu") for k, v in long.items()}  # where the triton backend can run
     with pytest.raises(ValueError, match=r"`chunk_size` must be <= 256 for the triton backend, got 300"):
         ssd(**long, chunk_size=300, backend="triton")
     cu = torch.tensor([0, 4, 9], dtype=torch.int32)
