@@ -37,13 +37,12 @@ def prefill(model, ids: torch.Tensor, mask: Optional[torch.Tensor] = None, state
     """One forward over the prompt. ids: (B, L), mask: (B, L) bool, left-padded (or None).
 
     Returns logits at the last position (B, V) and the state after the prompt.
-    ``state`` defaults to ``model.init_state(B)`` (preallocated caches).
+    With ``state`` None the forward starts from zero states and returns them
+    filled (attention's cache preallocated at its full size), without
+    attending over empty cache slots.
     """
     if mask is not None:
         _check_left_padded(mask)
-    if state is None:
-        p = _param(model)
-        state = model.init_state(ids.shape[0], device=p.device, dtype=p.dtype)
     logits, state = model(ids, state, mask, num_last_tokens=1)  # (B, 1, V)
     return logits[:, -1], state
 

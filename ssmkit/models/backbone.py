@@ -153,11 +153,10 @@ class Backbone(nn.Module):
             if s.batch_size != batch_size:
                 raise ValueError(f"{fn}: state for layer {i} is a {want} for batch {s.batch_size}, expected a "
                                  f"{want} for batch {batch_size}")
-            ref = mixer.init_state(batch_size, device="meta")
-            for (name, t), (_, r) in zip(s.tensors(), ref.tensors()):
-                if t.shape != r.shape and not mixer._state_shape_ok(name, t, r):
+            for (name, t), (_, shape) in zip(s.tensors(), mixer.state_shapes(batch_size)):
+                if t.shape != shape:
                     raise ValueError(f"{fn}: state for layer {i} ({want}) has `{name}` of shape {tuple(t.shape)}, "
-                                     f"expected {tuple(r.shape)} (a state from a differently configured model?)")
+                                     f"expected {tuple(shape)} (a state from a differently configured model?)")
 
     def length_limits(self) -> list[tuple[int, str, int]]:
         """(layer index, description, longest sequence) for each layer with a length limit."""

@@ -12,6 +12,8 @@ float64 for float64 inputs. CPU tensors only. Threads: ``torch.get_num_threads()
 
 from __future__ import annotations
 
+import logging
+
 import ctypes
 from typing import Optional, Union
 
@@ -132,6 +134,12 @@ class _SelectiveScanC(torch.autograd.Function):
         return out + (None, None)
 
 
+def _all_finite(tensors) -> bool:
+    """One cheap pass: a sum is finite when no element is NaN/inf (a finite overflow only costs speed)."""
+    sums = [t.detach().sum(dtype=torch.float32) for t in tensors if t is not None]
+    return bool(torch.isfinite(torch.stack(sums)).all())
+
+
 def selective_scan_c(
     u: torch.Tensor,
     delta: torch.Tensor,
@@ -154,6 +162,15 @@ def selective_scan_c(
         y: (B, L, D) in u's dtype [, final state (B, D, N) float32/float64].
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    if u.dtype != torch.float64 and not _all_finite(tensors):
+        # The float32 kernel is compiled with -ffast-math, whose finite-math assumption may turn a
+        # NaN into a number; run this call on the PyTorch path so that NaN and inf propagate.
+        logging.getLogger("ssmkit.ops").warning("selective_scan: non-finite input; backend 'c' ran this call "
+                                                "on the 'torch' path so that NaN/inf propagate")
+        from .chunked import selective_scan_chunked
+
+        return selective_scan_chunked(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state,
+                                      return_final_state)
     keep = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     y, h = _SelectiveScanC.apply(*tensors, bool(delta_softplus), keep)
     return (y, h) if return_final_state else y

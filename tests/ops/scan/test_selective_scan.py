@@ -206,3 +206,17 @@ def test_auto_is_c_on_cpu_when_it_builds():
     if reason is not None:
         pytest.skip(f"C kernel unavailable here: {reason}")
     assert SCAN_BACKENDS.resolve("auto", torch.device("cpu")) == "c"
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "c"])
+@pytest.mark.parametrize("where", ["u", "delta", "z"])
+def test_nan_input_propagates(gen, backend, where):
+    """A NaN in an input shows up in the output (a diverging model must not be silently masked)."""
+    Bsz, L, D, N = 1, 9, 20, 4
+    args = dict(u=torch.randn(Bsz, L, D, generator=gen), delta=torch.randn(Bsz, L, D, generator=gen),
+                A=-torch.rand(D, N, generator=gen) - 0.1, B=torch.randn(Bsz, L, N, generator=gen),
+                C=torch.randn(Bsz, L, N, generator=gen), z=torch.randn(Bsz, L, D, generator=gen))
+    args[where][0, 5, 3] = float("nan")
+    y = selective_scan(**args, delta_bias=torch.randn(D, generator=gen), delta_softplus=True, backend=backend)
+    assert torch.isnan(y[0, 5, 3]), f"{backend}: NaN in `{where}` did not reach the output"
+    assert torch.isfinite(y[0, :5]).all(), f"{backend}: outputs before the NaN must stay finite"
