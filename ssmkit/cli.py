@@ -8,7 +8,17 @@ import sys
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    import os
+
     from .bench.demo import demo_json, demo_markdown, run_demo
+
+    if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):
+        print(f"ssmkit demo: --json {args.json}: its folder does not exist", file=sys.stderr)
+        return 2
+    if args.d_model % 8:
+        print(f"ssmkit demo: --d-model must be a multiple of 8 (Mamba-2 heads of 16 channels), got {args.d_model}",
+              file=sys.stderr)
+        return 2
 
     rows = run_demo(d_model=args.d_model, seq_len=args.seq_len, batch=args.batch, seed=args.seed,
                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
@@ -16,7 +26,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.json:
         demo_json(rows, args.json)
         print(f"\nwrote {args.json}", file=sys.stderr)
-    return 0
+    failed = [r.engine for r in rows if not r.ok]
+    if failed:
+        print(f"FAILED: {', '.join(failed)} exceed the 1e-4 relative error", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -42,6 +55,26 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {out} ({args.to} layout)", file=sys.stderr)
     return 0
+
+
+def _shard_size(text: str) -> str:
+    from .io.files import parse_size
+
+    try:
+        parse_size(text, "--max-shard-size")
+    except (TypeError, ValueError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def _device(text: str) -> str:
+    import torch
+
+    try:
+        torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda or cuda:1, got {text!r}") from None
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -73,14 +106,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None, help="seed the sampler (reproducible output)")
-    gen.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    gen.add_argument("--device", type=_device, default=None, help="cpu, cuda, ... (default: cuda when available)")
     gen.set_defaults(func=_cmd_generate)
 
     conv = sub.add_parser("convert", help="convert a checkpoint to the ssmkit or transformers (hf) layout")
     conv.add_argument("src", help="checkpoint directory or Hub id (ssmkit, transformers or mamba_ssm layout)")
     conv.add_argument("dst", help="output directory (replaced atomically if it exists)")
     conv.add_argument("--to", choices=["ssmkit", "hf"], default="ssmkit")
-    conv.add_argument("--max-shard-size", default="2GB", help="shard the weights above this size (e.g. 2GB, 500MB)")
+    conv.add_argument("--max-shard-size", type=_shard_size, default="2GB", help="shard the weights above this size (e.g. 2GB, 500MB)")
     conv.set_defaults(func=_cmd_convert)
     return parser
 

@@ -19,6 +19,8 @@ import torch
 
 from ..layers.base import Mixer
 
+TOLERANCE = 1e-4  # relative error allowed in float32 against the float64 reference and between step and forward
+
 
 @dataclass
 class DemoRow:
@@ -29,6 +31,11 @@ class DemoRow:
     forward_ms: float    # median forward time on the demo input
     err_vs_reference: float  # ||y - y_ref|| / ||y_ref|| against the float64 reference
     err_step: float      # same, token-by-token step vs whole-sequence forward
+
+    @property
+    def ok(self) -> bool:
+        """Both errors within the float32 tolerance the test suite uses (1e-4)."""
+        return self.err_vs_reference <= TOLERANCE and self.err_step <= TOLERANCE
 
 
 def _engines(d_model: int, seq_len: int) -> dict[str, Callable[[], Mixer]]:
@@ -97,17 +104,17 @@ def demo_markdown(rows: list[DemoRow], d_model: int, seq_len: int, batch: int) -
     lines = [
         f"ssmkit demo: B={batch}, L={seq_len}, d_model={d_model}, float32, {torch.get_num_threads()} threads",
         "",
-        "| engine | backend | params | state | forward | error vs float64 reference | step vs forward |",
-        "|---|---|---|---|---|---|---|",
+        "| engine | backend | params | state | forward | error vs float64 reference | step vs forward | check |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r.engine} | {r.backend} | {r.params:,} | {r.state_bytes / 1024:.1f} KiB | {r.forward_ms:.2f} ms "
-            f"| {r.err_vs_reference:.1e} | {r.err_step:.1e} |"
+            f"| {r.err_vs_reference:.1e} | {r.err_step:.1e} | {'pass' if r.ok else 'FAIL'} |"
         )
     return "\n".join(lines)
 
 
 def demo_json(rows: list[DemoRow], path: str) -> None:
     with open(path, "w") as f:
-        json.dump([asdict(r) for r in rows], f, indent=1)
+        json.dump([{**asdict(r), "ok": r.ok} for r in rows], f, indent=1)

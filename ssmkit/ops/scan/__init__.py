@@ -17,7 +17,7 @@ Backends (``SCAN_BACKENDS``): "reference" (float64 loop, reference.py),
 "torch" (chunked PyTorch, chunked.py, any device), "c" (compiled C kernel,
 CPU, cpu_c.py), "triton" (GPU kernels, triton*.py; float32/16, bfloat16).
 "auto" tries ("c", "torch") on CPU and ("triton", "torch") on CUDA, once per
-device type, and logs its choice. ``selective_scan_step``: "torch" (step.py)
+(device type, input dtype), and logs its choice. ``selective_scan_step``: "torch" (step.py)
 or "triton" (triton_step.py), table ``SCAN_STEP_BACKENDS``.
 """
 
