@@ -162,9 +162,10 @@ def selective_scan_c(
         y: (B, L, D) in u's dtype [, final state (B, D, N) float32/float64].
     """
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
-    if u.dtype != torch.float64 and not _all_finite(tensors):
-        # The float32 kernel is compiled with -ffast-math, whose finite-math assumption may turn a
-        # NaN into a number; run this call on the PyTorch path so that NaN and inf propagate.
+    if u.dtype != torch.float64 and not _all_finite((delta, delta_bias, A)):
+        # The float32 kernel is compiled with -ffast-math, whose finite-math assumption lets the
+        # clamps in its softplus and exp turn a NaN in delta, delta_bias or A into a number (a NaN
+        # anywhere else reaches y through a product); such a call runs on the PyTorch path instead.
         logging.getLogger("ssmkit.ops").warning("selective_scan: non-finite input; backend 'c' ran this call "
                                                 "on the 'torch' path so that NaN/inf propagate")
         from .chunked import selective_scan_chunked

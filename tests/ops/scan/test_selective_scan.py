@@ -209,7 +209,7 @@ def test_auto_is_c_on_cpu_when_it_builds():
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "c"])
-@pytest.mark.parametrize("where", ["u", "delta", "z"])
+@pytest.mark.parametrize("where", ["u", "delta", "z", "B", "C"])
 def test_nan_input_propagates(gen, backend, where):
     """A NaN in an input shows up in the output (a diverging model must not be silently masked)."""
     Bsz, L, D, N = 1, 9, 20, 4
