@@ -80,8 +80,8 @@ def bench_op(name, op, make_inputs, backends, lengths, extra, args):
                 ctx = torch.no_grad() if mode == "forward" else torch.enable_grad()
                 with ctx:
                     fn = make(op, inputs, backend=be, **extra)
-                    reps = 1 if be == "reference" else args.reps
-                    t = median_time(fn, reps=reps, warmup=0 if be == "reference" else 1)
+                    reps = 3 if be == "reference" else args.reps  # the loop is slow: fewer repeats, capped at 30 s
+                    t = median_time(fn, reps=reps, warmup=1)
                 results[(L, mode, be)] = t
                 print(f"  {name} L={L:6d} {mode:17s} {be:9s} {fmt_ms(t)}", file=sys.stderr, flush=True)
     return results
