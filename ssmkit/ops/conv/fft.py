@@ -38,9 +38,14 @@ def fft_conv(
     check_shape(fn, "k", k, ("Lk", "D"), sizes)
     check_float(fn, "u", u)
     check_float(fn, "k", k)
+    if k_reverse is not None:
+        check_float(fn, "k_reverse", k_reverse)
     check_same_device(fn, {"u": u, "k": k, "k_reverse": k_reverse})
     L = u.shape[1]
-    work = torch.float64 if torch.float64 in (u.dtype, k.dtype) else torch.float32
+    if L == 0:
+        return u.clone()  # (B, 0, D): nothing to convolve
+    dtypes = (u.dtype, k.dtype) + ((k_reverse.dtype,) if k_reverse is not None else ())
+    work = torch.float64 if torch.float64 in dtypes else torch.float32
     k = k[:L].to(work)
     if k_reverse is not None:
         check_shape(fn, "k_reverse", k_reverse, ("Lr", "D"), sizes)

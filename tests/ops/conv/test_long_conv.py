@@ -61,3 +61,12 @@ def test_bad_inputs(gen):
     with pytest.raises(BackendUnavailableError, match="not implemented"):
         long_conv(u, k, backend="triton")
     assert LONG_CONV_BACKENDS.resolve("auto", torch.device("cpu")) == "torch"
+
+
+def test_fft_conv_empty_sequence_and_k_reverse_dtype(gen):
+    from ssmkit.ops.conv import fft_conv
+
+    u, k = randn(2, 0, 5, gen=gen), randn(7, 5, gen=gen)
+    assert fft_conv(u, k).shape == (2, 0, 5)
+    with pytest.raises(TypeError, match=r"fft_conv: argument `k_reverse` must have dtype in .*got int64"):
+        fft_conv(randn(2, 9, 5, gen=gen), k, torch.ones(7, 5, dtype=torch.int64))
