@@ -125,11 +125,12 @@ def sweep_configs() -> str:
     cfg = ScanKernelConfig(32, 4, 32, 2, 8)
     timed("fwd (default) saving states every 8", lambda: scan_fwd(*args, None, True, True, cfg))
     dy = torch.randn_like(inp["u"])
-    for bbd, bch, S, bnw, ns in ((32, 2, 8, 1, 8), (32, 2, 8, 1, 0), (32, 2, 8, 1, 32), (32, 1, 8, 1, 8),
-                                 (32, 1, 8, 1, 16), (32, 4, 8, 1, 16), (32, 2, 16, 1, 16), (64, 2, 8, 2, 8)):  # fmt: skip
-        cfg = ScanKernelConfig(32, 4 if S % 4 == 0 else 2, bbd, bch, S, bwd_num_warps=bnw, bwd_n_segs=ns)
+    for bbd, bch, S, bnw, ns, scat in ((32, 2, 8, 1, 8, True), (32, 2, 8, 1, 8, False), (32, 2, 8, 1, 16, True),
+                                       (32, 2, 8, 1, 4, True), (32, 1, 8, 1, 16, True), (32, 4, 8, 1, 16, True),
+                                       (32, 2, 16, 1, 16, True), (64, 2, 8, 2, 8, True)):  # fmt: skip
+        cfg = ScanKernelConfig(32, 4 if S % 4 == 0 else 2, bbd, bch, S, bwd_num_warps=bnw, bwd_n_segs=ns, scatter=scat)
         _, _, hsave = scan_fwd(*args, None, True, True, cfg)
-        timed(f"bwd block_d={bbd} chunk={bch} save_every={S} warps={bnw} n_segs={ns or 'auto'}",
+        timed(f"bwd block_d={bbd} chunk={bch} save_every={S} warps={bnw} n_segs={ns or 'auto'} scatter={scat}",
               lambda: scan_bwd(dy, None, *args, hsave, True, cfg))  # fmt: skip
     return markdown_table(["config", "ms"], rows)
 

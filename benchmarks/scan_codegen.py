@@ -88,7 +88,8 @@ def main() -> None:
     report("forward, full pass saving checkpoints", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=True, LOCAL=False), 64)
     report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
     bwd = dict(COMMON, BLOCK_D=32, T=2, K=4, HAS_DHLAST=True, DOT_REDUCE=False)
-    report("backward (chunk loop: per 32 elements)", selective_scan_bwd_kernel, bwd, 32)
+    report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32)
+    report("backward, reduce-scatter sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32)
 
 
 if __name__ == "__main__":

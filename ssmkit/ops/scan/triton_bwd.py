@@ -35,6 +35,8 @@ import triton.language as tl
 from .triton_common import (
     _bc_offsets,
     _bc_tile,
+    _channel_sum_add,
+    _dot_states,
     _flat,
     _load_tile,
     _m_col3,
@@ -76,7 +78,7 @@ def selective_scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_LOG: tl.constexpr,
-    DOT_REDUCE: tl.constexpr,
+    DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
@@ -85,13 +87,15 @@ def selective_scan_bwd_kernel(
     (strides s_gb, s_gl, N, 1), zero-filled by the caller; dh0 (B, N, D) (from segment 0);
     per (batch, segment) partial sums dA (B, n_segs, N, D), dD, dbias (B, n_segs, D), float32.
     Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN); ONE = 1 at run
-    time (see the forward kernel)."""
+    time (see the forward kernel). ``SCATTER``: the channel sums of ∂B, ∂C by a reduce-scatter
+    across the lanes (``triton_common._channel_sum_add``; GPU only, BLOCK_D = 32 per warp)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
     n_ps = tl.num_programs(2)
     d0 = pid_d * BLOCK_D
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
     k3 = tl.arange(0, K)[:, None, None]  # (K, 1, 1)
     S: tl.constexpr = T * K
     sn, sc = _flat(NP, BLOCK_D)  # a (NP, BD) state tile, flat
@@ -131,6 +135,7 @@ def selective_scan_bwd_kernel(
     o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
     o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
     m_n = nB < N
+    g_row = (d0 // CH_PER_GROUP) * N  # the block's group in the (B, L, G, N) accumulators (uniform groups)
     t_begin = pid_s * SEG_LEN
     t_end = tl.minimum(L, t_begin + SEG_LEN)
     first = t_begin // S
@@ -191,8 +196,8 @@ def selective_scan_bwd_kernel(
             if HAS_D:
                 dD_acc += tl.sum(g * u, axis=0, keep_dims=True)
             if GROUP_UNIFORM:  # Σ_d g_t h_t
-                dC = tl.reshape(_sum_channels(hs * g, DOT_REDUCE), (T * NP,))
-                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc, sem="relaxed")
+                _channel_sum_add(dC_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, hs * g, t0, L, s_gl, N, SCATTER,
+                                 DOT_REDUCE)  # fmt: skip
             else:  # the block's channels read different groups: add per channel
                 dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
                 tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
@@ -204,14 +209,14 @@ def selective_scan_bwd_kernel(
                 q = _row(dA, t3, i) * dh_i
             ddA = DH * P  # dh_t Ā_t h_{t-1}: (T, NP, BD)
             dA_acc += tl.sum(ddA * dt, axis=0, keep_dims=True)
-            ddt = tl.sum(ddA * A2, axis=1, keep_dims=True) * 0.6931471805599453
+            ddt = _dot_states(ddA, A2, n3) * 0.6931471805599453
             if GROUP_UNIFORM:  # Σ_d dh_t Δ_t u_t
-                dB = tl.reshape(_sum_channels(DH * dtu, DOT_REDUCE), (T * NP,))
-                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc, sem="relaxed")
+                _channel_sum_add(dB_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, DH * dtu, t0, L, s_gl, N, SCATTER,
+                                 DOT_REDUCE)  # fmt: skip
             else:
                 dB = tl.reshape(DH * dtu, (T * NP * BLOCK_D,))
                 tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
-            sB = tl.sum(DH * Bt, axis=1, keep_dims=True)  # (T, 1, BD)
+            sB = tl.sum(DH * Bt, axis=1, keep_dims=True)  # Σ_n dh_t B_t: (T, 1, BD)
             ddt += sB * u
             du = sB * dt
             if HAS_D:

@@ -36,6 +36,7 @@ class ScanKernelConfig:
     n_segs: int = 0  # forward: sequence segments run in parallel (two passes); 0: from the GPU's size
     bwd_n_segs: int = 0  # backward: the same
     dt_ahead: bool = True  # forward: Δ (softplus) computed one chunk ahead of the recurrence
+    scatter: bool = True  # backward: ∂B, ∂C channel sums by a lane reduce-scatter (GPU, 32 channels per warp)
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
@@ -212,6 +213,7 @@ def scan_bwd(
         HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
+        SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
         num_warps=cfg.bwd_num_warps,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
