@@ -20,7 +20,7 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-MODULES = ("gpu_scan", "gpu_ssd")
+MODULES = ("gpu_scan", "gpu_ssd", "gpu_norm")
 
 
 def main() -> None:

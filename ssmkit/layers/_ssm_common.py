@@ -4,7 +4,8 @@
   ``D``, the Δ bias) stay float32 when the module is cast to a half dtype.
 - :func:`inverse_softplus_dt`: the Δ bias init of Mamba (Gu & Dao, 2023): Δ drawn
   log-uniformly in [dt_min, dt_max], stored as softplus^{-1}(Δ).
-- :func:`conv_backend_for`: which causal-conv1d backend a layer backend uses.
+- :func:`conv_backend_for`: which causal-conv1d backend a layer backend uses;
+  :func:`norm_backend_for`: the same for the gated RMSNorm.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from torch import nn
 from .._checks import check_choice
 from ..ops.backends import BACKEND_NAMES
 from ..ops.conv import CONV1D_BACKENDS
+from ..ops.norm import GATED_RMSNORM_BACKENDS
 from .base import Mixer
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -67,6 +69,12 @@ def conv_backend_for(backend: str) -> str:
     layer's ``op_backends()`` for what actually runs.
     """
     return backend if backend in CONV1D_BACKENDS.impls or backend == "auto" else "torch"
+
+
+def norm_backend_for(backend: str) -> str:
+    """The gated-RMSNorm backend run under a layer's ``backend``: the same name when the
+    norm has it ("reference", "torch", "triton"), else the norm's own "auto" (e.g. under "c")."""
+    return backend if backend in GATED_RMSNORM_BACKENDS.impls else "auto"
 
 
 class SSMMixer(Mixer):

@@ -34,7 +34,8 @@ from torch import nn
 from .._checks import check_divisible, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.ssd import SSD_BACKENDS, ssd, ssd_step
-from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32
+from ..ops.norm import GATED_RMSNORM_BACKENDS
+from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for
 from .base import MixerState
 from .norm import GatedRMSNorm
 
@@ -65,8 +66,9 @@ class Mamba2(SSMMixer):
         norm_eps: epsilon of that gated RMSNorm (mamba_ssm: 1e-5; transformers: its layer_norm_epsilon).
         norm_before_gate: normalise y before multiplying by silu(z).
         conv_bias: bias in conv1d.  bias: bias in in_proj and out_proj.
-        backend: op backend for the SSD ("auto", "reference", "torch", "triton"); the conv runs the
-            same name when it has it, else "torch" (see ``op_backends()``).
+        backend: op backend for the SSD ("auto", "reference", "torch", "triton"); the conv and the gated
+            RMSNorm run the same name when they have it (else the conv runs "torch", the norm its "auto":
+            the fused Triton kernel on CUDA); see ``op_backends()``.
     Shapes: forward x (B, L, d_model) -> y (B, L, d_model); step x_t (B, d_model) -> (B, d_model).
     """
 
@@ -144,10 +146,13 @@ class Mamba2(SSMMixer):
     def op_backends(self, device: torch.device | str | None = None) -> dict[str, str]:
         """The implementation each op runs under ``self.backend`` on ``device`` (default: the parameters')."""
         device = torch.device(device) if device is not None else self.in_proj.weight.device
-        return {
+        ops = {
             "causal_conv1d": CONV1D_BACKENDS.resolve(conv_backend_for(self.backend), device),
             "ssd": SSD_BACKENDS.resolve(self.backend, device),
         }
+        if self.norm is not None:
+            ops["gated_rms_norm"] = GATED_RMSNORM_BACKENDS.resolve(norm_backend_for(self.backend), device)
+        return ops
 
     # -- computation ---------------------------------------------------------------------------------
 
@@ -177,7 +182,7 @@ class Mamba2(SSMMixer):
     def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, z: (..., d_inner) -> (..., d_model). Without the norm, the gate was applied in the SSD op."""
         if self.norm is not None:
-            y = self.norm(y, z)
+            y = self.norm(y, z, backend=norm_backend_for(self.backend))  # one fused kernel on CUDA
         return self.out_proj(y)
 
     def forward(

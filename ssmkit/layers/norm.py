@@ -11,6 +11,9 @@ float32 sums of squares. Symbols:
     StateNorm(y)        = y / rms(y) * weight                            (y: the SSM branch's output)
 
 ``weight`` (the per-channel gain, named as in the public checkpoints) starts at 1.
+All three are the op :func:`ssmkit.ops.norm.gated_rms_norm` (z=None for RMSNorm and
+StateNorm); ``forward`` takes its ``backend`` ("auto": the fused Triton kernels on
+CUDA, PyTorch elsewhere; see ``GATED_RMSNORM_BACKENDS``).
 """
 
 from __future__ import annotations
@@ -18,28 +21,10 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from .._checks import check_divisible, check_float, check_positive_int
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, group_size: Optional[int] = None) -> torch.Tensor:
-    """x / sqrt(mean(x^2) + eps) * weight, the mean taken over each group of ``group_size`` channels.
-
-    Args:
-        x: (..., D); weight: (D,); group_size: divides D (None: the whole of D).
-    Returns:
-        (..., D) in the working dtype (float32, or float64 for float64 input); the caller casts back.
-    """
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
-    xw = x.to(work)
-    d = x.shape[-1]
-    g = group_size or d
-    xg = rearrange(xw, "... (n g) -> ... n g", g=g)  # (..., D/g, g)
-    xg = xg * torch.rsqrt(xg.pow(2).mean(-1, keepdim=True) + eps)
-    return rearrange(xg, "... n g -> ... (n g)") * weight.to(work)  # (..., D)
+from ..ops.norm import gated_rms_norm
 
 
 def _check_last_dim(fn: str, name: str, x: torch.Tensor, d: int) -> None:
@@ -65,9 +50,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         _check_last_dim("RMSNorm.forward", "x", x, self.d)
-        return rms_norm(x, self.weight, self.eps).to(x.dtype)
+        return gated_rms_norm(x, self.weight, eps=self.eps, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}"
@@ -85,7 +70,8 @@ class GatedRMSNorm(nn.Module):
     Args:
         d: channels D; eps: added to the mean square;
         group_size: divides D (None: one group of D channels); norm_before_gate: see above.
-    Shapes: y (..., D), z (..., D) or None -> (..., D) in y's dtype.
+    Shapes: y (..., D), z (..., D) or None -> (..., D) in y's dtype. ``forward(y, z, backend)``:
+    the op's backend (the Mamba-2 layer passes its own).
     """
 
     def __init__(self, d: int, eps: float = 1e-5, group_size: Optional[int] = None, norm_before_gate: bool = False):
@@ -100,23 +86,16 @@ class GatedRMSNorm(nn.Module):
         self.norm_before_gate = norm_before_gate
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, y: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, z: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
         fn = "GatedRMSNorm.forward"
         _check_last_dim(fn, "y", y, self.d)
-        if z is None:
-            return rms_norm(y, self.weight, self.eps, self.group_size).to(y.dtype)
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"{fn}: argument `z` must be a torch.Tensor or None, got {type(z).__name__}")
-        if z.shape != y.shape:
-            raise ValueError(f"{fn}: argument `z` expected shape {tuple(y.shape)} (that of `y`), got {tuple(z.shape)}")
-        check_float(fn, "z", z)
-        work = torch.float64 if y.dtype == torch.float64 else torch.float32
-        gate = F.silu(z.to(work))
-        if self.norm_before_gate:
-            out = rms_norm(y, self.weight, self.eps, self.group_size) * gate
-        else:
-            out = rms_norm(y.to(work) * gate, self.weight, self.eps, self.group_size)
-        return out.to(y.dtype)
+        if z is not None:
+            if not isinstance(z, torch.Tensor):
+                raise TypeError(f"{fn}: argument `z` must be a torch.Tensor or None, got {type(z).__name__}")
+            if z.shape != y.shape:
+                raise ValueError(f"{fn}: argument `z` expected shape {tuple(y.shape)} (that of `y`), got {tuple(z.shape)}")
+            check_float(fn, "z", z)
+        return gated_rms_norm(y, self.weight, z, self.eps, self.group_size, self.norm_before_gate, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}, group_size={self.group_size}, norm_before_gate={self.norm_before_gate}"
@@ -148,9 +127,9 @@ class StateNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(d))
 
-    def forward(self, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, y: torch.Tensor, backend: str = "auto") -> torch.Tensor:
         _check_last_dim("StateNorm.forward", "y", y, self.d)
-        return rms_norm(y, self.weight, self.eps).to(y.dtype)
+        return gated_rms_norm(y, self.weight, eps=self.eps, backend=backend)
 
     def extra_repr(self) -> str:
         return f"{self.d}, eps={self.eps}"

@@ -7,6 +7,7 @@ Each op takes ``backend=`` ("auto", "reference", "torch", "c", "triton"); see
 from .attention import ATTENTION_BACKENDS, attention, attention_step
 from .backends import BackendUnavailableError, resolved_backend
 from .conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step, fft_conv
+from .norm import GATED_RMSNORM_BACKENDS, gated_rms_norm
 from .scan import SCAN_BACKENDS, selective_scan, selective_scan_step
 from .ssd import SSD_BACKENDS, ssd, ssd_step
 
@@ -15,5 +16,6 @@ __all__ = [
     "ssd", "ssd_step", "SSD_BACKENDS",
     "causal_conv1d", "causal_conv1d_step", "fft_conv", "CONV1D_BACKENDS",
     "attention", "attention_step", "ATTENTION_BACKENDS",
+    "gated_rms_norm", "GATED_RMSNORM_BACKENDS",
     "BackendUnavailableError", "resolved_backend",
 ]

@@ -230,7 +230,8 @@ def test_op_backends():
     m.backend = "torch"
     assert m.op_backends() == {"causal_conv1d": "torch", "selective_scan": "torch"}
     m2 = Mamba2(D_MODEL, headdim=15, backend="reference")
-    assert m2.op_backends() == {"causal_conv1d": "reference", "ssd": "reference"}
+    assert m2.op_backends() == {"causal_conv1d": "reference", "ssd": "reference", "gated_rms_norm": "reference"}
+    assert "gated_rms_norm" not in Mamba2(D_MODEL, headdim=15, rmsnorm=False).op_backends()
 
 
 def test_c_backend_runs_c_scan():

@@ -1,0 +1,153 @@
+"""Gated RMSNorm, the "triton" backend: custom ops around the kernels.
+
+    gated_rms_norm_triton(y, weight, z, eps, group_size, norm_before_gate) -> out (..., D)
+
+Same contract as ``gated_rms_norm.py``. The inputs are viewed as (M, D) rows
+(any row stride; a copy only when the channel stride is not 1). The forward
+kernel writes ``out`` and the per-(row, group) rstd in float32; the backward
+kernel recomputes the gate and x̂ from y, z and rstd and writes dy, dz and
+per-program partial sums of dweight, summed afterwards in a fixed order
+(deterministic, no atomics). Both are ``torch.library`` custom ops with a fake
+implementation and an autograd formula, so ``torch.compile(fullgraph=True)``
+traces through them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .._triton import TRITON_DTYPES, next_pow2
+from .gated_rms_norm_triton_kernels import gated_rms_norm_bwd_kernel, gated_rms_norm_fwd_kernel
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How a kernel tiles the (rows, group channels) plane."""
+
+    tile: int  # elements per (BLOCK_M, BLOCK_N) tile
+    per_thread: int  # tile elements per thread: sets num_warps (at most 16)
+    max_block: int  # a group of up to this many channels (rounded up to a power of two) is one tile wide
+    chunk: int  # larger groups are walked in chunks of this many channels
+
+
+# The backward keeps about twice as many values live per element as the forward: half the elements
+# per thread. ptxas for sm_90 (16 warps, <= 128 registers): no spills, except 8-40 bytes in the
+# backward with a gate at groups of 4096 (one tile wide) and 64; chunked groups (> 4096) none.
+FWD_TILING = Tiling(tile=8192, per_thread=16, max_block=8192, chunk=2048)
+BWD_TILING = Tiling(tile=4096, per_thread=8, max_block=4096, chunk=1024)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _unit_last(t: Optional[Tensor]) -> Optional[Tensor]:
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, NUM_CHUNKS, num_warps) for groups of ``group_size`` channels."""
+    bn = next_pow2(group_size)
+    chunks = 1
+    if bn > t.max_block:
+        bn, chunks = t.chunk, _cdiv(group_size, t.chunk)
+    bm = max(1, t.tile // bn)
+    return bm, bn, chunks, max(1, min(16, bm * bn // (32 * t.per_thread)))
+
+
+@torch.library.custom_op("ssmkit::gated_rms_norm_fwd", mutates_args=())
+def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
+            norm_before_gate: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """y, z: (M, D) -> out (M, D) in y's dtype, rstd (M, D / group_size) float32."""
+    y, z = _unit_last(y), _unit_last(z)
+    M, D = y.shape
+    ng = D // group_size
+    out = torch.empty((M, D), dtype=y.dtype, device=y.device)
+    rstd = torch.empty((M, ng), dtype=torch.float32, device=y.device)
+    if M == 0:
+        return out, rstd
+    bm, bn, chunks, warps = _plan(group_size, FWD_TILING)
+    zz = z if z is not None else y
+    gated_rms_norm_fwd_kernel[(_cdiv(M, bm), ng)](
+        y, zz, weight.contiguous(), out, rstd, M, D, group_size, y.stride(0), zz.stride(0), eps,
+        BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
+        num_warps=warps,
+    )  # fmt: skip
+    return out, rstd
+
+
+@_fwd_op.register_fake
+def _(y, z, weight, eps, group_size, norm_before_gate):
+    M, D = y.shape
+    return y.new_empty((M, D)), y.new_empty((M, D // group_size), dtype=torch.float32)
+
+
+@torch.library.custom_op("ssmkit::gated_rms_norm_bwd", mutates_args=())
+def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor, group_size: int,
+            norm_before_gate: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dy (M, D), dz (M, D) or empty when z is None, dweight (D,)) in the dtypes of y, z, weight."""
+    dout, y, z = _unit_last(dout), _unit_last(y), _unit_last(z)
+    M, D = y.shape
+    ng = D // group_size
+    dy = torch.empty((M, D), dtype=y.dtype, device=y.device)
+    dz = torch.empty((M, D), dtype=z.dtype, device=z.device) if z is not None else y.new_empty(0)
+    if M == 0:
+        return dy, dz, torch.zeros_like(weight)
+    bm, bn, chunks, warps = _plan(group_size, BWD_TILING)
+    sms = torch.cuda.get_device_properties(y.device).multi_processor_count if y.is_cuda else 2
+    tiles = _cdiv(M, bm)
+    n_split = max(1, min(tiles, _cdiv(4 * sms, ng)))  # about four programs per SM
+    rows_per_prog = _cdiv(tiles, n_split) * bm
+    n_split = _cdiv(M, rows_per_prog)
+    dw_part = torch.empty((n_split, D), dtype=torch.float32, device=y.device)
+    zz = z if z is not None else y
+    gated_rms_norm_bwd_kernel[(n_split, ng)](
+        dout, y, zz, weight.contiguous(), rstd.contiguous(), dy, dz if z is not None else dy, dw_part,
+        M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0),
+        BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
+        num_warps=warps,
+    )  # fmt: skip
+    return dy, dz, dw_part.sum(0).to(weight.dtype)
+
+
+@_bwd_op.register_fake
+def _(dout, y, z, weight, rstd, group_size, norm_before_gate):
+    dz = z.new_empty(z.shape) if z is not None else y.new_empty(0)
+    return y.new_empty(y.shape), dz, weight.new_empty(weight.shape)
+
+
+def _setup(ctx, inputs, output):
+    y, z, weight, eps, group_size, norm_before_gate = inputs
+    ctx.save_for_backward(y, z, weight, output[1])
+    ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+
+
+def _backward(ctx, dout, _drstd):
+    y, z, weight, rstd = ctx.saved_tensors
+    dy, dz, dw = _bwd_op(dout, y, z, weight, rstd, ctx.group_size, ctx.norm_before_gate)
+    return dy, None if z is None else dz, dw, None, None, None
+
+
+_fwd_op.register_autograd(_backward, setup_context=_setup)
+
+
+def _check_dtypes(y: Tensor, weight: Tensor, z: Optional[Tensor]) -> None:
+    for name, t in (("y", y), ("z", z), ("weight", weight)):
+        if t is not None and t.dtype not in TRITON_DTYPES:
+            raise TypeError(f"gated_rms_norm (backend 'triton'): argument `{name}` must be float32, float16 or "
+                            f"bfloat16, got {str(t.dtype).replace('torch.', '')} (use backend 'torch' or "
+                            f"'reference' for float64)")  # fmt: skip
+
+
+def gated_rms_norm_triton(y, weight, z, eps, group_size, norm_before_gate):
+    """The "triton" implementation for ``GATED_RMSNORM_BACKENDS``: out (..., D) in y's dtype, inputs validated."""
+    _check_dtypes(y, weight, z)
+    D = y.shape[-1]
+    y2 = y.reshape(-1, D)  # (M, D), a view where the strides allow
+    z2 = z.reshape(-1, D) if z is not None else None  # (M, D)
+    out, _ = _fwd_op(y2, z2, weight, eps, group_size, norm_before_gate)
+    return out.reshape(y.shape)  # (..., D)
