@@ -5,7 +5,8 @@ Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
   2. SSD, B=8, L=4096, H=32, P=64, N=128, G=1, bfloat16, D, dt_bias, softplus:
      ssmkit "triton" vs ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``
      (pure Triton), forward and forward+backward, median of CUDA-event timings;
-  3. launch-plan sweep (segments, warps, head splits) and a per-kernel profile;
+  3. launch-plan sweep (segments, warps, head splits; SSD_SWEEP=1) and a
+     per-kernel profile;
   4. causal flash attention (SDPA, 16 heads of 128) vs the SSD core (32 heads of
      64, N=128: the same width 2048), forward+backward at 16K tokens per call
      (L = 2K, 8K, 16K; and one sequence of 64K).
@@ -119,7 +120,7 @@ def sweep_plans() -> list[list]:
 
 def kernel_resources() -> list[list]:
     """Registers, spills and shared memory of every compiled ssmkit SSD kernel."""
-    import ssmkit.ops.ssd.triton_launch as launch
+    from ssmkit.ops.ssd import triton_launch as launch  # (`ssmkit.ops.ssd` the name is the function)
 
     rows = []
     for name in ("_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_kernel", "_ssd_bwd_kernel"):
@@ -201,6 +202,8 @@ def run(out_dir: str) -> str:
     _section("kernel profile (5 x fwd+bwd)", lambda: "```\n" + profile_kernels() + "\n```", report, results)
     if os.environ.get("SSD_SWEEP"):
         _section("launch plans", lambda: markdown_table(["plan", "ms"], sweep_plans()), report, results)
+        _section("compiled kernels (after the sweep)", lambda: markdown_table(res_head, kernel_resources()),
+                 report, results)  # fmt: skip
     text = "\n".join(report)
     with open(os.path.join(out_dir, "gpu_ssd.md"), "w") as f:
         f.write(text)

@@ -1,0 +1,181 @@
+"""Compile the SSD (Mamba-2) Triton kernels for sm_90 without a GPU and count instructions.
+
+The launch sequences of ``ssmkit/ops/ssd/triton_launch.py`` (``ssd_fwd``,
+``ssd_bwd``) run on *meta* tensors with every Triton kernel replaced by a
+recorder, so what gets compiled is exactly what the benchmark would launch:
+same constexprs, pointer dtypes, launch options (num_warps / num_stages) and
+the JIT's specializations (ints equal to 1 become constants, ints divisible by
+16 and every pointer get the divisibility-by-16 hint). The GPU's SM count is
+taken as 132 (H200), which fixes the plan's segments as on the device.
+
+Shape: the benchmark's, B=8, L=4096, H=32, P=64, N=128, G=1, bf16, D (H,),
+dt_bias, softplus, no z, at Q=32 and Q=64. Per kernel: registers, stack
+(spill) bytes, shared memory, STL/LDL counts over the whole kernel, and for
+every loop of the SASS (a backward branch) the instruction mix: tensor-core
+products (HGMMA = wgmma, HMMA = mma.sync), MUFU (exp, ...), FP32 arithmetic,
+global / shared memory traffic, barriers, shuffles, local memory.
+
+    python benchmarks/ssd_codegen.py                     # default plans, Q = 32 and 64
+    python benchmarks/ssd_codegen.py --q 32 --plan bwd_warps=8
+    python benchmarks/ssd_codegen.py --sass DIR          # also write each kernel's SASS to DIR
+
+Reuses ``scan_codegen.py``'s helpers (where ptxas / nvdisasm live, the loop finder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from unittest import mock
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from scan_codegen import BIN, loops  # noqa: E402
+
+from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
+
+KINDS = ("HGMMA", "HMMA", "MUFU", "FFMA", "FMUL", "FADD", "LDG", "STG", "LDS", "LDSM", "STS", "BAR", "SHFL", "LDL", "STL")
+SM_COUNT = 132  # H200
+PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int64: "*i64", torch.int32: "*i32"}
+
+
+class Recorder:
+    """Stands in for a JITFunction: ``rec[grid](*args, **kw)`` records the launch."""
+
+    def __init__(self, fn, calls: list):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        return lambda *args, **kw: self.calls.append((self.fn, grid, args, kw))
+
+
+def record(run) -> list:
+    """(kernel, grid, args, kwargs) of every Triton launch made by ``run()``."""
+    calls: list = []
+    with ExitStack() as stack:
+        for name, obj in vars(launch).items():
+            if isinstance(obj, triton.runtime.jit.JITFunction):
+                stack.enter_context(mock.patch.object(launch, name, Recorder(obj, calls)))
+        stack.enter_context(mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT))
+        run()
+    return calls
+
+
+def compile_launch(fn, args, kw):
+    """(resource line, SASS, shared bytes) of one recorded launch, compiled for sm_90."""
+    options = {k: kw.pop(k) for k in ("num_warps", "num_stages") if k in kw}
+    values = dict(zip([p.name for p in fn.params], args)) | kw
+    sig, attrs, constexprs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = values[p.name]
+        if p.is_constexpr:
+            sig[p.name], constexprs[p.name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = PTR[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{fn.__name__}: unexpected argument {p.name}={v!r}")
+        elif v == 1:  # the JIT turns ints equal to 1 into constants
+            sig[p.name], constexprs[p.name] = "constexpr", 1
+        else:
+            sig[p.name] = "i32" if -(2**31) <= v < 2**31 else "i64"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(c.asm["cubin"])
+    res = subprocess.run([f"{BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
+    sass = subprocess.run([f"{BIN}/nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
+    os.unlink(f.name)
+    return res, sass, c.metadata.shared, options
+
+
+def describe(label: str, fn, grid, args, kw, sass_dir=None) -> None:
+    key = {k: v for k, v in kw.items() if k.isupper() and k not in ("DT", "PREC")}
+    res, sass, shared, options = compile_launch(fn, args, dict(kw))
+    regs = re.search(r"REG:(\d+)", res)
+    stack = re.search(r"STACK:(\d+)", res)
+    total = collections.Counter(
+        mm.group(2) for line in sass.splitlines()
+        if (mm := re.match(r"\s*/\*[0-9a-f]+\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_]+)", line))
+    )  # fmt: skip
+    flags = " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in key.items() if not k.startswith("BLOCK"))
+    blocks = " ".join(f"{k[6:]}={v}" for k, v in key.items() if k.startswith("BLOCK"))
+    print(f"{label} {fn.__name__}  grid={tuple(grid)}  warps={options.get('num_warps')} "
+          f"stages={options.get('num_stages')}  blocks: {blocks}")  # fmt: skip
+    print(f"  registers {regs and regs.group(1)}, stack {stack and stack.group(1)} B, shared {shared} B, "
+          f"whole kernel: {sum(total.values())} instr, STL={total.get('STL', 0)} LDL={total.get('LDL', 0)} "
+          f"HGMMA={total.get('HGMMA', 0)} HMMA={total.get('HMMA', 0)}   [{flags}]")  # fmt: skip
+    for size, ops in loops(sass):
+        if size > 50:
+            print(f"  loop of {size:5d} instr: " + " ".join(f"{k}={ops.get(k, 0)}" for k in KINDS))
+    if sass_dir:
+        os.makedirs(sass_dir, exist_ok=True)
+        with open(os.path.join(sass_dir, f"{label.strip('[]').replace(' ', '_')}_{fn.__name__}.sass"), "w") as f:
+            f.write(sass)
+
+
+def bench_inputs(Q: int, dtype=torch.bfloat16, b=8, L=4096, H=32, P=64, N=128, G=1):
+    """Meta tensors of the benchmark's shape and the default (or ``plan_kw``) plan."""
+    m = dict(device="meta")
+    x = torch.empty(b, L, H, P, dtype=dtype, **m)
+    return dict(x=x, dt=torch.empty(b, L, H, dtype=dtype, **m), A=torch.empty(H, **m),
+                B=torch.empty(b, L, G, N, dtype=dtype, **m), C=torch.empty(b, L, G, N, dtype=dtype, **m),
+                D=torch.empty(H, **m), dt_bias=torch.empty(H, **m))  # fmt: skip
+
+
+def report(Q: int, plan_kw: dict, sass_dir=None) -> None:
+    inp = bench_inputs(Q)
+    x, dt, A, B, C, D, bias = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
+    with mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT):
+        plan = launch.make_plan(x, B.shape[3], Q, None, **plan_kw)
+    print(f"-- Q={Q} plan: {plan}")
+    out = {}
+
+    def fwd():
+        out["fwd"] = launch.ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, x.shape[0], plan, True, False)
+
+    def bwd():
+        y, final, seg_in, seg_decay, _ = out["fwd"]
+        launch.ssd_bwd(torch.empty_like(y), None, x, dt, A, B, C, D, bias, None, None, seg_in, seg_decay,
+                       x.shape[0], plan, True)  # fmt: skip
+
+    for stage, run in (("[fwd]", fwd), ("[bwd]", bwd)):
+        for fn, grid, args, kw in record(run):
+            if fn.__name__ != "_ssd_passing_kernel":  # elementwise: a load and a store per element and segment
+                describe(stage, fn, grid, args, kw, sass_dir)
+
+
+def parse_plan(items: list[str]) -> dict:
+    out = {}
+    for item in items:
+        k, v = item.split("=")
+        out[k] = (v == "True") if v in ("True", "False") else int(v)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--q", type=int, nargs="*", default=[32, 64], help="chunk sizes")
+    ap.add_argument("--plan", nargs="*", default=[], help="make_plan keywords, e.g. bwd_warps=8 fwd_pipe=True")
+    ap.add_argument("--sass", default=None, help="folder to write each kernel's SASS to")
+    a = ap.parse_args()
+    print(f"triton {triton.__version__}, sm_90, B=8 L=4096 H=32 P=64 N=128 G=1 bf16 (SM count {SM_COUNT})")
+    for Q in a.q:
+        report(Q, parse_plan(a.plan), a.sass)
+
+
+if __name__ == "__main__":
+    main()
