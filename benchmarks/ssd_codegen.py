@@ -136,8 +136,8 @@ def bench_inputs(Q: int, dtype=torch.bfloat16, b=8, L=4096, H=32, P=64, N=128, G
                 D=torch.empty(H, **m), dt_bias=torch.empty(H, **m))  # fmt: skip
 
 
-def report(Q: int, plan_kw: dict, sass_dir=None) -> None:
-    inp = bench_inputs(Q)
+def report(Q: int, plan_kw: dict, sass_dir=None, dtype=torch.bfloat16) -> None:
+    inp = bench_inputs(Q, dtype)
     x, dt, A, B, C, D, bias = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
     with mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT):
         plan = launch.make_plan(x, B.shape[3], Q, None, **plan_kw)
@@ -171,10 +171,11 @@ def main() -> None:
     ap.add_argument("--q", type=int, nargs="*", default=[32, 64], help="chunk sizes")
     ap.add_argument("--plan", nargs="*", default=[], help="make_plan keywords, e.g. bwd_warps=8 fwd_pipe=True")
     ap.add_argument("--sass", default=None, help="folder to write each kernel's SASS to")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="input dtype")
     a = ap.parse_args()
-    print(f"triton {triton.__version__}, sm_90, B=8 L=4096 H=32 P=64 N=128 G=1 bf16 (SM count {SM_COUNT})")
+    print(f"triton {triton.__version__}, sm_90, B=8 L=4096 H=32 P=64 N=128 G=1 {a.dtype} (SM count {SM_COUNT})")
     for Q in a.q:
-        report(Q, parse_plan(a.plan), a.sass)
+        report(Q, parse_plan(a.plan), a.sass, getattr(torch, a.dtype))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,12 @@ from .triton_scan_bwd import _ssd_bwd_kernel
 from .triton_states import _ssd_states_kernel
 from .triton_states_bwd import _ssd_dstates_kernel
 
-MAX_CHUNK = 256  # Q x Q tiles live in registers
+MAX_CHUNK = 256  # the largest chunk_size accepted
+# The largest chunk the kernels run, by input element size: the fused backward's (Q, Q) and (Q, P)
+# tiles must fit in shared memory (Q = 256 in bf16 needs 360 KB; the H200 has 227 KB per block).
+# The result does not depend on the chunk (only its rounding does), so a larger chunk_size runs as
+# chunks of this size. 128 (16-bit) and 64 (fp32) are the largest run on the H200 in the GPU checks.
+TILE_CHUNK = {2: 128, 4: 64}
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,9 @@ def make_plan(
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
     rows, L, H, P = x.shape
-    Q = max(1, min(chunk_size, L))
-    if Q > MAX_CHUNK:
+    if chunk_size > MAX_CHUNK:
         raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
+    Q = max(1, min(chunk_size, L, TILE_CHUNK[x.element_size()]))
     n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     block_n = _pow2(N)
     block_p = min(_pow2(P), max(16, 8192 // block_n))

@@ -251,3 +251,21 @@ def test_gpu_long_sequence():
     rows = checks.check_long(checks.new_seed())
     failed = [r for r in rows if not r[-1]]
     assert not failed, failed
+
+
+def test_chunks_capped_to_what_fits_in_shared_memory(gen):
+    """A chunk_size above what the backward's tiles fit runs as smaller chunks: same function
+    (the chunk only changes rounding), no out-of-resources failure on the GPU."""
+    from ssmkit.ops.ssd.triton_launch import TILE_CHUNK, make_plan
+
+    for dtype, cap in ((torch.bfloat16, 128), (torch.float16, 128), (torch.float32, 64)):
+        x = torch.empty(2, 1000, 4, 64, dtype=dtype, device="meta")
+        assert TILE_CHUNK[x.element_size()] == cap
+        assert make_plan(x, 128, 256, None).Q == cap
+        assert make_plan(x, 128, 32, None).Q == 32
+    inp = make_inputs(gen, b=1, L=150, H=2, P=8, G=1, dtype=torch.float32)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=256)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
