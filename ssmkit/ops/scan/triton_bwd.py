@@ -22,9 +22,10 @@ segment from the later ones is assembled from their local adjoints
 (``hsave``); a program walks its range backwards S steps at a time: pass 1
 recomputes the states at the starts of the K chunks of T steps (kept in registers),
 pass 2 walks the chunks backwards, recomputing each chunk's T states and sweeping the
-adjoint through them. ∂B, ∂C are summed over the block's channels (lane shuffles, or
-a matrix product with ``DOT_REDUCE``) and added atomically (float32) to (B, L, G, N)
-buffers; ∂A, ∂D, ∂bias are returned per (batch, segment) and summed by the caller.
+adjoint through them. ∂B, ∂C are summed over the block's channels (on the GPU a lane
+reduce-scatter, ``SCATTER``; else a butterfly of lane shuffles, or a matrix product with
+``DOT_REDUCE``) and added atomically (float32) to (B, L, G, N) buffers; ∂A, ∂D, ∂bias
+are returned per (batch, segment) and summed by the caller.
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ from .triton_common import (
     _scan_chunk,
     _sigmoid,
     _softplus,
-    _sum_channels,
 )
 
 
