@@ -104,7 +104,7 @@ def run_checks(seed: int) -> list[list]:
 
 def compiles_fullgraph(seed: int) -> list[list]:
     g = torch.Generator(device="cuda").manual_seed(seed)
-    inp = make_inputs(g, 2, 512, 256, 16)
+    inp = make_inputs(g, 2, 512, 256, 16, dtype=torch.float32)  # bf16 outputs would round run-to-run noise up
 
     def f(**k):
         y, h = selective_scan(**k, delta_softplus=True, return_final_state=True, backend="triton")

@@ -22,10 +22,12 @@ segment from the later ones is assembled from their local adjoints
 (``hsave``); a program walks its range backwards S steps at a time: pass 1
 recomputes the states at the starts of the K chunks of T steps (kept in registers),
 pass 2 walks the chunks backwards, recomputing each chunk's T states and sweeping the
-adjoint through them. ∂B, ∂C are summed over the block's channels (on the GPU a lane
-reduce-scatter, ``SCATTER``; else a butterfly of lane shuffles, or a matrix product with
-``DOT_REDUCE``) and added atomically (float32) to (B, L, G, N) buffers; ∂A, ∂D, ∂bias
-are returned per (batch, segment) and summed by the caller.
+adjoint through them; each chunk's inputs are loaded while the chunk after it is being
+computed (``triton_common._chunk_loads``), so their latency overlaps work. ∂B, ∂C are
+summed over the block's channels (on the GPU a lane reduce-scatter, ``SCATTER``; else a
+butterfly of lane shuffles, or a matrix product with ``DOT_REDUCE``) and added atomically
+(float32) to (B, L, G, N) buffers; ∂A, ∂D, ∂bias are returned per (batch, segment) and
+summed by the caller.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .triton_common import (
     _bc_offsets,
     _bc_tile,
     _channel_sum_add,
+    _chunk_loads,
     _dot_states,
     _flat,
     _load_tile,
@@ -140,6 +143,12 @@ def selective_scan_bwd_kernel(
     t_end = tl.minimum(L, t_begin + SEG_LEN)
     first = t_begin // S
     n_segs = tl.cdiv(t_end, S) - first  # checkpoint segments of S steps in this program's range
+    # the inputs of the first chunk pass 2 visits (the last of the range), loaded one chunk ahead from then on
+    Bn, Cn, zn, xn, un, yn = _chunk_loads(
+        (first + n_segs - 1) * S + (K - 1) * T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C,
+        o_z, o_x, o_u, o_y, tr, tB, m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl,
+        HAS_Z, True,
+    )  # fmt: skip
     for j in range(0, n_segs):
         seg = first + n_segs - 1 - j
         # pass 1: the states at the start of the segment's K chunks
@@ -161,15 +170,20 @@ def selective_scan_bwd_kernel(
             m_bc = (t0 + tB < L) & m_n
             o_out = pid_b * L * DIM + t0_64 * DIM + o_o  # into the (B, L, D) outputs
             o_g = pid_b * s_gb + t0_64 * s_gl + o_G  # into the (B, L, G, N) accumulators
-            Bt = _bc_tile(tl.load(B_ptr + pid_b * s_Bb + t0_64 * s_Bl + o_B, mask=m_bc, other=0.0),
-                          T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
-            Ct = _bc_tile(tl.load(C_ptr + pid_b * s_Cb + t0_64 * s_Cl + o_C, mask=m_bc, other=0.0),
-                          T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
+            Bv, Cv, zv, xv, uv, yv = Bn, Cn, zn, xn, un, yn
+            # this chunk's inputs arrived during the previous one; ask for the next chunk's (t0 - T: the
+            # chunk before, which after the last chunk of this segment is the first of the next one)
+            Bn, Cn, zn, xn, un, yn = _chunk_loads(
+                t0 - T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C, o_z, o_x, o_u, o_y, tr, tB,
+                m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl, HAS_Z, True,
+            )  # fmt: skip
+            Bt = _bc_tile(Bv, T, NP, BLOCK_D, GROUP_UNIFORM)
+            Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM)
             if HAS_Z:
-                zz = _load_tile(z_ptr + pid_b * s_zb + t0_64 * s_zl, o_z, m_tile, T, BLOCK_D)
-            x = _load_tile(dl_ptr + pid_b * s_db + t0_64 * s_dl, o_x, m_tile, T, BLOCK_D)
-            u = _load_tile(u_ptr + pid_b * s_ub + t0_64 * s_ul, o_u, m_tile, T, BLOCK_D)
-            dy = _load_tile(dy_ptr + pid_b * s_yb + t0_64 * s_yl, o_y, m_tile, T, BLOCK_D)
+                zz = tl.reshape(zv, (T, 1, BLOCK_D)).to(tl.float32)
+            x = tl.reshape(xv, (T, 1, BLOCK_D)).to(tl.float32)
+            u = tl.reshape(uv, (T, 1, BLOCK_D)).to(tl.float32)
+            dy = tl.reshape(yv, (T, 1, BLOCK_D)).to(tl.float32)
             mt3 = tl.reshape(m_tile, (T, 1, BLOCK_D))
             if HAS_BIAS:
                 x = x + bias

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _bc_offsets, _bc_tile, _flat, _load_tile, _row, _sigmoid, _softplus
+from .triton_common import _bc_offsets, _bc_tile, _chunk_loads, _flat, _row, _sigmoid, _softplus
 
 
 @triton.jit(do_not_specialize=["ONE"])
@@ -51,15 +51,25 @@ def selective_scan_bwd_local_kernel(
     t_begin = pid_s * SEG_LEN
     t_end = tl.minimum(L, t_begin + SEG_LEN)
     n_chunks = tl.cdiv(t_end - t_begin, T)
+    # the chunks backwards, each chunk's inputs loaded while the one after it is computed
+    t0 = t_begin + (n_chunks - 1) * T
+    o_x, o_y, o_z = tr * s_dl + ch, tr * s_yl + ch, tr * s_zl + ch
+    _, Cn, zn, xn, _, gn = _chunk_loads(t0, t_begin, t_end, pid_b, C_ptr, C_ptr, z_ptr, dl_ptr, dl_ptr, dy_ptr, o_C,
+                                        o_C, o_z, o_x, o_x, o_y, tr, tB, m_col, m_n, s_Cb, s_Cl, s_Cb, s_Cl, s_zb,
+                                        s_zl, s_db, s_dl, s_db, s_dl, s_yb, s_yl, HAS_Z, False)  # fmt: skip
     for kk in range(0, n_chunks):
-        t0 = (t_begin + (n_chunks - 1 - kk) * T).to(tl.int64)
+        t0 = t_begin + (n_chunks - 1 - kk) * T
         m_tile = (t0 + tr < t_end) & m_col
-        Ct = _bc_tile(tl.load(C_ptr + pid_b * s_Cb + t0 * s_Cl + o_C, mask=(t0 + tB < t_end) & m_n, other=0.0),
-                      T, NP, BLOCK_D, GROUP_UNIFORM)  # fmt: skip
-        x = _load_tile(dl_ptr + pid_b * s_db + t0 * s_dl, tr * s_dl + ch, m_tile, T, BLOCK_D)
-        g = _load_tile(dy_ptr + pid_b * s_yb + t0 * s_yl, tr * s_yl + ch, m_tile, T, BLOCK_D)
+        Cv, xv, gv, zv = Cn, xn, gn, zn
+        _, Cn, zn, xn, _, gn = _chunk_loads(t0 - T, t_begin, t_end, pid_b, C_ptr, C_ptr, z_ptr, dl_ptr, dl_ptr,
+                                            dy_ptr, o_C, o_C, o_z, o_x, o_x, o_y, tr, tB, m_col, m_n, s_Cb, s_Cl,
+                                            s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_db, s_dl, s_yb, s_yl, HAS_Z,
+                                            False)  # fmt: skip
+        Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM)
+        x = tl.reshape(xv, (T, 1, BLOCK_D)).to(tl.float32)
+        g = tl.reshape(gv, (T, 1, BLOCK_D)).to(tl.float32)
         if HAS_Z:
-            zz = _load_tile(z_ptr + pid_b * s_zb + t0 * s_zl, tr * s_zl + ch, m_tile, T, BLOCK_D)
+            zz = tl.reshape(zv, (T, 1, BLOCK_D)).to(tl.float32)
             g = g * zz * _sigmoid(zz)
         if HAS_BIAS:
             x = x + bias

@@ -278,3 +278,32 @@ def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr,
         tt = tl.arange(0, T * NP) // NP
         nn = tl.arange(0, T * NP) % NP
         tl.atomic_add(ptr + tt * s_l + nn, s, mask=(t0 + tt < L) & (nn < N), sem="relaxed")
+
+
+@triton.jit
+def _chunk_loads(t0, lo, hi, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C, o_z, o_x, o_u, o_y, tr, tB,
+                 m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl,
+                 HAS_Z: tl.constexpr, WITH_BU: tl.constexpr):  # fmt: skip
+    """The raw (flat, input dtype) B, C, z, delta, u, dy of the T steps from ``t0``, for the
+    backward kernels, which issue them a chunk ahead of their use so that their latency
+    overlaps work. Rows outside [lo, hi) are not read (0); z without ``HAS_Z`` and B, u
+    without ``WITH_BU`` are placeholders (not loaded)."""
+    t64 = t0.to(tl.int64)
+    m_bc = (t0 + tB < hi) & (t0 + tB >= lo) & m_n
+    m_t = (t0 + tr < hi) & (t0 + tr >= lo) & m_col
+    # B, C before the (T, BD) tiles: the layout pass lets the last-issued loads' layouts win (triton_fwd.py)
+    if WITH_BU:
+        Bv = tl.load(B_ptr + pid_b * s_Bb + t64 * s_Bl + o_B, mask=m_bc, other=0.0)
+    Cv = tl.load(C_ptr + pid_b * s_Cb + t64 * s_Cl + o_C, mask=m_bc, other=0.0)
+    xv = tl.load(dl_ptr + pid_b * s_db + t64 * s_dl + o_x, mask=m_t, other=0.0)
+    if WITH_BU:
+        uv = tl.load(u_ptr + pid_b * s_ub + t64 * s_ul + o_u, mask=m_t, other=0.0)
+    else:
+        Bv = Cv
+        uv = xv
+    yv = tl.load(dy_ptr + pid_b * s_yb + t64 * s_yl + o_y, mask=m_t, other=0.0)
+    if HAS_Z:
+        zv = tl.load(z_ptr + pid_b * s_zb + t64 * s_zl + o_z, mask=m_t, other=0.0)
+    else:
+        zv = yv
+    return Bv, Cv, zv, xv, uv, yv
