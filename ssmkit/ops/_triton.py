@@ -46,6 +46,11 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     return f"Triton kernels do not run on {device.type} tensors"
 
 
+# Launch options every ssmkit kernel passes. Fused multiply-adds on: the kernels' recurrences,
+# dot products and polynomials are written for them (speed, and the accuracy the tests hold
+# them to); Triton 3.9 warns that its default turns them off in 3.10.
+LAUNCH = {"enable_fp_fusion": True}
+
 # The Triton kernels compute in float32 with float32, float16 or bfloat16 inputs; float64 goes to "torch".
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

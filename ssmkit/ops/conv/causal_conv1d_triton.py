@@ -18,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import next_pow2
+from .._triton import LAUNCH, next_pow2
 from .causal_conv1d_triton_kernels import conv1d_bwd_dx_kernel, conv1d_bwd_g_kernel, conv1d_fwd_kernel, conv1d_step_kernel
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -44,7 +44,7 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Op
     grid = (triton_cdiv(L, bl), triton_cdiv(D, bd), batch)
     conv1d_fwd_kernel[grid](x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D,
                             x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, BLOCK_L=bl, BLOCK_D=bd,
-                            HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu)  # fmt: skip
+                            HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, **LAUNCH)  # fmt: skip
     return y
 
 
@@ -74,10 +74,10 @@ def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initi
     conv1d_bwd_g_kernel[(n_d, batch, n_split)](
         x, w, bias if bias is not None else w, ss, dy, g, dw, db, L, D, per_prog,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1),
-        K=K, BLOCK_L=bl, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu,
+        K=K, BLOCK_L=bl, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, **LAUNCH,
     )  # fmt: skip
     dx = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
-    conv1d_bwd_dx_kernel[(n_tiles, n_d, batch)](g, w, dx, L, D, K=K, BLOCK_L=bl, BLOCK_D=bd)
+    conv1d_bwd_dx_kernel[(n_tiles, n_d, batch)](g, w, dx, L, D, K=K, BLOCK_L=bl, BLOCK_D=bd, **LAUNCH)
     dstate = x.new_empty(0)
     if s is not None:  # ∂x~[i] = Σ_k w[k] g[i - k] for the K-1 state rows i
         wf = w.to(f32)
@@ -127,7 +127,7 @@ def _step_op(x_t: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor],
     conv1d_step_kernel[(triton_cdiv(D, bd), batch)](
         x_t, state, weight.contiguous(), bias if bias is not None else weight, y, ns, D,
         x_t.stride(0), state.stride(0), state.stride(1) if K > 1 else D,
-        K=K, BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu,
+        K=K, BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu, **LAUNCH,
     )  # fmt: skip
     return y, ns
 

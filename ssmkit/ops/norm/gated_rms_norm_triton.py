@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import TRITON_DTYPES, next_pow2
+from .._triton import LAUNCH, TRITON_DTYPES, next_pow2
 from .gated_rms_norm_triton_kernels import gated_rms_norm_bwd_kernel, gated_rms_norm_fwd_kernel
 
 
@@ -77,7 +77,7 @@ def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_si
     gated_rms_norm_fwd_kernel[(_cdiv(M, bm), ng)](
         y, zz, weight.contiguous(), out, rstd, M, D, group_size, y.stride(0), zz.stride(0), eps,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        num_warps=warps,
+        num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return out, rstd
 
@@ -111,7 +111,7 @@ def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: 
         dout, y, zz, weight.contiguous(), rstd.contiguous(), dy, dz if z is not None else dy, dw_part,
         M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0),
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        num_warps=warps,
+        num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return dy, dz, dw_part.sum(0).to(weight.dtype)
 

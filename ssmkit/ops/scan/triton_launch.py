@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import interpret_mode, next_pow2
+from .._triton import LAUNCH, interpret_mode, next_pow2
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
 from .triton_common import LOG2E
@@ -144,7 +144,7 @@ def scan_fwd(
             N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=cfg.save_every // cfg.chunk,
             HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead, num_warps=cfg.num_warps,
+            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead, num_warps=cfg.num_warps, **LAUNCH,
         )  # fmt: skip
     return y, hlast.transpose(1, 2).contiguous(), hsave
 
@@ -199,7 +199,7 @@ def scan_bwd(
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
             N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), num_warps=cfg.bwd_num_warps,
+            FAST_LOG=not interpret_mode(), num_warps=cfg.bwd_num_warps, **LAUNCH,
         )  # fmt: skip
     selective_scan_bwd_kernel[(nd, batch, n_segs)](
         u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
@@ -214,7 +214,7 @@ def scan_bwd(
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
-        num_warps=cfg.bwd_num_warps,
+        num_warps=cfg.bwd_num_warps, **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

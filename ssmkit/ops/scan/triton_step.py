@@ -22,7 +22,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
-from .._triton import interpret_mode, next_pow2
+from .._triton import LAUNCH, interpret_mode, next_pow2
 from .triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -94,7 +94,7 @@ def _step_op(state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
         bias if bias is not None else st, y, ns, dim, dim // Bg.shape[1],
         u.stride(0), delta.stride(0), zz.stride(0), Bg.stride(0), Bg.stride(1), Cg.stride(0), Cg.stride(1),
         N=N, NP=NP, BLOCK_D=bd, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, FAST_LOG=not interpret_mode(), num_warps=4,
+        SOFTPLUS=delta_softplus, FAST_LOG=not interpret_mode(), num_warps=4, **LAUNCH,
     )  # fmt: skip
     return y, ns
 

@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._triton import LAUNCH
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
@@ -145,7 +146,7 @@ def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
     rows, n_segs, H, N, P = states.shape
     block = min(1024, triton.next_power_of_2(P * N))
     grid = (triton.cdiv(P * N, block), rows * H)
-    _ssd_passing_kernel[grid](states, decay, n_segs, H, P * N, REVERSE=reverse, BLOCK=block, num_warps=4)
+    _ssd_passing_kernel[grid](states, decay, n_segs, H, P * N, REVERSE=reverse, BLOCK=block, num_warps=4, **LAUNCH)
 
 
 def _launch_args(x, dt, B, plan: Plan):
@@ -178,7 +179,7 @@ def ssd_fwd(
     seg_decay = torch.empty(rows, plan.n_segs, H, dtype=torch.float32, device=x.device)
     _ssd_states_kernel[grid](
         x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, *sizes, *strides,
-        STORE_CHUNKS=False, **flags, **blocks,
+        STORE_CHUNKS=False, **flags, **blocks, **LAUNCH,
     )  # fmt: skip
     passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
@@ -188,7 +189,7 @@ def ssd_fwd(
     _ssd_scan_fwd_kernel[grid](
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, y, y_pre if save_pre else y, final,
         *sizes, *strides, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_PRE=save_pre, **flags, **blocks,
+        STORE_PRE=save_pre, **flags, **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre
 
@@ -214,13 +215,13 @@ def ssd_bwd(
     h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=x.dtype, device=x.device)
     _ssd_states_kernel[grid](
         x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, *sizes, *strides,
-        STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks,
+        STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks, **LAUNCH,
     )  # fmt: skip
     # Gradient at every segment's end: segment-local sums chained backwards.
     g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
     _ssd_dstates_kernel[grid](
         dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, *sizes, *strides,
-        HAS_DFINAL=dfinal is not None, **base, **blocks,
+        HAS_DFINAL=dfinal is not None, **base, **blocks, **LAUNCH,
     )  # fmt: skip
     passing(g_seg, seg_decay, reverse=True)
 
@@ -238,7 +239,7 @@ def ssd_bwd(
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
         HAS_DINIT=init is not None, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages,
+        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
     dB = dB_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)  # (B, L, G, N)

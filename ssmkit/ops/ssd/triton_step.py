@@ -23,7 +23,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
-from .._triton import interpret_mode, next_pow2
+from .._triton import LAUNCH, interpret_mode, next_pow2
 from ..scan.triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -100,7 +100,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
         zz.stride(0), zz.stride(1),
         N=N, NP=NP, BLOCK_P=bp, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_LOG=not interpret_mode(),
-        num_warps=4,
+        num_warps=4, **LAUNCH,
     )  # fmt: skip
     return y, ns
 
