@@ -16,6 +16,7 @@ mamba_ssm is imported from its source tree (``MAMBA_SRC``) without running its p
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -132,6 +133,23 @@ def sweep_configs() -> str:
         _, _, hsave = scan_fwd(*args, None, True, True, cfg)
         timed(f"bwd block_d={bbd} chunk={bch} save_every={S} warps={bnw} n_segs={ns or 'auto'} scatter={scat}",
               lambda: scan_bwd(dy, None, *args, hsave, True, cfg))  # fmt: skip
+    # Ā on the FMA pipe for the first k states (fewer special-function operations, more
+    # instructions); each output against fma_exp=0's as a check.
+    y0 = scan_fwd(*args, None, True, False, dataclasses.replace(base, fma_exp=0))[0].float()
+    for k in (0, 4, 8, 12, 16):
+        cfg = dataclasses.replace(base, fma_exp=k)
+        y = scan_fwd(*args, None, True, False, cfg)[0].float()
+        rel = float((y - y0).norm() / y0.norm())
+        timed(f"fwd block_d=32 chunk=4 fma_exp={k} (output vs fma_exp=0: {rel:.1e})",
+              lambda: scan_fwd(*args, None, True, False, cfg))  # fmt: skip
+    for ch, k in ((4, 0), (4, 8), (2, 0), (2, 8)):
+        cfg = dataclasses.replace(base, chunk=ch, save_fma_exp=k)
+        timed(f"fwd block_d=32 chunk={ch} saving states every 8, save_fma_exp={k}",
+              lambda: scan_fwd(*args, None, True, True, cfg))  # fmt: skip
+    _, _, hsave = scan_fwd(*args, None, True, True, base)
+    for k in (0, 8):
+        cfg = dataclasses.replace(base, bwd_fma_exp=k)
+        timed(f"bwd (default) bwd_fma_exp={k}", lambda: scan_bwd(dy, None, *args, hsave, True, cfg))
     return markdown_table(["config", "ms"], rows)
 
 

@@ -40,6 +40,7 @@ from .triton_common import (
     _bc_tile,
     _channel_sum_add,
     _chunk_loads,
+    _decay,
     _dot_states,
     _flat,
     _load_tile,
@@ -55,7 +56,8 @@ from .triton_common import (
 @triton.jit
 def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m_n,
              T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr, GROUP_UNIFORM: tl.constexpr):  # fmt: skip
+             SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr, GROUP_UNIFORM: tl.constexpr, n3,
+             FMA_EXP: tl.constexpr):  # fmt: skip
     """The state after the T steps starting at ``t0`` (row pointers px, pu, pB already there),
     from the state ``h`` before them."""
     Bt = _bc_tile(tl.load(pB + o_B, mask=(t0 + tB < L) & m_n, other=0.0), T, NP, BLOCK_D, GROUP_UNIFORM)
@@ -67,7 +69,7 @@ def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m
     if SOFTPLUS:
         x = _softplus(x, FAST_LOG)
     dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
-    dA = tl.exp2(dt * A2)  # (T, NP, BD)
+    dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
     return _row(_scan_chunk(dA, dt * u * Bt, h, t3), t3, T - 1)
 
 
@@ -81,7 +83,7 @@ def selective_scan_bwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_LOG: tl.constexpr,
-    DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr,
+    DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
@@ -160,7 +162,7 @@ def selective_scan_bwd_kernel(
             tf = (seg * S + kf * T).to(tl.int64)
             h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
                          u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
-                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM)  # fmt: skip
+                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM, n3, FMA_EXP)  # fmt: skip
         # pass 2: the chunks backwards
         for kk in range(0, K):
             kb = K - 1 - kk
@@ -193,7 +195,7 @@ def selective_scan_bwd_kernel(
                 dt = x
             dt = tl.where(mt3, dt, 0.0)
             dtu = dt * u  # (T, 1, BD)
-            dA = tl.exp2(dt * A2)  # Ā: (T, NP, BD)
+            dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NP, BD)
             dBu = dtu * Bt  # (T, NP, BD)
             hs = _scan_chunk(dA, dBu, _row_at(H, k3, kb), t3)  # (T, NP, BD)
             P = hs - dBu  # Ā_t h_{t-1}: (T, NP, BD)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _bc_offsets, _bc_tile, _chunk_loads, _flat, _row, _sigmoid, _softplus
+from .triton_common import _bc_offsets, _bc_tile, _chunk_loads, _decay, _flat, _row, _sigmoid, _softplus
 
 
 @triton.jit(do_not_specialize=["ONE"])
@@ -22,7 +22,7 @@ def selective_scan_bwd_local_kernel(
     L, DIM, CH_PER_GROUP, SEG_LEN, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
-    FAST_LOG: tl.constexpr,
+    FAST_LOG: tl.constexpr, FMA_EXP: tl.constexpr = 0,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs): the adjoint each segment sends back to the state before
     it when nothing comes in from after it, q_s = Ā_first dh_first (the recurrence
@@ -33,6 +33,7 @@ def selective_scan_bwd_local_kernel(
     pid_s = tl.program_id(2)
     d0 = pid_d * BLOCK_D
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
+    n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
     sn, sc = _flat(NP, BLOCK_D)
     m_s = (sn < N) & (d0 + sc < DIM)
     o_s = sn * DIM + (d0 + sc) * ONE
@@ -77,7 +78,7 @@ def selective_scan_bwd_local_kernel(
             x = _softplus(x, FAST_LOG)
         dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
         dts += tl.sum(dt, axis=0, keep_dims=True)
-        dA = tl.exp2(dt * A2)  # (T, NP, BD)
+        dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
         gC = g * Ct
         for i in tl.static_range(T - 1, -1, -1):
             q = _row(dA, t3, i) * (_row(gC, t3, i) + q)

@@ -53,6 +53,40 @@ def _log2(x, FAST: tl.constexpr):
 
 
 @triton.jit
+def _exp2_fma(x):
+    """2^x on the FMA pipe instead of the special-function unit.
+
+    x = j + f with j = round(x) (adding 1.5 * 2^23 rounds in the low mantissa bits) and
+    f in [-0.5, 0.5]; 2^f by a degree-5 near-minimax polynomial (relative error 7.5e-8, below
+    the 2^-22 of the hardware's ex2.approx); j goes into the exponent field. x is clamped to
+    [-125, 126], where that field stays valid: below, 2^-125 ~ 2.4e-38 stands for the decay
+    to zero; above, the state has overflowed anyway.
+    """
+    x = tl.minimum(tl.maximum(x, -125.0), 126.0)
+    t = x + 12582912.0
+    f = x - (t - 12582912.0)
+    p = 0.0013276471735596967 * f + 0.009675541540067611
+    p = p * f + 0.055507132760971946
+    p = p * f + 0.2402211972007432
+    p = p * f + 0.6931469670620409
+    p = p * f + 1.0000000716554325
+    bits = p.to(tl.int32, bitcast=True) + (t.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _decay(x, n3, FMA_EXP: tl.constexpr):
+    """Ā = 2^x for a (T, NP, BD) tile: states n < FMA_EXP on the FMA pipe (``_exp2_fma``), the
+    rest on the special-function unit. Each register holds one state (n is known at compile
+    time), so each element's unused branch is removed."""
+    if FMA_EXP == 0:
+        out = tl.exp2(x)
+    else:
+        out = tl.where(n3 < FMA_EXP, _exp2_fma(x), tl.exp2(x))
+    return out
+
+
+@triton.jit
 def _softplus(x, FAST_LOG: tl.constexpr):
     """log(1 + e^x) = max(x, 0) + log1p(e^-|x|).
 

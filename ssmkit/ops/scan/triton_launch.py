@@ -37,6 +37,11 @@ class ScanKernelConfig:
     bwd_n_segs: int = 0  # backward: the same
     dt_ahead: bool = True  # forward: Δ (softplus) computed one chunk ahead of the recurrence
     scatter: bool = True  # backward: ∂B, ∂C channel sums by a lane reduce-scatter (GPU, 32 channels per warp)
+    # States whose Ā = exp2(Δ A) is computed on the FMA pipe rather than the special-function unit
+    # (``triton_common._exp2_fma``): forward without checkpoints, forward saving them, backward.
+    fma_exp: int = 0
+    save_fma_exp: int = 0
+    bwd_fma_exp: int = 0
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
@@ -48,7 +53,10 @@ def default_config(N: int) -> ScanKernelConfig:
     timings on an H200 (see docs/kernels_gpu_notes_scan.md)."""
     NP = next_pow2(N)
     block_d = max(1, 512 // NP)  # N <= 16: one channel and all its states per thread
-    return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
+    # Half of N = 16's exponentials of the forward (without checkpoints) on the FMA pipe: 0.86-0.91 ms
+    # against 0.96-0.98 on the H200 (two runs); no gain when saving checkpoints or in the backward.
+    return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
+                            fma_exp=8 if NP == 16 else 0)  # fmt: skip
 
 
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
@@ -144,7 +152,9 @@ def scan_fwd(
             N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=cfg.save_every // cfg.chunk,
             HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead, num_warps=cfg.num_warps, **LAUNCH,
+            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
+            FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp,
+            num_warps=cfg.num_warps, **LAUNCH,
         )  # fmt: skip
     return y, hlast.transpose(1, 2).contiguous(), hsave
 
@@ -199,7 +209,7 @@ def scan_bwd(
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
             N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), num_warps=cfg.bwd_num_warps, **LAUNCH,
+            FAST_LOG=not interpret_mode(), FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
         )  # fmt: skip
     selective_scan_bwd_kernel[(nd, batch, n_segs)](
         u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
@@ -214,7 +224,7 @@ def scan_bwd(
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
-        num_warps=cfg.bwd_num_warps, **LAUNCH,
+        FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

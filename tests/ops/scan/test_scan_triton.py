@@ -18,10 +18,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 triton = pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+import triton.language as tl  # noqa: E402
 
 from numerics import TOL, assert_close, randn  # noqa: E402
 from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
 from ssmkit.ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_reference  # noqa: E402
+from ssmkit.ops.scan.triton_common import _exp2_fma  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
@@ -98,20 +100,38 @@ def test_short_sequences(gen, L):
     check_against_reference(make_inputs(gen, L=L, D=6, N=2), True, gen, torch.float32, f"L={L}")
 
 
+def test_sixteen_states_default_config(gen):
+    """N = 16 takes the default tiles with half the forward's Ā on the FMA pipe; strong decay
+    sends some of them below the polynomial's clamp (2^-125)."""
+    from ssmkit.ops.scan.triton_launch import default_config
+
+    assert default_config(16).fma_exp == 8
+    inp = make_inputs(gen, L=21, D=12, N=16)
+    with torch.no_grad():
+        inp["A"][:, :4] *= 60.0  # Δ |A| in the hundreds for the first states
+        y, h = selective_scan(**inp, delta_softplus=True, return_final_state=True, backend="triton")  # no checkpoints
+        ref = {k: v.cpu().double() for k, v in inp.items()}
+        y_ref, h_ref = selective_scan_reference(**ref, delta_softplus=True, return_final_state=True)
+    assert_close(y.cpu(), y_ref, TOL[torch.float32], "no-grad output")
+    assert_close(h.cpu(), h_ref, TOL[torch.float32], "no-grad final state")
+    check_against_reference(inp, True, gen, torch.float32, "N=16")  # with checkpoints, and the gradients
+
+
 def test_strong_decay(gen):
     """Ā = exp(Δ A) far below float32's resolution of 1: no division by Ā anywhere."""
     check_against_reference(make_inputs(gen, L=17, D=8, N=4, strong_decay=True), True, gen, torch.float32)
 
 
-@pytest.mark.parametrize("n_segs, dt_ahead", [(1, False), (3, True)])
-def test_kernel_configs_and_segments(gen, n_segs, dt_ahead):
+@pytest.mark.parametrize("n_segs, dt_ahead, fma_exp", [(1, False, 0), (3, True, 2), (1, True, 4)])
+def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp):
     """Other tile sizes through the launchers: 4-channel blocks (groups of 8 channels then
-    fall on block boundaries), chunks of 2 and 4, a state saved every 4 steps; and the
-    sequence split into 3 segments run in parallel (two passes, forward and backward)."""
+    fall on block boundaries), chunks of 2 and 4, a state saved every 4 steps; the
+    sequence split into 3 segments run in parallel (two passes, forward and backward); and
+    Ā of the first ``fma_exp`` of the 4 states computed on the FMA pipe."""
     from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
 
     cfg = ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=8, bwd_chunk=4, save_every=4, n_segs=n_segs,
-                           bwd_n_segs=n_segs, dt_ahead=dt_ahead)
+                           bwd_n_segs=n_segs, dt_ahead=dt_ahead, fma_exp=fma_exp, bwd_fma_exp=fma_exp)
     inp = make_inputs(gen, L=11, D=16, N=4, G=2)
     args = [inp[k].detach() for k in NAMES]
     y, h, hsave = scan_fwd(*args, True, True, cfg)
@@ -126,6 +146,29 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead):
                                 [ref_in[k] for k in NAMES])  # fmt: skip
     for name, g, gr in zip(NAMES, grads, g_ref):
         assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
+
+
+@triton.jit
+def _exp2_fma_kernel(x_ptr, y_ptr, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y_ptr + i, _exp2_fma(tl.load(x_ptr + i, mask=i < n)), mask=i < n)
+
+
+def test_exp2_on_the_fma_pipe(gen):
+    """``_exp2_fma`` against float64 2^x: relative error within float32's exp2 (3e-7) over the
+    exponent range, and the clamps: 2^-125 below it, finite above it."""
+    from ssmkit.ops._triton import LAUNCH
+
+    inside = torch.rand(4000, generator=gen, dtype=torch.float64) * 251.0 - 125.0
+    x = torch.cat([inside, torch.tensor([0.0, -0.5, 0.5, -1.0, -124.5, 125.9]), torch.tensor([-126.0, -300.0, -1e30])])
+    x32 = x.float().to(DEVICE)
+    y = torch.empty_like(x32)
+    _exp2_fma_kernel[(triton.cdiv(x.numel(), 1024),)](x32, y, x.numel(), BLOCK=1024, **LAUNCH)
+    y = y.cpu().double()
+    n_in = inside.numel() + 6
+    rel = ((y[:n_in] - torch.exp2(x32.cpu().double()[:n_in])) / torch.exp2(x32.cpu().double()[:n_in])).abs().max()
+    assert rel < 3e-7, f"max relative error {rel:.2e}"
+    assert (y[n_in:] > 0).all() and (y[n_in:] < 2.0**-124).all(), y[n_in:]
 
 
 def test_no_grad_saves_nothing(gen):
