@@ -84,6 +84,35 @@ def checks(seed: int) -> list[list]:
                          lambda *a: ssd_step_triton(*a, dt_softplus=True),
                          lambda *a: ssd_step_torch(*a, dt_softplus=True),
                          [st, x, dt_, A, Bv, Cv, D, z, bias], dtype)  # fmt: skip
+    return rows + check_long_conv(seed)
+
+
+def check_long_conv(seed: int) -> list[list]:
+    """conv1d at L = 2^20 + 3, B = 1, D = 2304 bf16 (2.4e9 elements: 64-bit offsets), with an initial
+    state: output, dx, dweight, dbias, dstate against the "torch" path run in float32 on the same
+    inputs (one backward each, dy random)."""
+    g = torch.Generator(device="cuda").manual_seed(seed)
+    L, D = 2**20 + 3, 2304
+    x = torch.randn(1, L, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    dy = torch.randn(1, L, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    w, b = torch.randn(D, 4, generator=g, device="cuda"), torch.randn(D, generator=g, device="cuda")
+    s = torch.randn(1, 3, D, generator=g, device="cuda", dtype=torch.bfloat16)
+    rows, results = [], []
+    for backend, dt in (("triton", torch.bfloat16), ("torch", torch.float32)):
+        leaves = [t.to(dt).requires_grad_(True) for t in (x, w, b, s)]
+        y = causal_conv1d(*leaves, activation="silu", backend=backend)
+        grads = torch.autograd.grad(y, leaves, dy.to(dt))
+        results.append([y.float(), *(t.float() for t in grads)])
+        del y, grads, leaves
+    tol = TOL[torch.bfloat16]
+    for what, a, r in zip(("output", "dx", "dweight", "dbias", "dstate"), *results):
+        a, r = a.flatten(), r.flatten()  # ||a - r|| / ||r|| in float64, 2^26 elements at a time
+        parts = range(0, a.numel(), 2**26)
+        num = sum(float((a[i:i + 2**26].double() - r[i:i + 2**26].double()).square().sum()) for i in parts)
+        den = sum(float(r[i:i + 2**26].double().square().sum()) for i in parts)
+        err = (num / den) ** 0.5 if torch.isfinite(a).all() else float("inf")
+        rows.append([f"conv1d B=1 L=2^20+3 D=2304 K=4 silu bf16 ({L * D / 2**31:.2f} x 2^31 elements)", what,
+                     f"{err:.2e}", f"{tol:.0e}", "yes" if err <= tol else "NO"])  # fmt: skip
     return rows
 
 
