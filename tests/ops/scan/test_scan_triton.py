@@ -117,6 +117,25 @@ def test_sixteen_states_default_config(gen):
     check_against_reference(inp, True, gen, torch.float32, "N=16")  # with checkpoints, and the gradients
 
 
+@pytest.mark.parametrize("use", ["output", "final state"])
+def test_gradient_of_one_output_only(gen, use):
+    """Only y or only the final state reaches the loss: the other output's gradient arrives as None
+    (not materialized as zeros) and the backward must treat it as zero."""
+    inp = make_inputs(gen, L=13, D=8, N=4)
+    ref = {k: v.detach().cpu().double().requires_grad_(True) for k, v in inp.items()}
+    outs = selective_scan(**inp, delta_softplus=True, return_final_state=True, backend="triton")
+    outs_r = selective_scan_reference(**ref, delta_softplus=True, return_final_state=True)
+    i = 0 if use == "output" else 1
+    w = randn(*outs_r[i].shape, gen=gen).double()
+    g = torch.autograd.grad((outs[i].double() * w.to(DEVICE)).sum(), list(inp.values()))
+    g_r = torch.autograd.grad((outs_r[i] * w).sum(), list(ref.values()), allow_unused=True)
+    for name, a, r in zip(inp, g, g_r):
+        if r is None:  # the final state does not depend on C (nor D, z): exact zeros
+            assert not a.any(), f"gradient of `{name}` ({use} only) should be zero"
+        else:
+            assert_close(a.cpu(), r, TOL[torch.float32], f"gradient of `{name}` ({use} only)")
+
+
 def test_strong_decay(gen):
     """Ā = exp(Δ A) far below float32's resolution of 1: no division by Ā anywhere."""
     check_against_reference(make_inputs(gen, L=17, D=8, N=4, strong_decay=True), True, gen, torch.float32)

@@ -120,6 +120,25 @@ def test_optional_inputs_absent_and_strong_decay(gen):
     assert_all_close(got, ref, torch.float32, ("x", "dt", "A", "B", "C"))
 
 
+@pytest.mark.parametrize("use", [0, 1])
+def test_gradient_of_one_output_only(gen, use):
+    """Only y (use=0) or only the final state (use=1) reaches the loss: the other output's gradient
+    arrives as None, not as zeros, and counts as zero."""
+    inp = make_inputs(gen, L=21, G=2)
+    leaves = {k: v.detach().to(DEV).requires_grad_(True) for k, v in inp.items()}
+    ref = {k: v.detach().double().requires_grad_(True) for k, v in inp.items()}
+    out = ssd(**leaves, dt_softplus=True, chunk_size=8, return_final_state=True, backend="triton")[use]
+    out_r = ssd_reference(**ref, dt_softplus=True, return_final_state=True)[use]
+    w = torch.randn(out_r.shape, generator=gen, dtype=torch.float64)
+    g = torch.autograd.grad((out.double() * w.to(DEV)).sum(), list(leaves.values()), allow_unused=True)
+    g_r = torch.autograd.grad((out_r * w).sum(), list(ref.values()), allow_unused=True)
+    for name, a, r in zip(leaves, g, g_r):
+        if r is None:  # the final state depends on neither C, D nor z
+            assert a is None or not a.any(), f"grad {name} should be zero"
+        else:
+            assert_close(a.cpu(), r, TOL[torch.float32], f"grad {name} (output {use} only)")
+
+
 def _packed(gen, dtype):
     lens = [20, 0, 1, 23, 16]  # an empty and a one-token sequence; 16 = one whole chunk
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32)
