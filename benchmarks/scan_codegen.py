@@ -8,6 +8,7 @@ the SASS the instructions by kind; the forward's main loop should show no SHFL
 and no local memory (LDL/STL).
 
     python benchmarks/scan_codegen.py            # forward (full and local pass), backward
+    python benchmarks/scan_codegen.py --scoreboards   # also: main loops' waits on global loads
     PYTHONPATH=<other triton> python benchmarks/scan_codegen.py   # another Triton version
 """
 
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 
+import sass_scoreboards
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -31,7 +33,8 @@ from ssmkit.ops.scan.triton_fwd import selective_scan_fwd_kernel  # noqa: E402
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr"}
 KINDS = ("MUFU", "SHFL", "LDS", "STS", "BAR", "LDG", "STG", "RED", "FFMA", "FMUL", "FADD", "LDL", "STL")
-COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_LOG=True)
+COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_LOG=True,
+              FMA_EXP=0)
 
 
 def compile_sm90(kernel, constexprs: dict, num_warps: int = 1):
@@ -45,13 +48,31 @@ def compile_sm90(kernel, constexprs: dict, num_warps: int = 1):
             if p.name != "ONE":  # ONE = 1 is passed unspecialized on purpose
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
-    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1, "enable_fp_fusion": True})
+    options = {"num_warps": num_warps, "num_stages": 1, "enable_fp_fusion": True}
+    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(c.asm["cubin"])
     res = subprocess.run([f"{BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout
     sass = subprocess.run([f"{BIN}/nvdisasm", "-c", f.name], capture_output=True, text=True).stdout
+    compile_sm90.scoreboards = sass_scoreboards.decode(f.name, BIN)  # of the latest compile
     os.unlink(f.name)
     return res, sass
+
+
+def largest_loop(sass: str) -> tuple[int, int]:
+    """(first, last) instruction addresses of the largest backward-branch loop."""
+    lines = sass.splitlines()
+    addr = lambda l: int(re.match(r"\s*/\*([0-9a-f]+)\*/", l).group(1), 16)  # noqa: E731
+    labels, best = {}, (0, -1)
+    for i, l in enumerate(lines):
+        if m := re.match(r"^\.(L_x_\d+):", l.strip()):
+            nxt = next((x for x in lines[i + 1 :] if re.match(r"\s*/\*[0-9a-f]+\*/", x)), None)
+            if nxt is not None:
+                labels[m.group(1)] = addr(nxt)
+        elif (m := re.search(r"BRA `\(\.(L_x_\d+)\)", l)) and m.group(1) in labels:
+            if addr(l) - labels[m.group(1)] > best[1] - best[0]:
+                best = (labels[m.group(1)], addr(l))
+    return best
 
 
 def loops(sass: str) -> list[tuple[int, collections.Counter]]:
@@ -70,7 +91,7 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     return out
 
 
-def report(name: str, kernel, constexprs: dict, elements_per_iteration: int) -> None:
+def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, scoreboards: bool = False) -> None:
     res, sass = compile_sm90(kernel, constexprs)
     regs = re.search(r"REG:(\d+)", res)
     stack = re.search(r"STACK:(\d+)", res)
@@ -79,17 +100,26 @@ def report(name: str, kernel, constexprs: dict, elements_per_iteration: int) -> 
         if size > 50:
             mix = " ".join(f"{k}={ops.get(k, 0)}" for k in KINDS)
             print(f"  loop of {size} instructions ({size / elements_per_iteration:.1f} per element): {mix}")
+    if scoreboards:
+        rows = compile_sm90.scoreboards
+        lo, hi = largest_loop(sass)
+        idx = [i for i, r in enumerate(rows) if lo <= r[0] <= hi]
+        print("  largest loop, waits on global loads:\n" + sass_scoreboards.report(rows, idx[0], idx[-1]))
 
 
 def main() -> None:
+    sb = "--scoreboards" in sys.argv
     print(f"triton {triton.__version__}")
     fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, HAS_H0=True, DT_AHEAD=True)
-    report("forward, full pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=False), 64)
+    for k in (0, 8):
+        report(f"forward, full pass, fma_exp={k}", selective_scan_fwd_kernel,
+               dict(fwd, SAVE_STATES=False, LOCAL=False, FMA_EXP=k), 64, sb)  # fmt: skip
     report("forward, full pass saving checkpoints", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=True, LOCAL=False), 64)
     report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
     bwd = dict(COMMON, BLOCK_D=32, T=2, K=4, HAS_DHLAST=True, DOT_REDUCE=False)
     report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32)
-    report("backward, reduce-scatter sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32)
+    report("backward, reduce-scatter sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,
+           dict(bwd, SCATTER=True), 32, sb)  # fmt: skip
 
 
 if __name__ == "__main__":
