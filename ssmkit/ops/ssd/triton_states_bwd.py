@@ -25,7 +25,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if
+from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -42,21 +42,8 @@ def _ssd_dstates_kernel(
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
     gradient at its start.
     """
-    pid_p = tl.program_id(0)
-    pid_s = tl.program_id(1)
-    pid_bh = tl.program_id(2)
-    b = pid_bh // H
-    head = pid_bh % H
-    grp = head // heads_per_group
-    b64 = b.to(tl.int64)
-
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
-    mask_np = mask_n[:, None] & mask_p[None, :]
-    api_np = offs_n[:, None] + offs_p[None, :] * N  # public (P, N) layout, read as (N, P)
+    pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
+        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
 
     A = tl.load(A_ptr + head).to(tl.float32)
     bias = 0.0
