@@ -25,7 +25,6 @@ import json
 import os
 import random
 import sys
-import traceback
 from contextlib import contextmanager
 from typing import Callable, Optional
 
@@ -34,6 +33,7 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from _gpu_bench import section  # noqa: E402
 from _timing import markdown_table, median_time  # noqa: E402
 from numerics import TOL, rel_err  # noqa: E402
 
@@ -188,18 +188,6 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
     return out
 
 
-def _section(title: str, fn: Callable, report: list, results: dict) -> None:
-    print(f"== {title}", flush=True)
-    try:
-        text = fn()
-        results[title] = text
-        report.append(f"### {title}\n\n{text}\n")
-        print(text, flush=True)
-    except Exception:  # keep going: one call should bring back every section it can
-        tb = traceback.format_exc()
-        results[title] = tb
-        report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
-        print(tb, flush=True)
 
 
 def run(out_dir: str | None, quick: bool = False) -> str:
@@ -211,14 +199,14 @@ def run(out_dir: str | None, quick: bool = False) -> str:
     report = [f"## Gated RMSNorm on {where} (torch {torch.__version__}, {str(dtype)[6:]}, D={d}, seed {seed})\n"]
     results: dict = {}
     check_head = ["case (norm_before_gate False unless said)", "rel err vs float64 reference", "tol", "ok"]
-    _section("correctness vs float64 reference",
+    section("correctness vs float64 reference",
              lambda: markdown_table(check_head, checks(seed, device, dtype, d, rows, groups)), report, results)  # fmt: skip
     head = ["shape", "mode", "triton ms", "torch ms"] + ([] if quick else ["torch.compile ms"]) + \
            ["torch/triton", "triton GB/s"]  # fmt: skip
-    _section("timings (median)", lambda: markdown_table(head, timings(seed, device, dtype, d, rows, groups, not quick)),
+    section("timings (median)", lambda: markdown_table(head, timings(seed, device, dtype, d, rows, groups, not quick)),
              report, results)  # fmt: skip
     head = ["shape", "mode", "tiling (fwd for fwd, bwd for fwd+bwd)", "plan", "triton ms"]
-    _section("tiling sweep", lambda: markdown_table(head, sweep(seed, device, dtype, d, rows[-1], groups)), report, results)
+    section("tiling sweep", lambda: markdown_table(head, sweep(seed, device, dtype, d, rows[-1], groups)), report, results)
     text = "\n".join(report)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

@@ -21,13 +21,12 @@ import json
 import os
 import sys
 import traceback
-import types
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
-from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
 
@@ -35,33 +34,6 @@ from ssmkit.ops.scan import selective_scan  # noqa: E402
 from ssmkit.ops.scan.triton_launch import ScanKernelConfig, default_config, scan_bwd, scan_fwd  # noqa: E402
 
 SHAPE = dict(b=8, L=4096, D=2048, N=16)
-
-
-def load_mamba(src: Optional[str]) -> Optional[Callable]:
-    """selective_scan_fn from an unpacked mamba_ssm source tree, or None."""
-    if not src or not os.path.isdir(os.path.join(src, "mamba_ssm")):
-        return None
-    sys.path.insert(0, src)  # the compiled selective_scan_cuda sits in the source tree (build_ext --inplace)
-    pkg = types.ModuleType("mamba_ssm")
-    pkg.__path__ = [os.path.join(src, "mamba_ssm")]
-    sys.modules["mamba_ssm"] = pkg
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-
-    return selective_scan_fn
-
-
-def ms(fn: Callable, grads=None) -> float:
-    return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
-
-
-def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
-    """Median ms of f(**inp) without autograd, and of f(**leaves).backward(dy)."""
-    leaves = {k: (v.detach().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
-    with torch.no_grad():
-        t_f = ms(lambda: f(**inp))
-    dy = torch.randn_like(f(**leaves))
-    t_fb = ms(lambda: f(**leaves).backward(dy), grads=[v for v in leaves.values() if v is not None])
-    return t_f, t_fb
 
 
 def floors_ms(b: int, L: int, D: int, N: int) -> tuple[float, float]:
@@ -179,20 +151,6 @@ def profile_kernels() -> str:
     return "```\n" + prof.key_averages().table(sort_by="cuda_time_total", row_limit=12) + "\n```"
 
 
-def _section(title: str, fn: Callable, report: list, results: dict) -> None:
-    print(f"== {title}", flush=True)
-    try:
-        out = fn()
-        results[title] = out
-        report.append(f"### {title}\n\n{out}\n")
-        print(out, flush=True)
-    except Exception:  # keep going: one call should bring back every section it can
-        tb = traceback.format_exc()
-        results[title] = tb
-        report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
-        print(tb, flush=True)
-
-
 def _wait_for(flag: Optional[str], timeout_s: float = 420.0) -> str:
     """Wait until the file ``flag`` exists (a background mamba_ssm build finished)."""
     import time
@@ -216,22 +174,22 @@ def run(out_dir: str) -> str:
     report = [f"## Selective scan (Mamba-1) on {torch.cuda.get_device_name()} (torch {torch.__version__}, seed {seed})\n"]
     results: dict = {}
     check_head = ["case", "quantity", "rel err", "tol", "ok"]
-    _section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
-    _section("torch.compile", lambda: markdown_table(check_head, compiles_fullgraph(seed)), report, results)
-    _section("L = 2^20, tensors past 2^31 elements", lambda: markdown_table(check_head, check_long(seed)), report, results)
-    _section("conv1d and decode steps: correctness", lambda: markdown_table(check_head, gpu_conv_steps.checks(seed)),
+    section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
+    section("torch.compile", lambda: markdown_table(check_head, compiles_fullgraph(seed)), report, results)
+    section("L = 2^20, tensors past 2^31 elements", lambda: markdown_table(check_head, check_long(seed)), report, results)
+    section("conv1d and decode steps: correctness", lambda: markdown_table(check_head, gpu_conv_steps.checks(seed)),
              report, results)  # fmt: skip
     print(_wait_for(os.environ.get("MAMBA_READY")), flush=True)
     try:
-        mamba = load_mamba(os.environ.get("MAMBA_SRC"))
+        mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.selective_scan_interface", "selective_scan_fn")
     except Exception:  # a failed build: time ours alone
         print(traceback.format_exc(), flush=True)
         mamba = None
-    _section("ssmkit vs mamba_ssm", lambda: bench_vs_mamba(mamba), report, results)
-    _section("tile sizes", sweep_configs, report, results)
-    _section("compiled kernels", kernel_resources, report, results)
-    _section("kernel profile (5 x fwd+bwd)", profile_kernels, report, results)
-    _section("conv1d and decode steps: timings",
+    section("ssmkit vs mamba_ssm", lambda: bench_vs_mamba(mamba), report, results)
+    section("tile sizes", sweep_configs, report, results)
+    section("compiled kernels", kernel_resources, report, results)
+    section("kernel profile (5 x fwd+bwd)", profile_kernels, report, results)
+    section("conv1d and decode steps: timings",
              lambda: markdown_table(["case", "fwd ms", "fwd+bwd ms"], gpu_conv_steps.timings(os.environ.get("MAMBA_SRC"))),
              report, results)  # fmt: skip
     text = "\n".join(report)

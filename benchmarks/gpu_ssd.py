@@ -19,32 +19,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-import traceback
-import types
-from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
-from triton.testing import do_bench
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
 from _timing import markdown_table  # noqa: E402
 from gpu_ssd_checks import check_long, new_seed, run_checks  # noqa: E402
 
 from ssmkit.ops.ssd import ssd  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan, ssd_bwd, ssd_fwd  # noqa: E402
-
-
-def load_mamba(src: Optional[str]) -> Optional[Callable]:
-    """mamba_chunk_scan_combined from an unpacked mamba_ssm source tree, or None."""
-    if not src or not os.path.isdir(os.path.join(src, "mamba_ssm")):
-        return None
-    pkg = types.ModuleType("mamba_ssm")
-    pkg.__path__ = [os.path.join(src, "mamba_ssm")]
-    sys.modules["mamba_ssm"] = pkg
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
-    return mamba_chunk_scan_combined
 
 
 def ssd_inputs(b, L, H=32, P=64, N=128, G=1, dtype=torch.bfloat16) -> dict:
@@ -55,20 +40,6 @@ def ssd_inputs(b, L, H=32, P=64, N=128, G=1, dtype=torch.bfloat16) -> dict:
 
     return dict(x=r(b, L, H, P), dt=r(b, L, H), A=-torch.exp(r(H, dt_=torch.float32)), B=r(b, L, G, N),
                 C=r(b, L, G, N), D=r(H, dt_=torch.float32), dt_bias=r(H, dt_=torch.float32, scale=0.5) - 1)  # fmt: skip
-
-
-def ms(fn: Callable, grads=None) -> float:
-    return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
-
-
-def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
-    """Median ms of f(**inp) and of f(**inp).backward(dy) (fresh graph each time)."""
-    leaves = {k: v.detach().requires_grad_(True) for k, v in inp.items()}
-    with torch.no_grad():
-        t_f = ms(lambda: f(**inp))
-    dy = torch.randn_like(f(**leaves))
-    t_fb = ms(lambda: f(**leaves).backward(dy), grads=list(leaves.values()))
-    return t_f, t_fb
 
 
 def bench_vs_mamba(mamba) -> list[list]:
@@ -169,20 +140,6 @@ def bench_vs_sdpa() -> list[list]:
     return rows
 
 
-def _section(title: str, fn: Callable, report: list, results: dict) -> None:
-    print(f"== {title}", flush=True)
-    try:
-        out = fn()
-        results[title] = out
-        report.append(f"### {title}\n\n{out}\n")
-        print(out, flush=True)
-    except Exception:  # keep going: one call should bring back every section it can
-        tb = traceback.format_exc()
-        results[title] = tb
-        report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
-        print(tb, flush=True)
-
-
 def run(out_dir: str) -> str:
     """All sections; writes ``gpu_ssd.md`` / ``gpu_ssd.json`` under ``out_dir``; returns the report."""
     os.makedirs(out_dir, exist_ok=True)
@@ -190,19 +147,19 @@ def run(out_dir: str) -> str:
     report = [f"## SSD (Mamba-2) on {torch.cuda.get_device_name()} (torch {torch.__version__}, seed {seed})\n"]
     results: dict = {}
     check_head = ["case", "quantity", "rel err", "tol", "ok"]
-    mamba = load_mamba(os.environ.get("MAMBA_SRC"))
+    mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.triton.ssd_combined", "mamba_chunk_scan_combined")
     head = ["B=8 L=4096 H=32 P=64 N=128 bf16", "fwd ms", "fwd+bwd ms", "mamba/ours fwd", "mamba/ours fwd+bwd"]
-    _section("ssmkit vs mamba_ssm", lambda: markdown_table(head, bench_vs_mamba(mamba)), report, results)
+    section("ssmkit vs mamba_ssm", lambda: markdown_table(head, bench_vs_mamba(mamba)), report, results)
     head = ["B x L", "SDPA fwd+bwd ms", "SSD fwd+bwd ms", "SDPA ns/token", "SSD ns/token", "SDPA/SSD"]
-    _section("SSD core vs causal flash attention", lambda: markdown_table(head, bench_vs_sdpa()), report, results)
-    _section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
+    section("SSD core vs causal flash attention", lambda: markdown_table(head, bench_vs_sdpa()), report, results)
+    section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
     res_head = ["kernel", "warps", "stages", "registers", "spills", "shared bytes"]
-    _section("compiled kernels", lambda: markdown_table(res_head, kernel_resources()), report, results)
-    _section("L = 2^20, 2^32-element tensors", lambda: markdown_table(check_head, check_long(seed)), report, results)
-    _section("kernel profile (5 x fwd+bwd)", lambda: "```\n" + profile_kernels() + "\n```", report, results)
+    section("compiled kernels", lambda: markdown_table(res_head, kernel_resources()), report, results)
+    section("L = 2^20, 2^32-element tensors", lambda: markdown_table(check_head, check_long(seed)), report, results)
+    section("kernel profile (5 x fwd+bwd)", lambda: "```\n" + profile_kernels() + "\n```", report, results)
     if os.environ.get("SSD_SWEEP"):
-        _section("launch plans", lambda: markdown_table(["plan", "ms"], sweep_plans()), report, results)
-        _section("compiled kernels (after the sweep)", lambda: markdown_table(res_head, kernel_resources()),
+        section("launch plans", lambda: markdown_table(["plan", "ms"], sweep_plans()), report, results)
+        section("compiled kernels (after the sweep)", lambda: markdown_table(res_head, kernel_resources()),
                  report, results)  # fmt: skip
     text = "\n".join(report)
     with open(os.path.join(out_dir, "gpu_ssd.md"), "w") as f:

@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from gpu_scan import SHAPE, load_mamba, ours  # noqa: E402
+from _gpu_bench import from_mamba_source  # noqa: E402
+from gpu_scan import SHAPE, ours  # noqa: E402
 from gpu_scan_checks import make_inputs  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
@@ -38,7 +39,7 @@ def scan_step():
 
 
 def mamba_scan_step():
-    mamba = load_mamba(os.environ.get("MAMBA_SRC"))
+    mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.selective_scan_interface", "selective_scan_fn")
     if mamba is None:
         return None
     g = torch.Generator(device="cuda").manual_seed(1)

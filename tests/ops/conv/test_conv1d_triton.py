@@ -1,31 +1,20 @@
 """Causal conv1d, backend "triton" (forward, backward, one-token update) against the float64 loop.
 
 Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set
-here before any kernel module is imported) on small shapes.
+by ``conftest.py`` before any kernel module is imported) on small shapes.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-from ssmkit.ops.backends import BackendUnavailableError
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+from numerics import TOL, assert_close, randn
+from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+from ssmkit.ops.backends import BackendUnavailableError
+from ssmkit.ops.conv.causal_conv1d import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
 
-from numerics import TOL, assert_close, randn  # noqa: E402
-from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
-from ssmkit.ops.conv.causal_conv1d import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    triton_unavailable_reason(torch.device(DEVICE)) is not None,
-    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
-)
+pytestmark = requires_triton
 
 
 def leaf(t):

@@ -1,35 +1,25 @@
 """Gated RMSNorm, backend "triton" (fused forward and backward kernels) against the float64 reference.
 
 Without CUDA the kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set
-here before any kernel module is imported) on small shapes. The interpreter
+by ``conftest.py`` before any kernel module is imported) on small shapes. The interpreter
 truncates float32 -> bfloat16 (the GPU rounds to nearest), so bfloat16 errors
 here are about twice those on the GPU; still far inside the tolerance.
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+from numerics import TOL, assert_close, randn
+from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+from ssmkit.layers.mamba2 import Mamba2
+from ssmkit.layers.norm import GatedRMSNorm, RMSNorm
+from ssmkit.ops.backends import BackendUnavailableError
+from ssmkit.ops.norm import gated_rms_norm
+from ssmkit.ops.norm import gated_rms_norm_triton as norm_triton
 
-from numerics import TOL, assert_close, randn  # noqa: E402
-from ssmkit.layers.mamba2 import Mamba2  # noqa: E402
-from ssmkit.layers.norm import GatedRMSNorm, RMSNorm  # noqa: E402
-from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
-from ssmkit.ops.backends import BackendUnavailableError  # noqa: E402
-from ssmkit.ops.norm import gated_rms_norm  # noqa: E402
-from ssmkit.ops.norm import gated_rms_norm_triton as norm_triton  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-pytestmark = pytest.mark.skipif(
-    triton_unavailable_reason(torch.device(DEVICE)) is not None,
-    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
-)
+pytestmark = requires_triton
 
 
 def run(backend, y, weight, z, group_size, norm_before_gate, seed, to64=False, eps=1e-5):

@@ -1,37 +1,29 @@
 """Selective scan, backend "triton": forward, final state and every gradient against the float64 loop.
 
 On a machine without CUDA the kernels run in Triton's interpreter
-(``TRITON_INTERPRET=1``, set here before any kernel module is imported), on small
+(``TRITON_INTERPRET=1``, set by ``conftest.py`` before any kernel module is imported), on small
 shapes; the same tests run on the GPU at full speed.
 """
 
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
-
-from ssmkit.ops.backends import BackendUnavailableError
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-triton = pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
-import triton.language as tl  # noqa: E402
+from numerics import TOL, assert_close, randn
+from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+import triton
+import triton.language as tl
+from ssmkit.ops.backends import BackendUnavailableError
+from ssmkit.ops._triton import triton_unavailable_reason
+from ssmkit.ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_reference
+from ssmkit.ops.scan.triton_common import _exp2_fma
 
-from numerics import TOL, assert_close, randn  # noqa: E402
-from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
-from ssmkit.ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_reference  # noqa: E402
-from ssmkit.ops.scan.triton_common import _exp2_fma  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
-pytestmark = pytest.mark.skipif(
-    triton_unavailable_reason(torch.device(DEVICE)) is not None,
-    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
-)
+pytestmark = requires_triton
 
 
 def make_inputs(gen, *, b=2, L=37, D=20, N=5, G=None, dtype=torch.float32, full=True, strong_decay=False):

@@ -1,32 +1,21 @@
 """ssd_step, backend "triton" (Mamba-2 decode update) against the float64 PyTorch step.
 
 Without CUDA the kernel runs in Triton's interpreter (``TRITON_INTERPRET=1``, set
-here before any kernel module is imported).
+by ``conftest.py`` before any kernel module is imported).
 """
 
 from __future__ import annotations
 
-import os
-
 import pytest
-
-from ssmkit.ops.backends import BackendUnavailableError
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton", reason="the Triton kernels need the `triton` package")
+from numerics import TOL, assert_close, randn
+from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+from ssmkit.ops.backends import BackendUnavailableError
+from ssmkit.ops.ssd import SSD_STEP_BACKENDS, ssd_step
 
-from numerics import TOL, assert_close, randn  # noqa: E402
-from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
-from ssmkit.ops.ssd import SSD_STEP_BACKENDS, ssd_step  # noqa: E402
-
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 NAMES = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
-pytestmark = pytest.mark.skipif(
-    triton_unavailable_reason(torch.device(DEVICE)) is not None,
-    reason=f"Triton kernels cannot run here: {triton_unavailable_reason(torch.device(DEVICE))}",
-)
+pytestmark = requires_triton
 
 
 def make(gen, b=2, H=6, P=5, N=7, G=3, dtype=torch.float32, D_shape=("H",), full=True):

@@ -1,0 +1,56 @@
+"""Helpers shared by the GPU benchmark scripts (``gpu_scan.py``, ``gpu_ssd.py``)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+import types
+from typing import Callable, Optional
+
+import torch
+from triton.testing import do_bench
+
+
+def from_mamba_source(src: Optional[str], module: str, name: str) -> Optional[Callable]:
+    """``name`` from ``mamba_ssm.<module>`` in an unpacked mamba_ssm source tree (its compiled
+    extensions built in place), without running the package's ``__init__``; None without a tree."""
+    if not src or not os.path.isdir(os.path.join(src, "mamba_ssm")):
+        return None
+    sys.path.insert(0, src)  # selective_scan_cuda sits in the source tree (build_ext --inplace)
+    pkg = types.ModuleType("mamba_ssm")
+    pkg.__path__ = [os.path.join(src, "mamba_ssm")]
+    sys.modules["mamba_ssm"] = pkg
+    mod = __import__(f"mamba_ssm.{module}", fromlist=[name])
+    return getattr(mod, name)
+
+
+def ms(fn: Callable, grads=None) -> float:
+    """Median milliseconds of ``fn`` (CUDA events; 25 ms warmup, 200 ms of repeats)."""
+    return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+
+
+def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
+    """Median ms of f(**inp) without autograd, and of f(**leaves).backward(dy) (a fresh graph each time)."""
+    leaves = {k: (v.detach().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    with torch.no_grad():
+        t_f = ms(lambda: f(**inp))
+    dy = torch.randn_like(f(**leaves))
+    t_fb = ms(lambda: f(**leaves).backward(dy), grads=[v for v in leaves.values() if v is not None])
+    return t_f, t_fb
+
+
+def section(title: str, fn: Callable, report: list, results: dict) -> None:
+    """Run one part of a report: its text (or the traceback, so that one failure keeps the rest)
+    goes to ``report`` and ``results[title]``, and to stdout."""
+    print(f"== {title}", flush=True)
+    try:
+        out = fn()
+        results[title] = out
+        report.append(f"### {title}\n\n{out}\n")
+        print(out, flush=True)
+    except Exception:  # keep going: one call should bring back every section it can
+        tb = traceback.format_exc()
+        results[title] = tb
+        report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
+        print(tb, flush=True)
