@@ -17,3 +17,17 @@ from ssmkit.ops._triton import triton_unavailable_reason  # noqa: E402
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 _REASON = triton_unavailable_reason(torch.device(DEVICE))
 requires_triton = pytest.mark.skipif(_REASON is not None, reason=f"Triton kernels cannot run here: {_REASON}")
+
+
+def assert_step_matches(got, ref, inputs: dict, dtype: torch.dtype) -> None:
+    """A decode step's (y, new state, gradients) against the float64 ones: output in the input's
+    dtype, state float32, each gradient in its input's dtype and within ``TOL[dtype]``."""
+    from numerics import TOL, assert_close
+
+    (y, s, g), (y_r, s_r, g_r) = got, ref
+    assert y.dtype == dtype and s.dtype == torch.float32
+    assert_close(y.cpu(), y_r, TOL[dtype], "output")
+    assert_close(s.cpu(), s_r, TOL[dtype], "new state")
+    for k in g:
+        assert g[k].dtype == inputs[k].dtype
+        assert_close(g[k].cpu(), g_r[k], TOL[dtype], f"gradient of `{k}`")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from numerics import TOL, assert_close, randn
-from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+from triton_helpers import DEVICE, assert_step_matches, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
 from ssmkit.ops.scan import SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
 
@@ -42,16 +42,8 @@ def run(inp, softplus, seed, **kw):
 def test_step_matches_reference(gen, dtype, G):
     inp = make(gen, G=G, dtype=dtype)
     seed = int(torch.randint(2**31, (1,), generator=gen))
-    y, s, g = run(inp, True, seed, backend="triton")
     ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
-    y_r, s_r, g_r = run(ref, True, seed, backend="torch")
-    tol = TOL[dtype]
-    assert y.dtype == dtype and s.dtype == torch.float32
-    assert_close(y.cpu(), y_r, tol, "output")
-    assert_close(s.cpu(), s_r, tol, "new state")
-    for k in g:
-        assert g[k].dtype == inp[k].dtype
-        assert_close(g[k].cpu(), g_r[k], tol, f"gradient of `{k}`")
+    assert_step_matches(run(inp, True, seed, backend="triton"), run(ref, True, seed, backend="torch"), inp, dtype)
 
 
 def test_step_without_optional_inputs(gen):
