@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from numerics import TOL, assert_close, randn
+from numerics import assert_close, randn
 from triton_helpers import DEVICE, assert_step_matches, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
 from ssmkit.ops.ssd import SSD_STEP_BACKENDS, ssd_step
