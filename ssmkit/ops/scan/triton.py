@@ -33,7 +33,7 @@ def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], initial_state: Optional[Tensor], delta_softplus: bool, save_states: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, N, D) float32)."""
+    """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, D, N) float32)."""
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
 
@@ -44,7 +44,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_s
     ns = n_saves(L, default_config(N)) if save_states else 0
     f32 = torch.float32
     return (u.new_empty((batch, L, dim)), u.new_empty((batch, dim, N), dtype=f32),
-            u.new_empty((batch, ns, N, dim), dtype=f32))  # fmt: skip
+            u.new_empty((batch, ns, dim, N), dtype=f32))  # fmt: skip
 
 
 @torch.library.custom_op("ssmkit::selective_scan_bwd", mutates_args=())

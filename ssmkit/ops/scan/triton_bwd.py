@@ -43,6 +43,7 @@ from .triton_common import (
     _decay,
     _dot_states,
     _flat,
+    _load_checkpoint,
     _load_tile,
     _m_col3,
     _row,
@@ -84,6 +85,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_LOG: tl.constexpr,
     DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+    VEC_SAVE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
@@ -154,8 +156,8 @@ def selective_scan_bwd_kernel(
     for j in range(0, n_segs):
         seg = first + n_segs - 1 - j
         # pass 1: the states at the start of the segment's K chunks
-        h = tl.reshape(tl.load(hsave_ptr + (pid_b * N_SAVES + seg) * N * DIM + o_s, mask=m_s, other=0.0),
-                       (1, NP, BLOCK_D))  # fmt: skip
+        at = hsave_ptr + (pid_b * N_SAVES + seg) * DIM * N
+        h = _load_checkpoint(at, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE)
         H = tl.zeros((K, NP, BLOCK_D), dtype=tl.float32)
         for kf in tl.static_range(K):
             H = tl.where(k3 == kf, h, H)

@@ -24,7 +24,8 @@ each segment from the state carried through the earlier ones:
 h <- exp2(A2 Σ Δ) h + h_local).
 
 With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K`` steps is
-written to ``hsave`` (B, n_saves, N, D) for the backward kernel, which
+written to ``hsave`` (B, n_saves, D, N) for the backward kernel (``VEC_SAVE``: with 128-bit
+stores, ``triton_common._store_checkpoint``), which
 recomputes the states from there instead of storing (B, L, D, N).
 
 All offsets that can pass 2^31 elements (batch and sequence position times
@@ -36,7 +37,17 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .triton_common import _bc_offsets, _bc_tile, _decay, _flat, _row, _scan_chunk, _sigmoid, _softplus
+from .triton_common import (
+    _bc_offsets,
+    _bc_tile,
+    _decay,
+    _flat,
+    _row,
+    _scan_chunk,
+    _sigmoid,
+    _softplus,
+    _store_checkpoint,
+)
 
 
 @triton.jit
@@ -63,10 +74,11 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_LOG: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+    VEC_SAVE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
     stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
-    float32; hsave (B, N_SAVES, N, D), hloc (B, n_segs, N, D), dts (B, n_segs, D) float32.
+    float32; hsave (B, N_SAVES, D, N), hloc (B, n_segs, N, D), dts (B, n_segs, D) float32.
 
     Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL``: run
     the segment from a zero state and write its end state to hloc[s] and Σ Δ to dts[s]
@@ -148,8 +160,8 @@ def selective_scan_fwd_kernel(
     for t0 in range(t_begin, t_end, T):
         if SAVE_STATES:
             if (t0 // T) % SAVE_K == 0:
-                o_save = (pid_b * N_SAVES + t0 // (T * SAVE_K)) * N * DIM + o_s
-                tl.store(hsave_ptr + o_save, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
+                at = hsave_ptr + (pid_b * N_SAVES + t0 // (T * SAVE_K)) * DIM * N
+                _store_checkpoint(at, h, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE)
         m_tile = (t0 + tr < t_end) & m_col  # (T*BD,)
         Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM)
         u = tl.reshape(u_n, (T, 1, BLOCK_D)).to(tl.float32)

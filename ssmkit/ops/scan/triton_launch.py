@@ -59,6 +59,11 @@ def default_config(N: int) -> ScanKernelConfig:
                             fma_exp=8 if NP == 16 else 0)  # fmt: skip
 
 
+def _vector_checkpoints(N: int) -> bool:
+    """Checkpoints written and read as (channels, N) tiles, 4 states per 128-bit access (N = NP)."""
+    return N == next_pow2(N) and N >= 4
+
+
 def _unit_last(x: torch.Tensor) -> torch.Tensor:
     """x with unit stride along the last dimension (a copy only when needed)."""
     return x if x.stride(-1) == 1 else x.contiguous()
@@ -134,7 +139,7 @@ def scan_fwd(
     y = torch.empty((batch, L, dim), dtype=u.dtype, device=u.device)
     hlast = torch.empty((batch, N, dim), dtype=torch.float32, device=u.device)
     ns = n_saves(L, cfg) if save_states else 0
-    hsave = torch.empty((batch, ns, N, dim), dtype=torch.float32, device=u.device)
+    hsave = torch.empty((batch, ns, dim, N), dtype=torch.float32, device=u.device)
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = triton_cdiv(dim, cfg.block_d)
@@ -153,7 +158,7 @@ def scan_fwd(
             HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
             FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
-            FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp,
+            FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp, VEC_SAVE=_vector_checkpoints(N),
             num_warps=cfg.num_warps, **LAUNCH,
         )  # fmt: skip
     return y, hlast.transpose(1, 2).contiguous(), hsave
@@ -224,7 +229,7 @@ def scan_bwd(
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
-        FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
+        FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps, **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

@@ -148,7 +148,7 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp):
     y, h, hsave = scan_fwd(*args, True, True, cfg)
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
-    assert hsave.shape == (2, 3, 4, 16)
+    assert hsave.shape == (2, 3, 16, 4)  # (B, checkpoints, D, N)
     assert_close(y.cpu(), y_ref, 1e-4, "output")
     assert_close(h.cpu(), h_ref, 1e-4, "final state")
     dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
