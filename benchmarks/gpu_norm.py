@@ -206,7 +206,8 @@ def run(out_dir: str | None, quick: bool = False) -> str:
     section("timings (median)", lambda: markdown_table(head, timings(seed, device, dtype, d, rows, groups, not quick)),
              report, results)  # fmt: skip
     head = ["shape", "mode", "tiling (fwd for fwd, bwd for fwd+bwd)", "plan", "triton ms"]
-    section("tiling sweep", lambda: markdown_table(head, sweep(seed, device, dtype, d, rows[-1], groups)), report, results)
+    section("tiling sweep", lambda: markdown_table(head, sweep(seed, device, dtype, d, rows[-1], groups)),
+            report, results)  # fmt: skip
     text = "\n".join(report)
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)

@@ -176,7 +176,8 @@ def run(out_dir: str) -> str:
     check_head = ["case", "quantity", "rel err", "tol", "ok"]
     section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)
     section("torch.compile", lambda: markdown_table(check_head, compiles_fullgraph(seed)), report, results)
-    section("L = 2^20, tensors past 2^31 elements", lambda: markdown_table(check_head, check_long(seed)), report, results)
+    section("L = 2^20, tensors past 2^31 elements", lambda: markdown_table(check_head, check_long(seed)),
+            report, results)  # fmt: skip
     section("conv1d and decode steps: correctness", lambda: markdown_table(check_head, gpu_conv_steps.checks(seed)),
              report, results)  # fmt: skip
     print(_wait_for(os.environ.get("MAMBA_READY")), flush=True)

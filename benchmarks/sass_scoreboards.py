@@ -63,7 +63,8 @@ def load_waits(rows, first: int, last: int) -> list[tuple[int, str, int, int, li
 def report(rows, first: int, last: int) -> str:
     """Text lines for the loop rows[first..last]."""
     waits = load_waits(rows, first, last)
-    lines = [f"    {a:05x} {t[:44]:44s} SB{sb}: load {d} instr. before; shared with {o or '-'}" for a, t, sb, d, o in waits]
+    lines = [f"    {a:05x} {t[:44]:44s} SB{sb}: load {d} instr. before; shared with {o or '-'}"
+             for a, t, sb, d, o in waits]  # fmt: skip
     mixed = sum(1 for *_, o in waits if o)
     lines.append(f"    {len(waits)} waits on loads, {mixed} sharing the scoreboard with other operations")
     return "\n".join(lines)

@@ -195,8 +195,8 @@ def conv1d_bwd_kernel(
             DW = tl.where(k3 == k, DW + tl.sum(G * _shifted(X, Hh, t3, h3, k - (K - 1), T, HP), axis=0,
                                                 keep_dims=True), DW)  # fmt: skip
             dx += wk * _ahead(G, Gn, t3, K - 1 - k, T)
-        tl.store(dx_row + t0.to(tl.int64) * DIM + tr * DIM + ch, tl.reshape(dx, (T * BLOCK_D,)).to(dx_ptr.dtype.element_ty),
-                 mask=(t0 + tr < L) & m_col)  # fmt: skip
+        dx_out = tl.reshape(dx, (T * BLOCK_D,)).to(dx_ptr.dtype.element_ty)
+        tl.store(dx_row + t0.to(tl.int64) * DIM + tr * DIM + ch, dx_out, mask=(t0 + tr < L) & m_col)
         if HAS_STATE:
             if t0 == 0:  # the sequence's first rows: their g also reach the initial state
                 tl.store(gh_ptr + pid_b * (K - 1) * DIM + tr * DIM + ch, tl.reshape(G, (T * BLOCK_D,)),

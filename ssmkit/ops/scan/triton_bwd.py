@@ -164,7 +164,8 @@ def selective_scan_bwd_kernel(
             tf = (seg * S + kf * T).to(tl.int64)
             h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
                          u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
-                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM, n3, FMA_EXP)  # fmt: skip
+                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM, n3,
+                         FMA_EXP)  # fmt: skip
         # pass 2: the chunks backwards
         for kk in range(0, K):
             kb = K - 1 - kk

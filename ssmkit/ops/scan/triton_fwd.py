@@ -24,9 +24,9 @@ each segment from the state carried through the earlier ones:
 h <- exp2(A2 Σ Δ) h + h_local).
 
 With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K`` steps is
-written to ``hsave`` (B, n_saves, D, N) for the backward kernel (``VEC_SAVE``: with 128-bit
-stores, ``triton_common._store_checkpoint``), which
-recomputes the states from there instead of storing (B, L, D, N).
+written to ``hsave`` (B, n_saves, D, N) for the backward kernel, which
+recomputes the states from there instead of storing (B, L, D, N) (``VEC_SAVE``:
+as (channels, N) tiles, 128-bit stores: ``triton_common._store_checkpoint``).
 
 All offsets that can pass 2^31 elements (batch and sequence position times
 strides) are computed in int64.

@@ -54,7 +54,7 @@ def default_config(N: int) -> ScanKernelConfig:
     NP = next_pow2(N)
     block_d = max(1, 512 // NP)  # N <= 16: one channel and all its states per thread
     # Half of N = 16's exponentials of the forward (without checkpoints) on the FMA pipe: 0.86-0.91 ms
-    # against 0.96-0.98 on the H200 (two runs); no gain when saving checkpoints or in the backward.
+    # against 0.94-0.98 on the H200 (three runs); no gain when saving checkpoints or in the backward.
     return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
                             fma_exp=8 if NP == 16 else 0)  # fmt: skip
 

@@ -32,7 +32,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def program_tile(H, P, N, heads_per_group, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
     """Where a program of the grid (cdiv(P, BLOCK_P), n_segs, batch * H) works, and its index vectors:
@@ -54,6 +53,7 @@ def program_tile(H, P, N, heads_per_group, BLOCK_Q: tl.constexpr, BLOCK_P: tl.co
     api_np = offs_n[:, None] + offs_p[None, :] * N
     return (pid_p, pid_s, b, head, head // heads_per_group, b.to(tl.int64), offs_q, offs_p, offs_n, mask_p, mask_n,
             mask_np, offs_np, api_np)  # fmt: skip
+
 
 @triton.jit
 def chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN: tl.constexpr):
