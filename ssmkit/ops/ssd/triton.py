@@ -35,6 +35,22 @@ def _c(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.contiguous()
 
 
+def _rows(t: Tensor) -> Tensor:
+    """t with its last two dimensions contiguous (x (B, L, H, P), B/C (B, L, G, N)); the batch and
+    token strides may be anything (a view of the Mamba-2 layer's projection is taken as it is).
+    dt stays contiguous: the kernels index its gradient's shares with its strides (and it is small)."""
+    return t if t.stride(-1) == 1 and (t.shape[-2] == 1 or t.stride(-2) == t.shape[-1]) else t.contiguous()
+
+
+def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
+    """B and C with their last two dimensions contiguous and the same batch / token strides (the
+    kernels take one pair of strides for both), copied only when needed."""
+    B, C = _rows(B), _rows(C)
+    if B.stride()[:2] != C.stride()[:2]:
+        B, C = B.contiguous(), C.contiguous()
+    return B, C
+
+
 def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.to(torch.float32).contiguous()
 
@@ -50,8 +66,9 @@ def _ssd_fwd_op(
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
-    return ssd_fwd(x.contiguous(), dt.contiguous(), _f32(A), B.contiguous(), C.contiguous(), _f32(D), _c(z),
-                   _f32(dt_bias), _f32(initial_state), table, n_seqs, plan, dt_softplus, save_pre)  # fmt: skip
+    B, C = _bc(B, C)
+    return ssd_fwd(_rows(x), dt.contiguous(), _f32(A), B, C, _f32(D), _c(z), _f32(dt_bias), _f32(initial_state),
+                   table, n_seqs, plan, dt_softplus, save_pre)  # fmt: skip
 
 
 @_ssd_fwd_op.register_fake
@@ -62,11 +79,11 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
     plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
     f32 = dict(dtype=torch.float32, device=x.device)
     return (
-        torch.empty_like(x),
+        x.new_empty(x.shape),  # contiguous, whatever x's strides (as the kernels write it)
         torch.empty(n_seqs, H, P, N, **f32),
         torch.empty(rows, plan.n_segs, H, N, P, **f32),
         torch.empty(rows, plan.n_segs, H, **f32),
-        torch.empty_like(x) if save_pre else x.new_empty(0),
+        x.new_empty(x.shape) if save_pre else x.new_empty(0),
     )
 
 
@@ -90,9 +107,10 @@ def _ssd_bwd_op(
         sig = torch.sigmoid(zf)
         dy = (g * zf * sig).to(x.dtype).contiguous()
         dz = (g * y_pre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
+    B, C = _bc(B, C)
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(
-        dy, _f32(dfinal), x.contiguous(), dt.contiguous(), _f32(A), B.contiguous(), C.contiguous(), _f32(D),
-        _f32(dt_bias), _f32(initial_state), table, seg_in, seg_decay, n_seqs, plan, dt_softplus,
+        dy, _f32(dfinal), _rows(x), dt.contiguous(), _f32(A), B, C, _f32(D), _f32(dt_bias), _f32(initial_state),
+        table, seg_in, seg_decay, n_seqs, plan, dt_softplus,
     )  # fmt: skip
     def cast(g: Optional[Tensor], like: Optional[Tensor]) -> Tensor:  # outputs may not alias each other
         return x.new_empty(0) if like is None else g.to(like.dtype)
@@ -104,7 +122,7 @@ def _ssd_bwd_op(
 @_ssd_bwd_op.register_fake
 def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
       dt_softplus, chunk_size, seg_chunks):  # fmt: skip
-    like = lambda t: x.new_empty(0) if t is None else torch.empty_like(t)  # noqa: E731
+    like = lambda t: x.new_empty(0) if t is None else t.new_empty(t.shape)  # noqa: E731  (contiguous)
     return (like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_state))
 
 

@@ -153,7 +153,9 @@ def _launch_args(x, dt, B, plan: Plan):
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     sizes = (L, H, P, N, plan.n_chunks, plan.n_segs, plan.seg_chunks, plan.Q, H // G)
-    strides = (x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
+    # x: its own batch / token strides; the (B, L, H, P) tensors the kernels write or take from
+    # the caller's gradient (y, dy, dx, z): contiguous
+    strides = (x.stride(0), x.stride(1), L * H * P, H * P, dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
     grid = (triton.cdiv(P, plan.block_p), plan.n_segs, rows * H)
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p, BLOCK_N=plan.block_n,
                   num_warps=plan.fwd_warps, num_stages=plan.fwd_stages)  # fmt: skip
@@ -163,7 +165,8 @@ def _launch_args(x, dt, B, plan: Plan):
 def ssd_fwd(
     x, dt, A, B, C, D, z, dt_bias, init, table, n_seqs: int, plan: Plan, dt_softplus: bool, save_pre: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Forward launches; inputs contiguous, ``init`` fp32 (S, H, P, N) or None.
+    """Forward launches; x, B, C with their last two dimensions contiguous (any batch / token
+    strides; B and C alike), dt and z contiguous; ``init`` fp32 (S, H, P, N) or None.
 
     Returns y (B, L, H, P) in x's dtype, final (S, H, P, N) fp32, the state
     entering each segment (rows, n_segs, H, N, P) fp32 (transposed), the segment decays
@@ -184,8 +187,8 @@ def ssd_fwd(
     passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
     final = _state_like(init, n_seqs, H, P, N, plan, x)
-    y = torch.empty_like(x)
-    y_pre = torch.empty_like(x) if save_pre else x.new_empty(0)
+    y = x.new_empty(x.shape)  # contiguous, whatever x's strides
+    y_pre = x.new_empty(x.shape) if save_pre else x.new_empty(0)
     _ssd_scan_fwd_kernel[grid](
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, y, y_pre if save_pre else y, final,
         *sizes, *strides, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
@@ -226,7 +229,7 @@ def ssd_bwd(
     passing(g_seg, seg_decay, reverse=True)
 
     n_pb = triton.cdiv(P, plan.block_p_bwd)
-    dx = torch.empty_like(x)
+    dx = x.new_empty(x.shape)
     ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
     share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
     dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)

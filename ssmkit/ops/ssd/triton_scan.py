@@ -33,14 +33,15 @@ def _ssd_scan_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, z_ptr, init_ptr, table_ptr,
     seg_in_ptr, out_ptr, pre_ptr, final_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
 
-    x, z, out, pre: (B, L, H, P); dt: (B, L, H); B, C: (B, L, G, N);
+    x, z, out, pre: (B, L, H, P), (H, P) contiguous in a token; x with its own batch / token strides,
+    z, out, pre with stride_y_*; dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     D: (H,) or (H, P); init, final: (S, H, P, N) fp32;
     seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment.
     """
@@ -58,9 +59,9 @@ def _ssd_scan_fwd_kernel(
         else:
             Dv = tl.load(D_ptr + head).to(tl.float32)
     x_row = x_ptr + b64 * stride_x_b + head * P
-    z_row = z_ptr + b64 * stride_x_b + head * P
-    pre_row = pre_ptr + b64 * stride_x_b + head * P
-    out_row = out_ptr + b64 * stride_x_b + head * P
+    z_row = z_ptr + b64 * stride_y_b + head * P
+    pre_row = pre_ptr + b64 * stride_y_b + head * P
+    out_row = out_ptr + b64 * stride_y_b + head * P
     dt_row = dt_ptr + b64 * stride_dt_b + head
     B_row = B_ptr + b64 * stride_B_b + grp * N
     C_row = C_ptr + b64 * stride_B_b + grp * N
@@ -103,7 +104,7 @@ def _ssd_scan_fwd_kernel(
                 y += xv.to(tl.float32) * Dv[None, :]
             else:
                 y += xv.to(tl.float32) * Dv
-        io = t[:, None] * stride_x_l + offs_p[None, :]
+        io = t[:, None] * stride_y_l + offs_p[None, :]
         if STORE_PRE:
             tl.store(pre_row + io, y.to(pre_ptr.dtype.element_ty), mask=mask_qp)
         if HAS_Z:

@@ -43,14 +43,15 @@ def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, dfinal_ptr, table_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
+    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, DT: tl.constexpr,
     PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
 
-    x, dy, dx: (B, L, H, P); dt: (B, L, H); B, C: (B, L, G, N);
+    x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy and dx: stride_y_*);
+    dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, x's dtype);
     gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end;
     dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
@@ -73,6 +74,7 @@ def _ssd_bwd_kernel(
         else:
             Dv = tl.load(D_ptr + head).to(tl.float32)
     x_row = b64 * stride_x_b + head * P
+    y_row = b64 * stride_y_b + head * P  # dy, dx: contiguous (B, L, H, P)
     dt_row = dt_ptr + b64 * stride_dt_b + head
     B_row = b64 * stride_B_b + grp * N
     seg_row = (b64 * n_segs + pid_s) * H + head
@@ -103,9 +105,10 @@ def _ssd_bwd_kernel(
         raw, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         io = x_row + t[:, None] * stride_x_l + offs_p[None, :]
+        yo = y_row + t[:, None] * stride_y_l + offs_p[None, :]
         bc = B_row + t[:, None] * stride_B_l + offs_n[None, :]
         xf = tl.load(x_ptr + io, mask=mask_qp, other=0.0).to(tl.float32)  # (Q, P)
-        dyv = tl.load(dy_ptr + io, mask=mask_qp, other=0.0).to(DT)
+        dyv = tl.load(dy_ptr + yo, mask=mask_qp, other=0.0).to(DT)
         Bv = tl.load(B_ptr + bc, mask=mask_qn, other=0.0).to(DT)  # (Q, N)
         Cv = tl.load(C_ptr + bc, mask=mask_qn, other=0.0).to(DT)
         h_in = tl.load(hin_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np, mask=mask_np, other=0.0).to(DT)
@@ -141,7 +144,7 @@ def _ssd_bwd_kernel(
             dyf = dyv.to(tl.float32)
             dx += dyf * Dv
             dD_acc += tl.sum(dyf * xf, axis=0)
-        tl.store(dx_ptr + io, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
+        tl.store(dx_ptr + yo, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
 
         # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)

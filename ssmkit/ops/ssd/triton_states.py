@@ -38,7 +38,7 @@ def _ssd_states_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, init_ptr, table_ptr,
     out_ptr, seg_in_ptr, seg_decay_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,

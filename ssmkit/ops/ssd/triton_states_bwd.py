@@ -32,13 +32,13 @@ from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if, program_
 def _ssd_dstates_kernel(
     dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
 
-    dy: (B, L, H, P); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
+    dy: (B, L, H, P) (strides stride_y_*); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
     gradient at its start.
     """
@@ -49,7 +49,7 @@ def _ssd_dstates_kernel(
     bias = 0.0
     if HAS_BIAS:
         bias = tl.load(dt_bias_ptr + head).to(tl.float32)
-    dy_row = dy_ptr + b64 * stride_x_b + head * P
+    dy_row = dy_ptr + b64 * stride_y_b + head * P
     dt_row = dt_ptr + b64 * stride_dt_b + head
     C_row = C_ptr + b64 * stride_B_b + grp * N
 
@@ -73,7 +73,7 @@ def _ssd_dstates_kernel(
                 grad = tl.where(closes, 0.0, grad)
         _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
-        dyv = tl.load(dy_row + t[:, None] * stride_x_l + offs_p[None, :],
+        dyv = tl.load(dy_row + t[:, None] * stride_y_l + offs_p[None, :],
                       mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)
         Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :],
                      mask=mask_q[:, None] & mask_n[None, :], other=0.0).to(DT)  # (Q, BLOCK_N)

@@ -212,6 +212,49 @@ def test_opcheck(gen):
     torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, True), test_utils=tests)
 
 
+def _packed_views(inp: dict) -> dict:
+    """x, B, C and dt as views of one (b, L, H P + 2 G N + H) tensor, as the Mamba-2 layer's
+    projection gives them (token stride larger than a row; taken without copies)."""
+    b, L, H, P = inp["x"].shape
+    G, N = inp["B"].shape[2:]
+    packed = torch.cat([inp["x"].reshape(b, L, H * P), inp["B"].reshape(b, L, G * N), inp["C"].reshape(b, L, G * N),
+                        inp["dt"]], dim=-1)  # fmt: skip
+    xs, Bs, Cs, dts = packed.split([H * P, G * N, G * N, H], dim=-1)
+    return inp | dict(x=xs.unflatten(-1, (H, P)), B=Bs.unflatten(-1, (G, N)), C=Cs.unflatten(-1, (G, N)), dt=dts)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_strided_views_of_one_projection(gen, dtype):
+    """x, B, C, dt as views of one tensor (x, B, C taken with their strides): output, final state and every gradient
+    against the float64 loop; y and dx come back contiguous."""
+    inp = make_inputs(gen, L=27, G=2, dtype=dtype)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    leaves = {k: v.detach().to(DEV).requires_grad_(True) for k, v in inp.items()}
+    views = _packed_views(leaves)
+    assert not views["x"].is_contiguous() and views["x"].stride(1) > views["x"].shape[2] * views["x"].shape[3]
+    y, s = ssd(**views, dt_softplus=True, chunk_size=8, backend="triton", return_final_state=True)
+    assert y.is_contiguous()
+    g = torch.Generator().manual_seed(seed)
+    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(DEV)
+    ws = torch.randn(s.shape, generator=g, dtype=torch.float64).to(DEV)
+    ((y.double() * wy).sum() + (s.double() * ws).sum()).backward()
+    got = (y, s, {k: v.grad for k, v in leaves.items()})
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+
+
+def test_opcheck_strided(gen):
+    """The fake implementation's output strides match the kernels' (contiguous) for strided inputs."""
+    import ssmkit.ops.ssd.triton  # noqa: F401  (registers the ops)
+
+    inp = _packed_views({k: v.to(DEV) for k, v in make_inputs(gen, b=1, L=9, H=2, G=1).items()})
+    names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
+    args = [inp[k].detach().requires_grad_(True) for k in names]
+    tests = ("test_schema", "test_faketensor", "test_autograd_registration")
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, True), test_utils=tests)
+
+
 def test_auto_prefers_triton_on_cuda():
     assert SSD_BACKENDS.auto_order["cuda"][0] == "triton" and "triton" in SSD_BACKENDS.impls
     if CUDA:
