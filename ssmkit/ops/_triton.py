@@ -55,6 +55,21 @@ LAUNCH = {"enable_fp_fusion": True}
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for non-negative ints (grid and tile counts)."""
+    return -(-a // b)
+
+
+def unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t with unit stride along its last dimension (the kernels' channel axis): a copy only when needed."""
+    return t if t is None or t.stride(-1) == 1 else t.contiguous()
+
+
+def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """t as a contiguous float32 tensor (parameters the kernels read in float32), None stays None."""
+    return None if t is None else t.detach().to(torch.float32).contiguous()
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (tile sizes must be powers of two)."""
     return 1 << max(0, (n - 1).bit_length())

@@ -18,14 +18,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import LAUNCH, next_pow2
+from .._triton import LAUNCH, cdiv, next_pow2, unit_last
 from .causal_conv1d_triton_kernels import conv1d_bwd_kernel, conv1d_fwd_kernel, conv1d_step_kernel
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def _unit_last(x: Optional[Tensor]) -> Optional[Tensor]:
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
 
 
 def _blocks(L: int, D: int) -> tuple[int, int]:
@@ -43,13 +39,13 @@ def _bwd_tiles(K: int, D: int) -> tuple[int, int, int, int]:
 @torch.library.custom_op("ssmkit::causal_conv1d_fwd", mutates_args=())
 def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor], silu: bool) -> Tensor:
     """y (B, L, D) in x's dtype."""
-    x, s = _unit_last(x), _unit_last(initial_state)
+    x, s = unit_last(x), unit_last(initial_state)
     batch, L, D = x.shape
     K = weight.shape[1]
     y = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
     bl, bd = _blocks(L, D)
     ss = s if s is not None else x
-    grid = (triton_cdiv(L, bl), triton_cdiv(D, bd), batch)
+    grid = (cdiv(L, bl), cdiv(D, bd), batch)
     conv1d_fwd_kernel[grid](x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D,
                             x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, BLOCK_L=bl, BLOCK_D=bd,
                             HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, **LAUNCH)  # fmt: skip
@@ -65,18 +61,18 @@ def _(x, weight, bias, initial_state, silu):
 def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
             silu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """(dx, dweight, dbias, dinitial_state); dbias / dinitial_state empty when absent."""
-    x, s, dy = _unit_last(x), _unit_last(initial_state), _unit_last(dy)
+    x, s, dy = unit_last(x), unit_last(initial_state), unit_last(dy)
     batch, L, D = x.shape
     K = weight.shape[1]
     w = weight.contiguous()
     T, HP, bd, warps = _bwd_tiles(K, D)
-    n_d, n_tiles = triton_cdiv(D, bd), triton_cdiv(L, T)
+    n_d, n_tiles = cdiv(D, bd), cdiv(L, T)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
     # ~32 programs per SM along (channel blocks, batch, segments); segments are whole tiles. H200,
     # B=1 L=16K D=4352 bf16: 0.19 ms (8 per SM: 0.24; the earlier two-kernel backward: 0.92)
-    n_segs = max(1, min(n_tiles, triton_cdiv(32 * sms, n_d * batch)))
-    seg_len = triton_cdiv(n_tiles, n_segs) * T
-    n_segs = triton_cdiv(L, seg_len)
+    n_segs = max(1, min(n_tiles, cdiv(32 * sms, n_d * batch)))
+    seg_len = cdiv(n_tiles, n_segs) * T
+    n_segs = cdiv(L, seg_len)
     f32 = torch.float32
     dx = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
     dw = torch.empty((batch, n_segs, K, D), dtype=f32, device=x.device)
@@ -125,11 +121,11 @@ def _step_op(x_t: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor],
     """(y_t (B, D), new_state (B, K-1, D)) in x_t's dtype."""
     batch, D = x_t.shape
     K = weight.shape[1]
-    x_t, state = _unit_last(x_t), _unit_last(state)
+    x_t, state = unit_last(x_t), unit_last(state)
     y = torch.empty((batch, D), dtype=x_t.dtype, device=x_t.device)
     ns = torch.empty((batch, K - 1, D), dtype=x_t.dtype, device=x_t.device)
     bd = min(128, next_pow2(D))
-    conv1d_step_kernel[(triton_cdiv(D, bd), batch)](
+    conv1d_step_kernel[(cdiv(D, bd), batch)](
         x_t, state, weight.contiguous(), bias if bias is not None else weight, y, ns, D,
         x_t.stride(0), state.stride(0), state.stride(1) if K > 1 else D,
         K=K, BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu, **LAUNCH,
@@ -195,7 +191,3 @@ def causal_conv1d_step_triton(x_t, state, weight, bias, activation):
     """One token: (y_t (B, D), new_state (B, K-1, D)), inputs validated."""
     _check_dtype("causal_conv1d_step", {"x_t": x_t, "state": state, "weight": weight, "bias": bias})
     return _step_op(x_t, state.to(x_t.dtype), weight, bias, activation == "silu")
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)

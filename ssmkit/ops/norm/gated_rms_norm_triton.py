@@ -20,7 +20,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import LAUNCH, TRITON_DTYPES, next_pow2
+from .._triton import LAUNCH, TRITON_DTYPES, cdiv, next_pow2, unit_last
 from .gated_rms_norm_triton_kernels import gated_rms_norm_bwd_kernel, gated_rms_norm_fwd_kernel
 
 
@@ -43,20 +43,12 @@ FWD_TILING = Tiling(tile=8192, per_thread=16, max_block=8192, chunk=2048)
 BWD_TILING = Tiling(tile=8192, per_thread=16, max_block=4096, chunk=1024)
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _unit_last(t: Optional[Tensor]) -> Optional[Tensor]:
-    return t if t is None or t.stride(-1) == 1 else t.contiguous()
-
-
 def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, NUM_CHUNKS, num_warps) for groups of ``group_size`` channels."""
     bn = next_pow2(group_size)
     chunks = 1
     if bn > t.max_block:
-        bn, chunks = t.chunk, _cdiv(group_size, t.chunk)
+        bn, chunks = t.chunk, cdiv(group_size, t.chunk)
     bm = max(1, t.tile // bn)
     return bm, bn, chunks, max(1, min(16, bm * bn // (32 * t.per_thread)))
 
@@ -65,7 +57,7 @@ def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
 def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
             norm_before_gate: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
     """y, z: (M, D) -> out (M, D) in y's dtype, rstd (M, D / group_size) float32."""
-    y, z = _unit_last(y), _unit_last(z)
+    y, z = unit_last(y), unit_last(z)
     M, D = y.shape
     ng = D // group_size
     out = torch.empty((M, D), dtype=y.dtype, device=y.device)
@@ -74,7 +66,7 @@ def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_si
         return out, rstd
     bm, bn, chunks, warps = _plan(group_size, FWD_TILING)
     zz = z if z is not None else y
-    gated_rms_norm_fwd_kernel[(_cdiv(M, bm), ng)](
+    gated_rms_norm_fwd_kernel[(cdiv(M, bm), ng)](
         y, zz, weight.contiguous(), out, rstd, M, D, group_size, y.stride(0), zz.stride(0), eps,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
         num_warps=warps, **LAUNCH,
@@ -92,7 +84,7 @@ def _(y, z, weight, eps, group_size, norm_before_gate):
 def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor, group_size: int,
             norm_before_gate: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(dy (M, D), dz (M, D) or empty when z is None, dweight (D,)) in the dtypes of y, z, weight."""
-    dout, y, z = _unit_last(dout), _unit_last(y), _unit_last(z)
+    dout, y, z = unit_last(dout), unit_last(y), unit_last(z)
     M, D = y.shape
     ng = D // group_size
     dy = torch.empty((M, D), dtype=y.dtype, device=y.device)
@@ -101,10 +93,10 @@ def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: 
         return dy, dz, torch.zeros_like(weight)
     bm, bn, chunks, warps = _plan(group_size, BWD_TILING)
     sms = torch.cuda.get_device_properties(y.device).multi_processor_count if y.is_cuda else 2
-    tiles = _cdiv(M, bm)
-    n_split = max(1, min(tiles, _cdiv(4 * sms, ng)))  # about four programs per SM
-    rows_per_prog = _cdiv(tiles, n_split) * bm
-    n_split = _cdiv(M, rows_per_prog)
+    tiles = cdiv(M, bm)
+    n_split = max(1, min(tiles, cdiv(4 * sms, ng)))  # about four programs per SM
+    rows_per_prog = cdiv(tiles, n_split) * bm
+    n_split = cdiv(M, rows_per_prog)
     dw_part = torch.empty((n_split, D), dtype=torch.float32, device=y.device)
     zz = z if z is not None else y
     gated_rms_norm_bwd_kernel[(n_split, ng)](

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import LAUNCH, interpret_mode, next_pow2
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
 from .triton_common import LOG2E
@@ -64,22 +64,13 @@ def _vector_checkpoints(N: int) -> bool:
     return N == next_pow2(N) and N >= 4
 
 
-def _unit_last(x: torch.Tensor) -> torch.Tensor:
-    """x with unit stride along the last dimension (a copy only when needed)."""
-    return x if x.stride(-1) == 1 else x.contiguous()
-
-
 def _grouped(x: torch.Tensor) -> torch.Tensor:
     """(B, L, N) -> (B, L, 1, N); (B, L, G, N) unchanged; unit stride along N."""
-    return _unit_last(x.unsqueeze(2) if x.dim() == 3 else x)
-
-
-def _f32(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    return None if x is None else x.detach().to(torch.float32).contiguous()
+    return unit_last(x.unsqueeze(2) if x.dim() == 3 else x)
 
 
 def n_saves(L: int, cfg: ScanKernelConfig) -> int:
-    return -(-L // cfg.save_every)
+    return cdiv(L, cfg.save_every)
 
 
 def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: int, cfg: ScanKernelConfig,
@@ -100,8 +91,8 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
         n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
         n = max(1, min(n, L // (4 * cfg.save_every)))
     S = cfg.save_every
-    seg_len = -(-(-(-L // n)) // S) * S
-    return -(-L // seg_len), seg_len
+    seg_len = cdiv(cdiv(L, n), S) * S
+    return cdiv(L, seg_len), seg_len
 
 
 def _common(u, delta, A, B, C, D, z, delta_bias, block_d: int):
@@ -132,9 +123,9 @@ def scan_fwd(
     (B, n_saves, N, D) float32 (an empty tensor unless ``save_states``)."""
     cfg = cfg or default_config(A.shape[1])
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
-    u, delta = _unit_last(u), _unit_last(delta)
-    z = None if z is None else _unit_last(z)
-    Dv, bias = _f32(D), _f32(delta_bias)
+    u, delta = unit_last(u), unit_last(delta)
+    z = None if z is None else unit_last(z)
+    Dv, bias = f32(D), f32(delta_bias)
     h0 = None if initial_state is None else initial_state.detach().to(torch.float32).transpose(1, 2).contiguous()
     y = torch.empty((batch, L, dim), dtype=u.dtype, device=u.device)
     hlast = torch.empty((batch, N, dim), dtype=torch.float32, device=u.device)
@@ -142,7 +133,7 @@ def scan_fwd(
     hsave = torch.empty((batch, ns, dim, N), dtype=torch.float32, device=u.device)
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
-    nd = triton_cdiv(dim, cfg.block_d)
+    nd = cdiv(dim, cfg.block_d)
     n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, 8, cfg, u.device)
     hloc = torch.empty((batch, n_segs, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     dts = torch.empty((batch, n_segs, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
@@ -187,27 +178,27 @@ def scan_bwd(
     """
     cfg = cfg or default_config(A.shape[1])
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.bwd_block_d)
-    u, delta, dy = _unit_last(u), _unit_last(delta), _unit_last(dy)
-    z = None if z is None else _unit_last(z)
-    Dv, bias = _f32(D), _f32(delta_bias)
-    dev, f32 = u.device, torch.float32
+    u, delta, dy = unit_last(u), unit_last(delta), unit_last(dy)
+    z = None if z is None else unit_last(z)
+    Dv, bias = f32(D), f32(delta_bias)
+    dev, fp32 = u.device, torch.float32
     du = torch.empty((batch, L, dim), dtype=u.dtype, device=dev)
     ddl = torch.empty((batch, L, dim), dtype=delta.dtype, device=dev)
     dz = torch.empty((batch, L, dim), dtype=z.dtype, device=dev) if z is not None else du.new_empty(0)
-    dB = torch.zeros((batch, L, G, N), dtype=f32, device=dev)
-    dC = torch.zeros((batch, L, G, N), dtype=f32, device=dev)
-    nd = triton_cdiv(dim, cfg.bwd_block_d)
+    dB = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
+    dC = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
+    nd = cdiv(dim, cfg.bwd_block_d)
     n_segs, seg_len = segments(L, nd * batch, cfg.bwd_n_segs, float("inf"), 32, cfg, dev)
-    dA = torch.empty((batch, n_segs, N, dim), dtype=f32, device=dev)
-    dh0 = torch.empty((batch, N, dim), dtype=f32, device=dev)
-    dD = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
-    dbias = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
-    dhl = None if dhlast is None else dhlast.detach().to(f32).transpose(1, 2).contiguous()
+    dA = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
+    dh0 = torch.empty((batch, N, dim), dtype=fp32, device=dev)
+    dD = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
+    dbias = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
+    dhl = None if dhlast is None else dhlast.detach().to(fp32).transpose(1, 2).contiguous()
     zz = z if z is not None else u
     qloc, dts = dh0, dD  # placeholders when there is one segment (never read)
     if n_segs > 1:
-        qloc = torch.empty((batch, n_segs, N, dim), dtype=f32, device=dev)
-        dts = torch.empty((batch, n_segs, dim), dtype=f32, device=dev)
+        qloc = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
+        dts = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
         selective_scan_bwd_local_kernel[(nd, batch, n_segs)](
             delta, zz, A2, Cg, bias if bias is not None else dD, dy, qloc, dts,
             L, dim, dim // G, seg_len, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
@@ -237,7 +228,3 @@ def scan_bwd(
     dDo = dD.sum((0, 1)).to(D.dtype) if D is not None else dD.new_empty(0)
     dbo = dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else dbias.new_empty(0)
     return du, ddl, dA, dB, dC, dDo, dz, dbo, dh0.transpose(1, 2).contiguous()
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)

@@ -22,7 +22,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
-from .._triton import LAUNCH, interpret_mode, next_pow2
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
 from .triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -65,31 +65,23 @@ def scan_step_kernel(
     tl.store(y_ptr + pid_b * DIM + d, y.to(y_ptr.dtype.element_ty), mask=md)
 
 
-def _unit_last(x: Optional[Tensor]) -> Optional[Tensor]:
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
-
-
-def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
-    return None if x is None else x.to(torch.float32).contiguous()
-
-
 @torch.library.custom_op("ssmkit::selective_scan_step", mutates_args=())
 def _step_op(state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], delta_bias: Optional[Tensor], delta_softplus: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(y (B, D) in u's dtype, new state (B, D, N) float32); B, C (B, N) or (B, G, N)."""
     batch, dim = u.shape
     N = A.shape[1]
-    Bg = _unit_last(B.unsqueeze(1) if B.dim() == 2 else B)
-    Cg = _unit_last(C.unsqueeze(1) if C.dim() == 2 else C)
-    u, delta, z = _unit_last(u), _unit_last(delta), _unit_last(z)
+    Bg = unit_last(B.unsqueeze(1) if B.dim() == 2 else B)
+    Cg = unit_last(C.unsqueeze(1) if C.dim() == 2 else C)
+    u, delta, z = unit_last(u), unit_last(delta), unit_last(z)
     st = state.to(torch.float32).contiguous()
     y = torch.empty((batch, dim), dtype=u.dtype, device=u.device)
     ns = torch.empty((batch, dim, N), dtype=torch.float32, device=u.device)
     NP = next_pow2(N)
     bd = max(1, min(next_pow2(dim), 2048 // NP))
-    Df, bias = _f32(D), _f32(delta_bias)
+    Df, bias = f32(D), f32(delta_bias)
     zz = z if z is not None else u
-    scan_step_kernel[(-(-dim // bd), batch)](
+    scan_step_kernel[(cdiv(dim, bd), batch)](
         st, u, delta, zz, A.to(torch.float32).contiguous(), Bg, Cg, Df if Df is not None else st,
         bias if bias is not None else st, y, ns, dim, dim // Bg.shape[1],
         u.stride(0), delta.stride(0), zz.stride(0), Bg.stride(0), Bg.stride(1), Cg.stride(0), Cg.stride(1),

@@ -26,6 +26,7 @@ from typing import Optional
 
 import torch
 
+from .._triton import f32
 from .triton_launch import make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
 Tensor = torch.Tensor
@@ -51,10 +52,6 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
     return B, C
 
 
-def _f32(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.to(torch.float32).contiguous()
-
-
 @torch.library.custom_op("ssmkit::ssd_fwd", mutates_args=())
 def _ssd_fwd_op(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
@@ -67,7 +64,7 @@ def _ssd_fwd_op(
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
     B, C = _bc(B, C)
-    return ssd_fwd(_rows(x), dt.contiguous(), _f32(A), B, C, _f32(D), _c(z), _f32(dt_bias), _f32(initial_state),
+    return ssd_fwd(_rows(x), dt.contiguous(), f32(A), B, C, f32(D), _c(z), f32(dt_bias), f32(initial_state),
                    table, n_seqs, plan, dt_softplus, save_pre)  # fmt: skip
 
 
@@ -109,7 +106,7 @@ def _ssd_bwd_op(
         dz = (g * y_pre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
     B, C = _bc(B, C)
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(
-        dy, _f32(dfinal), _rows(x), dt.contiguous(), _f32(A), B, C, _f32(D), _f32(dt_bias), _f32(initial_state),
+        dy, f32(dfinal), _rows(x), dt.contiguous(), f32(A), B, C, f32(D), f32(dt_bias), f32(initial_state),
         table, seg_in, seg_decay, n_seqs, plan, dt_softplus,
     )  # fmt: skip
     def cast(g: Optional[Tensor], like: Optional[Tensor]) -> Tensor:  # outputs may not alias each other

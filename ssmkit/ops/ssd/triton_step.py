@@ -23,7 +23,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
-from .._triton import LAUNCH, interpret_mode, next_pow2
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
 from ..scan.triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -72,28 +72,20 @@ def ssd_step_kernel(
     tl.store(y_ptr + (b * H + h) * P + p, y.to(y_ptr.dtype.element_ty), mask=mp)
 
 
-def _unit_last(x: Optional[Tensor]) -> Optional[Tensor]:
-    return x if x is None or x.stride(-1) == 1 else x.contiguous()
-
-
-def _f32(x: Optional[Tensor]) -> Optional[Tensor]:
-    return None if x is None else x.to(torch.float32).contiguous()
-
-
 @torch.library.custom_op("ssmkit::ssd_step", mutates_args=())
 def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
              z: Optional[Tensor], dt_bias: Optional[Tensor], dt_softplus: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
     """(y (B, H, P) in x's dtype, new state (B, H, P, N) float32)."""
     batch, H, P = x.shape
     N = B.shape[2]
-    x, z, B, C = _unit_last(x), _unit_last(z), _unit_last(B), _unit_last(C)
+    x, z, B, C = unit_last(x), unit_last(z), unit_last(B), unit_last(C)
     st = state.to(torch.float32).contiguous()
     y = torch.empty((batch, H, P), dtype=x.dtype, device=x.device)
     ns = torch.empty((batch, H, P, N), dtype=torch.float32, device=x.device)
     NP = next_pow2(N)
     bp = max(1, min(next_pow2(P), 4096 // NP))
-    Df, bias, zz = _f32(D), _f32(dt_bias), z if z is not None else x
-    ssd_step_kernel[(batch * H, -(-P // bp))](
+    Df, bias, zz = f32(D), f32(dt_bias), z if z is not None else x
+    ssd_step_kernel[(batch * H, cdiv(P, bp))](
         st, x, dt, A.to(torch.float32).contiguous(), B, C, Df if Df is not None else st, zz,
         bias if bias is not None else st, y, ns, H, P, H // B.shape[1],
         x.stride(0), x.stride(1), dt.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
