@@ -256,22 +256,9 @@ def _lane_id(like):
 @triton.jit
 def _shfl_xor(x, BIT: tl.constexpr):
     """The value of ``x`` held by the lane whose index differs in ``BIT`` (a butterfly shuffle)."""
-    if BIT == 16:
-        out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 16, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)  # fmt: skip
-    elif BIT == 8:
-        out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 8, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)  # fmt: skip
-    elif BIT == 4:
-        out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 4, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)  # fmt: skip
-    elif BIT == 2:
-        out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 2, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)  # fmt: skip
-    else:
-        out = tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, 1, 31, -1;", "=r,r", [x], dtype=tl.float32,
-                                        is_pure=True, pack=1)  # fmt: skip
-    return out
+    bit = tl.full(x.shape, BIT, tl.int32)  # a compile-time constant: ptxas encodes it in the instruction
+    return tl.inline_asm_elementwise("shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r", [x, bit], dtype=tl.float32,
+                                     is_pure=True, pack=1)  # fmt: skip
 
 
 @triton.jit
