@@ -16,7 +16,6 @@ Ratios and crossovers use "attention" (the faster of the two, so the stricter ba
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -25,7 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _timing import markdown_table, median_time  # noqa: E402
+from _timing import markdown_table, median_time, save_report  # noqa: E402
 
 from ssmkit.layers import Attention, Mamba, Mamba2  # noqa: E402
 from ssmkit.ops.attention import attention  # noqa: E402
@@ -157,12 +156,8 @@ def run(out_dir: str | None, quick: bool = False) -> str:
         lines.append("")
     text = "\n".join(lines)
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "gpu_layers.md"), "w") as fh:
-            fh.write(text)
-        with open(os.path.join(out_dir, "gpu_layers.json"), "w") as fh:
-            json.dump({"device": gpu, "dtype": str(dtype), "d_model": d, "tokens": tokens, "checks": checks,
-                       "ms": data, "summary": summary}, fh, indent=1)  # fmt: skip
+        save_report(out_dir, "gpu_layers", text, {"device": gpu, "dtype": str(dtype), "d_model": d, "tokens": tokens,
+                                                  "checks": checks, "ms": data, "summary": summary})  # fmt: skip
     return text
 
 

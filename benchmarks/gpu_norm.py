@@ -21,7 +21,6 @@ Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import sys
@@ -34,7 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 from _gpu_bench import section  # noqa: E402
-from _timing import markdown_table, median_time  # noqa: E402
+from _timing import markdown_table, median_time, save_report  # noqa: E402
 from numerics import TOL, rel_err  # noqa: E402
 
 from ssmkit.ops.norm import gated_rms_norm  # noqa: E402
@@ -210,11 +209,8 @@ def run(out_dir: str | None, quick: bool = False) -> str:
             report, results)  # fmt: skip
     text = "\n".join(report)
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "gpu_norm.md"), "w") as f:
-            f.write(text)
-        with open(os.path.join(out_dir, "gpu_norm.json"), "w") as f:
-            json.dump({"device": where, "seed": seed, **{k: str(v) for k, v in results.items()}}, f, indent=1)
+        data = {"device": where, "seed": seed, **{k: str(v) for k, v in results.items()}}
+        save_report(out_dir, "gpu_norm", text, data)
     return text
 
 

@@ -17,7 +17,6 @@ mamba_ssm is imported from its source tree (``MAMBA_SRC``) without running its p
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import traceback
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
-from _timing import markdown_table  # noqa: E402
+from _timing import markdown_table, save_report  # noqa: E402
 from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
 
 from ssmkit.ops.scan import selective_scan  # noqa: E402
@@ -194,8 +193,5 @@ def run(out_dir: str) -> str:
              lambda: markdown_table(["case", "fwd ms", "fwd+bwd ms"], gpu_conv_steps.timings(os.environ.get("MAMBA_SRC"))),
              report, results)  # fmt: skip
     text = "\n".join(report)
-    with open(os.path.join(out_dir, "gpu_scan.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out_dir, "gpu_scan.json"), "w") as f:
-        json.dump({k: str(v) for k, v in results.items()}, f, indent=1)
+    save_report(out_dir, "gpu_scan", text, {k: str(v) for k, v in results.items()})
     return text

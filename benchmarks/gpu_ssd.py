@@ -16,7 +16,6 @@ running its package ``__init__`` (which needs the compiled CUDA extensions).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
-from _timing import markdown_table  # noqa: E402
+from _timing import markdown_table, save_report  # noqa: E402
 from gpu_ssd_checks import check_long, new_seed, run_checks  # noqa: E402
 
 from ssmkit.ops.ssd import ssd  # noqa: E402
@@ -162,8 +161,5 @@ def run(out_dir: str) -> str:
         section("compiled kernels (after the sweep)", lambda: markdown_table(res_head, kernel_resources()),
                  report, results)  # fmt: skip
     text = "\n".join(report)
-    with open(os.path.join(out_dir, "gpu_ssd.md"), "w") as f:
-        f.write(text)
-    with open(os.path.join(out_dir, "gpu_ssd.json"), "w") as f:
-        json.dump({k: str(v) for k, v in results.items()}, f, indent=1)
+    save_report(out_dir, "gpu_ssd", text, {k: str(v) for k, v in results.items()})
     return text
