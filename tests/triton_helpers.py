@@ -31,3 +31,15 @@ def assert_step_matches(got, ref, inputs: dict, dtype: torch.dtype) -> None:
     for k in g:
         assert g[k].dtype == inputs[k].dtype
         assert_close(g[k].cpu(), g_r[k], TOL[dtype], f"gradient of `{k}`")
+
+
+def assert_compiles_like_eager(f, args: tuple, tol: float = 1e-6) -> None:
+    """f(*args) -> scalar traces into one graph (``torch.compile(fullgraph=True)``, fake kernels and
+    autograd formulas) and its gradients match eager's within ``tol``."""
+    from numerics import assert_close
+
+    out = torch.compile(f, fullgraph=True, backend="aot_eager")(*args)
+    g = torch.autograd.grad(out, args)
+    g_e = torch.autograd.grad(f(*args), args)
+    for a, r in zip(g, g_e):
+        assert_close(a, r, tol)
