@@ -28,6 +28,7 @@ from _timing import markdown_table, save_report  # noqa: E402
 from gpu_ssd_checks import check_long, new_seed, run_checks  # noqa: E402
 
 from ssmkit.ops.ssd import ssd  # noqa: E402
+from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan, ssd_bwd, ssd_fwd  # noqa: E402
 
 
@@ -81,10 +82,21 @@ def sweep_plans() -> list[list]:
         base = make_plan(x, 128, Q, None)
         y, final, seg_in, seg_decay, _ = ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, base, True, False)
         dy = torch.randn_like(y)
-        for bp, w, st in ((64, 4, 1), (32, 4, 1), (32, 8, 1), (16, 4, 1), (32, 4, 2), (64, 8, 2)):
-            plan = make_plan(x, 128, Q, None, bwd_warps=w, bwd_stages=st, block_p_bwd=bp)
-            timed(f"bwd Q={Q} seg_chunks={plan.seg_chunks} block_p={bp} warps={w} stages={st}",
+        # (spans of 2 and 4 chunks, 8 warps with P tiles of 32: 4.2-5.4 ms in the first sweep, dropped)
+        bwd_plans = ((0, 64, 4, 1), (1, 64, 4, 1), (1, 64, 8, 1), (1, 32, 4, 1))
+        for span, bp, w, st in bwd_plans:
+            plan = make_plan(x, 128, Q, None, bwd_warps=w, bwd_stages=st, block_p_bwd=bp, bwd_span=span)
+            timed(f"bwd Q={Q} seg_chunks={plan.seg_chunks} bwd_span={span} block_p={bp} warps={w} stages={st}",
                   lambda: ssd_bwd(dy, None, x, dt, A, B, C, D, bias, None, None, seg_in, seg_decay, 8, plan, True))  # fmt: skip
+    # Segments fix the parallel work of the forward and of the backward's state passes (which start
+    # from the forward's segment states): forward + backward end to end, through the custom op.
+    for Q in (32, 64):
+        for seg in (0, 16, 8, 4):
+            f = lambda Q=Q, seg=seg, **k: ssd_triton(**k, dt_softplus=True, chunk_size=Q, seg_chunks=seg)[0]  # noqa: E731
+            plan = make_plan(x, 128, Q, None, seg_chunks=seg)
+            t_f, t_fb = fwd_and_fwdbwd(f, inp)
+            rows.append([f"fwd / fwd+bwd Q={Q} seg_chunks={plan.seg_chunks} (n_segs={plan.n_segs})",
+                         f"{t_f:.3f} / {t_fb:.3f}"])  # fmt: skip
     return rows
 
 

@@ -56,11 +56,12 @@ def with_grads(fn, inp, wy, ws, **kw):
     return y, s, {k: v.grad for k, v in leaves.items()}
 
 
-def _triton(seg_chunks: int):
-    """ssd_triton with a given segment length (0: the default plan), called like ``ssd``."""
+def _triton(seg_chunks: int, bwd_span: int = -1):
+    """ssd_triton with a given segment length (0: the default plan) and backward span (-1: the
+    default; 0: the backward walks the segments), called like ``ssd``."""
 
     def f(return_final_state=True, **kw):
-        return ssd_triton(**kw, seg_chunks=seg_chunks)
+        return ssd_triton(**kw, seg_chunks=seg_chunks, bwd_span=bwd_span)
 
     return f
 
@@ -90,19 +91,22 @@ def compare(case: str, dtype, got, ref) -> list[list]:
     return [[case, what, f"{rel_err(a, b):.2e}", f"{tol:.0e}", rel_err(a, b) <= tol] for what, a, b in pairs]
 
 
-CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, strong decay, seg_chunks)
-    ("bf16 L=1000 Q=64 G=1", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0),
-    ("fp16 L=777 Q=128 G=4", torch.float16, 777, 128, 4, "H", True, (), False, 3),
-    ("bf16 L=1000 Q=256 G=8", torch.bfloat16, 1000, 256, 8, "HP", True, (), False, 0),
-    ("bf16 L=1000 Q=32 G=2 seg=1", torch.bfloat16, 1000, 32, 2, "HP", True, (), False, 1),
-    ("fp32 L=1000 Q=64 G=2 D(H,P)", torch.float32, 1000, 64, 2, "HP", True, (), False, 0),
-    ("fp32 L=515 Q=32 bare", torch.float32, 515, 32, 2, "H", False, ("D", "z", "dt_bias", "initial_state"), False, 1),
-    ("fp32 strong decay Q=64", torch.float32, 600, 64, 2, "H", False, (), True, 2),
+CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, strong decay, seg_chunks, bwd_span)
+    ("bf16 L=1000 Q=64 G=1", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, -1),
+    ("bf16 L=1000 Q=64 G=1 bwd walks segments", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, 0),
+    ("fp16 L=777 Q=128 G=4", torch.float16, 777, 128, 4, "H", True, (), False, 3, -1),
+    ("fp16 L=777 Q=128 G=4 bwd span 1", torch.float16, 777, 128, 4, "H", True, (), False, 3, 1),
+    ("bf16 L=1000 Q=256 G=8", torch.bfloat16, 1000, 256, 8, "HP", True, (), False, 0, -1),
+    ("bf16 L=1000 Q=32 G=2 seg=1", torch.bfloat16, 1000, 32, 2, "HP", True, (), False, 1, 3),
+    ("fp32 L=1000 Q=64 G=2 D(H,P)", torch.float32, 1000, 64, 2, "HP", True, (), False, 0, -1),
+    ("fp32 L=1000 Q=64 G=2 D(H,P) bwd walks segments", torch.float32, 1000, 64, 2, "HP", True, (), False, 0, 0),
+    ("fp32 L=515 Q=32 bare", torch.float32, 515, 32, 2, "H", False, ("D", "z", "dt_bias", "initial_state"), False, 1, -1),
+    ("fp32 strong decay Q=64", torch.float32, 600, 64, 2, "H", False, (), True, 2, -1),
 ]  # fmt: skip
 H_, P_, N_ = 8, 64, 128
 
 
-def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg) -> list[list]:
+def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg, span) -> list[list]:
     inp = make_inputs(g, 2, L, H_, P_, N_, G, dtype, D_shape, strong)
     if not softplus and not strong:  # Δ = dt + dt_bias itself must be positive
         inp["dt"] = torch.exp(inp["dt"].float() * 0.5 - 1).to(dtype)
@@ -111,7 +115,7 @@ def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg) ->
         inp[k] = None
     wy = torch.randn(2, L, H_, P_, generator=g, dtype=torch.float64).cuda()
     ws = torch.randn(2, H_, P_, N_, generator=g, dtype=torch.float64).cuda()
-    got = with_grads(_triton(seg), inp, wy, ws, dt_softplus=softplus, chunk_size=Q)
+    got = with_grads(_triton(seg, span), inp, wy, ws, dt_softplus=softplus, chunk_size=Q)
     ref = with_grads(ssd_reference, {k: None if v is None else v.double() for k, v in inp.items()}, wy, ws,
                      dt_softplus=softplus)  # fmt: skip
     return compare(name, dtype, got, ref)

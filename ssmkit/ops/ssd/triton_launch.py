@@ -4,11 +4,16 @@ The kernels (one file per stage) are chained here:
 
     forward:  states (segment-local) -> passing -> scan
     backward: states (per chunk, from the saved segment inputs)
-              dstates (segment-local) -> passing (reversed)
+              dstates (segment-local) -> passing (reversed) -> dstates (per chunk)
               scan_bwd (dx, d dt, dA, dB, dC, dD, d initial state)
 
 A segment is `seg_chunks` consecutive chunks walked by one program with the
 state in registers; segments give the GPU parallel work along the sequence.
+The fused backward (scan_bwd) reads the state and its gradient at every
+chunk from memory, so its programs take `bwd_span` chunks each, independently
+(``bwd_span = 0``: it walks the segments instead, carrying the gradient in
+registers, and the per-chunk gradients are not stored: less memory, less
+parallel work).
 
 Shapes: x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N), states (B, H, P, N).
 Packed variable-length sequences use B = 1 and a chunk table (see
@@ -38,6 +43,11 @@ MAX_CHUNK = 256  # the largest chunk_size accepted
 # The result does not depend on the chunk (only its rounding does), so a larger chunk_size runs as
 # chunks of this size. 128 (16-bit) and 64 (fp32) are the largest run on the H200 in the GPU checks.
 TILE_CHUNK = {2: 128, 4: 64}
+# Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
+# N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
+# or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
+# (3.69 vs 3.24).
+BWD_SPAN = 1
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,7 @@ class Plan:
     block_q: int
     block_p: int  # P tile of the forward and state kernels
     block_p_bwd: int  # P tile of the fused backward
+    bwd_span: int  # chunks per program of the fused backward (0: it walks the segments, carrying the gradient)
     block_n: int
     fwd_warps: int
     bwd_warps: int
@@ -84,9 +95,11 @@ def _sm_count(device: torch.device) -> int:
 
 def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
-    fwd_warps: int = 4, bwd_warps: int = 4, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
+    fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
+    bwd_span: int = -1,
 ) -> Plan:  # fmt: skip
-    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` 0 mean "choose for this GPU".
+    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` 0 and ``bwd_span`` -1 mean
+    "choose for this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -104,8 +117,13 @@ def make_plan(
     seg_chunks = min(seg_chunks, n_chunks)
     if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
         block_p_bwd = min(_pow2(P), 32 if x.dtype == torch.float32 else 64)
+    if bwd_span < 0:
+        bwd_span = BWD_SPAN
+    if bwd_warps <= 0:
+        bwd_warps = 8 if bwd_span and Q > 32 and x.element_size() == 2 else 4
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
-                block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
+                min(bwd_span, n_chunks), block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
+                n_seqs is not None)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -222,11 +240,24 @@ def ssd_bwd(
     )  # fmt: skip
     # Gradient at every segment's end: segment-local sums chained backwards.
     g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
+    dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
+    dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base, **blocks, **LAUNCH)
     _ssd_dstates_kernel[grid](
-        dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, *sizes, *strides,
-        HAS_DFINAL=dfinal is not None, **base, **blocks, **LAUNCH,
+        dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
+        STORE_CHUNKS=False, **dstates,
     )  # fmt: skip
     passing(g_seg, seg_decay, reverse=True)
+    g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
+    if span:  # the gradient at every chunk's end, so that chunks can be handled independently
+        g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=x.dtype, device=x.device)
+        _ssd_dstates_kernel[grid](
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
+            STORE_CHUNKS=True, **dstates,
+        )  # fmt: skip
+        n_spans = triton.cdiv(plan.n_chunks, span)
+        sizes = (*sizes[:5], n_spans, span, *sizes[7:])  # the fused kernel's "segments" are the spans
+    else:
+        n_spans = plan.n_segs
 
     n_pb = triton.cdiv(P, plan.block_p_bwd)
     dx = x.new_empty(x.shape)
@@ -234,14 +265,13 @@ def ssd_bwd(
     share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
     dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
     dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
-    dA = torch.empty(n_pb, rows * plan.n_segs, H, **f32)
-    dD = torch.empty(rows * plan.n_segs, H, P, **f32) if D is not None else None
-    dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
-    _ssd_bwd_kernel[(n_pb, plan.n_segs, rows * H)](
-        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, opt(dfinal), opt(table),
+    dA = torch.empty(n_pb, rows * n_spans, H, **f32)
+    dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
+    _ssd_bwd_kernel[(n_pb, n_spans, rows * H)](
+        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=init is not None, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
+        HAS_DINIT=init is not None, G_CHUNKS=span > 0, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).

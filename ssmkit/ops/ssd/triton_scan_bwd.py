@@ -10,12 +10,15 @@ pre-gate output:
     dC_i  = Σ_j M'_ij B_j + exp(acum_i) h^T dy_i
     dx    = Δ dx̃ + D dy,   dD = Σ dy x
 
-A program owns one (batch row, head, block of P) and a segment of chunks,
-walks it backwards with g in registers (starting from the gradient at the
-segment's end, after ``triton_passing.py``), reads h from the per-chunk
-states that ``triton_states.py`` recomputed, and writes its share of dB, dC
-and d dt: every quantity that sums over P or over heads is linear in the
-per-(head, P block) terms, so the shares are summed afterwards.
+A program owns one (batch row, head, block of P) and a span of chunks. It
+reads h from the per-chunk states that ``triton_states.py`` recomputed, and
+g either from the per-chunk gradients that ``triton_states_bwd.py`` stored
+(``G_CHUNKS``: chunks are independent, so spans are short and many programs
+run side by side) or, walking a segment backwards, from the gradient at the
+segment's end (after ``triton_passing.py``) carried in registers in fp32.
+It writes its share of dB, dC and d dt: every quantity that sums over P or
+over heads is linear in the per-(head, P block) terms, so the shares are
+summed afterwards.
 
 Decay gradient (backward of stage 1). With a_t = Δ_t A the log decay of token
 t, d a_t collects every path that crosses t: pairs j < t <= i inside the
@@ -40,12 +43,12 @@ from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, las
 
 @triton.jit
 def _ssd_bwd_kernel(
-    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, dfinal_ptr, table_ptr,
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr, table_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, DT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr, DT: tl.constexpr,
     PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
@@ -53,7 +56,9 @@ def _ssd_bwd_kernel(
     x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy and dx: stride_y_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, x's dtype);
-    gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end;
+    gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end, or with G_CHUNKS
+    gchunk: (B, n_chunks, H, N, P) gradient at each chunk's end (x's dtype; the final-state and
+    initial-state gradients are then handled by ``triton_states_bwd.py``: dfinal, dinit unused);
     dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
     dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares;
     dD: (B * n_segs, H, P) fp32 partial sums.
@@ -78,8 +83,9 @@ def _ssd_bwd_kernel(
     dt_row = dt_ptr + b64 * stride_dt_b + head
     B_row = b64 * stride_B_b + grp * N
     seg_row = (b64 * n_segs + pid_s) * H + head
-    g = tl.load(gseg_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # g^T (N, P)
-    if not VARLEN:  # a batch row closes in its last chunk and opens in chunk 0
+    if not G_CHUNKS:
+        g = tl.load(gseg_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # g^T (N, P)
+    if not VARLEN and not G_CHUNKS:  # a batch row closes in its last chunk and opens in chunk 0
         if HAS_DFINAL:
             last = pid_s == n_segs - 1
             g_final = tl.load(dfinal_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, last), other=0.0)
@@ -96,7 +102,7 @@ def _ssd_bwd_kernel(
         mask_q = t < end
         mask_qp = mask_q[:, None] & mask_p[None, :]
         mask_qn = mask_q[:, None] & mask_n[None, :]
-        if VARLEN:  # packed sequences close anywhere
+        if VARLEN and not G_CHUNKS:  # packed sequences close anywhere
             if HAS_DFINAL:
                 g_final = tl.load(dfinal_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, closes), other=0.0)
                 g = tl.where(closes, g_final, g)
@@ -111,8 +117,13 @@ def _ssd_bwd_kernel(
         dyv = tl.load(dy_ptr + yo, mask=mask_qp, other=0.0).to(DT)
         Bv = tl.load(B_ptr + bc, mask=mask_qn, other=0.0).to(DT)  # (Q, N)
         Cv = tl.load(C_ptr + bc, mask=mask_qn, other=0.0).to(DT)
-        h_in = tl.load(hin_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np, mask=mask_np, other=0.0).to(DT)
-        gd = g.to(DT)
+        at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
+        h_in = tl.load(hin_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)
+        if G_CHUNKS:
+            gd = tl.load(gchunk_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)
+            g = gd.to(tl.float32)
+        else:
+            gd = g.to(DT)
 
         e_in = tl.exp(acum)  # decay from the chunk's start to i
         e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
@@ -155,14 +166,14 @@ def _ssd_bwd_kernel(
         tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
         tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)
 
-        # Gradient at the chunk's start; at a sequence's start it is the initial state's.
-        dys = (dyv.to(tl.float32) * e_in[:, None]).to(DT)
-        g = g * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)
-        if VARLEN:
-            if HAS_DINIT:
-                tl.store(dinit_ptr + (seq * H + head) * P * N + api_np, g, mask=mask_if(mask_np, opens))
-            g = tl.where(opens, 0.0, g)
-    if not VARLEN:
+        if not G_CHUNKS:  # gradient at the chunk's start; at a sequence's start it is the initial state's
+            dys = (dyv.to(tl.float32) * e_in[:, None]).to(DT)
+            g = g * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)
+            if VARLEN:
+                if HAS_DINIT:
+                    tl.store(dinit_ptr + (seq * H + head) * P * N + api_np, g, mask=mask_if(mask_np, opens))
+                g = tl.where(opens, 0.0, g)
+    if not VARLEN and not G_CHUNKS:
         if HAS_DINIT:
             tl.store(dinit_ptr + (b64 * H + head) * P * N + api_np, g, mask=mask_if(mask_np, pid_s == 0))
 

@@ -12,12 +12,20 @@ sequence, g_c is that sequence's final-state gradient (nothing later reads
 its end state); where it opens one, nothing flows on into the previous
 sequence (``triton_scan_bwd.py`` stores the initial-state gradient there).
 
-This kernel runs the recurrence over one segment of chunks from zero at the
-segment's end, giving the segment's own contribution to the gradient at its
-start; ``triton_passing.py`` chains segments in reverse, and the fused
-backward (``triton_scan_bwd.py``) then walks each segment again from the true
-gradient at its end. Gradients are held transposed, g^T (N, P), like the
-states in ``triton_states.py``.
+This kernel runs the recurrence over one segment of chunks, in two modes
+(like ``triton_states.py``):
+
+- segment sums (``STORE_CHUNKS=False``): from zero at the segment's end,
+  giving the segment's own contribution to the gradient at its start;
+  ``triton_passing.py`` then chains segments in reverse.
+- chunk gradients (``STORE_CHUNKS=True``): from the true gradient at the
+  segment's end (after the passing), writing g_c for every chunk in the
+  dot dtype, and the initial-state gradient where a sequence opens. The
+  fused backward (``triton_scan_bwd.py``) then handles every chunk on its
+  own, in parallel.
+
+Gradients are held transposed, g^T (N, P), like the states in
+``triton_states.py``.
 """
 
 from __future__ import annotations
@@ -30,17 +38,20 @@ from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if, program_
 
 @triton.jit
 def _ssd_dstates_kernel(
-    dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr,
+    dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr, seg_in_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    STORE_CHUNKS: tl.constexpr, HAS_DINIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
 
     dy: (B, L, H, P) (strides stride_y_*); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
-    gradient at its start.
+    gradient at its start, or with STORE_CHUNKS (B, n_chunks, H, N, P) in x's
+    dtype, the gradient at every chunk's end; seg_in: (B, n_segs, H, N, P) fp32,
+    the gradient at every segment's end (read with STORE_CHUNKS); dinit:
+    (S, H, P, N) fp32 (written with STORE_CHUNKS and HAS_DINIT).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
@@ -53,11 +64,16 @@ def _ssd_dstates_kernel(
     dt_row = dt_ptr + b64 * stride_dt_b + head
     C_row = C_ptr + b64 * stride_B_b + grp * N
 
-    grad = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)  # g^T
+    seg_row = (b64 * n_segs + pid_s) * H + head
+    if STORE_CHUNKS:
+        grad = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # g^T
+    else:
+        grad = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
     if not VARLEN:  # a batch row closes in its last chunk
         if HAS_DFINAL:
             last = pid_s == n_segs - 1
-            grad = tl.load(dfinal_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, last), other=0.0)
+            g_final = tl.load(dfinal_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, last), other=0.0)
+            grad = tl.where(last, g_final, grad)
     c0 = pid_s * seg_chunks
     n_here = tl.minimum(seg_chunks, n_chunks - c0)
     for i in range(0, n_here):
@@ -71,6 +87,9 @@ def _ssd_dstates_kernel(
                 grad = tl.where(closes, g_final, grad)
             else:
                 grad = tl.where(closes, 0.0, grad)
+        if STORE_CHUNKS:
+            dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
+            tl.store(dst, grad.to(out_ptr.dtype.element_ty), mask=mask_np)
         _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         dyv = tl.load(dy_row + t[:, None] * stride_y_l + offs_p[None, :],
@@ -79,8 +98,12 @@ def _ssd_dstates_kernel(
                      mask=mask_q[:, None] & mask_n[None, :], other=0.0).to(DT)  # (Q, BLOCK_N)
         dys = (dyv.to(tl.float32) * tl.exp(acum)[:, None]).to(DT)
         grad = grad * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
-        if VARLEN:
+        if VARLEN:  # the gradient at a sequence's start is its initial state's; nothing flows further back
+            if STORE_CHUNKS and HAS_DINIT:
+                tl.store(dinit_ptr + (seq * H + head) * P * N + api_np, grad, mask=mask_if(mask_np, opens))
             grad = tl.where(opens, 0.0, grad)
 
-    seg_row = (b64 * n_segs + pid_s) * H + head
-    tl.store(out_ptr + seg_row * P * N + offs_n[:, None] * P + offs_p[None, :], grad, mask=mask_np)
+    if not STORE_CHUNKS:
+        tl.store(out_ptr + seg_row * P * N + offs_np, grad, mask=mask_np)
+    elif not VARLEN and HAS_DINIT:  # a batch row opens in its first chunk
+        tl.store(dinit_ptr + (b64 * H + head) * P * N + api_np, grad, mask=mask_if(mask_np, pid_s == 0))

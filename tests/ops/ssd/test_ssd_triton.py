@@ -68,12 +68,12 @@ def run(fn, inp: dict, gen, **kw):
     return y, s, {k: v.grad for k, v in leaves.items()}
 
 
-def triton_with(seg_chunks: int):
-    """The triton backend with a given segment length, called like ``ssd``."""
+def triton_with(seg_chunks: int, bwd_span: int = -1):
+    """The triton backend with a given segment length and backward span, called like ``ssd``."""
     from ssmkit.ops.ssd.triton import ssd_triton
 
     def f(return_final_state=True, **kw):
-        return ssd_triton(**kw, seg_chunks=seg_chunks)
+        return ssd_triton(**kw, seg_chunks=seg_chunks, bwd_span=bwd_span)
 
     return f
 
@@ -89,20 +89,22 @@ def assert_all_close(got, ref, dtype, names):
         assert_close(g[name], g_r[name], TOL[dtype], f"grad {name}")
 
 
-CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default plan)
-    (torch.float32, 37, 40, 16, 2, "HP", True, 2),  # several segments; fp32 splits P in the backward
-    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1),
-    (torch.float16, 29, 8, 32, 4, "H", True, 0),  # L < chunk
-    (torch.float32, 23, 8, 7, 2, "H", False, 2),  # odd chunk size
+CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default plan), bwd_span (-1: default)
+    (torch.float32, 37, 40, 16, 2, "HP", True, 2, -1),  # several segments; fp32 splits P in the backward
+    (torch.float32, 37, 40, 16, 2, "HP", True, 2, 0),  # the backward walks the segments (carried gradient)
+    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 0),
+    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 1),  # one chunk per backward program
+    (torch.float16, 29, 8, 32, 4, "H", True, 0, -1),  # L < chunk
+    (torch.float32, 23, 8, 7, 2, "H", False, 2, 3),  # odd chunk size; a backward span that cuts a segment
 ]
 
 
-@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg", CASES)
-def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg):
+@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span", CASES)
+def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span):
     """Output, final state and every gradient against the float64 loop."""
     inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
+    got = run(triton_with(seg, span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=softplus)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
@@ -162,13 +164,13 @@ def _alone(inp: dict, cu: torch.Tensor) -> dict:
     return f
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_sequences_do_not_leak(gen, dtype):
+@pytest.mark.parametrize("dtype, span", [(torch.float32, -1), (torch.bfloat16, -1), (torch.float32, 0)])
+def test_packed_sequences_do_not_leak(gen, dtype, span):
     """cu_seqlens: each sequence equals itself run alone (outputs, per-sequence final
-    states, every gradient), so no state or gradient crosses a boundary."""
+    states, every gradient), so no state or gradient crosses a boundary (both backward modes)."""
     lens, cu, inp = _packed(gen, dtype)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(ssd, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16, backend="triton",
+    got = run(triton_with(0, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
               cu_seqlens=cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV))  # fmt: skip
     ref = run(_alone(inp, cu), {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
@@ -209,7 +211,7 @@ def test_opcheck(gen):
     inp = make_inputs(gen, b=1, L=9, H=2, G=1)
     args = [inp[k].to(DEV).requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, True), test_utils=tests)
 
 
 def _packed_views(inp: dict) -> dict:
@@ -252,7 +254,7 @@ def test_opcheck_strided(gen):
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
     args = [inp[k].detach().requires_grad_(True) for k in names]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, True), test_utils=tests)
 
 
 def test_auto_prefers_triton_on_cuda():
