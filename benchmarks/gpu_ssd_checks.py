@@ -139,8 +139,8 @@ def run_checks(seed: int) -> list[list]:
     jobs += [("packed bf16", lambda: packed_case(g, torch.bfloat16)), ("torch.compile", lambda: check_compile(g))]
     jobs += [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] == torch.float32]
     jobs += [("packed fp32", lambda: packed_case(g, torch.float32))]
-    only = os.environ.get("SSD_CHECK_ONLY")  # a substring of the case names, to re-run some cases alone
-    jobs = [j for j in jobs if not only or only in j[0]]
+    only = [k for k in os.environ.get("SSD_CHECK_ONLY", "").split(",") if k]  # substrings of case names
+    jobs = [j for j in jobs if not only or any(k in j[0] for k in only)]
     rows = []
     for name, job in jobs:
         t0 = time.perf_counter()
