@@ -62,6 +62,7 @@ class Plan:
     block_p: int  # P tile of the forward and state kernels
     block_p_bwd: int  # P tile of the fused backward
     bwd_span: int  # chunks per program of the fused backward (0: it walks the segments, carrying the gradient)
+    y_off_from_dc: bool  # the fused backward's dy·Y_off from its dC product (``triton_scan_bwd.py``)
     block_n: int
     fwd_warps: int
     bwd_warps: int
@@ -83,6 +84,12 @@ def _dot_flags(x: torch.Tensor) -> dict:
     if x.dtype == torch.bfloat16 and x.device.type != "cpu":
         return dict(DT=tl.bfloat16, PREC="tf32")
     return dict(DT=tl.float32, PREC="ieee")
+
+
+def _dot_dtype(x: torch.Tensor) -> torch.dtype:
+    """The torch dtype of ``DT``: what the per-chunk states and state gradients are stored in (they
+    are dot operands; on CPU, bfloat16 inputs multiply in fp32, so nothing is rounded there)."""
+    return {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16}.get(_dot_flags(x)["DT"], torch.float32)
 
 
 def _pow2(n: int) -> int:
@@ -121,8 +128,11 @@ def make_plan(
         bwd_span = BWD_SPAN
     if bwd_warps <= 0:
         bwd_warps = 8 if bwd_span and Q > 32 and x.element_size() == 2 else 4
+    # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
+    # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
+    y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
-                min(bwd_span, n_chunks), block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
+                min(bwd_span, n_chunks), y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
                 n_seqs is not None)  # fmt: skip
 
 
@@ -233,7 +243,7 @@ def ssd_bwd(
     f32 = dict(dtype=torch.float32, device=x.device)
 
     # State entering every chunk, recomputed from the saved segment states.
-    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=x.dtype, device=x.device)
+    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=_dot_dtype(x), device=x.device)
     _ssd_states_kernel[grid](
         x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, *sizes, *strides,
         STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks, **LAUNCH,
@@ -249,7 +259,7 @@ def ssd_bwd(
     passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
-        g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=x.dtype, device=x.device)
+        g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=_dot_dtype(x), device=x.device)
         _ssd_dstates_kernel[grid](
             dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
             STORE_CHUNKS=True, **dstates,
@@ -272,7 +282,7 @@ def ssd_bwd(
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **LAUNCH,
+        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, Y_OFF_FROM_DC=plan.y_off_from_dc, **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
     dB = dB_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)  # (B, L, G, N)

@@ -49,15 +49,15 @@ def _ssd_bwd_kernel(
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr, DT: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, Y_OFF_FROM_DC: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
 
     x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy and dx: stride_y_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
-    hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, x's dtype);
+    hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, in the dot dtype DT);
     gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end, or with G_CHUNKS
-    gchunk: (B, n_chunks, H, N, P) gradient at each chunk's end (x's dtype; the final-state and
+    gchunk: (B, n_chunks, H, N, P) gradient at each chunk's end (DT; the final-state and
     initial-state gradients are then handled by ``triton_states_bwd.py``: dfinal, dinit unused);
     dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
     dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares;
@@ -134,12 +134,18 @@ def _ssd_bwd_kernel(
         dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
         dxt = tl.dot(tl.trans((CB * Lmat).to(DT)), dyv, input_precision=PREC) + dxt_state
         Mp = tl.dot(dyv, tl.trans(xt), input_precision=PREC) * Lmat  # M'_ij = (dy_i · x̃_j) L_ij
-        y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
+        # dy_i · Y_off_i, Y_off_i = e_in_i h C_i the carried state's output (Q, P). With Y_OFF_FROM_DC, as
+        # e_in_i C_i · (h^T dy_i): the (Q, N) product dy h^T also serves dC, and Y_off is never formed.
+        if Y_OFF_FROM_DC:
+            dyh = tl.dot(dyv, tl.trans(h_in), input_precision=PREC)  # (Q, N)
+            y_off_dot = e_in * tl.sum(Cv.to(tl.float32) * dyh, axis=1)
+        else:
+            y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
+            y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
 
         # d a_t: sums of the contributions that cross t (see the module docstring).
         M = tl.where(strict, Mp * CB, 0.0)
         before_t = tl.cumsum(M, axis=1) - M  # [i, t] = Σ_{j<t} M_ij
-        y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
         state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
         da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
         da += tl.cumsum(state_dot, axis=0) - state_dot
@@ -161,7 +167,10 @@ def _ssd_bwd_kernel(
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)
         dB_h += e_end[:, None] * tl.dot(xt, tl.trans(gd), input_precision=PREC)
         dC_h = tl.dot(Mp.to(DT), Bv, input_precision=PREC)
-        dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
+        if Y_OFF_FROM_DC:
+            dC_h += e_in[:, None] * dyh
+        else:
+            dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
         share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
         tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
         tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)

@@ -47,7 +47,7 @@ def _ssd_states_kernel(
 
     x: (B, L, H, P); dt: (B, L, H); B: (B, L, G, N); init: (S, H, P, N) fp32.
     out: (B, n_segs, H, N, P) fp32 segment states, or with STORE_CHUNKS
-    (B, n_chunks, H, N, P) in x's dtype; seg_in: (B, n_segs, H, N, P) fp32
+    (B, n_chunks, H, N, P) in the dot dtype (DT); seg_in: (B, n_segs, H, N, P) fp32
     (read with STORE_CHUNKS); seg_decay: (B, n_segs, H) fp32 (written without).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \

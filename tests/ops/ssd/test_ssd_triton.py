@@ -96,6 +96,7 @@ CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default pl
     (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 1),  # one chunk per backward program
     (torch.float16, 29, 8, 32, 4, "H", True, 0, -1),  # L < chunk
     (torch.float32, 23, 8, 7, 2, "H", False, 2, 3),  # odd chunk size; a backward span that cuts a segment
+    (torch.bfloat16, 70, 8, 48, 2, "H", True, 0, -1),  # chunk > 32: dy·Y_off by its own product (plan)
 ]
 
 
