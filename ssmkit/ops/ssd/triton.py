@@ -27,7 +27,7 @@ from typing import Optional
 import torch
 
 from .._triton import f32
-from .triton_launch import make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
+from .triton_launch import dot_dtype, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
 Tensor = torch.Tensor
 
@@ -101,10 +101,10 @@ def _ssd_bwd_op(
     dz = x.new_empty(0)
     if z is None:
         dy = dout.to(x.dtype).contiguous()
-    else:  # out = y * silu(z): dy = dout silu(z), dz = dout y silu'(z)
-        zf, g = z.float(), dout.float()
+    else:  # out = y * silu(z): dy = dout silu(z), dz = dout y silu'(z); dy in the kernels' dot dtype
+        zf, g = z.float(), dout.float()  # (on the CPU, where bf16 products are formed in fp32, not rounded)
         sig = torch.sigmoid(zf)
-        dy = (g * zf * sig).to(x.dtype).contiguous()
+        dy = (g * zf * sig).to(dot_dtype(x)).contiguous()
         dz = (g * y_pre.float() * sig * (1 + zf * (1 - sig))).to(z.dtype)
     B, C = _bc(B, C)
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(

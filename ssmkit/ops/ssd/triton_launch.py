@@ -86,9 +86,10 @@ def _dot_flags(x: torch.Tensor) -> dict:
     return dict(DT=tl.float32, PREC="ieee")
 
 
-def _dot_dtype(x: torch.Tensor) -> torch.dtype:
-    """The torch dtype of ``DT``: what the per-chunk states and state gradients are stored in (they
-    are dot operands; on CPU, bfloat16 inputs multiply in fp32, so nothing is rounded there)."""
+def dot_dtype(x: torch.Tensor) -> torch.dtype:
+    """The torch dtype of ``DT``: what the per-chunk states, the state gradients and the gated
+    output's gradient are stored in (they are dot operands; on CPU, bfloat16 inputs multiply in
+    fp32, so nothing is rounded there)."""
     return {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16}.get(_dot_flags(x)["DT"], torch.float32)
 
 
@@ -229,7 +230,7 @@ def ssd_bwd(
     dy, dfinal, x, dt, A, B, C, D, dt_bias, init, table, seg_in, seg_decay, n_seqs: int, plan: Plan,
     dt_softplus: bool,
 ) -> tuple:  # fmt: skip
-    """Backward launches. ``dy``: gradient of the pre-gate output (x's dtype);
+    """Backward launches. ``dy``: gradient of the pre-gate output (x's dtype or ``dot_dtype(x)``);
     ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` from :func:`ssd_fwd`.
 
     Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (B's dtype, fp32 for fp32 x),
@@ -243,7 +244,7 @@ def ssd_bwd(
     f32 = dict(dtype=torch.float32, device=x.device)
 
     # State entering every chunk, recomputed from the saved segment states.
-    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=_dot_dtype(x), device=x.device)
+    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
     _ssd_states_kernel[grid](
         x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, *sizes, *strides,
         STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks, **LAUNCH,
@@ -259,7 +260,7 @@ def ssd_bwd(
     passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
-        g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=_dot_dtype(x), device=x.device)
+        g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
         _ssd_dstates_kernel[grid](
             dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
             STORE_CHUNKS=True, **dstates,
