@@ -43,13 +43,15 @@ from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, las
 
 @triton.jit
 def _ssd_bwd_kernel(
-    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr, table_ptr,
+    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr,
+    table_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr, DT: tl.constexpr,
-    PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, Y_OFF_FROM_DC: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
+    Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
 
