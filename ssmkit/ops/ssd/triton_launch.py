@@ -252,10 +252,10 @@ def ssd_bwd(
     # Gradient at every segment's end: segment-local sums chained backwards.
     g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
-    dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base, **blocks, **LAUNCH)
+    dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base, **blocks)
     _ssd_dstates_kernel[grid](
         dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
-        STORE_CHUNKS=False, **dstates,
+        STORE_CHUNKS=False, **dstates, **LAUNCH,
     )  # fmt: skip
     passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
@@ -263,7 +263,7 @@ def ssd_bwd(
         g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
         _ssd_dstates_kernel[grid](
             dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
-            STORE_CHUNKS=True, **dstates,
+            STORE_CHUNKS=True, **dstates, **LAUNCH,
         )  # fmt: skip
         n_spans = triton.cdiv(plan.n_chunks, span)
         sizes = (*sizes[:5], n_spans, span, *sizes[7:])  # the fused kernel's "segments" are the spans
