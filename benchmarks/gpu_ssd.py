@@ -84,6 +84,11 @@ def sweep_plans() -> list[list]:
         dy = torch.randn_like(y)
         # (spans of 2 and 4 chunks, 8 warps with P tiles of 32: 4.2-5.4 ms in the first sweep, dropped)
         bwd_plans = ((0, 64, 4, 1), (1, 64, 4, 1), (1, 64, 8, 1), (1, 32, 4, 1))
+        for y_off in (False, True):  # dy·Y_off by its own product or from the dC product, at 4 and 8 warps
+            for w in (4, 8):
+                plan = make_plan(x, 128, Q, None, bwd_warps=w, y_off_from_dc=y_off)
+                timed(f"bwd Q={Q} bwd_span={plan.bwd_span} warps={w} y_off_from_dc={y_off}",
+                      lambda: ssd_bwd(dy, None, x, dt, A, B, C, D, bias, None, None, seg_in, seg_decay, 8, plan, True))  # fmt: skip
         for span, bp, w, st in bwd_plans:
             plan = make_plan(x, 128, Q, None, bwd_warps=w, bwd_stages=st, block_p_bwd=bp, bwd_span=span)
             timed(f"bwd Q={Q} seg_chunks={plan.seg_chunks} bwd_span={span} block_p={bp} warps={w} stages={st}",

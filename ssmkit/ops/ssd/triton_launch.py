@@ -104,10 +104,10 @@ def _sm_count(device: torch.device) -> int:
 def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
-    bwd_span: int = -1,
+    bwd_span: int = -1, y_off_from_dc: Optional[bool] = None,
 ) -> Plan:  # fmt: skip
-    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` 0 and ``bwd_span`` -1 mean
-    "choose for this GPU".
+    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` 0, ``bwd_span`` -1 and
+    ``y_off_from_dc`` None mean "choose for this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -131,7 +131,8 @@ def make_plan(
         bwd_warps = 8 if bwd_span and Q > 32 and x.element_size() == 2 else 4
     # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
-    y_off_from_dc = _pow2(Q) <= 32
+    if y_off_from_dc is None:
+        y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
                 n_seqs is not None)  # fmt: skip

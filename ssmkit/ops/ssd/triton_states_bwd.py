@@ -49,8 +49,8 @@ def _ssd_dstates_kernel(
 
     dy: (B, L, H, P) (strides stride_y_*); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
-    gradient at its start, or with STORE_CHUNKS (B, n_chunks, H, N, P) in x's
-    dtype, the gradient at every chunk's end; seg_in: (B, n_segs, H, N, P) fp32,
+    gradient at its start, or with STORE_CHUNKS (B, n_chunks, H, N, P) in the
+    dot dtype (DT), the gradient at every chunk's end; seg_in: (B, n_segs, H, N, P) fp32,
     the gradient at every segment's end (read with STORE_CHUNKS); dinit:
     (S, H, P, N) fp32 (written with STORE_CHUNKS and HAS_DINIT).
     """
