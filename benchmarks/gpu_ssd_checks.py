@@ -104,17 +104,22 @@ CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, stro
     ("fp32 strong decay Q=64", torch.float32, 600, 64, 2, "H", False, (), True, 2, -1),
 ]  # fmt: skip
 H_, P_, N_ = 8, 64, 128
+# P = 128 in 16-bit: the forward and the backward split P into two blocks of 64 (shares of dB, dC, d dt).
+CASES_P128 = [
+    ("bf16 L=1000 Q=64 G=1 P=128", torch.bfloat16, 1000, 64, 1, "HP", True, (), False, 0, -1),
+    ("fp16 L=515 Q=32 G=2 P=128 bwd walks segments", torch.float16, 515, 32, 2, "H", True, (), False, 3, 0),
+]  # fmt: skip
 
 
-def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg, span) -> list[list]:
-    inp = make_inputs(g, 2, L, H_, P_, N_, G, dtype, D_shape, strong)
+def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg, span, P=P_) -> list[list]:
+    inp = make_inputs(g, 2, L, H_, P, N_, G, dtype, D_shape, strong)
     if not softplus and not strong:  # Δ = dt + dt_bias itself must be positive
         inp["dt"] = torch.exp(inp["dt"].float() * 0.5 - 1).to(dtype)
         inp["dt_bias"] = 0.1 * torch.rand(H_, generator=g).cuda()
     for k in drop:
         inp[k] = None
-    wy = torch.randn(2, L, H_, P_, generator=g, dtype=torch.float64).cuda()
-    ws = torch.randn(2, H_, P_, N_, generator=g, dtype=torch.float64).cuda()
+    wy = torch.randn(2, L, H_, P, generator=g, dtype=torch.float64).cuda()
+    ws = torch.randn(2, H_, P, N_, generator=g, dtype=torch.float64).cuda()
     got = with_grads(_triton(seg, span), inp, wy, ws, dt_softplus=softplus, chunk_size=Q)
     ref = with_grads(ssd_reference, {k: None if v is None else v.double() for k, v in inp.items()}, wy, ws,
                      dt_softplus=softplus)  # fmt: skip
@@ -136,6 +141,7 @@ def run_checks(seed: int) -> list[list]:
     """Every case; 16-bit ones first (a failure is reported and the next case runs)."""
     g = torch.Generator().manual_seed(seed)
     jobs = [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] != torch.float32]
+    jobs += [(c[0], lambda c=c: dense_case(g, *c, P=128)) for c in CASES_P128]
     jobs += [("packed bf16", lambda: packed_case(g, torch.bfloat16)), ("torch.compile", lambda: check_compile(g))]
     jobs += [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] == torch.float32]
     jobs += [("packed fp32", lambda: packed_case(g, torch.float32))]

@@ -105,6 +105,7 @@ CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default pl
     (torch.float16, 29, 8, 32, 4, "H", True, 0, -1),  # L < chunk
     (torch.float32, 23, 8, 7, 2, "H", False, 2, 3),  # odd chunk size; a backward span that cuts a segment
     (torch.bfloat16, 70, 8, 48, 2, "H", True, 0, -1),  # chunk > 32: dy·Y_off by its own product (plan)
+    (torch.bfloat16, 21, 72, 16, 2, "HP", True, 0, -1),  # 16-bit P > 64: backward P blocks of 64, one masked
 ]
 
 
