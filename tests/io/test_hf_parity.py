@@ -1,11 +1,12 @@
 """Parity with transformers: MambaForCausalLM / Mamba2ForCausalLM <-> ssmkit, both directions.
 
 Small random-weight transformers models (odd widths, state sizes 8/16/64, conv
-kernels 3/4, with and without biases, several Mamba-2 groups), re-randomised so
+kernels 3/4, with and without biases, one to four Mamba-2 groups), re-randomised so
 that no weight sits at a degenerate init, are saved by transformers, loaded by
 ssmkit, and compared: float32 logits (relative error <= 1e-5) and 32 greedy
 tokens (identical). Then ssmkit exports the model and transformers loads it:
-same checks.
+same checks. Mamba-2 with several groups needs transformers >= 5.23 as the
+reference (``skip_without_grouped_norm``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import json
 import pytest
 import torch
 from checkpoint_helpers import (  # noqa: F401
-    hf_greedy, hf_logits, one_thread, rerandomize_, ssmkit_greedy, ssmkit_logits)
+    hf_greedy, hf_logits, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_greedy, ssmkit_logits)
 from numerics import rel_err
 
 from ssmkit.io import detect_format, export_hf, load_pretrained
@@ -44,6 +45,8 @@ MAMBA2_CONFIGS = {
     "d30-h10-g2-n8-k3-bias-noconvbias-tied": dict(hidden_size=30, head_dim=6, num_heads=10, n_groups=2,
                                                   state_size=8, conv_kernel=3, chunk_size=16, use_bias=True,
                                                   use_conv_bias=False, tie_word_embeddings=True, num_hidden_layers=2),
+    "d32-h4-g1-n16-chunk16": dict(hidden_size=32, head_dim=16, num_heads=4, n_groups=1, state_size=16,
+                                  chunk_size=16, num_hidden_layers=2),  # one group, as the public checkpoints
     "d40-h8-g4-n64-chunk32-dtlimit": dict(hidden_size=40, head_dim=10, num_heads=8, n_groups=4, state_size=64,
                                           chunk_size=32, time_step_limit=(0.01, 0.08), num_hidden_layers=2),
 }
@@ -72,6 +75,8 @@ def _check_pair(hf_model, model: LM, gen: torch.Generator, greedy: bool = True) 
 @pytest.mark.parametrize("kind,name", [("mamba", n) for n in MAMBA_CONFIGS] + [("mamba2", n) for n in MAMBA2_CONFIGS])
 def test_transformers_to_ssmkit_and_back(kind, name, gen, tmp_path):
     kwargs = (MAMBA_CONFIGS if kind == "mamba" else MAMBA2_CONFIGS)[name]
+    if kind == "mamba2":
+        skip_without_grouped_norm(transformers, kwargs["n_groups"])
     # transformers' one-token decode ignores time_step_limit (its full forward applies it): logits only there
     greedy = "time_step_limit" not in kwargs
     hf_model = _hf_model(kind, kwargs, gen)
@@ -99,6 +104,7 @@ def test_ssmkit_model_exports_to_transformers(preset, gen, tmp_path):
     if preset == "mamba2-tiny":
         config = ModelConfig.preset(preset, **overrides, mamba2=type(config.mamba2)(
             d_state=16, headdim=12, ngroups=2, chunk_size=16, norm_eps=1e-6))
+        skip_without_grouped_norm(transformers, config.mamba2.ngroups)
     model = rerandomize_(LM(config).eval(), gen)
     assert model.embedding.weight.shape[0] > config.vocab_size  # padded rows are cut on export
     export_hf(model, tmp_path / "hf")
@@ -114,6 +120,7 @@ def test_ssmkit_model_exports_to_transformers(preset, gen, tmp_path):
 
 def test_mamba2_gated_norm_eps_follows_transformers(gen, tmp_path):
     """transformers' Mamba-2 uses layer_norm_epsilon in the gated norm too: a differing eps is a real mismatch."""
+    skip_without_grouped_norm(transformers, MAMBA2_CONFIGS["d36-h9-g3-n16-k4-chunk8-eps1e-6"]["n_groups"])
     hf_model = _hf_model("mamba2", MAMBA2_CONFIGS["d36-h9-g3-n16-k4-chunk8-eps1e-6"], gen)
     with torch.no_grad():  # a tiny output scale makes eps matter
         for layer in hf_model.backbone.layers:

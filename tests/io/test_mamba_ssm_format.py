@@ -12,7 +12,7 @@ import json
 
 import pytest
 import torch
-from checkpoint_helpers import hf_logits, one_thread, rerandomize_, ssmkit_logits  # noqa: F401
+from checkpoint_helpers import hf_logits, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_logits  # noqa: F401
 from numerics import rel_err
 
 from ssmkit.io import CheckpointError, detect_format, load_pretrained
@@ -38,6 +38,7 @@ def test_mamba_ssm_layout_matches_transformers(layer, gen, tmp_path):
             vocab_size=padded, hidden_size=45, state_size=16, conv_kernel=4, num_hidden_layers=2))
         ssm_cfg = {"d_state": 16, "d_conv": 4, "expand": 2}
     else:
+        skip_without_grouped_norm(transformers, 2)
         hf_model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
             vocab_size=padded, hidden_size=44, head_dim=11, num_heads=8, n_groups=2, state_size=32, chunk_size=16,
             num_hidden_layers=2, tie_word_embeddings=True))
