@@ -8,3 +8,8 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "${SSMKIT_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install -q -e ".[test]"
+# Triton 3.0 / 3.1 (torch 2.4 / 2.5) misread tensors under its CPU interpreter with numpy 2
+# (triton-lang/triton#5387, #9171): the interpreter tests need numpy 1 there.
+if .venv/bin/python -c "import sys, triton; sys.exit(tuple(map(int, triton.__version__.split('.')[:2])) >= (3, 2))" 2>/dev/null; then
+    .venv/bin/python -m pip install -q "numpy<2"
+fi

@@ -38,7 +38,8 @@ def check_shape(
     for spec in specs:
         if x.dim() == len(spec) and all(sizes.get(d, s) == s for d, s in zip(spec, x.shape)):
             for d, s in zip(spec, x.shape):
-                sizes.setdefault(d, s)
+                if d not in sizes:  # not dict.setdefault: torch 2.4's dynamo cannot trace it
+                    sizes[d] = s
             return spec
     expected = " or ".join(_fmt(s, sizes) for s in specs)
     hint = ""

@@ -12,6 +12,15 @@ from torch import nn
 from ssmkit.generation import generate
 
 
+def import_transformers():
+    """transformers, or a skip when it is missing or cannot use this torch (transformers 5 needs torch >= 2.6)."""
+    transformers = pytest.importorskip("transformers")
+    if not transformers.utils.is_torch_available():
+        pytest.skip(f"transformers {transformers.__version__} does not run on torch {torch.__version__}",
+                    allow_module_level=True)
+    return transformers
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny models run fastest on one thread (many small ops; the CPU is shared)."""

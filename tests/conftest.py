@@ -23,6 +23,36 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def _patch_triton_interpreter_int_sum() -> None:
+    """Triton 3.0/3.1's interpreter (torch 2.4/2.5) sums integer tiles with numpy's default
+    accumulator: tl.sum of an int32 tile holds int64 data under an int32 type, and a bitcast to
+    float32 after it (scan/triton_common.py ``_row``) doubles the last axis. Cast the sum back
+    to its declared dtype, as the compiled kernels sum and as later interpreters do themselves
+    (a no-op there)."""
+    try:
+        from triton.runtime import interpreter
+    except ImportError:
+        return
+    ops = getattr(interpreter, "ReduceOps", None)
+    original = getattr(ops, "sum", None)
+    if original is None or getattr(original, "_ssmkit_patched", False):
+        return
+
+    def _sum(self, input):
+        out = original(self, input)
+        want = input.handle.data.dtype
+        if want.kind in "iu" and out.handle.data.dtype != want:
+            out.handle.data = out.handle.data.astype(want)
+        return out
+
+    _sum._ssmkit_patched = True
+    ops.sum = _sum
+
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    _patch_triton_interpreter_int_sum()
+
+
 def pytest_report_header(config):
     return f"ssmkit test seed: SSMKIT_TEST_SEED={BASE_SEED}"
 

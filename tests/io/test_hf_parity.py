@@ -16,14 +16,15 @@ import json
 import pytest
 import torch
 from checkpoint_helpers import (  # noqa: F401
-    hf_greedy, hf_logits, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_greedy, ssmkit_logits)
+    hf_greedy, hf_logits, import_transformers, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_greedy,
+    ssmkit_logits)
 from numerics import rel_err
 
 from ssmkit.io import detect_format, export_hf, load_pretrained
 from ssmkit.models.config import ModelConfig
 from ssmkit.models.lm import LM
 
-transformers = pytest.importorskip("transformers")
+transformers = import_transformers()
 
 PARITY_TOL = 1e-5  # float32 logits, relative error, ssmkit vs transformers
 STEPS = 32  # greedy tokens compared

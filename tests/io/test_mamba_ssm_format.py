@@ -12,7 +12,8 @@ import json
 
 import pytest
 import torch
-from checkpoint_helpers import hf_logits, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_logits  # noqa: F401
+from checkpoint_helpers import (  # noqa: F401
+    hf_logits, import_transformers, one_thread, rerandomize_, skip_without_grouped_norm, ssmkit_logits)
 from numerics import rel_err
 
 from ssmkit.io import CheckpointError, detect_format, load_pretrained
@@ -30,7 +31,7 @@ def _write_mamba_ssm(directory, config: dict, state_dict: dict) -> None:
 
 @pytest.mark.parametrize("layer", ["Mamba1", "Mamba2"])
 def test_mamba_ssm_layout_matches_transformers(layer, gen, tmp_path):
-    transformers = pytest.importorskip("transformers")
+    transformers = import_transformers()
     multiple = 8 if layer == "Mamba1" else 16
     padded = -(-V // multiple) * multiple
     if layer == "Mamba1":

@@ -2,7 +2,8 @@
 
 SDPA picks a fused kernel (flash / memory-efficient on GPU, a fused CPU
 kernel otherwise) and takes the grouped-query heads directly
-(``enable_gqa=True``). ssmkit's layout (B, L, H, Dh) is transposed to SDPA's
+(``enable_gqa=True``; before torch 2.5, which lacks it, the key/value heads are
+repeated to H). ssmkit's layout (B, L, H, Dh) is transposed to SDPA's
 (B, H, L, Dh) and back. Plain causal attention takes the ``is_causal`` path
 (no mask materialised); anything else (positions, window, key padding) passes
 the boolean mask. Queries that see no key output zero, as in the reference.
@@ -17,6 +18,20 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from ._mask import guard_empty_rows
+
+# SDPA takes grouped-query heads directly (`enable_gqa`) from torch 2.5; older versions get
+# the key/value heads repeated to H (query head h reads kv head h // (H / Hkv), as enable_gqa).
+_SDPA_GQA = torch.torch_version.TorchVersion(torch.__version__) >= (2, 5)
+
+
+def _sdpa(qh, kh, vh, gqa: bool, **kwargs) -> torch.Tensor:
+    """SDPA on (B, H, L, Dh) queries and (B, Hkv, L, Dh) keys/values; ``gqa``: Hkv < H."""
+    if gqa and not _SDPA_GQA:
+        r = qh.shape[1] // kh.shape[1]
+        kh, vh = kh.repeat_interleave(r, dim=1), vh.repeat_interleave(r, dim=1)
+    elif gqa:
+        kwargs["enable_gqa"] = True
+    return F.scaled_dot_product_attention(qh, kh, vh, **kwargs)
 
 
 def attention_sdpa(
@@ -40,9 +55,9 @@ def attention_sdpa(
     vh = rearrange(v, "b l h d -> b h l d")  # (B, Hkv, Lk, Dh)
     gqa = q.shape[2] != k.shape[2]
     if mask is None:
-        out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=is_causal, scale=scale, enable_gqa=gqa)
+        out = _sdpa(qh, kh, vh, gqa, is_causal=is_causal, scale=scale)
         return rearrange(out, "b h l d -> b l h d")  # (B, Lq, H, Dh)
     mask, has_key = guard_empty_rows(mask)
-    out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask[:, None], scale=scale, enable_gqa=gqa)
+    out = _sdpa(qh, kh, vh, gqa, attn_mask=mask[:, None], scale=scale)
     out = rearrange(out, "b h l d -> b l h d")  # (B, Lq, H, Dh)
     return out * has_key[:, :, None, None].to(out.dtype)

@@ -32,7 +32,6 @@ All offsets that can pass 2^31 elements (batch and sequence position times
 strides) are computed in int64.
 """
 
-from __future__ import annotations
 
 import triton
 import triton.language as tl

@@ -25,7 +25,6 @@ Where a chunk opens a sequence, the state is reset to that sequence's
 initial state (or zero).
 """
 
-from __future__ import annotations
 
 import triton
 import triton.language as tl

@@ -16,6 +16,7 @@ from ssmkit.ops.attention import (
     rope_cos_sin,
     rope_positions,
 )
+from ssmkit.ops.attention import sdpa as sdpa_module
 from ssmkit.ops.backends import BackendUnavailableError
 
 B, L, H, HKV, DH = 2, 63, 6, 2, 10
@@ -59,7 +60,13 @@ CASES = {
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_sdpa_matches_reference(gen, case, dtype):
+@pytest.mark.parametrize("native_gqa", [True, False], ids=["enable_gqa", "repeated_kv"])
+def test_sdpa_matches_reference(gen, case, dtype, native_gqa, monkeypatch):
+    """Both ways of running grouped-query heads: SDPA's ``enable_gqa`` (torch >= 2.5) and the
+    key/value heads repeated to H (older torch)."""
+    if native_gqa and not sdpa_module._SDPA_GQA:
+        pytest.skip(f"torch {torch.__version__} has no enable_gqa in SDPA")
+    monkeypatch.setattr(sdpa_module, "_SDPA_GQA", native_gqa)
     kwargs = CASES[case]
     q, k, v = _qkv(gen, dtype, requires_grad=True)
     ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
