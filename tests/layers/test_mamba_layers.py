@@ -128,6 +128,7 @@ def test_masked_tokens_contribute_nothing(gen, name):
     x = randn(2, L, D_MODEL, gen=gen)
     mask = torch.rand(2, L, generator=gen) > 0.3
     mask[:, -1] = False  # a masked last token must not move the state either
+    mask[:, -2] = True  # a real token in the conv window, so that the conv state compared is not all zeros
     x2 = torch.where(mask[..., None], x, randn(2, L, D_MODEL, gen=gen, scale=5.0))
     with torch.no_grad():
         y, s = mixer(x, mask=mask)
