@@ -11,7 +11,6 @@ traces through them). The final state (the last K-1 inputs) is a slice taken in
 PyTorch, so its gradient flows through autograd by itself.
 """
 
-
 from typing import Optional
 
 import torch

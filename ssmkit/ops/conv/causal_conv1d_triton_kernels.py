@@ -14,7 +14,6 @@ with the rows of a tile in each thread's registers (``conv1d_bwd_kernel``). Ever
 and sum is in float32. Offsets along the sequence are int64 (B * L * D can pass 2^31).
 """
 
-
 import triton
 import triton.language as tl
 

@@ -12,7 +12,6 @@ implementation and an autograd formula, so ``torch.compile(fullgraph=True)``
 traces through them.
 """
 
-
 from dataclasses import dataclass
 from typing import Optional
 

@@ -20,7 +20,6 @@ what the first just brought into L2). Every sum and product is in float32; row
 offsets are int64 (M * D can pass 2^31).
 """
 
-
 import triton
 import triton.language as tl
 

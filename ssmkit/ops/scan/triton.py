@@ -16,7 +16,6 @@ Both kernels are registered as custom ops (``ssmkit::selective_scan_fwd``,
 autograd formula, so ``torch.compile(fullgraph=True)`` traces through them.
 """
 
-
 from typing import Optional
 
 import torch

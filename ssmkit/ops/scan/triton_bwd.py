@@ -30,7 +30,6 @@ butterfly of lane shuffles, or a matrix product with ``DOT_REDUCE``) and added a
 summed by the caller.
 """
 
-
 import triton
 import triton.language as tl
 

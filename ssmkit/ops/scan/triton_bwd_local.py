@@ -8,7 +8,6 @@ the second pass (``triton_bwd.py``) start each segment from the exact adjoint
 coming back from all later segments. Symbols as in ``triton_bwd.py``.
 """
 
-
 import triton
 import triton.language as tl
 

@@ -8,7 +8,6 @@ through the T steps; ``_flat`` gives the flat index vectors every tile is loaded
 and stored through.
 """
 
-
 import triton
 import triton.language as tl
 

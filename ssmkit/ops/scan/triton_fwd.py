@@ -32,7 +32,6 @@ All offsets that can pass 2^31 elements (batch and sequence position times
 strides) are computed in int64.
 """
 
-
 import triton
 import triton.language as tl
 

@@ -11,7 +11,6 @@ tensor. Registered as the custom op ``ssmkit::selective_scan_step`` with a fake
 implementation and its autograd formula (PyTorch, float32).
 """
 
-
 from typing import Optional
 
 import torch

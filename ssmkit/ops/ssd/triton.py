@@ -20,7 +20,6 @@ Packed variable-length sequences (``cu_seqlens``) restart the state at every
 sequence boundary and return one final state per sequence.
 """
 
-
 from typing import Optional
 
 import torch

@@ -26,7 +26,6 @@ The backward of this stage (dΔ -> d dt through the softplus, and the decay
 gradient -> dA) is fused into ``triton_scan_bwd.py`` via :func:`dt_grad`.
 """
 
-
 import triton
 import triton.language as tl
 

@@ -15,7 +15,6 @@ The buffer is updated in place: segment contributions in, the state entering
 (forward) or the gradient leaving (backward) each segment out.
 """
 
-
 import triton
 import triton.language as tl
 

@@ -20,7 +20,6 @@ final state; where one opens a sequence the state is reset to its initial
 state (or zero).
 """
 
-
 import triton
 import triton.language as tl
 

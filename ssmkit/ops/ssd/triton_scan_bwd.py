@@ -33,7 +33,6 @@ of large totals, so no cancellation even when decay is strong). Then
 dΔ_t = x_t·dx̃_t + A d a_t, d dt via the softplus, dA = Σ_t Δ_t d a_t.
 """
 
-
 import triton
 import triton.language as tl
 

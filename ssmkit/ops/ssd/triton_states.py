@@ -25,7 +25,6 @@ Where a chunk opens a sequence, the state is reset to that sequence's
 initial state (or zero).
 """
 
-
 import triton
 import triton.language as tl
 

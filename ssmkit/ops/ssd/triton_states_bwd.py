@@ -28,7 +28,6 @@ Gradients are held transposed, g^T (N, P), like the states in
 ``triton_states.py``.
 """
 
-
 import triton
 import triton.language as tl
 

@@ -12,7 +12,6 @@ pure function: the new state is a new tensor. Registered as the custom op
 (PyTorch, float32).
 """
 
-
 from typing import Optional
 
 import torch

@@ -5,7 +5,6 @@ On a machine without CUDA the kernels run in Triton's interpreter
 shapes; the same tests run on the GPU at full speed.
 """
 
-
 import math
 
 import pytest
