@@ -121,8 +121,9 @@ def test_ssmkit_model_exports_to_transformers(preset, gen, tmp_path):
 
 def test_mamba2_gated_norm_eps_follows_transformers(gen, tmp_path):
     """transformers' Mamba-2 uses layer_norm_epsilon in the gated norm too: a differing eps is a real mismatch."""
-    skip_without_grouped_norm(transformers, MAMBA2_CONFIGS["d36-h9-g3-n16-k4-chunk8-eps1e-6"]["n_groups"])
-    hf_model = _hf_model("mamba2", MAMBA2_CONFIGS["d36-h9-g3-n16-k4-chunk8-eps1e-6"], gen)
+    kwargs = MAMBA2_CONFIGS["d36-h9-g3-n16-k4-chunk8-eps1e-6"]
+    skip_without_grouped_norm(transformers, kwargs["n_groups"])
+    hf_model = _hf_model("mamba2", kwargs, gen)
     with torch.no_grad():  # a tiny output scale makes eps matter
         for layer in hf_model.backbone.layers:
             layer.mixer.in_proj.weight.mul_(0.01)

@@ -39,11 +39,12 @@ def test_mamba_ssm_layout_matches_transformers(layer, gen, tmp_path):
             vocab_size=padded, hidden_size=45, state_size=16, conv_kernel=4, num_hidden_layers=2))
         ssm_cfg = {"d_state": 16, "d_conv": 4, "expand": 2}
     else:
-        skip_without_grouped_norm(transformers, 2)
+        groups = 2
+        skip_without_grouped_norm(transformers, groups)
         hf_model = transformers.Mamba2ForCausalLM(transformers.Mamba2Config(
-            vocab_size=padded, hidden_size=44, head_dim=11, num_heads=8, n_groups=2, state_size=32, chunk_size=16,
-            num_hidden_layers=2, tie_word_embeddings=True))
-        ssm_cfg = {"layer": "Mamba2", "d_state": 32, "d_conv": 4, "expand": 2, "headdim": 11, "ngroups": 2,
+            vocab_size=padded, hidden_size=44, head_dim=11, num_heads=8, n_groups=groups, state_size=32,
+            chunk_size=16, num_hidden_layers=2, tie_word_embeddings=True))
+        ssm_cfg = {"layer": "Mamba2", "d_state": 32, "d_conv": 4, "expand": 2, "headdim": 11, "ngroups": groups,
                    "chunk_size": 16}
     rerandomize_(hf_model.eval(), gen)
     config = {"d_model": hf_model.config.hidden_size, "d_intermediate": 0, "n_layer": 2, "vocab_size": V,
