@@ -5,11 +5,9 @@ Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
   2. SSD, B=8, L=4096, H=32, P=64, N=128, G=1, bfloat16, D, dt_bias, softplus:
      ssmkit "triton" vs ``mamba_ssm.ops.triton.ssd_combined.mamba_chunk_scan_combined``
      (pure Triton), forward and forward+backward, median of CUDA-event timings;
-  3. the segment-local sums as one product per segment against the chunk
-     recurrence (launchers and the op end to end);
-  4. launch-plan sweep (segments, warps, head splits; SSD_SWEEP=1) and a
+  3. launch-plan sweep (segments, warps, head splits; SSD_SWEEP=1) and a
      per-kernel profile;
-  5. causal flash attention (SDPA, 16 heads of 128) vs the SSD core (32 heads of
+  4. causal flash attention (SDPA, 16 heads of 128) vs the SSD core (32 heads of
      64, N=128: the same width 2048), forward+backward at 16K tokens per call
      (L = 2K, 8K, 16K; and one sequence of 64K).
 mamba_ssm's Triton SSD is imported from its source tree (``MAMBA_SRC``) without
@@ -107,48 +105,12 @@ def sweep_plans() -> list[list]:
     return rows
 
 
-def segment_sums() -> list[list]:
-    """Segment-local sums as one product per segment (``triton_segsums.py``) against the chunk
-    recurrence: the forward and backward launchers, then the op end to end (segments too)."""
-    from ssmkit.ops.ssd import triton_launch as launch  # (`ssmkit.ops.ssd` the name is the function)
-
-    inp = ssd_inputs(8, 4096)
-    x, dt, A, B, C, D, bias = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
-    rows = []
-    variants = [("recurrence", dict(seg_gemm=False))] + [
-        (f"product, {st} stage(s)", dict(seg_gemm=True, seg_stages=st)) for st in (1, 2, 3)] + [
-        (f"product, backward segments of {n} chunks", dict(seg_gemm=True, bwd_seg_chunks=n)) for n in (16, 8, 4)]  # fmt: skip
-    for Q in (32, 64):
-        for label, kw in variants:
-            plan = make_plan(x, 128, Q, None, **kw)
-            y, final, seg_in, seg_decay, _ = ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, plan, True, False)
-            dy = torch.randn_like(y)
-            t_f = ms(lambda: ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, plan, True, False))
-            t_b = ms(lambda: ssd_bwd(dy, None, x, dt, A, B, C, D, bias, None, None, seg_in, seg_decay, 8, plan, True))
-            rows.append([f"Q={Q} {label}", "launchers", f"{t_f:.3f}", f"{t_b:.3f}"])
-    default = launch.SEG_GEMM, launch.BWD_SEG_CHUNKS
-    try:
-        for gemm, bwd_seg in ((False, 0), (True, 0), (True, 8), (True, 4)):
-            launch.SEG_GEMM, launch.BWD_SEG_CHUNKS = gemm, bwd_seg
-            for Q in (32, 64):
-                for seg in ((0, 16, 8) if (gemm, bwd_seg) == (True, 0) else (0,)):
-                    f = lambda Q=Q, seg=seg, **k: ssd_triton(**k, dt_softplus=True, chunk_size=Q, seg_chunks=seg)[0]  # noqa: E731
-                    plan = make_plan(x, 128, Q, None, seg_chunks=seg)
-                    t_f, t_fb = fwd_and_fwdbwd(f, inp)
-                    label = f"Q={Q} {'product' if gemm else 'recurrence'} n_segs={plan.n_segs} bwd_seg_chunks={bwd_seg}"
-                    rows.append([label, "op", f"{t_f:.3f}", f"{t_fb:.3f}"])
-    finally:
-        launch.SEG_GEMM, launch.BWD_SEG_CHUNKS = default
-    return rows
-
-
 def kernel_resources() -> list[list]:
     """Registers, spills and shared memory of every compiled ssmkit SSD kernel."""
     from ssmkit.ops.ssd import triton_launch as launch  # (`ssmkit.ops.ssd` the name is the function)
 
     rows = []
-    for name in ("_ssd_seg_states_kernel", "_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_seg_dstates_kernel",
-                 "_ssd_dstates_kernel", "_ssd_bwd_kernel"):
+    for name in ("_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_kernel", "_ssd_bwd_kernel"):
         fn = getattr(launch, name)
         for caches in fn.device_caches.values():
             for k in caches[0].values():
@@ -204,9 +166,6 @@ def run(out_dir: str) -> str:
     mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.triton.ssd_combined", "mamba_chunk_scan_combined")
     head = ["B=8 L=4096 H=32 P=64 N=128 bf16", "fwd ms", "fwd+bwd ms", "mamba/ours fwd", "mamba/ours fwd+bwd"]
     section("ssmkit vs mamba_ssm", lambda: markdown_table(head, bench_vs_mamba(mamba)), report, results)
-    head = ["plan (B=8 L=4096 H=32 P=64 N=128 bf16)", "timed", "fwd ms", "bwd ms (launchers) / fwd+bwd ms (op)"]
-    section("segment sums: one product per segment or the chunk recurrence",
-            lambda: markdown_table(head, segment_sums()), report, results)  # fmt: skip
     head = ["B x L", "SDPA fwd+bwd ms", "SSD fwd+bwd ms", "SDPA ns/token", "SSD ns/token", "SDPA/SSD"]
     section("SSD core vs causal flash attention", lambda: markdown_table(head, bench_vs_sdpa()), report, results)
     section("correctness vs float64 reference", lambda: markdown_table(check_head, run_checks(seed)), report, results)

@@ -2,14 +2,10 @@
 
 The kernels (one file per stage) are chained here:
 
-    forward:  segment states (segsums) -> passing -> scan
+    forward:  states (segment-local) -> passing -> scan
     backward: states (per chunk, from the saved segment inputs)
-              segment state gradients (segsums) -> passing (reversed) -> dstates (per chunk)
+              dstates (segment-local) -> passing (reversed) -> dstates (per chunk)
               scan_bwd (dx, d dt, dA, dB, dC, dD, d initial state)
-
-The segment-local sums are one product per segment (``triton_segsums.py``); with
-``Plan.seg_gemm`` False they run as the chunk recurrence of the states / dstates
-kernels instead (their ``STORE_CHUNKS=False`` mode).
 
 A segment is `seg_chunks` consecutive chunks walked by one program with the
 state in registers; segments give the GPU parallel work along the sequence.
@@ -27,7 +23,7 @@ Packed variable-length sequences use B = 1 and a chunk table (see
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -38,7 +34,6 @@ from .._triton import LAUNCH
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
-from .triton_segsums import _ssd_seg_dstates_kernel, _ssd_seg_states_kernel
 from .triton_states import _ssd_states_kernel
 from .triton_states_bwd import _ssd_dstates_kernel
 
@@ -53,11 +48,6 @@ TILE_CHUNK = {2: 128, 4: 64}
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
 # (3.69 vs 3.24).
 BWD_SPAN = 1
-# Segment-local sums as one product per segment (``triton_segsums.py``) rather than the chunk recurrence.
-SEG_GEMM = True
-SEG_STAGES = 2
-# Chunks per segment of the backward's state and gradient passes (0: the forward's segments).
-BWD_SEG_CHUNKS = 0
 
 
 @dataclass(frozen=True)
@@ -79,11 +69,6 @@ class Plan:
     fwd_stages: int  # software-pipelining depth of the segment loops
     bwd_stages: int
     varlen: bool
-    seg_gemm: bool = True  # segment-local sums by ``triton_segsums.py`` (False: the chunk recurrence)
-    seg_stages: int = SEG_STAGES  # their software-pipelining depth (loads of later chunks in flight)
-    # chunks per segment of the backward's state and gradient passes when the fused backward takes
-    # chunks independently (0: the forward's segments; others: the segment states are recomputed)
-    bwd_seg_chunks: int = 0
 
 
 def _dot_flags(x: torch.Tensor) -> dict:
@@ -119,12 +104,10 @@ def _sm_count(device: torch.device) -> int:
 def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
-    bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, seg_gemm: Optional[bool] = None,
-    seg_stages: int = SEG_STAGES, bwd_seg_chunks: int = -1,
+    bwd_span: int = -1, y_off_from_dc: Optional[bool] = None,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` 0, ``bwd_span`` -1 and
-    ``y_off_from_dc`` None mean "choose for this GPU"; ``seg_gemm`` None and ``bwd_seg_chunks`` -1 mean
-    ``SEG_GEMM`` and ``BWD_SEG_CHUNKS``.
+    ``y_off_from_dc`` None mean "choose for this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -150,14 +133,9 @@ def make_plan(
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
-    if bwd_seg_chunks < 0:
-        bwd_seg_chunks = BWD_SEG_CHUNKS
-    if bwd_seg_chunks == seg_chunks or not bwd_span:  # (walking the segments needs the forward's)
-        bwd_seg_chunks = 0
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
-                n_seqs is not None, SEG_GEMM if seg_gemm is None else seg_gemm, seg_stages,
-                min(bwd_seg_chunks, n_chunks))  # fmt: skip
+                n_seqs is not None)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -214,29 +192,6 @@ def _launch_args(x, dt, B, plan: Plan):
     return sizes, strides, grid, blocks
 
 
-def segment_states(x, dt, A, B, dt_bias, init, table, plan: Plan, flags: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """The state entering each of ``plan``'s segments (rows, n_segs, H, N, P) fp32 (transposed) and
-    each segment's decay (rows, n_segs, H) fp32: segment-local sums, then the passing."""
-    rows, L, H, P = x.shape
-    N = B.shape[3]
-    sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
-    opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)
-    seg = torch.empty(rows, plan.n_segs, H, N, P, dtype=torch.float32, device=x.device)
-    seg_decay = torch.empty(rows, plan.n_segs, H, dtype=torch.float32, device=x.device)
-    if plan.seg_gemm:
-        _ssd_seg_states_kernel[grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg_decay, *sizes, *strides,
-            **flags, **(blocks | dict(num_stages=plan.seg_stages)), **LAUNCH,
-        )  # fmt: skip
-    else:
-        _ssd_states_kernel[grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, *sizes, *strides,
-            STORE_CHUNKS=False, **flags, **blocks, **LAUNCH,
-        )  # fmt: skip
-    passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
-    return seg, seg_decay
-
-
 def ssd_fwd(
     x, dt, A, B, C, D, z, dt_bias, init, table, n_seqs: int, plan: Plan, dt_softplus: bool, save_pre: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -253,7 +208,13 @@ def ssd_fwd(
     flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,
                  VARLEN=plan.varlen, **_dot_flags(x))  # fmt: skip
     opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)
-    seg, seg_decay = segment_states(x, dt, A, B, dt_bias, init, table, plan, flags)
+    seg = torch.empty(rows, plan.n_segs, H, N, P, dtype=torch.float32, device=x.device)
+    seg_decay = torch.empty(rows, plan.n_segs, H, dtype=torch.float32, device=x.device)
+    _ssd_states_kernel[grid](
+        x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, *sizes, *strides,
+        STORE_CHUNKS=False, **flags, **blocks, **LAUNCH,
+    )  # fmt: skip
+    passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
     final = _state_like(init, n_seqs, H, P, N, plan, x)
     y = x.new_empty(x.shape)  # contiguous, whatever x's strides
@@ -278,11 +239,8 @@ def ssd_bwd(
     """
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    base = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, VARLEN=plan.varlen, **_dot_flags(x))
-    if plan.bwd_seg_chunks:  # other segments than the forward's: their entering states anew
-        plan = replace(plan, seg_chunks=plan.bwd_seg_chunks, n_segs=triton.cdiv(plan.n_chunks, plan.bwd_seg_chunks))
-        seg_in, seg_decay = segment_states(x, dt, A, B, dt_bias, init, table, plan, base | dict(HAS_INIT=init is not None))
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
+    base = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, VARLEN=plan.varlen, **_dot_flags(x))
     opt = lambda t: x if t is None else t  # noqa: E731
     f32 = dict(dtype=torch.float32, device=x.device)
 
@@ -296,16 +254,10 @@ def ssd_bwd(
     g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base, **blocks)
-    if plan.seg_gemm:
-        _ssd_seg_dstates_kernel[grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, *sizes, *strides,
-            HAS_DFINAL=dfinal is not None, **base, **(blocks | dict(num_stages=plan.seg_stages)), **LAUNCH,
-        )  # fmt: skip
-    else:
-        _ssd_dstates_kernel[grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
-            STORE_CHUNKS=False, **dstates, **LAUNCH,
-        )  # fmt: skip
+    _ssd_dstates_kernel[grid](
+        dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
+        STORE_CHUNKS=False, **dstates, **LAUNCH,
+    )  # fmt: skip
     passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently

@@ -132,27 +132,6 @@ def test_optional_inputs_absent_and_strong_decay(gen):
     assert_all_close(got, ref, torch.float32, ("x", "dt", "A", "B", "C"))
 
 
-@pytest.mark.parametrize("seg_gemm, bwd_seg", [(True, 0), (False, 0), (True, 2), (False, 4)])
-@pytest.mark.parametrize("strong_decay", [False, True])
-def test_segment_sums_both_ways(gen, monkeypatch, seg_gemm, bwd_seg, strong_decay):
-    """Several segments of several chunks, with initial and final states: the segment-local sums
-    formed as one product per segment (``triton_segsums.py``) or by the chunk recurrence, under
-    ordinary and strong decay (chunk log decays near -1e4, sums of them far below); the backward's
-    passes on the forward's segments of 3 chunks or on their own (``bwd_seg_chunks``)."""
-    from ssmkit.ops.ssd import triton_launch
-
-    monkeypatch.setattr(triton_launch, "SEG_GEMM", seg_gemm)
-    monkeypatch.setattr(triton_launch, "BWD_SEG_CHUNKS", bwd_seg)
-    inp = make_inputs(gen, L=75, G=2, strong_decay=strong_decay)
-    seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(3, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
-    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
-              dt_softplus=True)  # fmt: skip
-    for t in (got[0], got[1], *got[2].values()):
-        assert torch.isfinite(t).all()
-    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
-
-
 @pytest.mark.parametrize("use", [0, 1])
 def test_gradient_of_one_output_only(gen, use):
     """Only y (use=0) or only the final state (use=1) reaches the loss: the other output's gradient
@@ -195,32 +174,13 @@ def _alone(inp: dict, cu: torch.Tensor) -> dict:
     return f
 
 
-PACKED_CASES = [  # dtype, seg_chunks (0: default plan: one segment on CPU), bwd_span, segment sums as
-    # products, the backward's segments (0: the forward's)
-    (torch.float32, 0, -1, True, 0),
-    (torch.bfloat16, 0, -1, True, 0),
-    (torch.float32, 0, 0, True, 0),  # the backward walks the segments
-    (torch.float32, 1, -1, True, 0),  # a segment per chunk: the passing carries every state across chunks
-    (torch.bfloat16, 2, -1, True, 0),  # segments in which sequences open and close
-    (torch.float32, 2, -1, False, 0),  # segment sums by the chunk recurrence
-    (torch.float32, 3, 0, False, 0),
-    (torch.float32, 0, -1, True, 2),  # the backward on segments of its own
-    (torch.bfloat16, 3, -1, True, 1),
-]
-
-
-@pytest.mark.parametrize("dtype, seg, span, seg_gemm, bwd_seg", PACKED_CASES)
-def test_packed_sequences_do_not_leak(gen, monkeypatch, dtype, seg, span, seg_gemm, bwd_seg):
+@pytest.mark.parametrize("dtype, span", [(torch.float32, -1), (torch.bfloat16, -1), (torch.float32, 0)])
+def test_packed_sequences_do_not_leak(gen, dtype, span):
     """cu_seqlens: each sequence equals itself run alone (outputs, per-sequence final
-    states, every gradient), so no state or gradient crosses a boundary (both backward modes,
-    segments that hold several sequences' chunks, both ways of forming the segment sums)."""
-    from ssmkit.ops.ssd import triton_launch
-
-    monkeypatch.setattr(triton_launch, "SEG_GEMM", seg_gemm)
-    monkeypatch.setattr(triton_launch, "BWD_SEG_CHUNKS", bwd_seg)
+    states, every gradient), so no state or gradient crosses a boundary (both backward modes)."""
     lens, cu, inp = _packed(gen, dtype)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
+    got = run(triton_with(0, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
               cu_seqlens=cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV))  # fmt: skip
     ref = run(_alone(inp, cu), {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
