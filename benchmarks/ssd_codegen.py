@@ -74,7 +74,7 @@ def record(run) -> list:
 
 def compile_launch(fn, args, kw):
     """(resource line, SASS, shared bytes) of one recorded launch, compiled for sm_90."""
-    options = {k: kw.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kw}
+    options = {k: kw.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg") if k in kw}
     values = dict(zip([p.name for p in fn.params], args)) | kw
     sig, attrs, constexprs = {}, {}, {}
     for i, p in enumerate(fn.params):

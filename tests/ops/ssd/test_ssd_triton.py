@@ -132,6 +132,20 @@ def test_optional_inputs_absent_and_strong_decay(gen):
     assert_all_close(got, ref, torch.float32, ("x", "dt", "A", "B", "C"))
 
 
+@pytest.mark.parametrize("strong_decay", [False, True])
+def test_several_segments_with_states(gen, strong_decay):
+    """Four segments of three chunks with initial and final states, under ordinary and strong
+    decay (chunk log decays near -1e4): the segment passing forward and backward."""
+    inp = make_inputs(gen, L=75, G=2, strong_decay=strong_decay)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(3, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    for t in (got[0], got[1], *got[2].values()):
+        assert torch.isfinite(t).all()
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+
+
 @pytest.mark.parametrize("use", [0, 1])
 def test_gradient_of_one_output_only(gen, use):
     """Only y (use=0) or only the final state (use=1) reaches the loss: the other output's gradient
@@ -174,13 +188,24 @@ def _alone(inp: dict, cu: torch.Tensor) -> dict:
     return f
 
 
-@pytest.mark.parametrize("dtype, span", [(torch.float32, -1), (torch.bfloat16, -1), (torch.float32, 0)])
-def test_packed_sequences_do_not_leak(gen, dtype, span):
+PACKED_CASES = [  # dtype, seg_chunks (0: default plan, one segment on CPU), bwd_span (-1: default)
+    (torch.float32, 0, -1),
+    (torch.bfloat16, 0, -1),
+    (torch.float32, 0, 0),  # the backward walks the segments
+    (torch.float32, 1, -1),  # a segment per chunk: the passing carries every state across chunks
+    (torch.bfloat16, 2, -1),  # segments in which sequences open and close
+    (torch.float32, 3, 0),
+]
+
+
+@pytest.mark.parametrize("dtype, seg, span", PACKED_CASES)
+def test_packed_sequences_do_not_leak(gen, dtype, seg, span):
     """cu_seqlens: each sequence equals itself run alone (outputs, per-sequence final
-    states, every gradient), so no state or gradient crosses a boundary (both backward modes)."""
+    states, every gradient), so no state or gradient crosses a boundary (both backward modes;
+    segments that hold several sequences' chunks, and sequences that span segments)."""
     lens, cu, inp = _packed(gen, dtype)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(0, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
+    got = run(triton_with(seg, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
               cu_seqlens=cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV))  # fmt: skip
     ref = run(_alone(inp, cu), {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
@@ -325,6 +350,27 @@ def test_gpu_long_sequence():
     rows = checks.check_long(checks.new_seed())
     failed = [r for r in rows if not r[-1]]
     assert not failed, failed
+
+
+def test_fp32_products_and_registers_by_device(monkeypatch):
+    """fp32 inputs on a GPU multiply in "tf32x3" with a register cap of 255 where Triton has both
+    (fp32 accuracy on tensor cores; without the cap ptxas gave the kernels 32 registers), in
+    "ieee" without a cap where it has neither; the CPU interpreter multiplies in "ieee"; 16-bit
+    inputs are unchanged. (Meta tensors stand for GPU ones: neither is on the CPU.)"""
+    import triton.language as tl
+
+    from ssmkit.ops.ssd import triton_launch as launch
+
+    gpu32, cpu32 = torch.empty(1, 8, 2, 16, device="meta"), torch.empty(1, 8, 2, 16)
+    has_both = {"allowed_dot_input_precisions": ("tf32", "tf32x3", "ieee"), "__dataclass_fields__": ("maxnreg",)}
+    monkeypatch.setattr(launch, "_cuda_option", lambda name, default: has_both.get(name, default))
+    assert launch._dot_flags(gpu32) == {"DT": tl.float32, "PREC": "tf32x3"}
+    assert launch.register_cap(gpu32) == {"maxnreg": 255}
+    assert launch._dot_flags(cpu32)["PREC"] == "ieee" and launch.register_cap(cpu32) == {}
+    assert launch._dot_flags(gpu32.half()) == {"DT": tl.float16, "PREC": "tf32"}
+    assert launch.register_cap(gpu32.bfloat16()) == {}
+    monkeypatch.setattr(launch, "_cuda_option", lambda name, default: default)  # an older Triton
+    assert launch._dot_flags(gpu32)["PREC"] == "ieee" and launch.register_cap(gpu32) == {}
 
 
 def test_chunks_capped_to_what_fits_in_shared_memory(gen):
