@@ -109,6 +109,14 @@ CASES_P128 = [
     ("bf16 L=1000 Q=64 G=1 P=128", torch.bfloat16, 1000, 64, 1, "HP", True, (), False, 0, -1),
     ("fp16 L=515 Q=32 G=2 P=128 bwd walks segments", torch.float16, 515, 32, 2, "H", True, (), False, 3, 0),
 ]  # fmt: skip
+# Head dims below 64 (the last field is P): one P block narrower than 64. Not yet run on the GPU. They
+# run last: a P = 64 split into blocks of 32 at Q = 64 (not a default plan) once stopped the H200 with
+# an illegal memory access (seventh session), and such an error fails every case after it.
+CASES_SMALL_P = [
+    ("bf16 L=1000 Q=64 G=1 P=32", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, -1, 32),
+    ("fp16 L=515 Q=128 G=2 P=16", torch.float16, 515, 128, 2, "HP", True, (), False, 3, -1, 16),
+    ("fp32 L=515 Q=64 G=2 P=32", torch.float32, 515, 64, 2, "H", True, (), False, 0, -1, 32),
+]  # fmt: skip
 
 
 def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg, span, P=P_) -> list[list]:
@@ -145,6 +153,7 @@ def run_checks(seed: int) -> list[list]:
     jobs += [("packed bf16", lambda: packed_case(g, torch.bfloat16)), ("torch.compile", lambda: check_compile(g))]
     jobs += [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] == torch.float32]
     jobs += [("packed fp32", lambda: packed_case(g, torch.float32))]
+    jobs += [(c[0], lambda c=c: dense_case(g, *c[:-1], P=c[-1])) for c in CASES_SMALL_P]
     only = [k for k in os.environ.get("SSD_CHECK_ONLY", "").split(",") if k]  # substrings of case names
     jobs = [j for j in jobs if not only or any(k in j[0] for k in only)]
     rows = []

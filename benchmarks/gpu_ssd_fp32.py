@@ -1,0 +1,98 @@
+"""GPU: the SSD Triton kernels with float32 inputs, by how their products are formed.
+
+    python3 benchmarks/gpu_ssd_fp32.py [--out DIR]      # ~5 minutes on an H200, most of it compiling
+
+fp32 inputs need products as accurate as fp32. Four ways, in one process:
+"ieee" (FMA units) or "tf32x3" (three tensor-core products of split operands), each with
+and without ``maxnreg=255`` (without it ptxas gave the large fp32 kernels 32 registers).
+The default of ``ssmkit.ops.ssd.triton_launch`` is the last row's pair where Triton has it.
+Per way and chunk size: the first call's time (compiling), the largest relative error of
+the output, final state and every gradient against the float64 loop (B=2, L=1000, H=8,
+P=64, N=128, G=2, all optional inputs), and forward / forward+backward milliseconds at
+B=2, L=4096, H=32, P=64, N=128, G=1. Writes ``gpu_ssd_fp32.md`` / ``.json`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import triton.language as tl
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _gpu_bench import fwd_and_fwdbwd  # noqa: E402
+from _timing import markdown_table, save_report  # noqa: E402
+
+from ssmkit.ops.ssd import ssd, ssd_reference  # noqa: E402
+from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
+
+WAYS = (("ieee", False), ("ieee", True), ("tf32x3", False), ("tf32x3", True))
+DEFAULTS = launch._dot_flags, launch.register_cap
+
+
+def use(prec: str, cap: bool) -> None:
+    """Make the launchers form fp32 products in ``prec``, with or without the register cap."""
+    flags, regs = DEFAULTS
+    launch._dot_flags = lambda x: dict(DT=tl.float32, PREC=prec) if x.dtype == torch.float32 else flags(x)
+    launch.register_cap = (lambda x: {"maxnreg": 255} if x.dtype == torch.float32 else {}) if cap else (lambda x: {})
+
+
+def inputs(g, b, L, H, P, N, G) -> dict:
+    def r(*s):
+        return torch.randn(*s, generator=g, device="cuda")
+
+    return dict(x=r(b, L, H, P), dt=r(b, L, H), A=-torch.exp(r(H)), B=r(b, L, G, N), C=r(b, L, G, N), D=r(H),
+                z=r(b, L, H, P), dt_bias=r(H) * 0.5 - 1, initial_state=r(b, H, P, N))  # fmt: skip
+
+
+def outputs_and_grads(f, inp: dict, w: list) -> list:
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
+    y, s = f(**leaves)
+    ((y.double() * w[0]).sum() + (s.double() * w[1]).sum()).backward()
+    return [y, s] + [leaves[k].grad for k in inp]
+
+
+def run(out_dir: str) -> str:
+    g = torch.Generator(device="cuda").manual_seed(int(time.time()))
+    small = inputs(g, 2, 1000, 8, 64, 128, 2)
+    w = [torch.randn(2, 1000, 8, 64, generator=g, device="cuda", dtype=torch.float64),
+         torch.randn(2, 8, 64, 128, generator=g, device="cuda", dtype=torch.float64)]  # fmt: skip
+    ref = outputs_and_grads(lambda **k: ssd_reference(**k, dt_softplus=True, return_final_state=True),
+                            {k: v.double() for k, v in small.items()}, w)  # fmt: skip
+    big = {k: v for k, v in inputs(g, 2, 4096, 32, 64, 128, 1).items() if k not in ("z", "initial_state")}
+    try:
+        rows = [row for prec, cap in WAYS for row in _way(prec, cap, small, w, ref, big)]
+    finally:
+        launch._dot_flags, launch.register_cap = DEFAULTS
+    head = ["products", "maxnreg", "chunk", "first call s", "max rel err vs float64", "fwd ms", "fwd+bwd ms"]
+    text = f"## SSD, float32 inputs, on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n"
+    text += markdown_table(head, rows)
+    save_report(out_dir, "gpu_ssd_fp32", text, {"rows": rows})
+    return text
+
+
+def _way(prec: str, cap: bool, small: dict, w: list, ref: list, big: dict) -> list[list]:
+    """One way's rows (chunks 64 and 32): first call s, max error against float64, fwd / fwd+bwd ms."""
+    use(prec, cap)
+    rows = []
+    for Q in (64, 32):
+        t0 = time.perf_counter()
+        got = outputs_and_grads(lambda Q=Q, **k: ssd(**k, dt_softplus=True, chunk_size=Q, backend="triton",
+                                                     return_final_state=True), small, w)  # fmt: skip
+        torch.cuda.synchronize()
+        first = time.perf_counter() - t0
+        err = max(((a.double() - r).norm() / r.norm()).item() for a, r in zip(got, ref))
+        t_f, t_fb = fwd_and_fwdbwd(lambda Q=Q, **k: ssd(**k, dt_softplus=True, chunk_size=Q, backend="triton"), big)
+        rows.append([prec, "255" if cap else "-", Q, f"{first:.1f}", f"{err:.1e}", f"{t_f:.3f}", f"{t_fb:.3f}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
+    print(run(ap.parse_args().out))
