@@ -8,7 +8,7 @@ the JIT's specializations (ints equal to 1 become constants, ints divisible by
 16 and every pointer get the divisibility-by-16 hint). The GPU's SM count is
 taken as 132 (H200), which fixes the plan's segments as on the device.
 
-Shape: the benchmark's, B=8, L=4096, H=32, P=64, N=128, G=1, bf16, D (H,),
+Shape: the benchmark's by default (B=8, L=4096, H=32, P=64, N=128, G=1, bf16; --shape, --n, --dtype), D (H,),
 dt_bias, softplus, no z, at Q=32 and Q=64. Per kernel: registers, stack
 (spill) bytes, shared memory, STL/LDL counts over the whole kernel, and for
 every loop of the SASS (a backward branch) the instruction mix: tensor-core
@@ -18,6 +18,10 @@ global / shared memory traffic, barriers, shuffles, local memory.
     python benchmarks/ssd_codegen.py                     # default plans, Q = 32 and 64
     python benchmarks/ssd_codegen.py --q 32 --plan bwd_warps=8
     python benchmarks/ssd_codegen.py --sass DIR          # also write each kernel's SASS to DIR
+    python benchmarks/ssd_codegen.py --q 64 --dtype float32 --n 256 --shape 2 1000 4 64   # other shapes
+
+Compile times are printed per kernel; a second run finds Triton's cache (set
+TRITON_CACHE_DIR to an empty folder for fresh compiles).
 
 Reuses ``scan_codegen.py``'s helpers (where ptxas / nvdisasm live, the loop finder).
 """
@@ -31,6 +35,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from unittest import mock
 
@@ -104,7 +109,9 @@ def compile_launch(fn, args, kw):
 
 def describe(label: str, fn, grid, args, kw, sass_dir=None) -> None:
     key = {k: v for k, v in kw.items() if k.isupper() and k not in ("DT", "PREC")}
+    t0 = time.perf_counter()
     res, sass, shared, options = compile_launch(fn, args, dict(kw))
+    seconds = time.perf_counter() - t0
     regs = re.search(r"REG:(\d+)", res)
     stack = re.search(r"STACK:(\d+)", res)
     total = collections.Counter(
@@ -117,7 +124,7 @@ def describe(label: str, fn, grid, args, kw, sass_dir=None) -> None:
           f"stages={options.get('num_stages')}  blocks: {blocks}")  # fmt: skip
     print(f"  registers {regs and regs.group(1)}, stack {stack and stack.group(1)} B, shared {shared} B, "
           f"whole kernel: {sum(total.values())} instr, STL={total.get('STL', 0)} LDL={total.get('LDL', 0)} "
-          f"HGMMA={total.get('HGMMA', 0)} HMMA={total.get('HMMA', 0)}   [{flags}]")  # fmt: skip
+          f"HGMMA={total.get('HGMMA', 0)} HMMA={total.get('HMMA', 0)}, compiled in {seconds:.1f} s   [{flags}]")  # fmt: skip
     for size, ops in loops(sass):
         if size > 50:
             print(f"  loop of {size:5d} instr: " + " ".join(f"{k}={ops.get(k, 0)}" for k in KINDS))
@@ -136,8 +143,8 @@ def bench_inputs(Q: int, dtype=torch.bfloat16, b=8, L=4096, H=32, P=64, N=128, G
                 D=torch.empty(H, **m), dt_bias=torch.empty(H, **m))  # fmt: skip
 
 
-def report(Q: int, plan_kw: dict, sass_dir=None, dtype=torch.bfloat16) -> None:
-    inp = bench_inputs(Q, dtype)
+def report(Q: int, plan_kw: dict, sass_dir=None, dtype=torch.bfloat16, **shape) -> None:
+    inp = bench_inputs(Q, dtype, **shape)
     x, dt, A, B, C, D, bias = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
     with mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT):
         plan = launch.make_plan(x, B.shape[3], Q, None, **plan_kw)
@@ -172,10 +179,13 @@ def main() -> None:
     ap.add_argument("--plan", nargs="*", default=[], help="make_plan keywords, e.g. bwd_warps=8 fwd_pipe=True")
     ap.add_argument("--sass", default=None, help="folder to write each kernel's SASS to")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="input dtype")
+    ap.add_argument("--n", type=int, default=128, help="state size N")
+    ap.add_argument("--shape", type=int, nargs=4, default=[8, 4096, 32, 64], metavar=("B", "L", "H", "P"))
     a = ap.parse_args()
-    print(f"triton {triton.__version__}, sm_90, B=8 L=4096 H=32 P=64 N=128 G=1 {a.dtype} (SM count {SM_COUNT})")
+    b, L, H, P = a.shape
+    print(f"triton {triton.__version__}, sm_90, B={b} L={L} H={H} P={P} N={a.n} G=1 {a.dtype} (SM count {SM_COUNT})")
     for Q in a.q:
-        report(Q, parse_plan(a.plan), a.sass, getattr(torch, a.dtype))
+        report(Q, parse_plan(a.plan), a.sass, getattr(torch, a.dtype), b=b, L=L, H=H, P=P, N=a.n)
 
 
 if __name__ == "__main__":
