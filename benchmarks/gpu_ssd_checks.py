@@ -104,14 +104,15 @@ CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, stro
     ("fp32 strong decay Q=64", torch.float32, 600, 64, 2, "H", False, (), True, 2, -1),
 ]  # fmt: skip
 H_, P_, N_ = 8, 64, 128
-# P = 128 in 16-bit: the forward and the backward split P into two blocks of 64 (shares of dB, dC, d dt).
+# Other head dims (as CASES, the last field is P). P = 128 in 16-bit: the forward and the backward split
+# P into two blocks of 64 (shares of dB, dC, d dt).
 CASES_P128 = [
-    ("bf16 L=1000 Q=64 G=1 P=128", torch.bfloat16, 1000, 64, 1, "HP", True, (), False, 0, -1),
-    ("fp16 L=515 Q=32 G=2 P=128 bwd walks segments", torch.float16, 515, 32, 2, "H", True, (), False, 3, 0),
+    ("bf16 L=1000 Q=64 G=1 P=128", torch.bfloat16, 1000, 64, 1, "HP", True, (), False, 0, -1, 128),
+    ("fp16 L=515 Q=32 G=2 P=128 bwd walks segments", torch.float16, 515, 32, 2, "H", True, (), False, 3, 0, 128),
 ]  # fmt: skip
-# Head dims below 64 (the last field is P): one P block narrower than 64. Not yet run on the GPU. They
-# run last: a P = 64 split into blocks of 32 at Q = 64 (not a default plan) once stopped the H200 with
-# an illegal memory access (seventh session), and such an error fails every case after it.
+# Head dims below 64: one P block narrower than 64. Not yet run on the GPU. They run last: a P = 64
+# split into blocks of 32 at Q = 64 (not a default plan) once stopped the H200 with an illegal memory
+# access (seventh session), and such an error fails every case after it.
 CASES_SMALL_P = [
     ("bf16 L=1000 Q=64 G=1 P=32", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, -1, 32),
     ("fp16 L=515 Q=128 G=2 P=16", torch.float16, 515, 128, 2, "HP", True, (), False, 3, -1, 16),
@@ -149,7 +150,7 @@ def run_checks(seed: int) -> list[list]:
     """Every case; 16-bit ones first (a failure is reported and the next case runs)."""
     g = torch.Generator().manual_seed(seed)
     jobs = [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] != torch.float32]
-    jobs += [(c[0], lambda c=c: dense_case(g, *c, P=128)) for c in CASES_P128]
+    jobs += [(c[0], lambda c=c: dense_case(g, *c[:-1], P=c[-1])) for c in CASES_P128]
     jobs += [("packed bf16", lambda: packed_case(g, torch.bfloat16)), ("torch.compile", lambda: check_compile(g))]
     jobs += [(c[0], lambda c=c: dense_case(g, *c)) for c in CASES if c[1] == torch.float32]
     jobs += [("packed fp32", lambda: packed_case(g, torch.float32))]

@@ -26,6 +26,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _gpu_bench import fwd_and_fwdbwd  # noqa: E402
 from _timing import markdown_table, save_report  # noqa: E402
+from gpu_ssd_checks import make_inputs, new_seed, with_grads  # noqa: E402
+from numerics import rel_err  # noqa: E402
 
 from ssmkit.ops.ssd import ssd, ssd_reference  # noqa: E402
 from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
@@ -41,29 +43,14 @@ def use(prec: str, cap: bool) -> None:
     launch.register_cap = (lambda x: {"maxnreg": 255} if x.dtype == torch.float32 else {}) if cap else (lambda x: {})
 
 
-def inputs(g, b, L, H, P, N, G) -> dict:
-    def r(*s):
-        return torch.randn(*s, generator=g, device="cuda")
-
-    return dict(x=r(b, L, H, P), dt=r(b, L, H), A=-torch.exp(r(H)), B=r(b, L, G, N), C=r(b, L, G, N), D=r(H),
-                z=r(b, L, H, P), dt_bias=r(H) * 0.5 - 1, initial_state=r(b, H, P, N))  # fmt: skip
-
-
-def outputs_and_grads(f, inp: dict, w: list) -> list:
-    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
-    y, s = f(**leaves)
-    ((y.double() * w[0]).sum() + (s.double() * w[1]).sum()).backward()
-    return [y, s] + [leaves[k].grad for k in inp]
-
-
 def run(out_dir: str) -> str:
-    g = torch.Generator(device="cuda").manual_seed(int(time.time()))
-    small = inputs(g, 2, 1000, 8, 64, 128, 2)
-    w = [torch.randn(2, 1000, 8, 64, generator=g, device="cuda", dtype=torch.float64),
-         torch.randn(2, 8, 64, 128, generator=g, device="cuda", dtype=torch.float64)]  # fmt: skip
-    ref = outputs_and_grads(lambda **k: ssd_reference(**k, dt_softplus=True, return_final_state=True),
-                            {k: v.double() for k, v in small.items()}, w)  # fmt: skip
-    big = {k: v for k, v in inputs(g, 2, 4096, 32, 64, 128, 1).items() if k not in ("z", "initial_state")}
+    g = torch.Generator().manual_seed(new_seed())
+    small = make_inputs(g, 2, 1000, 8, 64, 128, 2, torch.float32)
+    w = [torch.randn(2, 1000, 8, 64, generator=g, dtype=torch.float64).cuda(),
+         torch.randn(2, 8, 64, 128, generator=g, dtype=torch.float64).cuda()]  # fmt: skip
+    ref = with_grads(ssd_reference, {k: v.double() for k, v in small.items()}, *w, dt_softplus=True)
+    big = {k: v for k, v in make_inputs(g, 2, 4096, 32, 64, 128, 1, torch.float32).items()
+           if k not in ("z", "initial_state")}  # fmt: skip
     try:
         rows = [row for prec, cap in WAYS for row in _way(prec, cap, small, w, ref, big)]
     finally:
@@ -75,17 +62,17 @@ def run(out_dir: str) -> str:
     return text
 
 
-def _way(prec: str, cap: bool, small: dict, w: list, ref: list, big: dict) -> list[list]:
+def _way(prec: str, cap: bool, small: dict, w: list, ref: tuple, big: dict) -> list[list]:
     """One way's rows (chunks 64 and 32): first call s, max error against float64, fwd / fwd+bwd ms."""
     use(prec, cap)
     rows = []
     for Q in (64, 32):
         t0 = time.perf_counter()
-        got = outputs_and_grads(lambda Q=Q, **k: ssd(**k, dt_softplus=True, chunk_size=Q, backend="triton",
-                                                     return_final_state=True), small, w)  # fmt: skip
+        got = with_grads(ssd, small, *w, dt_softplus=True, chunk_size=Q, backend="triton")
         torch.cuda.synchronize()
         first = time.perf_counter() - t0
-        err = max(((a.double() - r).norm() / r.norm()).item() for a, r in zip(got, ref))
+        pairs = [(got[0], ref[0]), (got[1], ref[1])] + [(got[2][k], ref[2][k]) for k in ref[2]]
+        err = max(rel_err(a, r) for a, r in pairs)
         t_f, t_fb = fwd_and_fwdbwd(lambda Q=Q, **k: ssd(**k, dt_softplus=True, chunk_size=Q, backend="triton"), big)
         rows.append([prec, "255" if cap else "-", Q, f"{first:.1f}", f"{err:.1e}", f"{t_f:.3f}", f"{t_fb:.3f}"])
         print(rows[-1], flush=True)

@@ -176,7 +176,7 @@ def parse_plan(items: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--q", type=int, nargs="*", default=[32, 64], help="chunk sizes")
-    ap.add_argument("--plan", nargs="*", default=[], help="make_plan keywords, e.g. bwd_warps=8 fwd_pipe=True")
+    ap.add_argument("--plan", nargs="*", default=[], help="make_plan keywords, e.g. bwd_warps=8 y_off_from_dc=True")
     ap.add_argument("--sass", default=None, help="folder to write each kernel's SASS to")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="input dtype")
     ap.add_argument("--n", type=int, default=128, help="state size N")
