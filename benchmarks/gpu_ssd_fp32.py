@@ -1,6 +1,7 @@
 """GPU: the SSD Triton kernels with float32 inputs, by how their products are formed.
 
-    python3 benchmarks/gpu_ssd_fp32.py [--out DIR]      # ~5 minutes on an H200, most of it compiling
+    python3 benchmarks/gpu_ssd_fp32.py [--ways ieee:0 ieee:1 tf32x3:0 tf32x3:1] [--out DIR]
+    # all four ways: ~6 minutes on an H200, most of it compiling "ieee"
 
 fp32 inputs need products as accurate as fp32. Four ways, in one process:
 "ieee" (FMA units) or "tf32x3" (three tensor-core products of split operands), each with
@@ -43,7 +44,7 @@ def use(prec: str, cap: bool) -> None:
     launch.register_cap = (lambda x: {"maxnreg": 255} if x.dtype == torch.float32 else {}) if cap else (lambda x: {})
 
 
-def run(out_dir: str) -> str:
+def run(out_dir: str, ways=WAYS) -> str:
     g = torch.Generator().manual_seed(new_seed())
     small = make_inputs(g, 2, 1000, 8, 64, 128, 2, torch.float32)
     w = [torch.randn(2, 1000, 8, 64, generator=g, dtype=torch.float64).cuda(),
@@ -52,7 +53,7 @@ def run(out_dir: str) -> str:
     big = {k: v for k, v in make_inputs(g, 2, 4096, 32, 64, 128, 1, torch.float32).items()
            if k not in ("z", "initial_state")}  # fmt: skip
     try:
-        rows = [row for prec, cap in WAYS for row in _way(prec, cap, small, w, ref, big)]
+        rows = [row for prec, cap in ways for row in _way(prec, cap, small, w, ref, big)]
     finally:
         launch._dot_flags, launch.register_cap = DEFAULTS
     head = ["products", "maxnreg", "chunk", "first call s", "max rel err vs float64", "fwd ms", "fwd+bwd ms"]
@@ -82,4 +83,7 @@ def _way(prec: str, cap: bool, small: dict, w: list, ref: tuple, big: dict) -> l
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    print(run(ap.parse_args().out))
+    ap.add_argument("--ways", nargs="*", default=[f"{p}:{int(c)}" for p, c in WAYS],
+                    help="PRECISION:CAP pairs to run (default: all four, e.g. tf32x3:1 is the default way)")
+    args = ap.parse_args()
+    print(run(args.out, [(w.split(":")[0], w.split(":")[1] == "1") for w in args.ways]))

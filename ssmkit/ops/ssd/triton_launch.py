@@ -44,6 +44,15 @@ MAX_CHUNK = 256  # the largest chunk_size accepted
 # The result does not depend on the chunk (only its rounding does), so a larger chunk_size runs as
 # chunks of this size. 128 (16-bit) and 64 (fp32) are the largest run on the H200 in the GPU checks.
 TILE_CHUNK = {2: 128, 4: 64}
+# On the GPU, with 16-bit inputs and a P tile below 64 (head dims below 64, or N = 256 where the fp32
+# state tile is held to 8192 entries), the kernels run chunks of at most 32. At chunks of 64 and 128,
+# the forward kernels that Triton 3.6 compiled for the H200 computed y correctly but wrote wrong final
+# states (relative error ~5), or faulted with an illegal memory access. The fault stayed when every
+# state was stored in its (N, P) layout, and compute-sanitizer reported no out-of-bounds address.
+# What matched the float64 loop there: P tiles of 64 at any chunk, P tiles of 32 and 16 at chunk 32,
+# and fp32 at chunk 64 with tiles of 32 (``benchmarks/gpu_ssd_tiles.py``). The CPU interpreter runs
+# every chunk.
+NARROW_TILE_CHUNK = 32
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
@@ -145,10 +154,13 @@ def make_plan(
     rows, L, H, P = x.shape
     if chunk_size > MAX_CHUNK:
         raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
-    Q = max(1, min(chunk_size, L, TILE_CHUNK[x.element_size()]))
-    n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     block_n = _pow2(N)
     block_p = min(_pow2(P), max(16, 8192 // block_n))
+    tile_chunk = TILE_CHUNK[x.element_size()]
+    if x.device.type == "cuda" and x.element_size() == 2 and block_p < 64:
+        tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
+    Q = max(1, min(chunk_size, L, tile_chunk))
+    n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     if seg_chunks <= 0:  # enough programs to fill the GPU about four times over
         programs = rows * H * triton.cdiv(P, block_p)
         n_segs = max(1, min(n_chunks, triton.cdiv(4 * _sm_count(x.device), programs)))

@@ -373,6 +373,26 @@ def test_fp32_products_and_registers_by_device(monkeypatch):
     assert launch._dot_flags(gpu32)["PREC"] == "ieee" and launch.register_cap(gpu32) == {}
 
 
+def test_narrow_p_tiles_run_chunks_of_32_on_the_gpu():
+    """16-bit inputs whose P tile is below 64 run chunks of at most 32 on the GPU (at 64 and 128 the
+    forward kernels miscompiled there); fp32, P tiles of 64, and the interpreter keep the chunk."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ssmkit.ops.ssd.triton_launch import NARROW_TILE_CHUNK, make_plan
+
+    assert NARROW_TILE_CHUNK == 32
+    with FakeTensorMode():  # a CUDA tensor's plan, without a GPU (seg_chunks given: no SM count needed)
+        gpu = {(d, P): torch.empty(2, 1000, 4, P, dtype=d, device="cuda") for d in (torch.float32, torch.float16, torch.bfloat16) for P in (16, 32, 64)}
+    for (dtype, P), x in gpu.items():
+        for N, chunk in ((128, 64), (128, 128), (256, 64), (64, 128)):
+            plan = make_plan(x, N, chunk, None, seg_chunks=1)
+            narrow = dtype != torch.float32 and plan.block_p < 64
+            assert narrow == (dtype != torch.float32 and (P < 64 or N == 256)), (dtype, P, N)
+            assert plan.Q == (32 if narrow else min(chunk, 64 if dtype == torch.float32 else 128)), (dtype, P, N, chunk)
+    cpu = torch.empty(2, 1000, 4, 32, dtype=torch.bfloat16, device="meta")
+    assert make_plan(cpu, 128, 64, None).Q == 64
+
+
 def test_chunks_capped_to_what_fits_in_shared_memory(gen):
     """A chunk_size above what the backward's tiles fit runs as smaller chunks: same function
     (the chunk only changes rounding), no out-of-resources failure on the GPU."""
