@@ -110,9 +110,9 @@ CASES_P128 = [
     ("bf16 L=1000 Q=64 G=1 P=128", torch.bfloat16, 1000, 64, 1, "HP", True, (), False, 0, -1, 128),
     ("fp16 L=515 Q=32 G=2 P=128 bwd walks segments", torch.float16, 515, 32, 2, "H", True, (), False, 3, 0, 128),
 ]  # fmt: skip
-# Head dims below 64: one P block narrower than 64. Not yet run on the GPU. They run last: a P = 64
-# split into blocks of 32 at Q = 64 (not a default plan) once stopped the H200 with an illegal memory
-# access (seventh session), and such an error fails every case after it.
+# Head dims below 64: one P block narrower than 64. In 16-bit the launchers run them at chunks of 32
+# on the GPU (``triton_launch.NARROW_TILE_CHUNK``: at 64 and 128 such tiles gave wrong final states or
+# illegal memory accesses on the H200, eighth session). They run last: a fault fails every case after it.
 CASES_SMALL_P = [
     ("bf16 L=1000 Q=64 G=1 P=32", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, -1, 32),
     ("fp16 L=515 Q=128 G=2 P=16", torch.float16, 515, 128, 2, "HP", True, (), False, 3, -1, 16),

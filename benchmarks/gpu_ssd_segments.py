@@ -8,7 +8,9 @@ The default plan (``triton_launch.make_plan``) takes enough segments for about f
 per SM. This times the op end to end (custom op, autograd) at B=8, L=4096, H=32, P=64, N=128,
 G=1, bf16 (D, dt_bias, softplus) for chunks 32 and 64 and 1 to 6 segments per row, with
 mamba_ssm's ``mamba_chunk_scan_combined`` at chunks 64 and 256 in the same process when
-``MAMBA_SRC`` names its unpacked source. Writes ``gpu_ssd_segments.md`` / ``.json``.
+``MAMBA_SRC`` names its unpacked source; then the Mamba-2 layer (d_model 2048) at 16K and 64K
+tokens with the default plan aiming at 4, 2 or 1 programs per SM
+(``triton_launch.SEG_PROGRAMS_PER_SM``). Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -26,10 +28,37 @@ from _gpu_bench import from_mamba_source, fwd_and_fwdbwd  # noqa: E402
 from _timing import markdown_table, save_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
+from ssmkit.layers import Mamba2  # noqa: E402
+from ssmkit.ops.ssd import triton_launch  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan  # noqa: E402
 
 SEGMENTS = (1, 2, 3, 4, 6)
+PER_SM = (4, 2, 1)  # values of triton_launch.SEG_PROGRAMS_PER_SM for the layer's rows
+
+
+def layer_rows() -> list[list]:
+    """The Mamba-2 layer (d_model 2048, N=128, head dim 64: 64 heads) forward / forward+backward at
+    16K and 64K tokens (one sequence), chunks 32 and 64, for each default-plan target of programs per SM."""
+    rows = []
+    default = triton_launch.SEG_PROGRAMS_PER_SM
+    try:
+        for length in (16384, 65536):
+            x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+            for q in (32, 64):
+                torch.manual_seed(0)
+                m = Mamba2(2048, d_state=128, headdim=64, chunk_size=q).to(device="cuda", dtype=torch.bfloat16)
+                for per_sm in PER_SM:
+                    triton_launch.SEG_PROGRAMS_PER_SM = per_sm
+                    like = torch.empty(1, 1, 1, 1, device="cuda", dtype=torch.bfloat16).expand(1, length, 64, 64)
+                    segs = make_plan(like, 128, q, None).n_segs  # (what the layer's SSD call plans)
+                    t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
+                    rows.append([f"Mamba-2 layer L={length} chunk={q}, {per_sm} programs/SM ({segs} segments)",
+                                 f"{t_f:.3f}", f"{t_fb:.3f}"])  # fmt: skip
+                    print(rows[-1], flush=True)
+    finally:
+        triton_launch.SEG_PROGRAMS_PER_SM = default
+    return rows
 
 
 def run(out_dir: str) -> str:
@@ -51,7 +80,8 @@ def run(out_dir: str) -> str:
             t_f, t_fb = fwd_and_fwdbwd(f, inp)
             rows.append([f"mamba_ssm Q={Q}", f"{t_f:.3f}", f"{t_fb:.3f}"])
             print(rows[-1], flush=True)
-    head = ["B=8 L=4096 H=32 P=64 N=128 bf16", "fwd ms", "fwd+bwd ms"]
+    rows += layer_rows()
+    head = ["B=8 L=4096 H=32 P=64 N=128 bf16 (op); the Mamba-2 layer", "fwd ms", "fwd+bwd ms"]
     text = f"## SSD against segments per row on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n"
     text += markdown_table(head, rows)
     save_report(out_dir, "gpu_ssd_segments", text, {"rows": rows})

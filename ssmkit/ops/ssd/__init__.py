@@ -108,7 +108,8 @@ def ssd(
         D: (H,) or (H, P) skip, or None.
         z: (B, L, H, P) gate, y = y * silu(z), or None.
         dt_bias: (H,) or None;  dt' = softplus(dt + dt_bias) if dt_softplus else dt + dt_bias.
-        chunk_size: chunk length Q of the chunked algorithm (ignored by "reference").
+        chunk_size: chunk length Q of the chunked algorithm (ignored by "reference"; "triton" may
+            run it as smaller chunks, the same function up to rounding: ``docs/ssd.md``).
         initial_state: (B, H, P, N), or (S, H, P, N) with ``cu_seqlens``, or None (zeros).
         return_final_state: also return the state after the last token.
         backend: "auto", "reference", "torch" or "triton".

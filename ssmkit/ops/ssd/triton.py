@@ -168,7 +168,8 @@ def ssd_triton(
     Args:
         x: (B, L, H, P) float32, float16 or bfloat16;  dt: (B, L, H);  A: (H,);
         B, C: (B, L, G, N);  D: (H,) or (H, P) or None;  z: (B, L, H, P) or None;
-        dt_bias: (H,) or None;  chunk_size: Q <= 256 (clipped to L);
+        dt_bias: (H,) or None;  chunk_size: Q <= 256 (clipped to L, and to what the kernels
+            run: ``triton_launch.make_plan``);
         initial_state: (B, H, P, N), or (S, H, P, N) with ``cu_seqlens``, or None;
         cu_seqlens: (S + 1,) int32/int64 cumulative lengths of S sequences packed
             in a batch of one (x: (1, T, H, P)), or None;

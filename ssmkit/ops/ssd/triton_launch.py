@@ -44,6 +44,10 @@ MAX_CHUNK = 256  # the largest chunk_size accepted
 # The result does not depend on the chunk (only its rounding does), so a larger chunk_size runs as
 # chunks of this size. 128 (16-bit) and 64 (fp32) are the largest run on the H200 in the GPU checks.
 TILE_CHUNK = {2: 128, 4: 64}
+# Segments per batch row in the default plan: enough for this many programs per SM in the forward and
+# the backward's state passes (``benchmarks/gpu_ssd_segments.py`` times the op and the Mamba-2 layer
+# against it).
+SEG_PROGRAMS_PER_SM = 4
 # On the GPU, with 16-bit inputs and a P tile below 64 (head dims below 64, or N = 256 where the fp32
 # state tile is held to 8192 entries), the kernels run chunks of at most 32. At chunks of 64 and 128,
 # the forward kernels that Triton 3.6 compiled for the H200 computed y correctly but wrote wrong final
@@ -161,9 +165,9 @@ def make_plan(
         tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
     Q = max(1, min(chunk_size, L, tile_chunk))
     n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
-    if seg_chunks <= 0:  # enough programs to fill the GPU about four times over
+    if seg_chunks <= 0:  # enough programs to fill the GPU SEG_PROGRAMS_PER_SM times over
         programs = rows * H * triton.cdiv(P, block_p)
-        n_segs = max(1, min(n_chunks, triton.cdiv(4 * _sm_count(x.device), programs)))
+        n_segs = max(1, min(n_chunks, triton.cdiv(SEG_PROGRAMS_PER_SM * _sm_count(x.device), programs)))
         seg_chunks = triton.cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)
     if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
