@@ -381,14 +381,16 @@ def test_narrow_p_tiles_run_chunks_of_32_on_the_gpu():
     from ssmkit.ops.ssd.triton_launch import NARROW_TILE_CHUNK, make_plan
 
     assert NARROW_TILE_CHUNK == 32
+    dtypes = (torch.float32, torch.float16, torch.bfloat16)
     with FakeTensorMode():  # a CUDA tensor's plan, without a GPU (seg_chunks given: no SM count needed)
-        gpu = {(d, P): torch.empty(2, 1000, 4, P, dtype=d, device="cuda") for d in (torch.float32, torch.float16, torch.bfloat16) for P in (16, 32, 64)}
+        gpu = {(d, P): torch.empty(2, 1000, 4, P, dtype=d, device="cuda") for d in dtypes for P in (16, 32, 64)}
     for (dtype, P), x in gpu.items():
         for N, chunk in ((128, 64), (128, 128), (256, 64), (64, 128)):
             plan = make_plan(x, N, chunk, None, seg_chunks=1)
             narrow = dtype != torch.float32 and plan.block_p < 64
             assert narrow == (dtype != torch.float32 and (P < 64 or N == 256)), (dtype, P, N)
-            assert plan.Q == (32 if narrow else min(chunk, 64 if dtype == torch.float32 else 128)), (dtype, P, N, chunk)
+            cap = 32 if narrow else (64 if dtype == torch.float32 else 128)
+            assert plan.Q == min(chunk, cap), (dtype, P, N, chunk)
     cpu = torch.empty(2, 1000, 4, 32, dtype=torch.bfloat16, device="meta")
     assert make_plan(cpu, 128, 64, None).Q == 64
 
