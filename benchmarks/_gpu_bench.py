@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
 import types
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from triton.testing import do_bench
@@ -54,3 +55,21 @@ def section(title: str, fn: Callable, report: list, results: dict) -> None:
         results[title] = tb
         report.append(f"### {title}\n\nFAILED\n```\n{tb}\n```\n")
         print(tb, flush=True)
+
+
+@contextlib.contextmanager
+def ssd_chunks_as_asked(narrow_too: bool = False) -> Iterator[None]:
+    """Inside: the SSD launchers run a 16-bit chunk_size as asked on the GPU (they cap it at 32 there,
+    ``triton_launch.GPU_CHUNK_16BIT``), so rows labelled with a chunk time that chunk; with
+    ``narrow_too`` also for P tiles below 64 (``NARROW_TILE_CHUNK``: those plans miscompile)."""
+    from ssmkit.ops.ssd import triton_launch
+
+    names = ("GPU_CHUNK_16BIT", "NARROW_TILE_CHUNK") if narrow_too else ("GPU_CHUNK_16BIT",)
+    saved = {k: getattr(triton_launch, k) for k in names}
+    try:
+        for k in names:
+            setattr(triton_launch, k, 1 << 30)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(triton_launch, k, v)

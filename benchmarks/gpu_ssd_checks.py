@@ -91,6 +91,8 @@ def compare(case: str, dtype, got, ref) -> list[list]:
     return [[case, what, f"{rel_err(a, b):.2e}", f"{tol:.0e}", rel_err(a, b) <= tol] for what, a, b in pairs]
 
 
+# The chunk is the chunk_size asked: on the GPU the launchers run 16-bit inputs in chunks of at most 32
+# (``triton_launch.GPU_CHUNK_16BIT``), fp32 in chunks of at most 64.
 CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, strong decay, seg_chunks, bwd_span)
     ("bf16 L=1000 Q=64 G=1", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, -1),
     ("bf16 L=1000 Q=64 G=1 bwd walks segments", torch.bfloat16, 1000, 64, 1, "H", True, (), False, 0, 0),

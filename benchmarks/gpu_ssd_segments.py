@@ -10,7 +10,8 @@ G=1, bf16 (D, dt_bias, softplus) for chunks 32 and 64 and 1 to 6 segments per ro
 mamba_ssm's ``mamba_chunk_scan_combined`` at chunks 64 and 256 in the same process when
 ``MAMBA_SRC`` names its unpacked source; then the Mamba-2 layer (d_model 2048) at 16K and 64K
 tokens with the default plan aiming at 4, 2 or 1 programs per SM
-(``triton_launch.SEG_PROGRAMS_PER_SM``). Writes ``gpu_ssd_segments.md`` / ``.json``.
+(``triton_launch.SEG_PROGRAMS_PER_SM``). Every chunk runs as asked (``ssd_chunks_as_asked``).
+Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd  # noqa: E402
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ssd_chunks_as_asked  # noqa: E402
 from _timing import markdown_table, save_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
@@ -62,6 +63,11 @@ def layer_rows() -> list[list]:
 
 
 def run(out_dir: str) -> str:
+    with ssd_chunks_as_asked():  # chunk 64 rows run chunks of 64 (by default 16-bit runs 32 on the GPU)
+        return _run(out_dir)
+
+
+def _run(out_dir: str) -> str:
     inp = ssd_inputs(8, 4096)
     rows = []
     for Q in (32, 64):

@@ -58,7 +58,8 @@ class Mamba2(SSMMixer):
         expand: d_inner = expand * d_model.
         headdim: P, channels per head; must divide d_inner.
         ngroups: G, groups of B/C; must divide nheads.
-        chunk_size: chunk length of the SSD algorithm.
+        chunk_size: chunk length of the SSD algorithm (a speed knob: the result depends on it only
+            through rounding, and the GPU kernels may run smaller chunks, ``docs/ssd.md``).
         dt_min, dt_max, dt_init_floor: softplus(dt_bias) is drawn log-uniformly in [dt_min, dt_max], floored.
         dt_limit: (lo, hi) clamp of Δ after the softplus.
         A_init_range: A is drawn uniformly in this range (Mamba-2: [1, 16]).

@@ -57,6 +57,13 @@ SEG_PROGRAMS_PER_SM = 4
 # and fp32 at chunk 64 with tiles of 32 (``benchmarks/gpu_ssd_tiles.py``). The CPU interpreter runs
 # every chunk.
 NARROW_TILE_CHUNK = 32
+# On the GPU, 16-bit inputs run chunks of at most 32 whatever the chunk_size asked: the fastest chunk,
+# forward and forward+backward, at every shape measured on the H200 (``benchmarks/gpu_ssd_chunks.py``;
+# B=8 L=4096 H*P=2048 bf16, forward+backward ms at chunks 32 / 64 / 128: P=64 N=128 3.47 / 3.73 / 5.46,
+# P=128 N=128 3.48 / 3.71 / 5.45, P=64 N=64 2.22 / 2.88 / 3.62, P=64 N=16 1.72 / 2.55 / 3.25; in the
+# Mamba-2 layer at 64K tokens 32.2 against 33.0 ms at chunk 64). fp32 keeps the chunk asked (at 64 its
+# forward is faster, 0.99 against 1.66 ms).
+GPU_CHUNK_16BIT = 32
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
@@ -161,8 +168,10 @@ def make_plan(
     block_n = _pow2(N)
     block_p = min(_pow2(P), max(16, 8192 // block_n))
     tile_chunk = TILE_CHUNK[x.element_size()]
-    if x.device.type == "cuda" and x.element_size() == 2 and block_p < 64:
-        tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
+    if x.device.type == "cuda" and x.element_size() == 2:
+        tile_chunk = min(tile_chunk, GPU_CHUNK_16BIT)  # the fastest chunk there
+        if block_p < 64:  # what Triton 3.6 compiles correctly there
+            tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
     Q = max(1, min(chunk_size, L, tile_chunk))
     n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     if seg_chunks <= 0:  # enough programs to fill the GPU SEG_PROGRAMS_PER_SM times over

@@ -373,24 +373,31 @@ def test_fp32_products_and_registers_by_device(monkeypatch):
     assert launch._dot_flags(gpu32)["PREC"] == "ieee" and launch.register_cap(gpu32) == {}
 
 
-def test_narrow_p_tiles_run_chunks_of_32_on_the_gpu():
-    """16-bit inputs whose P tile is below 64 run chunks of at most 32 on the GPU (at 64 and 128 the
-    forward kernels miscompiled there); fp32, P tiles of 64, and the interpreter keep the chunk."""
+def test_16_bit_runs_chunks_of_32_on_the_gpu(monkeypatch):
+    """16-bit inputs run chunks of at most 32 on the GPU (the fastest chunk there), and those whose P
+    tile is below 64 also when that speed cap is lifted (at 64 and 128 the forward kernels miscompiled
+    there); fp32 and the interpreter keep the chunk asked (up to what fits in shared memory)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    from ssmkit.ops.ssd.triton_launch import NARROW_TILE_CHUNK, make_plan
+    from ssmkit.ops.ssd import triton_launch
+    from ssmkit.ops.ssd.triton_launch import make_plan
 
-    assert NARROW_TILE_CHUNK == 32
+    assert triton_launch.NARROW_TILE_CHUNK == 32 and triton_launch.GPU_CHUNK_16BIT == 32
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
     with FakeTensorMode():  # a CUDA tensor's plan, without a GPU (seg_chunks given: no SM count needed)
         gpu = {(d, P): torch.empty(2, 1000, 4, P, dtype=d, device="cuda") for d in dtypes for P in (16, 32, 64)}
-    for (dtype, P), x in gpu.items():
-        for N, chunk in ((128, 64), (128, 128), (256, 64), (64, 128)):
-            plan = make_plan(x, N, chunk, None, seg_chunks=1)
-            narrow = dtype != torch.float32 and plan.block_p < 64
-            assert narrow == (dtype != torch.float32 and (P < 64 or N == 256)), (dtype, P, N)
-            cap = 32 if narrow else (64 if dtype == torch.float32 else 128)
-            assert plan.Q == min(chunk, cap), (dtype, P, N, chunk)
+    cases = [(dtype, P, x, N, chunk) for (dtype, P), x in gpu.items() for N, chunk in ((128, 64), (128, 128),
+             (256, 64), (64, 128), (16, 16))]  # fmt: skip
+    for dtype, P, x, N, chunk in cases:
+        cap = 64 if dtype == torch.float32 else 32
+        assert make_plan(x, N, chunk, None, seg_chunks=1).Q == min(chunk, cap), (dtype, P, N, chunk)
+    monkeypatch.setattr(triton_launch, "GPU_CHUNK_16BIT", 1 << 30)  # the speed cap lifted
+    for dtype, P, x, N, chunk in cases:
+        plan = make_plan(x, N, chunk, None, seg_chunks=1)
+        narrow = dtype != torch.float32 and plan.block_p < 64
+        assert narrow == (dtype != torch.float32 and (P < 64 or N == 256)), (dtype, P, N)
+        cap = 32 if narrow else (64 if dtype == torch.float32 else 128)
+        assert plan.Q == min(chunk, cap), (dtype, P, N, chunk)
     cpu = torch.empty(2, 1000, 4, 32, dtype=torch.bfloat16, device="meta")
     assert make_plan(cpu, 128, 64, None).Q == 64
 
