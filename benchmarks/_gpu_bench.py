@@ -26,6 +26,16 @@ def from_mamba_source(src: Optional[str], module: str, name: str) -> Optional[Ca
     return getattr(mod, name)
 
 
+def table_report(out_dir: str, stem: str, title: str, head: list, rows: list, data=None) -> str:
+    """A titled Markdown table (the title gets the GPU's name and torch's version), saved as
+    ``stem.md`` and ``stem.json`` (``data``, else the rows) under ``out_dir``; returns the text."""
+    from _timing import markdown_table, save_report
+
+    text = f"## {title} on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n" + markdown_table(head, rows)
+    save_report(out_dir, stem, text, {"rows": rows} if data is None else data)
+    return text
+
+
 def ms(fn: Callable, grads=None) -> float:
     """Median milliseconds of ``fn`` (CUDA events; 25 ms warmup, 200 ms of repeats)."""
     return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")

@@ -17,12 +17,10 @@ import argparse
 import os
 import sys
 
-import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import fwd_and_fwdbwd, ssd_chunks_as_asked  # noqa: E402
-from _timing import markdown_table, save_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, ssd_chunks_as_asked, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
 from ssmkit.ops.ssd import ssd  # noqa: E402
@@ -41,10 +39,7 @@ def run(out_dir: str) -> str:
                 rows.append([f"P={P} N={N}", Q, f"{t_f:.3f}", f"{t_fb:.3f}"])
                 print(rows[-1], flush=True)
     head = ["B=8 L=4096 H*P=2048 bf16", "chunk", "fwd ms", "fwd+bwd ms"]
-    text = f"## SSD against the chunk on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n"
-    text += markdown_table(head, rows)
-    save_report(out_dir, "gpu_ssd_chunks", text, {"rows": rows})
-    return text
+    return table_report(out_dir, "gpu_ssd_chunks", "SSD against the chunk", head, rows)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,7 @@ import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import fwd_and_fwdbwd  # noqa: E402
-from _timing import markdown_table, save_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, table_report  # noqa: E402
 from gpu_ssd_checks import make_inputs, new_seed, with_grads  # noqa: E402
 from numerics import rel_err  # noqa: E402
 
@@ -57,10 +56,7 @@ def run(out_dir: str, ways=WAYS) -> str:
     finally:
         launch._dot_flags, launch.register_cap = DEFAULTS
     head = ["products", "maxnreg", "chunk", "first call s", "max rel err vs float64", "fwd ms", "fwd+bwd ms"]
-    text = f"## SSD, float32 inputs, on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n"
-    text += markdown_table(head, rows)
-    save_report(out_dir, "gpu_ssd_fp32", text, {"rows": rows})
-    return text
+    return table_report(out_dir, "gpu_ssd_fp32", "SSD, float32 inputs,", head, rows)
 
 
 def _way(prec: str, cap: bool, small: dict, w: list, ref: tuple, big: dict) -> list[list]:

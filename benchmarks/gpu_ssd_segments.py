@@ -25,8 +25,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ssd_chunks_as_asked  # noqa: E402
-from _timing import markdown_table, save_report  # noqa: E402
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ssd_chunks_as_asked, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
 from ssmkit.layers import Mamba2  # noqa: E402
@@ -88,10 +87,7 @@ def _run(out_dir: str) -> str:
             print(rows[-1], flush=True)
     rows += layer_rows()
     head = ["B=8 L=4096 H=32 P=64 N=128 bf16 (op); the Mamba-2 layer", "fwd ms", "fwd+bwd ms"]
-    text = f"## SSD against segments per row on {torch.cuda.get_device_name()} (torch {torch.__version__})\n\n"
-    text += markdown_table(head, rows)
-    save_report(out_dir, "gpu_ssd_segments", text, {"rows": rows})
-    return text
+    return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":

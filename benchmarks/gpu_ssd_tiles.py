@@ -149,7 +149,7 @@ def _child(name: str, sanitize: bool) -> tuple[list, str]:
 def run(out_dir: str, only: list[str], sanitize: bool, jobs: int) -> str:
     from concurrent.futures import ThreadPoolExecutor
 
-    from _timing import markdown_table, save_report
+    from _gpu_bench import table_report
 
     names = [n for n in CASES if not only or any(k in n for k in only)]
     rows, results = [], []
@@ -158,10 +158,8 @@ def run(out_dir: str, only: list[str], sanitize: bool, jobs: int) -> str:
             rows.append(row)
             results.append(dict(zip(HEAD, row), output=out[-4000:]))
             print(row, flush=True)
-    text = f"## SSD tile plans on {torch.cuda.get_device_name()} (torch {torch.__version__}"
-    text += f"{', under compute-sanitizer' if sanitize else ''})\n\n" + markdown_table(HEAD, rows)
-    save_report(out_dir, "gpu_ssd_tiles", text, {"rows": results})
-    return text
+    title = "SSD tile plans" + (", under compute-sanitizer," if sanitize else "")
+    return table_report(out_dir, "gpu_ssd_tiles", title, HEAD, rows, {"rows": results})
 
 
 if __name__ == "__main__":
