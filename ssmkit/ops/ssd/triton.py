@@ -54,12 +54,13 @@ def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
 def _ssd_fwd_op(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     dt_bias: Optional[Tensor], initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
-    dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, save_pre: bool,
+    dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int, save_pre: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns y, final states (S, H, P, N) fp32, and residuals for the backward:
     segment states, segment decays, pre-gate output (empty unless ``save_pre``)."""
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
-    plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
+    plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks,
+                     fwd_span=fwd_span)  # fmt: skip
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
     B, C = _bc(B, C)
     return ssd_fwd(_rows(x), dt.contiguous(), f32(A), B, C, f32(D), _c(z), f32(dt_bias), f32(initial_state),
@@ -68,11 +69,11 @@ def _ssd_fwd_op(
 
 @_ssd_fwd_op.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, bwd_span,
-      save_pre):  # fmt: skip
+      fwd_span, save_pre):  # fmt: skip
     rows, L, H, P = x.shape
     N = B.shape[3]
     n_seqs = rows if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks)
+    plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks, fwd_span=fwd_span)
     f32 = dict(dtype=torch.float32, device=x.device)
     return (
         x.new_empty(x.shape),  # contiguous, whatever x's strides (as the kernels write it)
@@ -88,13 +89,13 @@ def _ssd_bwd_op(
     dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
     cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor,
-    dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int,
+    dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_state), each in
     its input's dtype; an empty tensor stands for an input that was None."""
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks,
-                     bwd_span=bwd_span)  # fmt: skip
+                     bwd_span=bwd_span, fwd_span=fwd_span)  # fmt: skip
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
     dz = x.new_empty(0)
     if z is None:
@@ -118,16 +119,17 @@ def _ssd_bwd_op(
 
 @_ssd_bwd_op.register_fake
 def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
-      dt_softplus, chunk_size, seg_chunks, bwd_span):  # fmt: skip
+      dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span):  # fmt: skip
     like = lambda t: x.new_empty(0) if t is None else t.new_empty(t.shape)  # noqa: E731  (contiguous)
     return (like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_state))
 
 
 def _setup_context(ctx, inputs, output):
-    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, bwd_span, _ = inputs
+    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, bwd_span, \
+        fwd_span, _ = inputs
     _, _, seg_in, seg_decay, y_pre = output
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre)
-    ctx.options = (dt_softplus, chunk_size, seg_chunks, bwd_span)
+    ctx.options = (dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span)
     ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None, not zero-filled
 
 
@@ -140,7 +142,7 @@ def _backward(ctx, dout, dfinal, *_residual_grads):
     dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
     keep = lambda g, t: None if t is None else g  # noqa: E731
     return (dx, ddt, dA, dB, dC, keep(dD, D), keep(dz, z), keep(ddt_bias, dt_bias), keep(dinit, initial_state),
-            None, None, None, None, None, None)  # fmt: skip
+            None, None, None, None, None, None, None)  # fmt: skip
 
 
 torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
@@ -162,6 +164,7 @@ def ssd_triton(
     *,
     seg_chunks: int = 0,
     bwd_span: int = -1,
+    fwd_span: int = -1,
 ) -> tuple[Tensor, Tensor]:
     """SSD by the Triton kernels (inputs assumed validated by ``ssmkit.ops.ssd.ssd``).
 
@@ -178,6 +181,9 @@ def ssd_triton(
         bwd_span: chunks per program of the fused backward, which then reads the
             state gradient of every chunk from memory (0: it walks the segments,
             carrying the gradient in registers; -1: the default).
+        fwd_span: chunks per program of the forward scan, which then reads the state
+            entering every chunk from memory (0: it walks the segments, carrying the
+            state in registers; -1: the default).
     Returns:
         y: (B, L, H, P) in x's dtype; final state (B, H, P, N) or (S, H, P, N), float32.
     """
@@ -190,7 +196,7 @@ def ssd_triton(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
     )
     y, final, _, _, _ = _ssd_fwd_op(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
-                                    dt_softplus, chunk_size, seg_chunks, bwd_span, save_pre)  # fmt: skip
+                                    dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span, save_pre)  # fmt: skip
     return y, final
 
 

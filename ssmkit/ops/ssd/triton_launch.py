@@ -2,18 +2,22 @@
 
 The kernels (one file per stage) are chained here:
 
-    forward:  states (segment-local) -> passing -> scan
+    forward:  [states (segment-local) -> passing] -> states (per chunk) -> scan (chunks in parallel)
+              or, walking: [states (segment-local) -> passing] -> scan (walks the segments)
     backward: states (per chunk, from the saved segment inputs)
-              dstates (segment-local) -> passing (reversed) -> dstates (per chunk)
+              [dstates (segment-local) -> passing (reversed)] -> dstates (per chunk)
               scan_bwd (dx, d dt, dA, dB, dC, dD, d initial state)
 
 A segment is `seg_chunks` consecutive chunks walked by one program with the
-state in registers; segments give the GPU parallel work along the sequence.
-The fused backward (scan_bwd) reads the state and its gradient at every
-chunk from memory, so its programs take `bwd_span` chunks each, independently
-(``bwd_span = 0``: it walks the segments instead, carrying the gradient in
-registers, and the per-chunk gradients are not stored: less memory, less
-parallel work).
+state in registers; segments give the GPU parallel work along the sequence,
+and the bracketed passes run only when a row has more than one. The state
+walks (states, dstates) own small (N, P) tiles of the state, so at a large
+enough batch x heads one segment per row fills the GPU. The scan and the
+fused backward (scan_bwd) read the state and its gradient at every chunk
+from memory, so their programs take `fwd_span` / `bwd_span` chunks each,
+independently (a span of 0: they walk the segments instead, carrying the
+state or the gradient in registers, and the per-chunk states are not
+stored: less memory, less parallel work).
 
 Shapes: x (B, L, H, P), dt (B, L, H), B/C (B, L, G, N), states (B, H, P, N).
 Packed variable-length sequences use B = 1 and a chunk table (see
@@ -64,6 +68,22 @@ NARROW_TILE_CHUNK = 32
 # Mamba-2 layer at 64K tokens 32.2 against 33.0 ms at chunk 64). fp32 keeps the chunk asked (at 64 its
 # forward is faster, 0.99 against 1.66 ms).
 GPU_CHUNK_16BIT = 32
+# The state walks (states, dstates) own (N, P) tiles of at most STATE_TILE, with STATE_WARPS warps and
+# STATE_STAGES pipelining stages. When rows x heads x tiles give at least STATE_PROGRAMS_PER_SM programs
+# per SM, the forward is chunk-parallel (FWD_SPAN chunks per scan program, one segment per row); else
+# the scan walks segments (SEG_PROGRAMS_PER_SM above) and the forward's state pass takes whole states.
+# Measured on the H200 (``benchmarks/gpu_ssd_forward.py``, bf16, P=64, N=128, chunk 32, forward /
+# forward+backward ms): B=8 L=4096 H=32 (1024 state-walk programs), chunk-parallel 0.606 / 3.111 against
+# 0.686 / 3.469 walking; one sequence of 16K or 64K tokens with 64 heads (256): the
+# chunk-parallel forward at its best segment count 0.878 / 3.822 and 3.686 / 15.272 against 0.879 /
+# 4.005 and 3.363 / 15.386 walking. Segments cost a second walk, which pays only while one segment per
+# row leaves less than about a wave of programs (8 are resident per SM): at B=8 L=4096 H=32, 2 segments
+# 0.840 / 3.595; at the 16K and 64K shapes, 4 segments were the best or within 1% of it. Pipelining (2 stages) 0.633 / 3.186 -> 0.606 / 3.111 there, no change at the other shapes.
+FWD_SPAN = 1
+STATE_TILE = (64, 32)
+STATE_WARPS = 4
+STATE_STAGES = 2
+STATE_PROGRAMS_PER_SM = 6
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
@@ -83,6 +103,11 @@ class Plan:
     block_p: int  # P tile of the forward and state kernels
     block_p_bwd: int  # P tile of the fused backward
     bwd_span: int  # chunks per program of the fused backward (0: it walks the segments, carrying the gradient)
+    fwd_span: int  # chunks per program of the forward scan (0: it walks the segments, carrying the state)
+    state_block_n: int  # (N, P) tile of the state walks
+    state_block_p: int
+    state_warps: int
+    state_stages: int  # software-pipelining depth of the state walks' loops
     y_off_from_dc: bool  # the fused backward's dy·Y_off from its dC product (``triton_scan_bwd.py``)
     block_n: int
     fwd_warps: int
@@ -155,10 +180,12 @@ def _sm_count(device: torch.device) -> int:
 def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
-    bwd_span: int = -1, y_off_from_dc: Optional[bool] = None,
+    bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
+    state_warps: int = 0, state_stages: int = 0,
 ) -> Plan:  # fmt: skip
-    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` 0, ``bwd_span`` -1 and
-    ``y_off_from_dc`` None mean "choose for this GPU".
+    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages``
+    0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` None and ``state_tile`` () mean "choose for
+    this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -174,9 +201,18 @@ def make_plan(
             tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
     Q = max(1, min(chunk_size, L, tile_chunk))
     n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
-    if seg_chunks <= 0:  # enough programs to fill the GPU SEG_PROGRAMS_PER_SM times over
-        programs = rows * H * triton.cdiv(P, block_p)
-        n_segs = max(1, min(n_chunks, triton.cdiv(SEG_PROGRAMS_PER_SM * _sm_count(x.device), programs)))
+    state_n, state_p = state_tile or STATE_TILE
+    state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
+    state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
+    state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
+    if fwd_span < 0:
+        fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * _sm_count(x.device) else 0
+    if seg_chunks <= 0:  # enough programs to fill the GPU
+        if fwd_span:  # (the state walks walk)
+            target, programs = STATE_PROGRAMS_PER_SM, state_programs
+        else:  # (the scan walks)
+            target, programs = SEG_PROGRAMS_PER_SM, rows * H * triton.cdiv(P, block_p)
+        n_segs = max(1, min(n_chunks, triton.cdiv(target * _sm_count(x.device), programs)))
         seg_chunks = triton.cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)
     if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
@@ -190,8 +226,8 @@ def make_plan(
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
-                min(bwd_span, n_chunks), y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages,
-                n_seqs is not None)  # fmt: skip
+                min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
+                y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -236,6 +272,7 @@ def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
 
 
 def _launch_args(x, dt, B, plan: Plan):
+    """Sizes, strides, and the scan's grid and launch options (the kernels' common arguments)."""
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     sizes = (L, H, P, N, plan.n_chunks, plan.n_segs, plan.seg_chunks, plan.Q, H // G)
@@ -246,6 +283,24 @@ def _launch_args(x, dt, B, plan: Plan):
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p, BLOCK_N=plan.block_n,
                   num_warps=plan.fwd_warps, num_stages=plan.fwd_stages, **register_cap(x))  # fmt: skip
     return sizes, strides, grid, blocks
+
+
+def _state_walk_args(x, N: int, plan: Plan, whole: bool = False):
+    """Grid and launch options of the state walks (states, dstates): one program per (N, P) tile
+    (``whole``: the scan's tiles and launch options, for the segment pass ahead of a walking scan)."""
+    rows, _, H, P = x.shape
+    if whole:
+        bn, bp, warps, stages = plan.block_n, plan.block_p, plan.fwd_warps, plan.fwd_stages
+    else:
+        bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
+    blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages, **register_cap(x))
+    return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
+
+
+def _spans(sizes: tuple, n_chunks: int, span: int) -> tuple[tuple, int]:
+    """The sizes of a chunk-parallel kernel, whose "segments" are spans of ``span`` chunks."""
+    n_spans = triton.cdiv(n_chunks, span)
+    return (*sizes[:5], n_spans, span, *sizes[7:]), n_spans
 
 
 def ssd_fwd(
@@ -261,24 +316,39 @@ def ssd_fwd(
     rows, L, H, P = x.shape
     N = B.shape[3]
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
+    walk_grid, walk_blocks = _state_walk_args(x, N, plan, whole=not plan.fwd_span)
     flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,
                  VARLEN=plan.varlen, **_dot_flags(x))  # fmt: skip
     opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)
-    seg = torch.empty(rows, plan.n_segs, H, N, P, dtype=torch.float32, device=x.device)
-    seg_decay = torch.empty(rows, plan.n_segs, H, dtype=torch.float32, device=x.device)
-    _ssd_states_kernel[grid](
-        x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, *sizes, *strides,
-        STORE_CHUNKS=False, **flags, **blocks, **LAUNCH,
-    )  # fmt: skip
-    passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
+    several = plan.n_segs > 1
+    f32 = dict(dtype=torch.float32, device=x.device)
+    # (one segment per row: nothing enters it but the initial state, which the kernels read themselves)
+    seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
+    seg_decay = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, **f32)
+    if several:
+        _ssd_states_kernel[walk_grid](
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *sizes, *strides,
+            STORE_CHUNKS=False, SEG_IN=False, STORE_FINAL=False, **flags, **walk_blocks, **LAUNCH,
+        )  # fmt: skip
+        passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
     final = _state_like(init, n_seqs, H, P, N, plan, x)
     y = x.new_empty(x.shape)  # contiguous, whatever x's strides
     y_pre = x.new_empty(x.shape) if save_pre else x.new_empty(0)
+    h_in = x  # (placeholder pointer when the scan walks)
+    if plan.fwd_span:  # the state entering every chunk, and the final states; then chunks in parallel
+        h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
+        _ssd_states_kernel[walk_grid](
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg, seg_decay, final, *sizes, *strides,
+            STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=True, **flags, **walk_blocks, **LAUNCH,
+        )  # fmt: skip
+        sizes, n_spans = _spans(sizes, plan.n_chunks, plan.fwd_span)
+        grid = (grid[0], n_spans, grid[2])
     _ssd_scan_fwd_kernel[grid](
-        x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, y, y_pre if save_pre else y, final,
-        *sizes, *strides, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        STORE_PRE=save_pre, **flags, **blocks, **LAUNCH,
+        x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
+        y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
+        D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
+        H_CHUNKS=plan.fwd_span > 0, **flags, **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre
 
@@ -296,34 +366,37 @@ def ssd_bwd(
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
+    walk_grid, walk_blocks = _state_walk_args(x, N, plan)
     base = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, VARLEN=plan.varlen, **_dot_flags(x))
     opt = lambda t: x if t is None else t  # noqa: E731
     f32 = dict(dtype=torch.float32, device=x.device)
+    several = plan.n_segs > 1
 
     # State entering every chunk, recomputed from the saved segment states.
     h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
-    _ssd_states_kernel[grid](
-        x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, *sizes, *strides,
-        STORE_CHUNKS=True, HAS_INIT=init is not None, **base, **blocks, **LAUNCH,
+    _ssd_states_kernel[walk_grid](
+        x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, seg_in, *sizes, *strides,
+        STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=False, HAS_INIT=init is not None, **base, **walk_blocks,
+        **LAUNCH,
     )  # fmt: skip
-    # Gradient at every segment's end: segment-local sums chained backwards.
-    g_seg = torch.empty(rows, plan.n_segs, H, N, P, **f32)
+    # Gradient at every segment's end: segment-local sums chained backwards (zero: a row's only segment).
+    g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
-    dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base, **blocks)
-    _ssd_dstates_kernel[grid](
-        dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
-        STORE_CHUNKS=False, **dstates, **LAUNCH,
-    )  # fmt: skip
-    passing(g_seg, seg_decay, reverse=True)
+    dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
+    if several:
+        _ssd_dstates_kernel[walk_grid](
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
+            STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,
+        )  # fmt: skip
+        passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
         g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
-        _ssd_dstates_kernel[grid](
+        _ssd_dstates_kernel[walk_grid](
             dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
-            STORE_CHUNKS=True, **dstates, **LAUNCH,
+            STORE_CHUNKS=True, SEG_IN=several, **dstates, **walk_blocks, **LAUNCH,
         )  # fmt: skip
-        n_spans = triton.cdiv(plan.n_chunks, span)
-        sizes = (*sizes[:5], n_spans, span, *sizes[7:])  # the fused kernel's "segments" are the spans
+        sizes, n_spans = _spans(sizes, plan.n_chunks, span)
     else:
         n_spans = plan.n_segs
 

@@ -7,10 +7,14 @@ cumulative log decay and h_{c-1} the state entering the chunk:
     Y_off[i]  = exp(acum_i) h_{c-1} C_i                                 the carried state
     y = Y_diag + Y_off + D x,   out = y * silu(z)
 
-A program owns one (batch row, head, block of P) and a segment of chunks,
-starting from the state entering the segment (``triton_passing.py``); after
-each chunk it advances the state in registers exactly as
-``triton_states.py`` does, so no per-chunk state ever goes to memory. The
+Two modes. Walking (``H_CHUNKS=False``): a program owns one (batch row,
+head, block of P) and a segment of chunks, starting from the state entering
+the segment (``triton_passing.py``); after each chunk it advances the state
+in registers exactly as ``triton_states.py`` does, so no per-chunk state
+goes to memory, but each chunk waits for the one before. Chunk-parallel
+(``H_CHUNKS``): ``triton_states.py`` has written the state entering every
+chunk (and the final states), and a program takes a span of chunks, each
+on its own: many more programs, no product in a chain. The
 products C B^T, scores @ x, C h^T and (Δ x)^T B run on tensor cores with
 fp32 accumulation; the state stays fp32 (held transposed, see
 ``triton_states.py``).
@@ -29,19 +33,21 @@ from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, last_of, mas
 @triton.jit
 def _ssd_scan_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, z_ptr, init_ptr, table_ptr,
-    seg_in_ptr, out_ptr, pre_ptr, final_ptr,
+    seg_in_ptr, hin_ptr, out_ptr, pre_ptr, final_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
-    DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    H_CHUNKS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H); with H_CHUNKS the segments are spans of
+    ``seg_chunks`` chunks.
 
     x, z, out, pre: (B, L, H, P), (H, P) contiguous in a token; x with its own batch / token strides,
     z, out, pre with stride_y_*; dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     D: (H,) or (H, P); init, final: (S, H, P, N) fp32;
-    seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment.
+    seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment (walking);
+    hin: (B, n_chunks, H, N, P), the state entering each chunk in the dot dtype (H_CHUNKS).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
@@ -64,9 +70,10 @@ def _ssd_scan_fwd_kernel(
     B_row = B_ptr + b64 * stride_B_b + grp * N
     C_row = C_ptr + b64 * stride_B_b + grp * N
 
-    seg_row = (b64 * n_segs + pid_s) * H + head
-    state = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # h^T (BLOCK_N, BLOCK_P)
-    if not VARLEN:  # a batch row opens in chunk 0 and closes in its last chunk
+    if not H_CHUNKS:
+        seg_row = (b64 * n_segs + pid_s) * H + head
+        state = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # h^T (BLOCK_N, BLOCK_P)
+    if not VARLEN and not H_CHUNKS:  # a batch row opens in chunk 0 and closes in its last chunk
         if HAS_INIT:
             h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
             state = tl.where(pid_s == 0, h0, state)
@@ -76,7 +83,10 @@ def _ssd_scan_fwd_kernel(
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
-        if VARLEN:  # packed sequences open and close anywhere
+        if H_CHUNKS:  # (reset where a sequence opens by triton_states.py already)
+            at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
+            state = tl.load(hin_ptr + at_chunk, mask=mask_np, other=0.0)
+        elif VARLEN:  # packed sequences open and close anywhere
             if HAS_INIT:
                 h0 = tl.load(init_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, opens), other=0.0)
                 state = tl.where(opens, h0, state)
@@ -110,11 +120,11 @@ def _ssd_scan_fwd_kernel(
             y = y * zv * tl.sigmoid(zv)
         tl.store(out_row + io, y.to(out_ptr.dtype.element_ty), mask=mask_qp)
 
-        # Advance the state to the chunk's end (as in triton_states.py).
-        w = delta * tl.exp(acum_last - acum)
-        xs = (xv.to(tl.float32) * w[:, None]).to(DT)
-        state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv), xs, input_precision=PREC)
-        if VARLEN:
-            tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
-    if not VARLEN:
+        if not H_CHUNKS:  # advance the state to the chunk's end (as in triton_states.py)
+            w = delta * tl.exp(acum_last - acum)
+            xs = (xv.to(tl.float32) * w[:, None]).to(DT)
+            state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv), xs, input_precision=PREC)
+            if VARLEN:
+                tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
+    if not VARLEN and not H_CHUNKS:
         tl.store(final_ptr + (b64 * H + head) * P * N + api_np, state, mask=mask_if(mask_np, pid_s == n_segs - 1))

@@ -17,9 +17,15 @@ layout, the public initial/final states are (P, N). Two modes:
   segment's own contribution to the state at its end, plus the segment's
   total decay (0 when a sequence opens inside it: what came before is cut).
   ``triton_passing.py`` then chains segments.
-- chunk states (``STORE_CHUNKS=True``, used by the backward): start from the
-  true state entering the segment and write the state entering every chunk,
-  h_{c-1}, in the dot dtype.
+- chunk states (``STORE_CHUNKS=True``): start from the true state entering
+  the segment (``SEG_IN``; without it, a row's only segment starts from its
+  initial state or zero) and write the state entering every chunk, h_{c-1},
+  in the dot dtype; with ``STORE_FINAL`` also each sequence's final state.
+  The chunk-parallel forward (``triton_scan.py``) and the backward read them.
+
+The recurrence is elementwise in (n, p), so a program may own any (N, P)
+tile of the state: small tiles give many programs per row, and a row then
+needs no segments to fill the GPU.
 
 Where a chunk opens a sequence, the state is reset to that sequence's
 initial state (or zero).
@@ -34,19 +40,21 @@ from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if, program_
 @triton.jit
 def _ssd_states_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, init_ptr, table_ptr,
-    out_ptr, seg_in_ptr, seg_decay_ptr,
+    out_ptr, seg_in_ptr, seg_decay_ptr, final_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
-    VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, STORE_FINAL: tl.constexpr,
+    DT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H).
 
     x: (B, L, H, P); dt: (B, L, H); B: (B, L, G, N); init: (S, H, P, N) fp32.
     out: (B, n_segs, H, N, P) fp32 segment states, or with STORE_CHUNKS
     (B, n_chunks, H, N, P) in the dot dtype (DT); seg_in: (B, n_segs, H, N, P) fp32
-    (read with STORE_CHUNKS); seg_decay: (B, n_segs, H) fp32 (written without).
+    (read with STORE_CHUNKS and SEG_IN); seg_decay: (B, n_segs, H) fp32 (written without
+    STORE_CHUNKS); final: (S, H, P, N) fp32 (written with STORE_FINAL).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
@@ -60,7 +68,7 @@ def _ssd_states_kernel(
     B_row = B_ptr + b64 * stride_B_b + grp * N
     seg_row = (b64 * n_segs + pid_s) * H + head  # row of (B, n_segs, H)
 
-    if STORE_CHUNKS:
+    if STORE_CHUNKS and SEG_IN:
         state = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)
     else:
         state = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)
@@ -97,8 +105,12 @@ def _ssd_states_kernel(
         xs = (xv.to(tl.float32) * w[:, None]).to(DT)  # (Q, BLOCK_P)
         state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv.to(DT)), xs, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
         log_decay += acum_last
+        if STORE_FINAL and VARLEN:
+            tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
 
     if not STORE_CHUNKS:
         tl.store(out_ptr + seg_row * P * N + offs_np, state, mask=mask_np)
         seg_decay = tl.where(n_opens > 0, 0.0, tl.exp(log_decay))
-        tl.store(seg_decay_ptr + seg_row, seg_decay, mask=pid_p == 0)
+        tl.store(seg_decay_ptr + seg_row, seg_decay, mask=tl.program_id(0) == 0)
+    if STORE_FINAL and not VARLEN:  # a batch row closes in its last chunk
+        tl.store(final_ptr + (b64 * H + head) * P * N + api_np, state, mask=mask_if(mask_np, pid_s == n_segs - 1))

@@ -19,13 +19,14 @@ This kernel runs the recurrence over one segment of chunks, in two modes
   giving the segment's own contribution to the gradient at its start;
   ``triton_passing.py`` then chains segments in reverse.
 - chunk gradients (``STORE_CHUNKS=True``): from the true gradient at the
-  segment's end (after the passing), writing g_c for every chunk in the
+  segment's end (after the passing; ``SEG_IN``, else zero or the final-state
+  gradient for a row's only segment), writing g_c for every chunk in the
   dot dtype, and the initial-state gradient where a sequence opens. The
   fused backward (``triton_scan_bwd.py``) then handles every chunk on its
   own, in parallel.
 
 Gradients are held transposed, g^T (N, P), like the states in
-``triton_states.py``.
+``triton_states.py``; as there, a program may own any (N, P) tile.
 """
 
 import triton
@@ -40,16 +41,16 @@ def _ssd_dstates_kernel(
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
-    STORE_CHUNKS: tl.constexpr, HAS_DINIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, HAS_DINIT: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H).
+    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H).
 
     dy: (B, L, H, P) (strides stride_y_*); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
     gradient at its start, or with STORE_CHUNKS (B, n_chunks, H, N, P) in the
     dot dtype (DT), the gradient at every chunk's end; seg_in: (B, n_segs, H, N, P) fp32,
-    the gradient at every segment's end (read with STORE_CHUNKS); dinit:
+    the gradient at every segment's end (read with STORE_CHUNKS and SEG_IN); dinit:
     (S, H, P, N) fp32 (written with STORE_CHUNKS and HAS_DINIT).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
@@ -64,7 +65,7 @@ def _ssd_dstates_kernel(
     C_row = C_ptr + b64 * stride_B_b + grp * N
 
     seg_row = (b64 * n_segs + pid_s) * H + head
-    if STORE_CHUNKS:
+    if STORE_CHUNKS and SEG_IN:
         grad = tl.load(seg_in_ptr + seg_row * P * N + offs_np, mask=mask_np, other=0.0)  # g^T
     else:
         grad = tl.zeros((BLOCK_N, BLOCK_P), dtype=tl.float32)

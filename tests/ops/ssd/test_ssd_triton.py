@@ -76,12 +76,12 @@ def run(fn, inp: dict, gen, **kw):
     return y, s, {k: v.grad for k, v in leaves.items()}
 
 
-def triton_with(seg_chunks: int, bwd_span: int = -1):
-    """The triton backend with a given segment length and backward span, called like ``ssd``."""
+def triton_with(seg_chunks: int, bwd_span: int = -1, fwd_span: int = -1):
+    """The triton backend with a given segment length and backward / forward spans, called like ``ssd``."""
     from ssmkit.ops.ssd.triton import ssd_triton
 
     def f(return_final_state=True, **kw):
-        return ssd_triton(**kw, seg_chunks=seg_chunks, bwd_span=bwd_span)
+        return ssd_triton(**kw, seg_chunks=seg_chunks, bwd_span=bwd_span, fwd_span=fwd_span)
 
     return f
 
@@ -97,24 +97,24 @@ def assert_all_close(got, ref, dtype, names):
         assert_close(g[name], g_r[name], TOL[dtype], f"grad {name}")
 
 
-CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default plan), bwd_span (-1: default)
-    (torch.float32, 37, 40, 16, 2, "HP", True, 2, -1),  # several segments; fp32 splits P in the backward
-    (torch.float32, 37, 40, 16, 2, "HP", True, 2, 0),  # the backward walks the segments (carried gradient)
-    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 0),
-    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 1),  # one chunk per backward program
-    (torch.float16, 29, 8, 32, 4, "H", True, 0, -1),  # L < chunk
-    (torch.float32, 23, 8, 7, 2, "H", False, 2, 3),  # odd chunk size; a backward span that cuts a segment
-    (torch.bfloat16, 70, 8, 48, 2, "H", True, 0, -1),  # chunk > 32: dy·Y_off by its own product (plan)
-    (torch.bfloat16, 21, 72, 16, 2, "HP", True, 0, -1),  # 16-bit P > 64: backward P blocks of 64, one masked
+CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default plan), bwd_span, fwd_span (-1: default)
+    (torch.float32, 37, 40, 16, 2, "HP", True, 2, -1, -1),  # several segments; fp32 splits P in the backward
+    (torch.float32, 37, 40, 16, 2, "HP", True, 2, 0, 0),  # both walk the segments (carried state and gradient)
+    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 0, -1),
+    (torch.bfloat16, 33, 8, 16, 1, "H", True, 1, 1, 0),  # one chunk per backward program; the forward walks
+    (torch.float16, 29, 8, 32, 4, "H", True, 0, -1, -1),  # L < chunk
+    (torch.float32, 23, 8, 7, 2, "H", False, 2, 3, 2),  # odd chunk size; spans that cut segments
+    (torch.bfloat16, 70, 8, 48, 2, "H", True, 0, -1, -1),  # chunk > 32: dy·Y_off by its own product (plan)
+    (torch.bfloat16, 21, 72, 16, 2, "HP", True, 0, -1, -1),  # 16-bit P > 64: backward P blocks of 64, one masked
 ]
 
 
-@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span", CASES)
-def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span):
+@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span", CASES)
+def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
     """Output, final state and every gradient against the float64 loop."""
     inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg, span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
+    got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=softplus)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
@@ -143,6 +143,23 @@ def test_several_segments_with_states(gen, strong_decay):
               dt_softplus=True)  # fmt: skip
     for t in (got[0], got[1], *got[2].values()):
         assert torch.isfinite(t).all()
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+
+
+@pytest.mark.parametrize("seg, fwd_span", [(0, -1), (2, 0), (3, 2)])
+def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span):
+    """The state walks split the (N, P) state into tiles, masked at both edges (N = 40 and P = 20 in
+    tiles of 16 x 8): one segment per row or several, the forward chunk-parallel or walking."""
+    from ssmkit.ops.ssd import triton_launch
+
+    monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 8))
+    inp = make_inputs(gen, L=45, P=20, N=40, G=2)
+    assert triton_launch.make_plan(inp["x"].to(DEV), 40, 8, None).state_block_n == 16
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(seg, -1, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=True,
+              chunk_size=8)  # fmt: skip
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
@@ -188,25 +205,26 @@ def _alone(inp: dict, cu: torch.Tensor) -> dict:
     return f
 
 
-PACKED_CASES = [  # dtype, seg_chunks (0: default plan, one segment on CPU), bwd_span (-1: default)
-    (torch.float32, 0, -1),
-    (torch.bfloat16, 0, -1),
-    (torch.float32, 0, 0),  # the backward walks the segments
-    (torch.float32, 1, -1),  # a segment per chunk: the passing carries every state across chunks
-    (torch.bfloat16, 2, -1),  # segments in which sequences open and close
-    (torch.float32, 3, 0),
+PACKED_CASES = [  # dtype, seg_chunks (0: default plan, one segment on CPU), bwd_span, fwd_span (-1: default)
+    (torch.float32, 0, -1, -1),
+    (torch.bfloat16, 0, -1, -1),
+    (torch.float32, 0, 0, 0),  # the backward and the forward walk the segments
+    (torch.float32, 1, -1, -1),  # a segment per chunk: the passing carries every state across chunks
+    (torch.bfloat16, 2, -1, 0),  # segments in which sequences open and close
+    (torch.float32, 3, 0, 2),
 ]
 
 
-@pytest.mark.parametrize("dtype, seg, span", PACKED_CASES)
-def test_packed_sequences_do_not_leak(gen, dtype, seg, span):
+@pytest.mark.parametrize("dtype, seg, span, fwd_span", PACKED_CASES)
+def test_packed_sequences_do_not_leak(gen, dtype, seg, span, fwd_span):
     """cu_seqlens: each sequence equals itself run alone (outputs, per-sequence final
     states, every gradient), so no state or gradient crosses a boundary (both backward modes;
     segments that hold several sequences' chunks, and sequences that span segments)."""
     lens, cu, inp = _packed(gen, dtype)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg, span), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16,
-              cu_seqlens=cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV))  # fmt: skip
+    cu_dev = cu.to(DEV).long() if dtype == torch.bfloat16 else cu.to(DEV)
+    got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=True,
+              chunk_size=16, cu_seqlens=cu_dev)  # fmt: skip
     ref = run(_alone(inp, cu), {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert got[1].shape == (len(lens),) + inp["initial_state"].shape[1:]
@@ -246,7 +264,7 @@ def test_opcheck(gen):
     inp = make_inputs(gen, b=1, L=9, H=2, G=1)
     args = [inp[k].to(DEV).requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True), test_utils=tests)
 
 
 def _packed_views(inp: dict) -> dict:
@@ -289,7 +307,7 @@ def test_opcheck_strided(gen):
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
     args = [inp[k].detach().requires_grad_(True) for k in names]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True), test_utils=tests)
 
 
 def test_auto_prefers_triton_on_cuda():
@@ -384,16 +402,16 @@ def test_16_bit_runs_chunks_of_32_on_the_gpu(monkeypatch):
 
     assert triton_launch.NARROW_TILE_CHUNK == 32 and triton_launch.GPU_CHUNK_16BIT == 32
     dtypes = (torch.float32, torch.float16, torch.bfloat16)
-    with FakeTensorMode():  # a CUDA tensor's plan, without a GPU (seg_chunks given: no SM count needed)
+    with FakeTensorMode():  # a CUDA tensor's plan, without a GPU (seg_chunks, fwd_span given: no SM count needed)
         gpu = {(d, P): torch.empty(2, 1000, 4, P, dtype=d, device="cuda") for d in dtypes for P in (16, 32, 64)}
     cases = [(dtype, P, x, N, chunk) for (dtype, P), x in gpu.items() for N, chunk in ((128, 64), (128, 128),
              (256, 64), (64, 128), (16, 16))]  # fmt: skip
     for dtype, P, x, N, chunk in cases:
         cap = 64 if dtype == torch.float32 else 32
-        assert make_plan(x, N, chunk, None, seg_chunks=1).Q == min(chunk, cap), (dtype, P, N, chunk)
+        assert make_plan(x, N, chunk, None, seg_chunks=1, fwd_span=1).Q == min(chunk, cap), (dtype, P, N, chunk)
     monkeypatch.setattr(triton_launch, "GPU_CHUNK_16BIT", 1 << 30)  # the speed cap lifted
     for dtype, P, x, N, chunk in cases:
-        plan = make_plan(x, N, chunk, None, seg_chunks=1)
+        plan = make_plan(x, N, chunk, None, seg_chunks=1, fwd_span=1)
         narrow = dtype != torch.float32 and plan.block_p < 64
         assert narrow == (dtype != torch.float32 and (P < 64 or N == 256)), (dtype, P, N)
         cap = 32 if narrow else (64 if dtype == torch.float32 else 128)
@@ -418,3 +436,19 @@ def test_chunks_capped_to_what_fits_in_shared_memory(gen):
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+
+
+def test_plan_picks_the_forward_by_programs(monkeypatch):
+    """The chunk-parallel forward with one segment per row where rows x heads x state tiles fill an
+    H200 (132 SMs) STATE_PROGRAMS_PER_SM times over; else the walking scan with the segments it needs."""
+    from ssmkit.ops.ssd import triton_launch
+    from ssmkit.ops.ssd.triton_launch import make_plan
+
+    monkeypatch.setattr(triton_launch, "_sm_count", lambda device: 132)
+    big = torch.empty(8, 4096, 32, 64, dtype=torch.bfloat16, device="meta")  # 1024 tiles of (64, 32)
+    plan = make_plan(big, 128, 32, None)
+    assert (plan.fwd_span, plan.n_segs, plan.state_block_n, plan.state_block_p) == (1, 1, 64, 32)
+    one = torch.empty(1, 16384, 64, 64, dtype=torch.bfloat16, device="meta")  # 256 tiles; the scan: 64 programs
+    plan = make_plan(one, 128, 32, None)
+    assert (plan.fwd_span, plan.n_segs) == (0, 9)
+    assert make_plan(one, 128, 32, None, fwd_span=1).n_segs == 4  # 1024 state-walk programs
