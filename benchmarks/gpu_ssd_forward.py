@@ -46,7 +46,6 @@ BEFORE = dict(FWD_SPAN=0, STATE_TILE=(128, 64), STATE_STAGES=1)
 PLANS = [  # (label, chunk, ssd_triton arguments, triton_launch constants)
     ("before", 32, dict(fwd_span=0), BEFORE),
     ("default", 32, {}, {}),
-    ("walking forward, default state walks", 32, dict(fwd_span=0), {}),
     ("chunk-parallel, 2 chunks per scan program", 32, dict(fwd_span=2), {}),
     ("chunk-parallel, state tile (64, 64)", 32, dict(fwd_span=1), dict(STATE_TILE=(64, 64))),
     ("before", 64, dict(fwd_span=0), BEFORE),

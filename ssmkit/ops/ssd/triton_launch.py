@@ -68,17 +68,19 @@ NARROW_TILE_CHUNK = 32
 # Mamba-2 layer at 64K tokens 32.2 against 33.0 ms at chunk 64). fp32 keeps the chunk asked (at 64 its
 # forward is faster, 0.99 against 1.66 ms).
 GPU_CHUNK_16BIT = 32
-# The state walks (states, dstates) own (N, P) tiles of at most STATE_TILE, with STATE_WARPS warps and
-# STATE_STAGES pipelining stages. When rows x heads x tiles give at least STATE_PROGRAMS_PER_SM programs
-# per SM, the forward is chunk-parallel (FWD_SPAN chunks per scan program, one segment per row); else
-# the scan walks segments (SEG_PROGRAMS_PER_SM above) and the forward's state pass takes whole states.
+# When rows x heads x (N, P) tiles of STATE_TILE give at least STATE_PROGRAMS_PER_SM programs per SM, the
+# forward is chunk-parallel (FWD_SPAN chunks per scan program, one segment per row) and the state walks
+# (states, dstates) own those tiles, with STATE_WARPS warps and STATE_STAGES pipelining stages; else the
+# scan walks segments (SEG_PROGRAMS_PER_SM above) and the state walks take whole states like the scan.
 # Measured on the H200 (``benchmarks/gpu_ssd_forward.py``, bf16, P=64, N=128, chunk 32, forward /
 # forward+backward ms): B=8 L=4096 H=32 (1024 state-walk programs), chunk-parallel 0.606 / 3.111 against
 # 0.686 / 3.469 walking; one sequence of 16K or 64K tokens with 64 heads (256): the
 # chunk-parallel forward at its best segment count 0.878 / 3.822 and 3.686 / 15.272 against 0.879 /
 # 4.005 and 3.363 / 15.386 walking. Segments cost a second walk, which pays only while one segment per
 # row leaves less than about a wave of programs (8 are resident per SM): at B=8 L=4096 H=32, 2 segments
-# 0.840 / 3.595; at the 16K and 64K shapes, 4 segments were the best or within 1% of it. Pipelining (2 stages) 0.633 / 3.186 -> 0.606 / 3.111 there, no change at the other shapes.
+# 0.840 / 3.595; at the 16K and 64K shapes, 4 segments were the best or within 1% of it. With the walking forward
+# at those shapes, small tiles in the backward's state walks made the Mamba-2 layer no faster (64K tokens:
+# 33.23 against 32.69 ms in one call), so the walking plan keeps whole states. Pipelining (2 stages) 0.633 / 3.186 -> 0.606 / 3.111 there, no change at the other shapes.
 FWD_SPAN = 1
 STATE_TILE = (64, 32)
 STATE_WARPS = 4
@@ -203,10 +205,13 @@ def make_plan(
     n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     state_n, state_p = state_tile or STATE_TILE
     state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
-    state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
     if fwd_span < 0:
         fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * _sm_count(x.device) else 0
+    if fwd_span:
+        state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
+    else:  # the state walks take whole states, like the walking scan
+        state_n, state_p, state_warps, state_stages = block_n, block_p, fwd_warps, fwd_stages
     if seg_chunks <= 0:  # enough programs to fill the GPU
         if fwd_span:  # (the state walks walk)
             target, programs = STATE_PROGRAMS_PER_SM, state_programs
@@ -285,14 +290,10 @@ def _launch_args(x, dt, B, plan: Plan):
     return sizes, strides, grid, blocks
 
 
-def _state_walk_args(x, N: int, plan: Plan, whole: bool = False):
-    """Grid and launch options of the state walks (states, dstates): one program per (N, P) tile
-    (``whole``: the scan's tiles and launch options, for the segment pass ahead of a walking scan)."""
+def _state_walk_args(x, N: int, plan: Plan):
+    """Grid and launch options of the state walks (states, dstates): one program per (N, P) tile."""
     rows, _, H, P = x.shape
-    if whole:
-        bn, bp, warps, stages = plan.block_n, plan.block_p, plan.fwd_warps, plan.fwd_stages
-    else:
-        bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
+    bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages, **register_cap(x))
     return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
 
@@ -316,7 +317,7 @@ def ssd_fwd(
     rows, L, H, P = x.shape
     N = B.shape[3]
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
-    walk_grid, walk_blocks = _state_walk_args(x, N, plan, whole=not plan.fwd_span)
+    walk_grid, walk_blocks = _state_walk_args(x, N, plan)
     flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,
                  VARLEN=plan.varlen, **_dot_flags(x))  # fmt: skip
     opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)

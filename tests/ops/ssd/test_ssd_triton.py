@@ -146,10 +146,10 @@ def test_several_segments_with_states(gen, strong_decay):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("seg, fwd_span", [(0, -1), (2, 0), (3, 2)])
+@pytest.mark.parametrize("seg, fwd_span", [(0, -1), (2, 1), (3, 2)])
 def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span):
-    """The state walks split the (N, P) state into tiles, masked at both edges (N = 40 and P = 20 in
-    tiles of 16 x 8): one segment per row or several, the forward chunk-parallel or walking."""
+    """With the chunk-parallel forward the state walks split the (N, P) state into tiles, masked at both
+    edges (N = 40 and P = 20 in tiles of 16 x 8): one segment per row or several, spans of 1 or 2."""
     from ssmkit.ops.ssd import triton_launch
 
     monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 8))
@@ -451,4 +451,5 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     one = torch.empty(1, 16384, 64, 64, dtype=torch.bfloat16, device="meta")  # 256 tiles; the scan: 64 programs
     plan = make_plan(one, 128, 32, None)
     assert (plan.fwd_span, plan.n_segs) == (0, 9)
+    assert (plan.state_block_n, plan.state_block_p) == (128, 64)  # whole states, like the walking scan
     assert make_plan(one, 128, 32, None, fwd_span=1).n_segs == 4  # 1024 state-walk programs
