@@ -146,15 +146,16 @@ def test_several_segments_with_states(gen, strong_decay):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("seg, fwd_span", [(0, -1), (2, 1), (3, 2)])
+@pytest.mark.parametrize("seg, fwd_span", [(6, 1), (2, 1), (3, 2)])
 def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span):
     """With the chunk-parallel forward the state walks split the (N, P) state into tiles, masked at both
-    edges (N = 40 and P = 20 in tiles of 16 x 8): one segment per row or several, spans of 1 or 2."""
+    edges (N = 40 and P = 20 in tiles of 16 x 16): one segment per row (6 chunks) or several, spans of 1 or 2."""
     from ssmkit.ops.ssd import triton_launch
 
-    monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 8))
+    monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 16))
     inp = make_inputs(gen, L=45, P=20, N=40, G=2)
-    assert triton_launch.make_plan(inp["x"].to(DEV), 40, 8, None).state_block_n == 16
+    plan = triton_launch.make_plan(inp["x"].to(DEV), 40, 8, None, seg, fwd_span=fwd_span)
+    assert (plan.state_block_n, plan.state_block_p, plan.n_chunks) == (16, 16, 6)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     got = run(triton_with(seg, -1, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=True,
               chunk_size=8)  # fmt: skip
