@@ -16,12 +16,12 @@ goes to memory, but each chunk waits for the one before. Chunk-parallel
 chunk (and the final states), and a program takes a span of chunks, each
 on its own: many more programs, no product in a chain. The
 products C B^T, scores @ x, C h^T and (Δ x)^T B run on tensor cores with
-fp32 accumulation; the state stays fp32 (held transposed, see
-``triton_states.py``).
+fp32 accumulation; a walked state stays fp32, a stored one is in the dot
+dtype (both held transposed, see ``triton_states.py``).
 
-Where a chunk closes a sequence the state at its end is that sequence's
-final state; where one opens a sequence the state is reset to its initial
-state (or zero).
+Walking, where a chunk closes a sequence the state at its end is that
+sequence's final state, and where one opens a sequence the state is reset to
+its initial state (or zero); chunk-parallel, the state walk did both.
 """
 
 import triton
