@@ -74,13 +74,12 @@ GPU_CHUNK_16BIT = 32
 # scan walks segments (SEG_PROGRAMS_PER_SM above) and the state walks take whole states like the scan.
 # Measured on the H200 (``benchmarks/gpu_ssd_forward.py``, bf16, P=64, N=128, chunk 32, forward /
 # forward+backward ms): B=8 L=4096 H=32 (1024 state-walk programs), chunk-parallel 0.606 / 3.111 against
-# 0.686 / 3.469 walking; one sequence of 16K or 64K tokens with 64 heads (256): the
-# chunk-parallel forward at its best segment count 0.878 / 3.822 and 3.686 / 15.272 against 0.879 /
-# 4.005 and 3.363 / 15.386 walking. Segments cost a second walk, which pays only while one segment per
-# row leaves less than about a wave of programs (8 are resident per SM): at B=8 L=4096 H=32, 2 segments
-# 0.840 / 3.595; at the 16K and 64K shapes, 4 segments were the best or within 1% of it. With the walking forward
-# at those shapes, small tiles in the backward's state walks made the Mamba-2 layer no faster (64K tokens:
-# 33.23 against 32.69 ms in one call), so the walking plan keeps whole states. Pipelining (2 stages) 0.633 / 3.186 -> 0.606 / 3.111 there, no change at the other shapes.
+# 0.686 / 3.469 walking (1 stage instead of 2: 0.633 / 3.186); one sequence of 16K or 64K tokens with 64
+# heads (256 programs), the chunk-parallel forward at its best segment count 0.878 / 3.822 and 3.686 /
+# 15.272 against 0.879 / 4.005 and 3.363 / 15.386 walking. Segments cost a second walk, which pays only
+# while one segment per row leaves less than about a wave of programs (8 are resident per SM): at B=8
+# L=4096 H=32, 2 segments 0.840 / 3.595. With the walking forward, small tiles in the backward's state
+# walks made the Mamba-2 layer no faster (64K tokens: 33.23 against 32.69 ms), so it keeps whole states.
 FWD_SPAN = 1
 STATE_TILE = (64, 32)
 STATE_WARPS = 4
