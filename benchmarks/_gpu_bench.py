@@ -68,18 +68,24 @@ def section(title: str, fn: Callable, report: list, results: dict) -> None:
 
 
 @contextlib.contextmanager
-def ssd_chunks_as_asked(narrow_too: bool = False) -> Iterator[None]:
-    """Inside: the SSD launchers run a 16-bit chunk_size as asked on the GPU (they cap it at 32 there,
-    ``triton_launch.GPU_CHUNK_16BIT``), so rows labelled with a chunk time that chunk; with
-    ``narrow_too`` also for P tiles below 64 (``NARROW_TILE_CHUNK``: those plans miscompile)."""
+def plan_constants(**values) -> Iterator[None]:
+    """Inside: the given launch-plan constants of ``ssmkit.ops.ssd.triton_launch`` (STATE_TILE,
+    SEG_PROGRAMS_PER_SM, ...) set to these values; restored on the way out."""
     from ssmkit.ops.ssd import triton_launch
 
-    names = ("GPU_CHUNK_16BIT", "NARROW_TILE_CHUNK") if narrow_too else ("GPU_CHUNK_16BIT",)
-    saved = {k: getattr(triton_launch, k) for k in names}
+    saved = {k: getattr(triton_launch, k) for k in values}
     try:
-        for k in names:
-            setattr(triton_launch, k, 1 << 30)
+        for k, v in values.items():
+            setattr(triton_launch, k, v)
         yield
     finally:
         for k, v in saved.items():
             setattr(triton_launch, k, v)
+
+
+def ssd_chunks_as_asked(narrow_too: bool = False):
+    """Inside: the SSD launchers run a 16-bit chunk_size as asked on the GPU (they cap it at 32 there,
+    ``triton_launch.GPU_CHUNK_16BIT``), so rows labelled with a chunk time that chunk; with
+    ``narrow_too`` also for P tiles below 64 (``NARROW_TILE_CHUNK``: those plans miscompile)."""
+    names = ("GPU_CHUNK_16BIT", "NARROW_TILE_CHUNK") if narrow_too else ("GPU_CHUNK_16BIT",)
+    return plan_constants(**{k: 1 << 30 for k in names})

@@ -5,8 +5,9 @@
 The forward either walks segments of chunks with the state in registers (``fwd_span=0``),
 or has the state walk (``triton_states.py``) write the state entering every chunk and then
 computes every chunk's output on its own (``fwd_span`` chunks per program). The state walks
-own (N, P) tiles of the state (``triton_launch.STATE_TILE``); "before" is the plan before
-the chunk-parallel forward (walking scan, whole-state tiles, no pipelining: ``BEFORE``).
+own (N, P) tiles of the state (``triton_launch.STATE_TILE``) with the chunk-parallel forward;
+"before" is the walking plan, the one before the chunk-parallel forward (whole states, no
+pipelining: ``BEFORE``).
 
 - "op": plans at B=8, L=4096, H=32, P=64, N=128, G=1, bf16 (D, dt_bias, softplus, a
   final-state gradient), each checked, then timed, in one process: y, the final state and
@@ -25,7 +26,6 @@ Writes ``gpu_ssd_forward.md`` / ``.json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 
@@ -34,15 +34,16 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ssd_chunks_as_asked, table_report  # noqa: E402
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, plan_constants, ssd_chunks_as_asked, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
 from ssmkit.layers import Mamba2  # noqa: E402
-from ssmkit.ops.ssd import ssd, triton_launch  # noqa: E402
+from ssmkit.ops.ssd import ssd  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
 
-# The plan before the chunk-parallel forward: the scan walks, the state walks take whole states, no pipelining.
-BEFORE = dict(FWD_SPAN=0, STATE_TILE=(128, 64), STATE_STAGES=1)
+# The plan before the chunk-parallel forward, which the walking plan still is: the scan walks, the state
+# walks take whole states, no pipelining.
+BEFORE = dict(FWD_SPAN=0)
 PLANS = [  # (label, chunk, ssd_triton arguments, triton_launch constants)
     ("before", 32, dict(fwd_span=0), BEFORE),
     ("default", 32, {}, {}),
@@ -55,19 +56,6 @@ SWEEP_SHAPES = ((1, 16384, 64), (1, 65536, 64), (8, 4096, 32))  # (B, L, H); P=6
 SWEEP = [(n, st, 4) for n in (1, 2, 4, 8, 16) for st in (1, 2, 3)] + [(2, 1, 2), (8, 1, 2)]  # segments, stages, warps
 GRADS = ("x", "dt", "A", "B", "C", "D", "dt_bias")
 TOL_BF16 = 3e-2
-
-
-@contextlib.contextmanager
-def plan_constants(**values):
-    """Inside: the given plan constants of ``triton_launch`` (STATE_TILE, FWD_SPAN, ...) set."""
-    saved = {k: getattr(triton_launch, k) for k in values}
-    for k, v in values.items():
-        setattr(triton_launch, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(triton_launch, k, v)
 
 
 def outputs(f, inp: dict, dy, dfinal) -> list:

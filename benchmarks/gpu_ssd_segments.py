@@ -25,11 +25,10 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ssd_chunks_as_asked, table_report  # noqa: E402
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, plan_constants, ssd_chunks_as_asked, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 
 from ssmkit.layers import Mamba2  # noqa: E402
-from ssmkit.ops.ssd import triton_launch  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan  # noqa: E402
 
@@ -41,23 +40,19 @@ def layer_rows() -> list[list]:
     """The Mamba-2 layer (d_model 2048, N=128, head dim 64: 64 heads) forward / forward+backward at
     16K and 64K tokens (one sequence), chunks 32 and 64, for each default-plan target of programs per SM."""
     rows = []
-    default = triton_launch.SEG_PROGRAMS_PER_SM
-    try:
-        for length in (16384, 65536):
-            x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-            for q in (32, 64):
-                torch.manual_seed(0)
-                m = Mamba2(2048, d_state=128, headdim=64, chunk_size=q).to(device="cuda", dtype=torch.bfloat16)
-                for per_sm in PER_SM:
-                    triton_launch.SEG_PROGRAMS_PER_SM = per_sm
+    for length in (16384, 65536):
+        x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        for q in (32, 64):
+            torch.manual_seed(0)
+            m = Mamba2(2048, d_state=128, headdim=64, chunk_size=q).to(device="cuda", dtype=torch.bfloat16)
+            for per_sm in PER_SM:
+                with plan_constants(SEG_PROGRAMS_PER_SM=per_sm):
                     like = torch.empty(1, 1, 1, 1, device="cuda", dtype=torch.bfloat16).expand(1, length, 64, 64)
                     segs = make_plan(like, 128, q, None).n_segs  # (what the layer's SSD call plans)
                     t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
-                    rows.append([f"Mamba-2 layer L={length} chunk={q}, {per_sm} programs/SM ({segs} segments)",
-                                 f"{t_f:.3f}", f"{t_fb:.3f}"])  # fmt: skip
-                    print(rows[-1], flush=True)
-    finally:
-        triton_launch.SEG_PROGRAMS_PER_SM = default
+                rows.append([f"Mamba-2 layer L={length} chunk={q}, {per_sm} programs/SM ({segs} segments)",
+                             f"{t_f:.3f}", f"{t_fb:.3f}"])  # fmt: skip
+                print(rows[-1], flush=True)
     return rows
 
 
