@@ -102,7 +102,24 @@ def chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS: tl.constexpr)
         (raw, delta, acum), each (BLOCK_Q,) fp32: raw = dt + dt_bias (the
         softplus argument), delta = Δ (0 where masked), acum = cumsum(Δ A).
     """
-    raw = tl.load(dt_row + t * stride_dt_l, mask=mask_q, other=0.0).to(tl.float32) + bias
+    dtv = tl.load(dt_row + t * stride_dt_l, mask=mask_q, other=0.0).to(tl.float32)
+    return decay_of(dtv, mask_q, bias, A, SOFTPLUS)
+
+
+@triton.jit
+def chunk_dt(dt_row, table_ptr, b, c, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN: tl.constexpr):
+    """dt of chunk ``c`` (fp32, 0 past its end), for a walk to load a chunk ahead: the load is
+    then in flight while the chunk before is computed (Triton pipelines only the loads that
+    feed a product; this one feeds the decays, which every product of the chunk waits for)."""
+    start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+    t = start + offs_q
+    return tl.load(dt_row + t * stride_dt_l, mask=t < end, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def decay_of(dtv, mask_q, bias, A, SOFTPLUS: tl.constexpr):
+    """:func:`chunk_decay` from the chunk's dt already loaded (``chunk_dt``)."""
+    raw = dtv + bias
     if SOFTPLUS:
         delta = softplus(raw)
     else:

@@ -27,7 +27,7 @@ its initial state (or zero); chunk-parallel, the state walk did both.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, last_of, mask_if, program_tile
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -78,8 +78,16 @@ def _ssd_scan_fwd_kernel(
             h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
             state = tl.where(pid_s == 0, h0, state)
     c0 = pid_s * seg_chunks
+    if not H_CHUNKS:
+        dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
+        if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
+            dtv = chunk_dt(dt_row, table_ptr, b, c, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+        else:  # walking: the next chunk's dt is loaded ahead
+            dtv = dt_next
+            dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l,
+                               offs_q, VARLEN)  # fmt: skip
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -93,7 +101,7 @@ def _ssd_scan_fwd_kernel(
             else:
                 state = tl.where(opens, 0.0, state)
 
-        _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         mask_qp = mask_q[:, None] & mask_p[None, :]
         mask_qn = mask_q[:, None] & mask_n[None, :]

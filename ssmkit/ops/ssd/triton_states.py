@@ -34,7 +34,7 @@ initial state (or zero).
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, last_of, mask_if, program_tile
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -79,8 +79,12 @@ def _ssd_states_kernel(
             h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
             state = tl.where(pid_s == 0, h0, state)
     c0 = pid_s * seg_chunks
+    dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
+        dtv = dt_next
+        dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l, offs_q,
+                           VARLEN)  # fmt: skip
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -95,7 +99,7 @@ def _ssd_states_kernel(
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
             tl.store(dst, state.to(out_ptr.dtype.element_ty), mask=mask_np)
 
-        _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :],
                      mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)

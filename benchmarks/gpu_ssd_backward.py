@@ -1,0 +1,145 @@
+"""GPU: variants of the SSD backward, each checked and then timed in one process.
+
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op layer profile]
+
+The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
+two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
+
+- "gh in fused kernel" (``GH_IN_WALK=False``, the plan before): the decay gradient's
+  <g_c, h_{c-1}> is formed by the fused kernel, an (N, P) reduction over two tiles held in
+  different register layouts; by default the dstates walk forms it, tile by tile;
+- "own Y_off" (``y_off_from_dc=False``): dy·Y_off by its own product.
+
+(Also tried in the session that wrote this script, then removed from the kernels: the fused
+kernel's state products transposed so that they take wgmma, and register caps of 168; both
+slower: ``docs/kernels_gpu_notes_ssd.md``, tenth session.)
+
+- "op": B=8, L=4096, H=32, P=64, N=128, G=1, bf16 (D, dt_bias, softplus, a final-state
+  gradient): y, the final state and every gradient against the float32 "torch" backend (bf16
+  tolerance 3e-2), then forward / forward+backward ms.
+- "layer-op": the same at the Mamba-2 layer's shapes (one sequence of 16K or 64K tokens, 64 heads).
+- "layer": the Mamba-2 layer (d_model 2048) at 16K and 64K tokens, default and the variants named
+  in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
+- "profile": per-kernel CUDA time of one forward+backward at the "op" shape, default and variants.
+
+Writes ``gpu_ssd_backward.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _gpu_bench import fwd_and_fwdbwd, plan_constants, table_report  # noqa: E402
+from gpu_ssd import ssd_inputs  # noqa: E402
+from gpu_ssd_forward import Checked  # noqa: E402
+
+from ssmkit.layers import Mamba2  # noqa: E402
+from ssmkit.ops.ssd import ssd, triton as ssd_triton_module  # noqa: E402
+
+VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
+    "default": ({}, {}),
+    "gh in fused kernel": (dict(GH_IN_WALK=False), {}),
+    "own Y_off": ({}, dict(y_off_from_dc=False)),
+}
+LAYER_VARIANTS = ("gh in fused kernel",)
+LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
+
+
+@contextlib.contextmanager
+def variant(label: str):
+    """Inside: the plan of ``VARIANTS[label]``."""
+    constants, keywords = VARIANTS[label]
+    make_plan = ssd_triton_module.make_plan
+
+    def patched(*args, **kw):
+        return make_plan(*args, **(kw | keywords))
+
+    ssd_triton_module.make_plan = patched
+    try:
+        with plan_constants(**constants):
+            yield
+    finally:
+        ssd_triton_module.make_plan = make_plan
+
+
+def op_rows(shapes=((8, 4096, 32),), labels=tuple(VARIANTS)) -> list[list]:
+    rows = []
+    for b, L, H in shapes:
+        checked = Checked(ssd_inputs(b, L, H=H))
+        for label in labels:
+            with variant(label):
+                rows.append(checked.row(f"B={b} L={L} H={H}: {label}", 32))
+        del checked
+        torch.cuda.empty_cache()
+    return rows
+
+
+def layer_rows() -> list[list]:
+    from gpu_layers import attn_train, build
+
+    rows = []
+    for length in (16384, 65536):
+        x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        torch.manual_seed(0)
+        m = Mamba2(2048, d_state=128, headdim=64).to(device="cuda", dtype=torch.bfloat16)
+        for label in ("default",) + LAYER_VARIANTS:
+            with variant(label):
+                t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
+            rows.append([f"Mamba-2 layer L={length}: {label}", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
+            print(rows[-1], flush=True)
+        attn = build("attention", 2048, length).to(device="cuda", dtype=torch.bfloat16)
+        t_f, t_fb = fwd_and_fwdbwd(lambda x: attn_train(attn, x), {"x": x})
+        rows.append([f"attention layer L={length} (training path)", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
+        print(rows[-1], flush=True)
+        del x, m, attn
+        torch.cuda.empty_cache()
+    return rows
+
+
+def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
+    """Per-kernel CUDA ms of one forward+backward (mean of 5) at the op shape."""
+    inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(8, 4096).items()}
+    rows = []
+    for label in labels:
+        with variant(label):
+            for _ in range(3):
+                ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
+            torch.cuda.synchronize()
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+                for _ in range(5):
+                    ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
+                torch.cuda.synchronize()
+        for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]:
+            rows.append([f"profile, {label}: {ev.key[:60]}", "", f"{ev.device_time_total / 5e3:.3f}", f"x{ev.count // 5}", ""])
+            print(rows[-1], flush=True)
+    return rows
+
+
+def run(out_dir: str, parts) -> str:
+    rows = []
+    if "op" in parts:
+        rows += op_rows()
+    if "layer-op" in parts:
+        rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS)
+    if "layer" in parts:
+        rows += layer_rows()
+    if "profile" in parts:
+        rows += profile_rows()
+    head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
+    return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
+    choices = ["op", "layer-op", "layer", "profile"]
+    ap.add_argument("--parts", nargs="+", default=choices, choices=choices)
+    args = ap.parse_args()
+    print(run(args.out, args.parts))
