@@ -129,16 +129,21 @@ def kernel_resources() -> list[list]:
     return rows
 
 
-def profile_kernels() -> str:
-    inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(8, 4096).items()}
+def profiled(inp: dict, n: int = 5):
+    """torch.profiler's key averages over ``n`` forward+backward calls of the triton SSD (after 3 warm-up calls)."""
     for _ in range(3):
         ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
     torch.cuda.synchronize()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(5):
+        for _ in range(n):
             ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=15)
+    return prof.key_averages()
+
+
+def profile_kernels() -> str:
+    inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(8, 4096).items()}
+    return profiled(inp).table(sort_by="cuda_time_total", row_limit=15)
 
 
 def bench_vs_sdpa() -> list[list]:

@@ -37,11 +37,11 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _gpu_bench import fwd_and_fwdbwd, plan_constants, table_report  # noqa: E402
-from gpu_ssd import ssd_inputs  # noqa: E402
+from gpu_ssd import profiled, ssd_inputs  # noqa: E402
 from gpu_ssd_forward import Checked  # noqa: E402
 
 from ssmkit.layers import Mamba2  # noqa: E402
-from ssmkit.ops.ssd import ssd, triton as ssd_triton_module  # noqa: E402
+from ssmkit.ops.ssd import triton as ssd_triton_module  # noqa: E402
 
 VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "default": ({}, {}),
@@ -109,14 +109,8 @@ def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
     rows = []
     for label in labels:
         with variant(label):
-            for _ in range(3):
-                ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
-            torch.cuda.synchronize()
-            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-                for _ in range(5):
-                    ssd(**inp, dt_softplus=True, backend="triton").sum().backward()
-                torch.cuda.synchronize()
-        for ev in sorted(prof.key_averages(), key=lambda e: -e.device_time_total)[:8]:
+            averages = profiled(inp)
+        for ev in sorted(averages, key=lambda e: -e.device_time_total)[:8]:
             rows.append([f"profile, {label}: {ev.key[:60]}", "", f"{ev.device_time_total / 5e3:.3f}", f"x{ev.count // 5}", ""])
             print(rows[-1], flush=True)
     return rows
