@@ -27,7 +27,7 @@ its initial state (or zero); chunk-parallel, the state walk did both.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
+from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -82,9 +82,7 @@ def _ssd_scan_fwd_kernel(
         dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
-        if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
-            dtv = chunk_dt(dt_row, table_ptr, b, c, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
-        else:  # walking: the next chunk's dt is loaded ahead
+        if not H_CHUNKS:  # walking: the next chunk's dt is loaded ahead
             dtv = dt_next
             dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l,
                                offs_q, VARLEN)  # fmt: skip
@@ -101,7 +99,10 @@ def _ssd_scan_fwd_kernel(
             else:
                 state = tl.where(opens, 0.0, state)
 
-        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
+        if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
+            _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        else:
+            _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         mask_qp = mask_q[:, None] & mask_p[None, :]
         mask_qn = mask_q[:, None] & mask_n[None, :]
