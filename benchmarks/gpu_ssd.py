@@ -88,7 +88,7 @@ def _sweep_plans() -> list[list]:
               lambda: ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, plan, True, False))  # fmt: skip
     for Q in (32, 64):
         base = make_plan(x, 128, Q, None)
-        y, final, seg_in, seg_decay, _ = ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, base, True, False)
+        y, final, seg_in, seg_decay, *_ = ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, 8, base, True, False)
         dy = torch.randn_like(y)
         # (spans of 2 and 4 chunks, 8 warps with P tiles of 32: 4.2-5.4 ms in the first sweep, dropped)
         bwd_plans = ((0, 64, 4, 1), (1, 64, 4, 1), (1, 64, 8, 1), (1, 32, 4, 1))

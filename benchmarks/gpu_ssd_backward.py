@@ -5,6 +5,13 @@
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
 
+- "recompute states" (``KEEP_STATES=False``, the plan before): the backward recomputes the state
+  entering every chunk by a state walk; by default the forward keeps them (the chunk-parallel
+  forward writes them anyway, the walking scan stores them as it goes);
+- "chunk-parallel forward" (``fwd_span=1``): at the layer's shapes (one sequence, 64 heads) the plan
+  walks; this forces the chunk-parallel forward (a state walk with segments, then chunks in parallel);
+- "walking forward, tiled walks" (``WALKING_PLAN_TILES``, ``fwd_span=0``): the walking scan, with the
+  state walks in (64, 32) tiles (so <g, h> comes from the dstates walk);
 - "gh in fused kernel" (``GH_IN_WALK=False``, the plan before): the decay gradient's
   <g_c, h_{c-1}> is formed by the fused kernel, an (N, P) reduction over two tiles held in
   different register layouts; by default the dstates walk forms it, tile by tile;
@@ -45,10 +52,13 @@ from ssmkit.ops.ssd import triton as ssd_triton_module  # noqa: E402
 
 VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "default": ({}, {}),
+    "recompute states": (dict(KEEP_STATES=False), {}),
+    "chunk-parallel forward": ({}, dict(fwd_span=1)),
+    "walking forward, tiled walks": (dict(WALKING_PLAN_TILES=True), dict(fwd_span=0)),
     "gh in fused kernel": (dict(GH_IN_WALK=False), {}),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
 }
-LAYER_VARIANTS = ("gh in fused kernel",)
+LAYER_VARIANTS = ("walking forward, tiled walks", "chunk-parallel forward")
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
 
 
@@ -119,13 +129,13 @@ def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
 def run(out_dir: str, parts) -> str:
     rows = []
     if "op" in parts:
-        rows += op_rows()
+        rows += op_rows(labels=("default", "walking forward, tiled walks"))
     if "layer-op" in parts:
         rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS)
     if "layer" in parts:
         rows += layer_rows()
     if "profile" in parts:
-        rows += profile_rows()
+        rows += profile_rows(("default",))
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
 

@@ -155,7 +155,7 @@ def report(Q: int, plan_kw: dict, sass_dir=None, dtype=torch.bfloat16, **shape) 
         out["fwd"] = launch.ssd_fwd(x, dt, A, B, C, D, None, bias, None, None, x.shape[0], plan, True, False)
 
     def bwd():
-        y, final, seg_in, seg_decay, _ = out["fwd"]
+        y, final, seg_in, seg_decay, *_ = out["fwd"]
         launch.ssd_bwd(torch.empty_like(y), None, x, dt, A, B, C, D, bias, None, None, seg_in, seg_decay,
                        x.shape[0], plan, True)  # fmt: skip
 

@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 from .._triton import f32
+from . import triton_launch
 from .triton_launch import dot_dtype, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
 Tensor = torch.Tensor
@@ -55,21 +56,23 @@ def _ssd_fwd_op(
     x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     dt_bias: Optional[Tensor], initial_state: Optional[Tensor], cu_seqlens: Optional[Tensor],
     dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int, save_pre: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    keep_states: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Returns y, final states (S, H, P, N) fp32, and residuals for the backward:
-    segment states, segment decays, pre-gate output (empty unless ``save_pre``)."""
+    segment states, segment decays, pre-gate output (empty unless ``save_pre``), the state
+    entering every chunk (empty unless ``keep_states``)."""
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks,
                      fwd_span=fwd_span)  # fmt: skip
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
     B, C = _bc(B, C)
     return ssd_fwd(_rows(x), dt.contiguous(), f32(A), B, C, f32(D), _c(z), f32(dt_bias), f32(initial_state),
-                   table, n_seqs, plan, dt_softplus, save_pre)  # fmt: skip
+                   table, n_seqs, plan, dt_softplus, save_pre, keep_states)  # fmt: skip
 
 
 @_ssd_fwd_op.register_fake
 def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, bwd_span,
-      fwd_span, save_pre):  # fmt: skip
+      fwd_span, save_pre, keep_states):  # fmt: skip
     rows, L, H, P = x.shape
     N = B.shape[3]
     n_seqs = rows if cu_seqlens is None else cu_seqlens.shape[0] - 1
@@ -81,6 +84,7 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
         torch.empty(rows, plan.n_segs, H, N, P, **f32),
         torch.empty(rows, plan.n_segs, H, **f32),
         x.new_empty(x.shape) if save_pre else x.new_empty(0),
+        x.new_empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x)) if keep_states else x.new_empty(0),
     )
 
 
@@ -88,7 +92,7 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
 def _ssd_bwd_op(
     dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
-    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor,
+    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor, h_chunks: Tensor,
     dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_state), each in
@@ -108,7 +112,7 @@ def _ssd_bwd_op(
     B, C = _bc(B, C)
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(
         dy, f32(dfinal), _rows(x), dt.contiguous(), f32(A), B, C, f32(D), f32(dt_bias), f32(initial_state),
-        table, seg_in, seg_decay, n_seqs, plan, dt_softplus,
+        table, seg_in, seg_decay, n_seqs, plan, dt_softplus, h_chunks,
     )  # fmt: skip
     def cast(g: Optional[Tensor], like: Optional[Tensor]) -> Tensor:  # outputs may not alias each other
         return x.new_empty(0) if like is None else g.to(like.dtype)
@@ -118,7 +122,7 @@ def _ssd_bwd_op(
 
 
 @_ssd_bwd_op.register_fake
-def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
+def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre, h_chunks,
       dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span):  # fmt: skip
     like = lambda t: x.new_empty(0) if t is None else t.new_empty(t.shape)  # noqa: E731  (contiguous)
     return (like(x), like(dt), like(A), like(B), like(C), like(D), like(z), like(dt_bias), like(initial_state))
@@ -126,23 +130,24 @@ def _(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, se
 
 def _setup_context(ctx, inputs, output):
     x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chunk_size, seg_chunks, bwd_span, \
-        fwd_span, _ = inputs
-    _, _, seg_in, seg_decay, y_pre = output
-    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre)
+        fwd_span, _, _ = inputs
+    _, _, seg_in, seg_decay, y_pre, h_chunks = output
+    ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
+                          h_chunks)  # fmt: skip
     ctx.options = (dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span)
     ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None, not zero-filled
 
 
 def _backward(ctx, dout, dfinal, *_residual_grads):
-    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre = ctx.saved_tensors
+    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre, h_chunks = ctx.saved_tensors
     if dout is None:
         dout = torch.zeros_like(x)
     grads = _ssd_bwd_op(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
-                        seg_in, seg_decay, y_pre, *ctx.options)  # fmt: skip
+                        seg_in, seg_decay, y_pre, h_chunks, *ctx.options)  # fmt: skip
     dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
     keep = lambda g, t: None if t is None else g  # noqa: E731
     return (dx, ddt, dA, dB, dC, keep(dD, D), keep(dz, z), keep(ddt_bias, dt_bias), keep(dinit, initial_state),
-            None, None, None, None, None, None, None)  # fmt: skip
+            None, None, None, None, None, None, None, None)  # fmt: skip
 
 
 torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
@@ -192,11 +197,12 @@ def ssd_triton(
             f"ssd (triton): argument `x` must have dtype float32, float16 or bfloat16 for the triton backend, "
             f"got {str(x.dtype).replace('torch.', '')} (use backend='torch' or 'reference' for float64)"
         )
-    save_pre = z is not None and torch.is_grad_enabled() and any(
+    needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
     )
-    y, final, _, _, _ = _ssd_fwd_op(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
-                                    dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span, save_pre)  # fmt: skip
+    keep_states = needs_grad and triton_launch.KEEP_STATES
+    y, final, *_ = _ssd_fwd_op(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus,
+                               chunk_size, seg_chunks, bwd_span, fwd_span, needs_grad and z is not None, keep_states)  # fmt: skip
     return y, final
 
 

@@ -4,7 +4,7 @@ The kernels (one file per stage) are chained here:
 
     forward:  [states (segment-local) -> passing] -> states (per chunk) -> scan (chunks in parallel)
               or, walking: [states (segment-local) -> passing] -> scan (walks the segments)
-    backward: states (per chunk, from the saved segment inputs)
+    backward: [states (per chunk, from the saved segment inputs), unless the forward kept them]
               [dstates (segment-local) -> passing (reversed)] -> dstates (per chunk)
               scan_bwd (dx, d dt, dA, dB, dC, dD, d initial state)
 
@@ -100,6 +100,20 @@ BWD_SPAN = 1
 # 255 registers: one sequence of 16K tokens with 32 heads 2.10-2.24 against 1.85-1.87 (with 64 heads, and
 # at 64K tokens, it was 2-4% faster), so that plan leaves the term to the fused kernel.
 GH_IN_WALK = True
+# The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
+# 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
+# its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
+# it goes (``STORE_H``). False: the backward recomputes them (less memory held between the passes).
+# Measured on the H200 (``benchmarks/gpu_ssd_backward.py``, bf16, P=64, N=128, chunk 32, forward+backward
+# ms, kept against recomputed): B=8 L=4096 H=32 2.748 / 3.042; one sequence with 64 heads, 16K tokens
+# 3.532 / 3.696, 64K 13.613 / 14.181; the Mamba-2 layer at 64K 30.85 / 32.18.
+KEEP_STATES = True
+# With True, the walking plan's state walks (the forward's segment states, the backward's dstates, and its
+# states walk when the forward kept nothing) own STATE_TILE tiles too, so the dstates walk forms <g, h>
+# (GH_IN_WALK) and the fused backward skips it. Slower on the H200 (forward+backward ms, with the states
+# kept): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K 13.793 against 13.612; the
+# Mamba-2 layer at 64K 32.74 against 31.30 (the walking forward's segment pass is slower in tiles).
+WALKING_PLAN_TILES = False
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class Plan:
     block_p_bwd: int  # P tile of the fused backward
     bwd_span: int  # chunks per program of the fused backward (0: it walks the segments, carrying the gradient)
     fwd_span: int  # chunks per program of the forward scan (0: it walks the segments, carrying the state)
+    tiled_walks: bool  # the state walks own (state_block_n, state_block_p) tiles, not whole states
     state_block_n: int  # (N, P) tile of the state walks
     state_block_p: int
     state_warps: int
@@ -217,7 +232,8 @@ def make_plan(
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
     if fwd_span < 0:
         fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * _sm_count(x.device) else 0
-    if fwd_span:
+    tiled = bool(fwd_span or state_tile or WALKING_PLAN_TILES)
+    if tiled:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan
         state_n, state_p, state_warps, state_stages = block_n, block_p, fwd_warps, fwd_stages
@@ -240,7 +256,7 @@ def make_plan(
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
-                min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
+                min(bwd_span, n_chunks), min(fwd_span, n_chunks), tiled, state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
 
 
@@ -315,13 +331,15 @@ def _spans(sizes: tuple, n_chunks: int, span: int) -> tuple[tuple, int]:
 
 def ssd_fwd(
     x, dt, A, B, C, D, z, dt_bias, init, table, n_seqs: int, plan: Plan, dt_softplus: bool, save_pre: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    keep_states: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
     """Forward launches; x, B, C with their last two dimensions contiguous (any batch / token
     strides; B and C alike), dt and z contiguous; ``init`` fp32 (S, H, P, N) or None.
 
     Returns y (B, L, H, P) in x's dtype, final (S, H, P, N) fp32, the state
     entering each segment (rows, n_segs, H, N, P) fp32 (transposed), the segment decays
-    (rows, n_segs, H) fp32 and the pre-gate output (empty unless ``save_pre``).
+    (rows, n_segs, H) fp32, the pre-gate output (empty unless ``save_pre``) and the state
+    entering every chunk (rows, n_chunks, H, N, P) in the dot dtype (empty unless ``keep_states``).
     """
     rows, L, H, P = x.shape
     N = B.shape[3]
@@ -345,9 +363,10 @@ def ssd_fwd(
     final = _state_like(init, n_seqs, H, P, N, plan, x)
     y = x.new_empty(x.shape)  # contiguous, whatever x's strides
     y_pre = x.new_empty(x.shape) if save_pre else x.new_empty(0)
-    h_in = x  # (placeholder pointer when the scan walks)
-    if plan.fwd_span:  # the state entering every chunk, and the final states; then chunks in parallel
+    h_in = x  # (placeholder pointer when the scan walks and nothing is kept)
+    if plan.fwd_span or keep_states:
         h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
+    if plan.fwd_span:  # the state entering every chunk, and the final states; then chunks in parallel
         _ssd_states_kernel[walk_grid](
             x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg, seg_decay, final, *sizes, *strides,
             STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=True, **flags, **walk_blocks, **LAUNCH,
@@ -358,17 +377,18 @@ def ssd_fwd(
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
-        H_CHUNKS=plan.fwd_span > 0, **flags, **blocks, **LAUNCH,
+        H_CHUNKS=plan.fwd_span > 0, STORE_H=keep_states and not plan.fwd_span, **flags, **blocks, **LAUNCH,
     )  # fmt: skip
-    return y, final, seg, seg_decay, y_pre
+    return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
 
 
 def ssd_bwd(
     dy, dfinal, x, dt, A, B, C, D, dt_bias, init, table, seg_in, seg_decay, n_seqs: int, plan: Plan,
-    dt_softplus: bool,
+    dt_softplus: bool, h_kept: Optional[torch.Tensor] = None,
 ) -> tuple:  # fmt: skip
     """Backward launches. ``dy``: gradient of the pre-gate output (x's dtype or ``dot_dtype(x)``);
-    ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` from :func:`ssd_fwd`.
+    ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` and (if it kept them, else
+    None or empty) the per-chunk states ``h_kept`` from :func:`ssd_fwd`.
 
     Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (B's dtype, fp32 for fp32 x),
     dD (fp32, D's shape) or None, d dt_bias (fp32) or None, d initial state (fp32) or None.
@@ -382,13 +402,15 @@ def ssd_bwd(
     f32 = dict(dtype=torch.float32, device=x.device)
     several = plan.n_segs > 1
 
-    # State entering every chunk, recomputed from the saved segment states.
-    h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
-    _ssd_states_kernel[walk_grid](
-        x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, seg_in, *sizes, *strides,
-        STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=False, HAS_INIT=init is not None, **base, **walk_blocks,
-        **LAUNCH,
-    )  # fmt: skip
+    if h_kept is not None and h_kept.numel():  # the state entering every chunk, kept by the forward
+        h_in = h_kept
+    else:  # recomputed from the saved segment states
+        h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
+        _ssd_states_kernel[walk_grid](
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, seg_in, *sizes, *strides,
+            STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=False, HAS_INIT=init is not None, **base,
+            **walk_blocks, **LAUNCH,
+        )  # fmt: skip
     # Gradient at every segment's end: segment-local sums chained backwards (zero: a row's only segment).
     g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
@@ -403,7 +425,7 @@ def ssd_bwd(
     gh, gh_tiles = g_seg, 0  # (placeholder)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
         g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
-        if GH_IN_WALK and plan.fwd_span:
+        if GH_IN_WALK and plan.tiled_walks:
             gh_tiles = walk_grid[0]
             gh = torch.empty(gh_tiles, rows, plan.n_chunks, H, **f32)
         _ssd_dstates_kernel[walk_grid](

@@ -11,7 +11,8 @@ Two modes. Walking (``H_CHUNKS=False``): a program owns one (batch row,
 head, block of P) and a segment of chunks, starting from the state entering
 the segment (``triton_passing.py``); after each chunk it advances the state
 in registers exactly as ``triton_states.py`` does, so no per-chunk state
-goes to memory, but each chunk waits for the one before. Chunk-parallel
+goes to memory (unless ``STORE_H`` keeps them for the backward), but each
+chunk waits for the one before. Chunk-parallel
 (``H_CHUNKS``): ``triton_states.py`` has written the state entering every
 chunk (and the final states), and a program takes a span of chunks, each
 on its own: many more programs, no product in a chain. The
@@ -38,7 +39,7 @@ def _ssd_scan_fwd_kernel(
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
-    H_CHUNKS: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H); with H_CHUNKS the segments are spans of
     ``seg_chunks`` chunks.
@@ -47,7 +48,8 @@ def _ssd_scan_fwd_kernel(
     z, out, pre with stride_y_*; dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     D: (H,) or (H, P); init, final: (S, H, P, N) fp32;
     seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment (walking);
-    hin: (B, n_chunks, H, N, P), the state entering each chunk in the dot dtype (H_CHUNKS).
+    hin: (B, n_chunks, H, N, P), the state entering each chunk in the dot dtype (read with H_CHUNKS;
+    written by the walk with STORE_H, for the backward).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
@@ -98,6 +100,9 @@ def _ssd_scan_fwd_kernel(
                 state = tl.where(opens, h0, state)
             else:
                 state = tl.where(opens, 0.0, state)
+        if STORE_H:  # (walking) kept for the backward, which then skips its state walk
+            at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
+            tl.store(hin_ptr + at_chunk, state.to(hin_ptr.dtype.element_ty), mask=mask_np)
 
         if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
             _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)

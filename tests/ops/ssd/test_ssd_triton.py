@@ -120,6 +120,41 @@ def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, s
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
 
+@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("fwd_span", [0, 1])
+def test_states_kept_or_recomputed(gen, monkeypatch, keep, fwd_span):
+    """The backward reads the state entering every chunk from the forward (kept by the walking scan, or
+    by the chunk-parallel forward's state walk) or recomputes it: output, final state and every gradient
+    against the float64 loop either way, with several segments; the states are kept only when asked
+    for and a gradient will be needed."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
+
+    monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
+    kept, asked = [], []
+
+    def spy_fwd(*args):
+        asked.append(args[-1])
+        return triton_launch.ssd_fwd(*args)
+
+    def spy_bwd(*args):
+        kept.append(args[-1].numel() > 0)
+        return triton_launch.ssd_bwd(*args)
+
+    monkeypatch.setattr(ssd_triton_module, "ssd_fwd", spy_fwd)
+    monkeypatch.setattr(ssd_triton_module, "ssd_bwd", spy_bwd)
+    inp = make_inputs(gen, L=45, P=12, G=2, dtype=torch.float32)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    f = triton_with(2, -1, fwd_span)
+    got = run(f, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+    assert (asked, kept) == ([keep], [keep])
+    with torch.no_grad():  # no gradient to come: nothing kept
+        f(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=8)
+    assert asked == [keep, False]
+
+
 def test_optional_inputs_absent_and_strong_decay(gen):
     """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
     full = make_inputs(gen, L=40, G=2, strong_decay=True)
@@ -146,16 +181,19 @@ def test_several_segments_with_states(gen, strong_decay):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("seg, fwd_span", [(6, 1), (2, 1), (3, 2)])
-def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span):
-    """With the chunk-parallel forward the state walks split the (N, P) state into tiles, masked at both
-    edges (N = 40 and P = 20 in tiles of 16 x 16): one segment per row (6 chunks) or several, spans of 1 or 2."""
+@pytest.mark.parametrize("seg, fwd_span, keep", [(6, 1, True), (2, 1, True), (3, 2, True), (3, 0, True), (2, 0, False)])
+def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span, keep):
+    """The state walks split the (N, P) state into tiles, masked at both edges (N = 40 and P = 20 in tiles
+    of 16 x 16), with the chunk-parallel forward (one segment per row, 6 chunks, or several; spans of 1 or 2)
+    or the walking one (``WALKING_PLAN_TILES``; the backward's states walk runs when nothing was kept)."""
     from ssmkit.ops.ssd import triton_launch
 
     monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 16))
+    monkeypatch.setattr(triton_launch, "WALKING_PLAN_TILES", True)
+    monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
     inp = make_inputs(gen, L=45, P=20, N=40, G=2)
     plan = triton_launch.make_plan(inp["x"].to(DEV), 40, 8, None, seg, fwd_span=fwd_span)
-    assert (plan.state_block_n, plan.state_block_p, plan.n_chunks) == (16, 16, 6)
+    assert (plan.tiled_walks, plan.state_block_n, plan.state_block_p, plan.n_chunks) == (True, 16, 16, 6)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     got = run(triton_with(seg, -1, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=True,
               chunk_size=8)  # fmt: skip
@@ -284,7 +322,7 @@ def test_opcheck(gen):
     inp = make_inputs(gen, b=1, L=9, H=2, G=1)
     args = [inp[k].to(DEV).requires_grad_(True) for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True, True), test_utils=tests)
 
 
 def _packed_views(inp: dict) -> dict:
@@ -327,7 +365,7 @@ def test_opcheck_strided(gen):
     names = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
     args = [inp[k].detach().requires_grad_(True) for k in names]
     tests = ("test_schema", "test_faketensor", "test_autograd_registration")
-    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True), test_utils=tests)
+    torch.library.opcheck(torch.ops.ssmkit.ssd_fwd.default, (*args, None, True, 8, 0, -1, -1, True, True), test_utils=tests)
 
 
 def test_auto_prefers_triton_on_cuda():
