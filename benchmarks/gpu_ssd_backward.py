@@ -11,15 +11,15 @@ two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`
 - "chunk-parallel forward" (``fwd_span=1``): at the layer's shapes (one sequence, 64 heads) the plan
   walks; this forces the chunk-parallel forward (a state walk with segments, then chunks in parallel);
 - "walking forward, tiled walks" (``WALKING_PLAN_TILES``, ``fwd_span=0``): the walking scan, with the
-  state walks in (64, 32) tiles (so <g, h> comes from the dstates walk);
-- "gh in fused kernel" (``GH_IN_WALK=False``, the plan before): the decay gradient's
-  <g_c, h_{c-1}> is formed by the fused kernel, an (N, P) reduction over two tiles held in
-  different register layouts; by default the dstates walk forms it, tile by tile;
+  state walks in (64, 32) tiles;
+- "chunk 64" (the chunk as asked, 8 warps in the fused backward) and "chunk 64, 4 warps, Y_off from dC";
 - "own Y_off" (``y_off_from_dc=False``): dy·Y_off by its own product.
 
-(Also tried in the session that wrote this script, then removed from the kernels: the fused
-kernel's state products transposed so that they take wgmma, and register caps of 168; both
-slower: ``docs/kernels_gpu_notes_ssd.md``, tenth session.)
+(Also tried in the sessions that wrote this script, then removed from the kernels: the fused
+kernel's state products transposed so that they take wgmma, register caps of 168, the decay
+gradient's <g, h> formed by the dstates walk or from a second read of the tiles, smaller state
+tiles for the chunk-parallel forward at the layer's shapes; all slower: ``docs/kernels_gpu_notes_ssd.md``,
+tenth and eleventh sessions.)
 
 - "op": B=8, L=4096, H=32, P=64, N=128, G=1, bf16 (D, dt_bias, softplus, a final-state
   gradient): y, the final state and every gradient against the float32 "torch" backend (bf16
@@ -55,10 +55,11 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "recompute states": (dict(KEEP_STATES=False), {}),
     "chunk-parallel forward": ({}, dict(fwd_span=1)),
     "walking forward, tiled walks": (dict(WALKING_PLAN_TILES=True), dict(fwd_span=0)),
-    "gh in fused kernel": (dict(GH_IN_WALK=False), {}),
+    "chunk 64": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64)),
+    "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
 }
-LAYER_VARIANTS = ("walking forward, tiled walks", "chunk-parallel forward")
+LAYER_VARIANTS = ("recompute states",)
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
 
 
@@ -68,8 +69,10 @@ def variant(label: str):
     constants, keywords = VARIANTS[label]
     make_plan = ssd_triton_module.make_plan
 
-    def patched(*args, **kw):
-        return make_plan(*args, **(kw | keywords))
+    def patched(*args, **kw):  # (a "chunk_size" keyword replaces the chunk asked for)
+        if "chunk_size" in keywords:
+            args = (*args[:2], keywords["chunk_size"], *args[3:])
+        return make_plan(*args, **(kw | {k: v for k, v in keywords.items() if k != "chunk_size"}))
 
     ssd_triton_module.make_plan = patched
     try:
@@ -129,7 +132,7 @@ def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
 def run(out_dir: str, parts) -> str:
     rows = []
     if "op" in parts:
-        rows += op_rows(labels=("default", "walking forward, tiled walks"))
+        rows += op_rows(labels=("default", "recompute states"))
     if "layer-op" in parts:
         rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS)
     if "layer" in parts:

@@ -90,16 +90,6 @@ STATE_PROGRAMS_PER_SM = 6
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
 # (3.69 vs 3.24).
 BWD_SPAN = 1
-# The decay gradient's carried-state term exp(acum_last) <g_c, h_{c-1}> (``triton_scan_bwd.py``) is formed
-# by the dstates walk, tile by tile (it holds g_c and loads h_{c-1} a chunk ahead), when the state walks own
-# small tiles (the chunk-parallel plan) and the fused backward handles chunks independently; the fused
-# kernel then skips an (N, P) reduction in two register layouts. Measured on the H200
-# (``benchmarks/gpu_ssd_backward.py``, bf16, P=64, N=128, chunk 32, forward+backward ms): B=8 L=4096 H=32
-# 3.039 / 3.059 against 3.132 / 3.155 (fused kernel 1.40 against 1.69-1.73 ms, dstates walk 0.50 against
-# 0.30). With whole-state walks (the walking plan) the walk holds a whole (N, P) state more and reaches
-# 255 registers: one sequence of 16K tokens with 32 heads 2.10-2.24 against 1.85-1.87 (with 64 heads, and
-# at 64K tokens, it was 2-4% faster), so that plan leaves the term to the fused kernel.
-GH_IN_WALK = True
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
@@ -109,10 +99,10 @@ GH_IN_WALK = True
 # 3.532 / 3.696, 64K 13.613 / 14.181; the Mamba-2 layer at 64K 30.85 / 32.18.
 KEEP_STATES = True
 # With True, the walking plan's state walks (the forward's segment states, the backward's dstates, and its
-# states walk when the forward kept nothing) own STATE_TILE tiles too, so the dstates walk forms <g, h>
-# (GH_IN_WALK) and the fused backward skips it. Slower on the H200 (forward+backward ms, with the states
-# kept): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K 13.793 against 13.612; the
-# Mamba-2 layer at 64K 32.74 against 31.30 (the walking forward's segment pass is slower in tiles).
+# states walk when the forward kept nothing) own STATE_TILE tiles too. Slower on the H200 (forward+backward
+# ms, with the states kept and the dstates walk then forming the decay gradient's <g, h>, as it did before
+# the fused backward took that term back): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K
+# 13.793 against 13.612; the Mamba-2 layer at 64K 32.74 against 31.30.
 WALKING_PLAN_TILES = False
 
 
@@ -417,21 +407,16 @@ def ssd_bwd(
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
     if several:
         _ssd_dstates_kernel[walk_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, g_seg, g_seg, *sizes, *strides,
-            0, STORE_CHUNKS=False, SEG_IN=False, GH_OUT=False, **dstates, **walk_blocks, **LAUNCH,
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
+            STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
-    gh, gh_tiles = g_seg, 0  # (placeholder)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
         g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
-        if GH_IN_WALK and plan.tiled_walks:
-            gh_tiles = walk_grid[0]
-            gh = torch.empty(gh_tiles, rows, plan.n_chunks, H, **f32)
         _ssd_dstates_kernel[walk_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), h_in, gh, *sizes,
-            *strides, gh[0].numel(), STORE_CHUNKS=True, SEG_IN=several, GH_OUT=gh_tiles > 0, **dstates,
-            **walk_blocks, **LAUNCH,
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
+            STORE_CHUNKS=True, SEG_IN=several, **dstates, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         sizes, n_spans = _spans(sizes, plan.n_chunks, span)
     else:
@@ -446,11 +431,10 @@ def ssd_bwd(
     dA = torch.empty(n_pb, rows * n_spans, H, **f32)
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     _ssd_bwd_kernel[(n_pb, n_spans, rows * H)](
-        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table), gh,
+        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
-        gh[0].numel(), HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, GH_TILES=gh_tiles,
-        **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
+        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).

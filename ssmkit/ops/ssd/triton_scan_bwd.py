@@ -29,10 +29,9 @@ its end state, and the carried state reaching its end state:
             + exp(acum_last) <g, h>,                 M_ij = M'_ij (C_i·B_j), j < i
 
 Each term is a sum of the actual cross-boundary contributions (no difference
-of large totals, so no cancellation even when decay is strong). When chunks
-are handled independently, <g, h> of the last term comes from the dstates walk
-(``GH_TILES``: one part per state tile), which holds g as it walks; formed
-here it is an (N, P) reduction over two tiles in different register layouts. Then
+of large totals, so no cancellation even when decay is strong). The inner
+product <g, h> of the last term is the trace of the (P, P) product g^T h.
+Then
 dΔ_t = x_t·dx̃_t + A d a_t, d dt via the softplus, dA = Σ_t Δ_t d a_t.
 """
 
@@ -45,14 +44,14 @@ from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, las
 @triton.jit
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr,
-    table_ptr, gh_ptr,
+    table_ptr,
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
-    share_ddt, share_dA, share_gh,
+    share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
-    Y_OFF_FROM_DC: tl.constexpr, GH_TILES: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
@@ -65,8 +64,7 @@ def _ssd_bwd_kernel(
     initial-state gradients are then handled by ``triton_states_bwd.py``: dfinal, dinit unused);
     dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
     dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares;
-    dD: (B * n_segs, H, P) fp32 partial sums; with GH_TILES (and G_CHUNKS) gh: (GH_TILES, B, n_chunks, H)
-    fp32, the dstates walk's tiles' parts of <g_c, h_{c-1}> (tile stride share_gh).
+    dD: (B * n_segs, H, P) fp32 partial sums.
     """
     n_pb = tl.num_programs(0)
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
@@ -129,7 +127,6 @@ def _ssd_bwd_kernel(
             g = gd.to(tl.float32)
         else:
             gd = g.to(DT)
-
         e_in = tl.exp(acum)  # decay from the chunk's start to i
         e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
         Lmat = decay_matrix(acum, causal)
@@ -154,14 +151,11 @@ def _ssd_bwd_kernel(
         state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
         da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
         da += tl.cumsum(state_dot, axis=0) - state_dot
-        if GH_TILES:  # <g, h> from the dstates walk's tiles (added once, by the first P block)
-            gh, gh_at = 0.0, gh_ptr + (b64 * n_chunks + c) * H + head
-            for _ in tl.static_range(GH_TILES):
-                gh += tl.load(gh_at)
-                gh_at += share_gh
-            da += tl.where(pid_p == 0, tl.exp(acum_last) * gh, 0.0)
-        else:
-            da += tl.exp(acum_last) * tl.sum(tl.sum(g * h_in.to(tl.float32), axis=1), axis=0)
+        # <g, h> as the diagonal of the (P, P) product g^T h, on tensor cores from the operands the products
+        # above already staged (an elementwise product of the two tiles needs them in one register layout).
+        gTh = tl.dot(tl.trans(gd), h_in, input_precision=PREC)
+        diag = offs_p[:, None] == offs_p[None, :]
+        da += tl.exp(acum_last) * tl.sum(tl.sum(tl.where(diag, gTh, 0.0), axis=1), axis=0)
         da = tl.where(mask_q, da, 0.0)
 
         ddelta = tl.sum(xf * dxt, axis=1) + A * da

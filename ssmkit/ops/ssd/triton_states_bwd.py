@@ -23,9 +23,7 @@ This kernel runs the recurrence over one segment of chunks, in two modes
   gradient for a row's only segment), writing g_c for every chunk in the
   dot dtype, and the initial-state gradient where a sequence opens. The
   fused backward (``triton_scan_bwd.py``) then handles every chunk on its
-  own, in parallel. With ``GH_OUT`` it also writes each tile's part of
-  <g_c, h_{c-1}> (the decay gradient's carried-state term), reading the
-  recomputed states a chunk ahead.
+  own, in parallel.
 
 Gradients are held transposed, g^T (N, P), like the states in
 ``triton_states.py``; as there, a program may own any (N, P) tile.
@@ -39,11 +37,11 @@ from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, p
 
 @triton.jit
 def _ssd_dstates_kernel(
-    dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr, seg_in_ptr, dinit_ptr, hin_ptr, gh_ptr,
+    dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr, seg_in_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l, share_gh,
+    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
-    STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, HAS_DINIT: tl.constexpr, GH_OUT: tl.constexpr,
+    STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, HAS_DINIT: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -54,9 +52,7 @@ def _ssd_dstates_kernel(
     gradient at its start, or with STORE_CHUNKS (B, n_chunks, H, N, P) in the
     dot dtype (DT), the gradient at every chunk's end; seg_in: (B, n_segs, H, N, P) fp32,
     the gradient at every segment's end (read with STORE_CHUNKS and SEG_IN); dinit:
-    (S, H, P, N) fp32 (written with STORE_CHUNKS and HAS_DINIT); with GH_OUT (and STORE_CHUNKS) hin:
-    (B, n_chunks, H, N, P) the state entering every chunk, gh: (tiles, B, n_chunks, H) fp32 each tile's
-    part of <g_c, h_{c-1}> (tile stride share_gh).
+    (S, H, P, N) fp32 (written with STORE_CHUNKS and HAS_DINIT).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
@@ -81,19 +77,12 @@ def _ssd_dstates_kernel(
             grad = tl.where(last, g_final, grad)
     c0 = pid_s * seg_chunks
     n_here = tl.minimum(seg_chunks, n_chunks - c0)
-    hin_row = hin_ptr + (b64 * n_chunks * H + head) * P * N + offs_np  # (chunk c at + c * H * P * N)
-    c_first = c0 + n_here - 1
-    dt_next = chunk_dt(dt_row, table_ptr, b, c_first, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
-    if GH_OUT:
-        h_next = tl.load(hin_row + c_first.to(tl.int64) * H * P * N, mask=mask_np, other=0.0)
+    dt_next = chunk_dt(dt_row, table_ptr, b, c0 + n_here - 1, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
     for i in range(0, n_here):
         c = c0 + n_here - 1 - i
         c_after = tl.maximum(c - 1, 0)  # the chunk of the next iteration: its loads are issued now
         dtv = dt_next
         dt_next = chunk_dt(dt_row, table_ptr, b, c_after, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
-        if GH_OUT:
-            h_prev = h_next.to(tl.float32)
-            h_next = tl.load(hin_row + c_after.to(tl.int64) * H * P * N, mask=mask_np, other=0.0)
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -106,9 +95,6 @@ def _ssd_dstates_kernel(
         if STORE_CHUNKS:
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
             tl.store(dst, grad.to(out_ptr.dtype.element_ty), mask=mask_np)
-            if GH_OUT:  # this tile's part of <g_c, h_{c-1}> (the decay gradient's carried-state term)
-                gh = tl.sum(tl.sum(grad * h_prev, axis=1), axis=0)
-                tl.store(gh_ptr + tl.program_id(0).to(tl.int64) * share_gh + (b64 * n_chunks + c) * H + head, gh)
         _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         dyv = tl.load(dy_row + t[:, None] * stride_y_l + offs_p[None, :],

@@ -202,20 +202,19 @@ def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span, keep):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("gh_in_walk", [True, False])
-def test_carried_decay_term_either_kernel(gen, monkeypatch, gh_in_walk):
-    """The decay gradient's exp(acum_last) <g_c, h_{c-1}>, summed from the dstates walk's (N, P) tiles (default)
-    or formed by the fused backward itself; fp32 P = 40 runs two backward P blocks (the term counts once)
-    over two segments, with the state in 2 x 3 tiles."""
+@pytest.mark.parametrize("span", [1, 0])
+def test_carried_decay_term_in_p_blocks(gen, monkeypatch, span):
+    """The decay gradient's exp(acum_last) <g_c, h_{c-1}>, formed per backward P block as the trace of its
+    part of g^T h: fp32 P = 40 runs two P blocks (one masked) over two segments, with the chunks handled
+    independently (span 1) or walked (span 0)."""
     from ssmkit.ops.ssd import triton_launch
 
-    monkeypatch.setattr(triton_launch, "GH_IN_WALK", gh_in_walk)
     monkeypatch.setattr(triton_launch, "STATE_TILE", (16, 16))
     inp = make_inputs(gen, L=45, P=40, N=24, G=2)
-    plan = triton_launch.make_plan(inp["x"].to(DEV), 24, 8, None, 3, bwd_span=1, fwd_span=1)
+    plan = triton_launch.make_plan(inp["x"].to(DEV), 24, 8, None, 3, bwd_span=span, fwd_span=1)
     assert (plan.block_p_bwd, plan.n_segs, plan.state_block_n) == (32, 2, 16)
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(3, 1, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
+    got = run(triton_with(3, span, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
