@@ -159,10 +159,14 @@ def bench_vs_sdpa() -> list[list]:
             with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                 return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-        _, t_attn = fwd_and_fwdbwd(attn, qkv)
         inp = ssd_inputs(b, L)
-        # the default chunk_size (16-bit runs chunks of 32 on the GPU: the best of 32 and 64 before)
-        t_ssd = fwd_and_fwdbwd(lambda **k: ssd(**k, dt_softplus=True, backend="triton"), inp)[1]
+        # the default chunk_size (16-bit runs chunks of 32 on the GPU: the best of 32 and 64 before).
+        # Timed right after attention, the SSD at one 16K sequence took 1.7 to 2.7 ms over runs of the
+        # same code; the two are alternated twice and each keeps its best, so neither always goes second.
+        t_attn, t_ssd = float("inf"), float("inf")
+        for _ in range(2):
+            t_attn = min(t_attn, fwd_and_fwdbwd(attn, qkv)[1])
+            t_ssd = min(t_ssd, fwd_and_fwdbwd(lambda **k: ssd(**k, dt_softplus=True, backend="triton"), inp)[1])
         tokens = b * L
         rows.append([f"{b} x {L}", f"{t_attn:.3f}", f"{t_ssd:.3f}", f"{t_attn / tokens * 1e6:.1f}",
                      f"{t_ssd / tokens * 1e6:.1f}", f"{t_attn / t_ssd:.1f}x"])  # fmt: skip

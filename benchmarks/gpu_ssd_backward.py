@@ -1,6 +1,6 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op layer profile]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -25,6 +25,8 @@ tenth and eleventh sessions.)
   gradient): y, the final state and every gradient against the float32 "torch" backend (bf16
   tolerance 3e-2), then forward / forward+backward ms.
 - "layer-op": the same at the Mamba-2 layer's shapes (one sequence of 16K or 64K tokens, 64 heads).
+- "16k": the same at the shape of the comparison with attention at 16K tokens (one sequence, 32 heads),
+  with segment counts and the chunk-parallel forward.
 - "layer": the Mamba-2 layer (d_model 2048) at 16K and 64K tokens, default and the variants named
   in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
 - "profile": per-kernel CUDA time of one forward+backward at the "op" shape, default and variants.
@@ -58,7 +60,17 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk 64": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64)),
     "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
+    "state tiles (128, 32)": ({}, dict(state_tile=(128, 32))),
+    "state tiles (64, 64)": ({}, dict(state_tile=(64, 64))),
+    "state walks, 3 stages": ({}, dict(state_stages=3)),
+    "state walks, 8 warps": ({}, dict(state_warps=8)),
+    "segments of 32 chunks": ({}, dict(seg_chunks=32)),
+    "segments of 64 chunks": ({}, dict(seg_chunks=64)),
+    "segments of 128 chunks": ({}, dict(seg_chunks=128)),
+    "chunk-parallel, segments of 64 chunks": ({}, dict(fwd_span=1, seg_chunks=64)),
+    "chunk-parallel, segments of 128 chunks": ({}, dict(fwd_span=1, seg_chunks=128)),
 }
+SDPA_SHAPE = (1, 16384, 32)  # the SSD core's shape in the comparison with attention at 16K tokens
 LAYER_VARIANTS = ("recompute states",)
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
 
@@ -69,10 +81,14 @@ def variant(label: str):
     constants, keywords = VARIANTS[label]
     make_plan = ssd_triton_module.make_plan
 
-    def patched(*args, **kw):  # (a "chunk_size" keyword replaces the chunk asked for)
-        if "chunk_size" in keywords:
-            args = (*args[:2], keywords["chunk_size"], *args[3:])
-        return make_plan(*args, **(kw | {k: v for k, v in keywords.items() if k != "chunk_size"}))
+    positional = {"chunk_size": 2, "seg_chunks": 4}  # (make_plan's arguments the op passes by position)
+
+    def patched(*args, **kw):
+        args = list(args)
+        for name, at in positional.items():
+            if name in keywords:
+                args[at] = keywords[name]
+        return make_plan(*args, **(kw | {k: v for k, v in keywords.items() if k not in positional}))
 
     ssd_triton_module.make_plan = patched
     try:
@@ -132,9 +148,14 @@ def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
 def run(out_dir: str, parts) -> str:
     rows = []
     if "op" in parts:
-        rows += op_rows(labels=("default", "recompute states"))
+        rows += op_rows(labels=("default", "recompute states", "state tiles (128, 32)", "state tiles (64, 64)",
+                                "state walks, 3 stages", "state walks, 8 warps"))
     if "layer-op" in parts:
         rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS)
+    if "16k" in parts:
+        rows += op_rows((SDPA_SHAPE,), ("default", "state walks, 3 stages", "chunk-parallel forward",
+                                        "segments of 32 chunks", "segments of 64 chunks", "segments of 128 chunks",
+                                        "chunk-parallel, segments of 64 chunks", "chunk-parallel, segments of 128 chunks"))
     if "layer" in parts:
         rows += layer_rows()
     if "profile" in parts:
@@ -146,7 +167,7 @@ def run(out_dir: str, parts) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    choices = ["op", "layer-op", "layer", "profile"]
+    choices = ["op", "layer-op", "16k", "layer", "profile"]
     ap.add_argument("--parts", nargs="+", default=choices, choices=choices)
     args = ap.parse_args()
     print(run(args.out, args.parts))
