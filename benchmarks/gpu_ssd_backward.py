@@ -71,7 +71,7 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk-parallel, segments of 128 chunks": ({}, dict(fwd_span=1, seg_chunks=128)),
 }
 SDPA_SHAPE = (1, 16384, 32)  # the SSD core's shape in the comparison with attention at 16K tokens
-LAYER_VARIANTS = ("recompute states",)
+LAYER_VARIANTS = ("recompute states", "walking forward, tiled walks", "chunk-parallel forward")
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
 
 
