@@ -201,8 +201,9 @@ def ssd_triton(
         t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
     )
     keep_states = needs_grad and triton_launch.KEEP_STATES
+    save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
     y, final, *_ = _ssd_fwd_op(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus,
-                               chunk_size, seg_chunks, bwd_span, fwd_span, needs_grad and z is not None, keep_states)  # fmt: skip
+                               chunk_size, seg_chunks, bwd_span, fwd_span, save_pre, keep_states)  # fmt: skip
     return y, final
 
 

@@ -434,7 +434,8 @@ def ssd_bwd(
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, **base, BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
+        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, **base,
+        BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).

@@ -39,7 +39,8 @@ def _ssd_scan_fwd_kernel(
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
-    H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H); with H_CHUNKS the segments are spans of
     ``seg_chunks`` chunks.

@@ -127,6 +127,7 @@ def _ssd_bwd_kernel(
             g = gd.to(tl.float32)
         else:
             gd = g.to(DT)
+
         e_in = tl.exp(acum)  # decay from the chunk's start to i
         e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
         Lmat = decay_matrix(acum, causal)
