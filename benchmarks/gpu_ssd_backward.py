@@ -1,6 +1,6 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile host]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -30,6 +30,8 @@ tenth and eleventh sessions.)
 - "layer": the Mamba-2 layer (d_model 2048) at 16K and 64K tokens, default and the variants named
   in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
 - "profile": per-kernel CUDA time of one forward+backward at the "op" shape, default and variants.
+- "host": host time per forward+backward through the eager autograd.Function and through the custom
+  ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
 
 Writes ``gpu_ssd_backward.md`` / ``.json``.
 """
@@ -132,6 +134,41 @@ def layer_rows() -> list[list]:
     return rows
 
 
+def host_rows() -> list[list]:
+    """Host ms per forward+backward (launches issued, GPU not waited for: the time the Python side
+    takes) and the measured forward+backward ms, through the autograd.Function (default) and through
+    the custom ops (``EAGER_FUNCTION=False``), at the 16K comparison shape and the op shape."""
+    import time
+
+    rows = []
+    for b, L, H in (SDPA_SHAPE, (8, 4096, 32)):
+        inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(b, L, H=H).items()}
+        dy = torch.randn(b, L, H, 64, device="cuda", dtype=torch.bfloat16)
+        for label, eager in (("autograd.Function", True), ("custom ops", False)):
+            saved, ssd_triton_module.EAGER_FUNCTION = ssd_triton_module.EAGER_FUNCTION, eager
+            try:
+                def step():
+                    for v in inp.values():
+                        v.grad = None  # (as the timing below: no accumulation)
+                    ssd_triton_module.ssd_triton(**inp, dt_softplus=True)[0].backward(dy)
+
+                for _ in range(10):
+                    step()
+                torch.cuda.synchronize()
+                t = time.perf_counter()
+                for _ in range(20):  # (few enough that the launch queue never fills and blocks the host)
+                    step()
+                host = (time.perf_counter() - t) / 20 * 1e3
+                torch.cuda.synchronize()
+                _, t_fb = fwd_and_fwdbwd(lambda **k: ssd_triton_module.ssd_triton(**k, dt_softplus=True)[0], inp)
+            finally:
+                ssd_triton_module.EAGER_FUNCTION = saved
+            rows.append([f"B={b} L={L} H={H}: through the {label}, host ms per fwd+bwd {host:.3f}", "",
+                         f"{t_fb:.3f}", "", ""])  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
 def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
     """Per-kernel CUDA ms of one forward+backward (mean of 5) at the op shape."""
     inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(8, 4096).items()}
@@ -160,6 +197,8 @@ def run(out_dir: str, parts) -> str:
         rows += layer_rows()
     if "profile" in parts:
         rows += profile_rows(("default",))
+    if "host" in parts:
+        rows += host_rows()
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
 
@@ -167,7 +206,7 @@ def run(out_dir: str, parts) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    choices = ["op", "layer-op", "16k", "layer", "profile"]
+    choices = ["op", "layer-op", "16k", "layer", "profile", "host"]
     ap.add_argument("--parts", nargs="+", default=choices, choices=choices)
     args = ap.parse_args()
     print(run(args.out, args.parts))

@@ -163,6 +163,10 @@ def _input_grads(grads, D, z, dt_bias, initial_state) -> tuple:
 torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
 
 
+# Outside torch.compile, run through _SSDEager rather than the custom ops (False: always the ops).
+EAGER_FUNCTION = True
+
+
 class _SSDEager(torch.autograd.Function):
     """The same forward and backward as the custom ops, called without the dispatcher when
     nothing is being compiled: the ops' Python dispatch, autograd wrapper and output checks
@@ -236,7 +240,8 @@ def ssd_triton(
     )
     keep_states = needs_grad and triton_launch.KEEP_STATES
     save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
-    fwd = _ssd_fwd_op if torch.compiler.is_compiling() else _SSDEager.apply  # (same function; see _SSDEager)
+    eager = EAGER_FUNCTION and not torch.compiler.is_compiling()
+    fwd = _SSDEager.apply if eager else _ssd_fwd_op  # (the same function; see _SSDEager)
     y, final, *_ = fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus,
                        chunk_size, seg_chunks, bwd_span, fwd_span, save_pre, keep_states)  # fmt: skip
     return y, final

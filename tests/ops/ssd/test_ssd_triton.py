@@ -314,6 +314,27 @@ def test_compile_fullgraph(gen):
     assert_all_close(compiled, eager, torch.float32, GRAD_NAMES)
 
 
+@pytest.mark.parametrize("eager_function", [True, False])
+def test_eager_calls_and_custom_ops_agree(gen, monkeypatch, eager_function):
+    """Outside torch.compile the kernels run through a plain autograd.Function (``EAGER_FUNCTION``), never
+    through the custom ops; with it off, through the ops: output, final state and every gradient against
+    the float64 loop either way."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module
+
+    monkeypatch.setattr(ssd_triton_module, "EAGER_FUNCTION", eager_function)
+    if eager_function:
+        def refuse(*args):
+            raise AssertionError("the custom op was called outside torch.compile")
+
+        monkeypatch.setattr(ssd_triton_module, "_ssd_fwd_op", refuse)
+    inp = make_inputs(gen, L=27, G=2)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(ssd, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8, backend="triton")
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+
+
 def test_opcheck(gen):
     """torch.library.opcheck: schema, fake tensor and autograd registration of the forward op."""
     import ssmkit.ops.ssd.triton  # noqa: F401  (registers the ops)
