@@ -27,7 +27,7 @@ import torch
 
 from .._triton import f32
 from . import triton_launch
-from .triton_launch import dot_dtype, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
+from .triton_launch import dot_dtype, keeps_states, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
 Tensor = torch.Tensor
 
@@ -87,7 +87,8 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
         torch.empty(rows, plan.n_segs, H, N, P, **f32),
         torch.empty(rows, plan.n_segs, H, **f32),
         x.new_empty(x.shape) if save_pre else x.new_empty(0),
-        x.new_empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x)) if keep_states else x.new_empty(0),
+        x.new_empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x)) if keeps_states(x, N, plan, keep_states)
+        else x.new_empty(0),
     )
 
 

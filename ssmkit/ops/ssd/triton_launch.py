@@ -98,6 +98,10 @@ BWD_SPAN = 1
 # ms, kept against recomputed): B=8 L=4096 H=32 2.748 / 3.042; one sequence with 64 heads, 16K tokens
 # 3.532 / 3.696, 64K 13.613 / 14.181; the Mamba-2 layer at 64K 30.85 / 32.18.
 KEEP_STATES = True
+# ... up to this many bytes per call (larger calls recompute them): a bound on what one call holds, e.g.
+# 2 GiB for one 64K-token sequence with 64 heads of 64 and N = 128 (kept), 32 GiB at 2^20 tokens with 32
+# heads in two rows (recomputed). Over a model the kept states add up layer by layer until the backward.
+KEEP_STATES_MAX_BYTES = 4 << 30
 # With True, the walking plan's state walks (the forward's segment states, the backward's dstates, and its
 # states walk when the forward kept nothing) own STATE_TILE tiles too. Slower on the H200 (forward+backward
 # ms, with the states kept and the dstates walk then forming the decay gradient's <g, h>, as it did before
@@ -319,6 +323,13 @@ def _spans(sizes: tuple, n_chunks: int, span: int) -> tuple[tuple, int]:
     return (*sizes[:5], n_spans, span, *sizes[7:]), n_spans
 
 
+def keeps_states(x: torch.Tensor, N: int, plan: Plan, asked: bool) -> bool:
+    """Whether the forward keeps the state entering every chunk: when ``asked`` (``KEEP_STATES`` and a
+    gradient to come) and the (rows, n_chunks, H, N, P) buffer is at most ``KEEP_STATES_MAX_BYTES``."""
+    rows, _, H, P = x.shape
+    return asked and rows * plan.n_chunks * H * N * P * dot_dtype(x).itemsize <= KEEP_STATES_MAX_BYTES
+
+
 def ssd_fwd(
     x, dt, A, B, C, D, z, dt_bias, init, table, n_seqs: int, plan: Plan, dt_softplus: bool, save_pre: bool,
     keep_states: bool = False,
@@ -329,10 +340,12 @@ def ssd_fwd(
     Returns y (B, L, H, P) in x's dtype, final (S, H, P, N) fp32, the state
     entering each segment (rows, n_segs, H, N, P) fp32 (transposed), the segment decays
     (rows, n_segs, H) fp32, the pre-gate output (empty unless ``save_pre``) and the state
-    entering every chunk (rows, n_chunks, H, N, P) in the dot dtype (empty unless ``keep_states``).
+    entering every chunk (rows, n_chunks, H, N, P) in the dot dtype (empty unless ``keep_states`` and
+    :func:`keeps_states`).
     """
     rows, L, H, P = x.shape
     N = B.shape[3]
+    keep_states = keeps_states(x, N, plan, keep_states)
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
     walk_grid, walk_blocks = _state_walk_args(x, N, plan)
     flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,

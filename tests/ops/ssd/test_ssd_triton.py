@@ -120,16 +120,19 @@ def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, s
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("keep", [True, False])
+@pytest.mark.parametrize("keep, cap", [(True, None), (False, None), (True, 2 * 6 * 4 * 16 * 12 * 4 - 1)])
 @pytest.mark.parametrize("fwd_span", [0, 1])
-def test_states_kept_or_recomputed(gen, monkeypatch, keep, fwd_span):
+def test_states_kept_or_recomputed(gen, monkeypatch, keep, cap, fwd_span):
     """The backward reads the state entering every chunk from the forward (kept by the walking scan, or
     by the chunk-parallel forward's state walk) or recomputes it: output, final state and every gradient
     against the float64 loop either way, with several segments; the states are kept only when asked
-    for and a gradient will be needed."""
+    for, a gradient will be needed and they fit ``KEEP_STATES_MAX_BYTES`` (here one byte short of the
+    (2 rows, 6 chunks, 4 heads, 16, 12) fp32 states)."""
     from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
 
     monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
+    if cap is not None:
+        monkeypatch.setattr(triton_launch, "KEEP_STATES_MAX_BYTES", cap)
     kept, asked = [], []
 
     def spy_fwd(*args):
@@ -149,7 +152,7 @@ def test_states_kept_or_recomputed(gen, monkeypatch, keep, fwd_span):
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
-    assert (asked, kept) == ([keep], [keep])
+    assert (asked, kept) == ([keep], [keep and cap is None])
     with torch.no_grad():  # no gradient to come: nothing kept
         f(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=8)
     assert asked == [keep, False]
