@@ -144,21 +144,21 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None, not zero-filled
 
 
-def _backward(ctx, dout, dfinal, *_residual_grads):
-    x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre, h_chunks = ctx.saved_tensors
+def _run_backward(ctx, dout, dfinal, bwd) -> tuple:
+    """The forward's input gradients, by ``bwd`` (the backward op or its function) from what
+    ``_setup_context`` saved; None for inputs that were None."""
+    saved = ctx.saved_tensors  # x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, residuals
+    D, z, dt_bias, initial_state = saved[5:9]
     if dout is None:
-        dout = torch.zeros_like(x)
-    grads = _ssd_bwd_op(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
-                        seg_in, seg_decay, y_pre, h_chunks, *ctx.options)  # fmt: skip
-    return _input_grads(grads, D, z, dt_bias, initial_state)
-
-
-def _input_grads(grads, D, z, dt_bias, initial_state) -> tuple:
-    """The forward's input gradients from the backward's outputs (None for inputs that were None)."""
-    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
+        dout = torch.zeros_like(saved[0])
+    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = bwd(dout, dfinal, *saved, *ctx.options)
     keep = lambda g, t: None if t is None else g  # noqa: E731
     return (dx, ddt, dA, dB, dC, keep(dD, D), keep(dz, z), keep(ddt_bias, dt_bias), keep(dinit, initial_state),
             None, None, None, None, None, None, None, None)  # fmt: skip
+
+
+def _backward(ctx, dout, dfinal, *_residual_grads):
+    return _run_backward(ctx, dout, dfinal, _ssd_bwd_op)
 
 
 torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
@@ -171,8 +171,8 @@ EAGER_FUNCTION = True
 class _SSDEager(torch.autograd.Function):
     """The same forward and backward as the custom ops, called without the dispatcher when
     nothing is being compiled: the ops' Python dispatch, autograd wrapper and output checks
-    cost ~1 ms of host time per forward+backward (H200 host, torch 2.11), more than the
-    kernels' GPU time on small calls (one 16K-token sequence with 32 heads: 1.6 ms)."""
+    cost 0.4-0.8 ms of host time per forward+backward (H200 host, torch 2.11), which made
+    small calls host-bound (one 16K-token sequence with 32 heads: 1.6 ms of kernels)."""
 
     @staticmethod
     def forward(ctx, *inputs):
@@ -183,13 +183,7 @@ class _SSDEager(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal, *_residual_grads):
-        x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre, h_chunks = \
-            ctx.saved_tensors
-        if dout is None:
-            dout = torch.zeros_like(x)
-        grads = _bwd_impl(dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens,
-                          seg_in, seg_decay, y_pre, h_chunks, *ctx.options)  # fmt: skip
-        return _input_grads(grads, D, z, dt_bias, initial_state)
+        return _run_backward(ctx, dout, dfinal, _bwd_impl)
 
 
 def ssd_triton(
