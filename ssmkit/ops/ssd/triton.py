@@ -164,7 +164,7 @@ def _backward(ctx, dout, dfinal, *_residual_grads):
 torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_setup_context)
 
 
-# Outside torch.compile, run through _SSDEager rather than the custom ops (False: always the ops).
+# Outside torch.compile, plain tensors run through _SSDEager rather than the custom ops (False: always the ops).
 EAGER_FUNCTION = True
 
 
@@ -235,7 +235,8 @@ def ssd_triton(
     )
     keep_states = needs_grad and triton_launch.KEEP_STATES
     save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
-    eager = EAGER_FUNCTION and not torch.compiler.is_compiling()
+    # (fake, meta and other subclass tensors keep the ops: their fake implementations and dispatch)
+    eager = EAGER_FUNCTION and type(x) is Tensor and not x.is_meta and not torch.compiler.is_compiling()
     fwd = _SSDEager.apply if eager else _ssd_fwd_op  # (the same function; see _SSDEager)
     y, final, *_ = fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus,
                        chunk_size, seg_chunks, bwd_span, fwd_span, save_pre, keep_states)  # fmt: skip

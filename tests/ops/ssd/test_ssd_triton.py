@@ -8,6 +8,7 @@ full-shape and L = 2^20 checks of ``benchmarks/gpu_ssd_checks.py``.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import sys
@@ -336,6 +337,21 @@ def test_eager_calls_and_custom_ops_agree(gen, monkeypatch, eager_function):
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+
+
+def test_fake_and_meta_tensors_take_the_ops(gen):
+    """Under FakeTensorMode and on the meta device (shape inference, no kernels) the call goes through the
+    custom ops' fake implementation: y and the final state come back with their shapes and dtypes."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from ssmkit.ops.ssd.triton import ssd_triton
+
+    inp = make_inputs(gen, L=21, G=2)
+    for mode, device in ((FakeTensorMode(), DEV), (contextlib.nullcontext(), "meta")):
+        with mode:
+            args = {k: torch.empty(v.shape, dtype=v.dtype, device=device) for k, v in inp.items()}
+            y, s = ssd_triton(**args, dt_softplus=True, chunk_size=8)
+        assert (y.shape, y.dtype, s.shape, s.dtype) == (inp["x"].shape, inp["x"].dtype, (2, 4, 8, 16), torch.float32)
 
 
 def test_opcheck(gen):
