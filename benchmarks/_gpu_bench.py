@@ -36,6 +36,18 @@ def table_report(out_dir: str, stem: str, title: str, head: list, rows: list, da
     return text
 
 
+def parts_main(doc: str, run: Callable[[str, list], str], parts: list) -> None:
+    """Command line of a script whose report has named parts: ``--out DIR`` (default $OUT or
+    ``results``) and ``--parts`` (default all); prints ``run(out, parts)``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
+    ap.add_argument("--parts", nargs="+", default=parts, choices=parts)
+    args = ap.parse_args()
+    print(run(args.out, args.parts))
+
+
 def ms(fn: Callable, grads=None) -> float:
     """Median milliseconds of ``fn`` (CUDA events; 25 ms warmup, 200 ms of repeats)."""
     return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")

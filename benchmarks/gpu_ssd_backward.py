@@ -38,7 +38,6 @@ Writes ``gpu_ssd_backward.md`` / ``.json``.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import sys
@@ -47,11 +46,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import fwd_and_fwdbwd, plan_constants, table_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_constants, table_report  # noqa: E402
 from gpu_ssd import profiled, ssd_inputs  # noqa: E402
-from gpu_ssd_forward import Checked  # noqa: E402
+from gpu_ssd_forward import Checked, mamba2_layer_rows  # noqa: E402
 
-from ssmkit.layers import Mamba2  # noqa: E402
 from ssmkit.ops.ssd import triton as ssd_triton_module  # noqa: E402
 
 VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
@@ -113,25 +111,8 @@ def op_rows(shapes=((8, 4096, 32),), labels=tuple(VARIANTS)) -> list[list]:
 
 
 def layer_rows() -> list[list]:
-    from gpu_layers import attn_train, build
-
-    rows = []
-    for length in (16384, 65536):
-        x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        torch.manual_seed(0)
-        m = Mamba2(2048, d_state=128, headdim=64).to(device="cuda", dtype=torch.bfloat16)
-        for label in ("default",) + LAYER_VARIANTS:
-            with variant(label):
-                t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
-            rows.append([f"Mamba-2 layer L={length}: {label}", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
-            print(rows[-1], flush=True)
-        attn = build("attention", 2048, length).to(device="cuda", dtype=torch.bfloat16)
-        t_f, t_fb = fwd_and_fwdbwd(lambda x: attn_train(attn, x), {"x": x})
-        rows.append([f"attention layer L={length} (training path)", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
-        print(rows[-1], flush=True)
-        del x, m, attn
-        torch.cuda.empty_cache()
-    return rows
+    """The Mamba-2 layer rows (``gpu_ssd_forward.mamba2_layer_rows``): default and ``LAYER_VARIANTS``."""
+    return mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in ("default",) + LAYER_VARIANTS])
 
 
 def host_rows() -> list[list]:
@@ -204,9 +185,4 @@ def run(out_dir: str, parts) -> str:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    choices = ["op", "layer-op", "16k", "layer", "profile", "host"]
-    ap.add_argument("--parts", nargs="+", default=choices, choices=choices)
-    args = ap.parse_args()
-    print(run(args.out, args.parts))
+    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "host"])

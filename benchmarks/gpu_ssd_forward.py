@@ -25,7 +25,7 @@ Writes ``gpu_ssd_forward.md`` / ``.json``.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import sys
 
@@ -34,7 +34,9 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, plan_constants, ssd_chunks_as_asked, table_report  # noqa: E402
+from _gpu_bench import (  # noqa: E402
+    from_mamba_source, fwd_and_fwdbwd, parts_main, plan_constants, ssd_chunks_as_asked, table_report,
+)
 from gpu_ssd import ssd_inputs  # noqa: E402
 
 from ssmkit.layers import Mamba2  # noqa: E402
@@ -130,9 +132,10 @@ def sweep_rows() -> list[list]:
     return rows
 
 
-def layer_rows() -> list[list]:
-    """The Mamba-2 layer at 16K and 64K tokens (one sequence, its default chunk), the plan before and the
-    default, and the attention layer's training path (gpu_layers.py) at the same length."""
+def mamba2_layer_rows(plans) -> list[list]:
+    """The Mamba-2 layer at 16K and 64K tokens (one sequence, its default chunk) under each of ``plans``
+    ((label, a function returning the context that sets the plan) pairs), and the attention layer's
+    training path (gpu_layers.py) at the same length."""
     from gpu_layers import attn_train, build
 
     rows = []
@@ -140,16 +143,23 @@ def layer_rows() -> list[list]:
         x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         torch.manual_seed(0)
         m = Mamba2(2048, d_state=128, headdim=64).to(device="cuda", dtype=torch.bfloat16)
-        for label, constants in (("before", BEFORE), ("default", {})):
-            with plan_constants(**constants):
-                t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
-            rows.append([f"Mamba-2 layer L={length}, {label}", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
+        for label, plan in plans:
+            with plan():
+                t_f, t_fb = fwd_and_fwdbwd(lambda x, m=m: m(x)[0], {"x": x})
+            rows.append([f"Mamba-2 layer L={length}: {label}", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
             print(rows[-1], flush=True)
         attn = build("attention", 2048, length).to(device="cuda", dtype=torch.bfloat16)
-        t_f, t_fb = fwd_and_fwdbwd(lambda x: attn_train(attn, x), {"x": x})
+        t_f, t_fb = fwd_and_fwdbwd(lambda x, attn=attn: attn_train(attn, x), {"x": x})
         rows.append([f"attention layer L={length} (training path)", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
         print(rows[-1], flush=True)
+        del x, m, attn
+        torch.cuda.empty_cache()
     return rows
+
+
+def layer_rows() -> list[list]:
+    """The layer rows: the plan before and the default."""
+    return mamba2_layer_rows([("before", lambda: plan_constants(**BEFORE)), ("default", contextlib.nullcontext)])
 
 
 def run(out_dir: str, parts=("op", "sweep", "layer")) -> str:
@@ -166,8 +176,4 @@ def run(out_dir: str, parts=("op", "sweep", "layer")) -> str:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    ap.add_argument("--parts", nargs="+", default=["op", "sweep", "layer"], choices=["op", "sweep", "layer"])
-    args = ap.parse_args()
-    print(run(args.out, args.parts))
+    parts_main(__doc__, run, ["op", "sweep", "layer"])

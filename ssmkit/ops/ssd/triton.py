@@ -15,8 +15,9 @@ states between segments of chunks) and ``triton_scan.py`` /
 Two custom ops, ``ssmkit::ssd_fwd`` and ``ssmkit::ssd_bwd``, with fake
 (meta) implementations and autograd registered, so the op composes with
 ``torch.compile(fullgraph=True)``; outside compilation the same functions run
-through a plain ``autograd.Function`` (less host time per call). Matmuls run on tensor cores with fp32
-accumulation (fp32 inputs: full-precision products); the state is fp32.
+through a plain ``autograd.Function`` (less host time per call). Matmuls run
+on tensor cores with fp32 accumulation (fp32 inputs: full-precision
+products); the state is fp32.
 Packed variable-length sequences (``cu_seqlens``) restart the state at every
 sequence boundary and return one final state per sequence.
 """
@@ -141,6 +142,7 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre,
                           h_chunks)  # fmt: skip
     ctx.options = (dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span)
+    ctx.mark_non_differentiable(seg_in, seg_decay, y_pre, h_chunks)
     ctx.set_materialize_grads(False)  # unused outputs' gradients arrive as None, not zero-filled
 
 
@@ -178,7 +180,6 @@ class _SSDEager(torch.autograd.Function):
     def forward(ctx, *inputs):
         outputs = _fwd_impl(*inputs)
         _setup_context(ctx, inputs, outputs)
-        ctx.mark_non_differentiable(*outputs[2:])
         return outputs
 
     @staticmethod

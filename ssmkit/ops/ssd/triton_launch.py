@@ -123,7 +123,6 @@ class Plan:
     block_p_bwd: int  # P tile of the fused backward
     bwd_span: int  # chunks per program of the fused backward (0: it walks the segments, carrying the gradient)
     fwd_span: int  # chunks per program of the forward scan (0: it walks the segments, carrying the state)
-    tiled_walks: bool  # the state walks own (state_block_n, state_block_p) tiles, not whole states
     state_block_n: int  # (N, P) tile of the state walks
     state_block_p: int
     state_warps: int
@@ -135,6 +134,11 @@ class Plan:
     fwd_stages: int  # software-pipelining depth of the segment loops
     bwd_stages: int
     varlen: bool
+
+    @property
+    def tiled_walks(self) -> bool:
+        """Whether the state walks own tiles smaller than the whole (N, P) state."""
+        return (self.state_block_n, self.state_block_p) != (self.block_n, self.block_p)
 
 
 def _dot_flags(x: torch.Tensor) -> dict:
@@ -226,8 +230,7 @@ def make_plan(
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
     if fwd_span < 0:
         fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * _sm_count(x.device) else 0
-    tiled = bool(fwd_span or state_tile or WALKING_PLAN_TILES)
-    if tiled:
+    if fwd_span or state_tile or WALKING_PLAN_TILES:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan
         state_n, state_p, state_warps, state_stages = block_n, block_p, fwd_warps, fwd_stages
@@ -250,7 +253,7 @@ def make_plan(
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
-                min(bwd_span, n_chunks), min(fwd_span, n_chunks), tiled, state_n, state_p, state_warps, state_stages,
+                min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
 
 
