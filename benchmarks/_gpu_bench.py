@@ -95,6 +95,36 @@ def plan_constants(**values) -> Iterator[None]:
             setattr(triton_launch, k, v)
 
 
+@contextlib.contextmanager
+def plan_keywords(n_segs: int = 0, **keywords) -> Iterator[None]:
+    """Inside: the SSD op plans with these ``make_plan`` keywords (``seg_chunks``, ``fwd_stages``, ...,
+    overriding what the op passes), and with ``n_segs`` segments per row if given."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module
+
+    make_plan = ssd_triton_module.make_plan
+    positional = {"chunk_size": 2, "seg_chunks": 4}  # (make_plan's arguments the op passes by position)
+
+    def patched(*args, **kw):
+        args = list(args)
+        for name, at in positional.items():
+            if name in keywords and len(args) > at:
+                args[at] = keywords[name]
+        kw = kw | {k: v for k, v in keywords.items() if not (k in positional and len(args) > positional[k])}
+        if n_segs:
+            plan = make_plan(*args, **kw)
+            if len(args) > positional["seg_chunks"]:
+                args[positional["seg_chunks"]] = -(-plan.n_chunks // n_segs)
+            else:
+                kw["seg_chunks"] = -(-plan.n_chunks // n_segs)
+        return make_plan(*args, **kw)
+
+    ssd_triton_module.make_plan = patched
+    try:
+        yield
+    finally:
+        ssd_triton_module.make_plan = make_plan
+
+
 def ssd_chunks_as_asked(narrow_too: bool = False):
     """Inside: the SSD launchers run a 16-bit chunk_size as asked on the GPU (they cap it at 32 there,
     ``triton_launch.GPU_CHUNK_16BIT``), so rows labelled with a chunk time that chunk; with

@@ -3,6 +3,7 @@ Mamba-2 layer against its chunk size.
 
     python benchmarks/gpu_layer_profile.py              # Mamba-2 and Mamba, B=1 L=16K d=2048 bf16
     python benchmarks/gpu_layer_profile.py --chunks     # also: Mamba-2 fwd / fwd+bwd at chunk 32, 64, 128
+    python benchmarks/gpu_layer_profile.py --length 65536 --layers Mamba-2   # one layer, one sequence of 64K
 
 Each profile is of 5 forward+backward calls after 3 warm-up calls (``torch.profiler``; per-call
 times are the totals divided by 5). The layers are those of ``gpu_layers.py`` (default backends).
@@ -26,8 +27,9 @@ from ssmkit.layers import Mamba2  # noqa: E402
 D_MODEL, L = 2048, 16384
 
 
-def profile(name: str) -> str:
-    """Kernel table and aten-op table (with input shapes) of 5 forward+backward calls of one layer."""
+def profile(name: str, L: int = L) -> str:
+    """Kernel table and aten-op table (with input shapes) of 5 forward+backward calls of one layer
+    on one sequence of L tokens."""
     torch.manual_seed(0)
     layer = build(name, D_MODEL, L).to(device="cuda", dtype=torch.bfloat16)
     x = torch.randn(1, L, D_MODEL, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -79,8 +81,10 @@ def _chunk_sizes() -> str:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--chunks", action="store_true", help="also time the Mamba-2 layer at chunk 32, 64, 128")
+    p.add_argument("--length", type=int, default=L, help=f"tokens of the profiled sequence (default {L})")
+    p.add_argument("--layers", nargs="+", default=["Mamba-2", "Mamba"], choices=["Mamba-2", "Mamba"])
     a = p.parse_args()
-    for n in ("Mamba-2", "Mamba"):
-        print(profile(n), flush=True)
+    for n in a.layers:
+        print(profile(n, a.length), flush=True)
     if a.chunks:
         print(chunk_sizes(), flush=True)

@@ -1,6 +1,6 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile host]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -24,12 +24,14 @@ tenth and eleventh sessions.)
 - "op": B=8, L=4096, H=32, P=64, N=128, G=1, bf16 (D, dt_bias, softplus, a final-state
   gradient): y, the final state and every gradient against the float32 "torch" backend (bf16
   tolerance 3e-2), then forward / forward+backward ms.
-- "layer-op": the same at the Mamba-2 layer's shapes (one sequence of 16K or 64K tokens, 64 heads).
+- "layer-op": the same at the Mamba-2 layer's shapes (one sequence of 16K or 64K tokens, 64 heads),
+  with segment counts too.
 - "16k": the same at the shape of the comparison with attention at 16K tokens (one sequence, 32 heads),
   with segment counts and the chunk-parallel forward.
 - "layer": the Mamba-2 layer (d_model 2048) at 16K and 64K tokens, default and the variants named
   in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
-- "profile": per-kernel CUDA time of one forward+backward at the "op" shape, default and variants.
+- "profile": per-kernel CUDA time of one forward+backward at the "op" shape; "profile-layer-op" the same
+  at the layer's 64K shape.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
 
@@ -46,7 +48,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_constants, table_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_constants, plan_keywords, table_report  # noqa: E402
 from gpu_ssd import profiled, ssd_inputs  # noqa: E402
 from gpu_ssd_forward import Checked, mamba2_layer_rows  # noqa: E402
 
@@ -73,29 +75,16 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
 SDPA_SHAPE = (1, 16384, 32)  # the SSD core's shape in the comparison with attention at 16K tokens
 LAYER_VARIANTS = ("recompute states", "walking forward, tiled walks", "chunk-parallel forward")
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
+LAYER_SEGMENTS = ("segments of 32 chunks", "segments of 64 chunks", "segments of 128 chunks",
+                  "chunk-parallel, segments of 64 chunks")
 
 
 @contextlib.contextmanager
 def variant(label: str):
     """Inside: the plan of ``VARIANTS[label]``."""
     constants, keywords = VARIANTS[label]
-    make_plan = ssd_triton_module.make_plan
-
-    positional = {"chunk_size": 2, "seg_chunks": 4}  # (make_plan's arguments the op passes by position)
-
-    def patched(*args, **kw):
-        args = list(args)
-        for name, at in positional.items():
-            if name in keywords:
-                args[at] = keywords[name]
-        return make_plan(*args, **(kw | {k: v for k, v in keywords.items() if k not in positional}))
-
-    ssd_triton_module.make_plan = patched
-    try:
-        with plan_constants(**constants):
-            yield
-    finally:
-        ssd_triton_module.make_plan = make_plan
+    with plan_constants(**constants), plan_keywords(**keywords):
+        yield
 
 
 def op_rows(shapes=((8, 4096, 32),), labels=tuple(VARIANTS)) -> list[list]:
@@ -150,15 +139,16 @@ def host_rows() -> list[list]:
     return rows
 
 
-def profile_rows(labels=("default",) + LAYER_VARIANTS) -> list[list]:
-    """Per-kernel CUDA ms of one forward+backward (mean of 5) at the op shape."""
-    inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(8, 4096).items()}
+def profile_rows(labels=("default",) + LAYER_VARIANTS, shape=(8, 4096, 32)) -> list[list]:
+    """Per-kernel CUDA ms of one forward+backward (mean of 5) at ``shape`` (B, L, H), by default the op's."""
+    b, L, H = shape
+    inp = {k: v.requires_grad_(True) for k, v in ssd_inputs(b, L, H=H).items()}
     rows = []
     for label in labels:
         with variant(label):
             averages = profiled(inp)
         for ev in sorted(averages, key=lambda e: -e.device_time_total)[:8]:
-            rows.append([f"profile, {label}: {ev.key[:60]}", "", f"{ev.device_time_total / 5e3:.3f}", f"x{ev.count // 5}", ""])
+            rows.append([f"profile B={b} L={L} H={H}, {label}: {ev.key[:60]}", "", f"{ev.device_time_total / 5e3:.3f}", f"x{ev.count // 5}", ""])
             print(rows[-1], flush=True)
     return rows
 
@@ -169,7 +159,7 @@ def run(out_dir: str, parts) -> str:
         rows += op_rows(labels=("default", "recompute states", "state tiles (128, 32)", "state tiles (64, 64)",
                                 "state walks, 3 stages", "state walks, 8 warps"))
     if "layer-op" in parts:
-        rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS)
+        rows += op_rows(LAYER_SHAPES, ("default",) + LAYER_VARIANTS + LAYER_SEGMENTS)
     if "16k" in parts:
         rows += op_rows((SDPA_SHAPE,), ("default", "state walks, 3 stages", "chunk-parallel forward",
                                         "segments of 32 chunks", "segments of 64 chunks", "segments of 128 chunks",
@@ -178,6 +168,8 @@ def run(out_dir: str, parts) -> str:
         rows += layer_rows()
     if "profile" in parts:
         rows += profile_rows(("default",))
+    if "profile-layer-op" in parts:
+        rows += profile_rows(("default",), LAYER_SHAPES[-1])
     if "host" in parts:
         rows += host_rows()
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
@@ -185,4 +177,4 @@ def run(out_dir: str, parts) -> str:
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "host"])
+    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host"])

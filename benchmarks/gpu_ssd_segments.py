@@ -1,22 +1,25 @@
-"""GPU: SSD forward and forward+backward against the number of segments per batch row.
+"""GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    MAMBA_SRC=/path/to/mamba_ssm-2.3.2.post1 python3 benchmarks/gpu_ssd_segments.py [--out DIR]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op layer]
 
-A segment is a run of chunks that one program walks with the state in registers; the
-forward and the backward's state passes get one program per (row, head, P block, segment).
-The default plan (``triton_launch.make_plan``) takes enough segments for about four programs
-per SM. This times the op end to end (custom op, autograd) at B=8, L=4096, H=32, P=64, N=128,
-G=1, bf16 (D, dt_bias, softplus) for chunks 32 and 64 and 1 to 6 segments per row, with
-mamba_ssm's ``mamba_chunk_scan_combined`` at chunks 64 and 256 in the same process when
-``MAMBA_SRC`` names its unpacked source; then the Mamba-2 layer (d_model 2048) at 16K and 64K
-tokens with the default plan aiming at 4, 2 or 1 programs per SM
-(``triton_launch.SEG_PROGRAMS_PER_SM``). Every chunk runs as asked (``ssd_chunks_as_asked``).
+A segment is a run of chunks that one program walks with the state in registers. Where a row has
+few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
+forward scan and the backward's state walks get one program per (row, head, segment), and
+segments are what fills the GPU. The walks are long and equal, so the GPU runs them in waves of
+as many programs as fit at once: a count of segments one past a whole wave adds a whole walk.
+
+- "op": for each shape of ``SHAPES`` (bf16, P=64, N=128, G=1, chunk 32; D, dt_bias, softplus),
+  fwd / fwd+bwd ms for every count of ``COUNTS`` and around each whole number of waves, the
+  plan's own count marked; the plan's count is also checked against the float32 "torch" backend.
+- "layer": the Mamba-2 layer (d_model 2048, 64 heads) at 16K and 64K tokens with the plan's count
+  and the counts of ``LAYER_COUNTS``.
+
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import os
 import sys
 
@@ -25,67 +28,72 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, plan_constants, ssd_chunks_as_asked, table_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_keywords, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
+from gpu_ssd_forward import Checked, mamba2_layer_rows  # noqa: E402
 
-from ssmkit.layers import Mamba2  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan  # noqa: E402
 
-SEGMENTS = (1, 2, 3, 4, 6)
-PER_SM = (4, 2, 1)  # values of triton_launch.SEG_PROGRAMS_PER_SM for the layer's rows
+SHAPES = ((1, 16384, 32), (1, 16384, 64), (1, 65536, 64), (1, 65536, 32), (2, 8192, 32), (4, 4096, 32),
+          (2, 16384, 64), (1, 32768, 96))  # fmt: skip
+COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+LAYER_COUNTS = (4, 8, 16, 32)
+WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
 
-def layer_rows() -> list[list]:
-    """The Mamba-2 layer (d_model 2048, N=128, head dim 64: 64 heads) forward / forward+backward at
-    16K and 64K tokens (one sequence), chunks 32 and 64, for each default-plan target of programs per SM."""
+def counts_for(programs: int, n_chunks: int, sms: int, default: int) -> list[int]:
+    """Segment counts to time: ``COUNTS``, the largest count within each of 1 to 8 whole waves, one past it,
+    and the plan's own."""
+    wave = WAVE * sms
+    near = {n for k in range(1, 9) for n in (k * wave // programs, k * wave // programs + 1)}
+    return sorted(n for n in set(COUNTS) | near | {default} if 1 <= n <= min(n_chunks, 64))
+
+
+def op_rows() -> list[list]:
     rows = []
-    for length in (16384, 65536):
-        x = torch.randn(1, length, 2048, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        for q in (32, 64):
-            torch.manual_seed(0)
-            m = Mamba2(2048, d_state=128, headdim=64, chunk_size=q).to(device="cuda", dtype=torch.bfloat16)
-            for per_sm in PER_SM:
-                with plan_constants(SEG_PROGRAMS_PER_SM=per_sm):
-                    like = torch.empty(1, 1, 1, 1, device="cuda", dtype=torch.bfloat16).expand(1, length, 64, 64)
-                    segs = make_plan(like, 128, q, None).n_segs  # (what the layer's SSD call plans)
-                    t_f, t_fb = fwd_and_fwdbwd(lambda x: m(x)[0], {"x": x})
-                rows.append([f"Mamba-2 layer L={length} chunk={q}, {per_sm} programs/SM ({segs} segments)",
-                             f"{t_f:.3f}", f"{t_fb:.3f}"])  # fmt: skip
-                print(rows[-1], flush=True)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    for b, L, H in SHAPES:
+        inp = ssd_inputs(b, L, H=H)
+        plan = make_plan(inp["x"], 128, 32, None)
+        if plan.fwd_span:
+            continue  # (chunk-parallel there: the state walks own tiles, no segments)
+        checked = Checked(inp)
+        rows.append(checked.row(f"B={b} L={L} H={H}: the plan's {plan.n_segs} segments (checked)", 32))
+        for n in counts_for(b * H, plan.n_chunks, sms, plan.n_segs):
+            seg = triton.cdiv(plan.n_chunks, n)
+            n_real = triton.cdiv(plan.n_chunks, seg)
+            f = lambda seg=seg, **k: ssd_triton(**k, dt_softplus=True, chunk_size=32, seg_chunks=seg)[0]  # noqa: E731
+            t_f, t_fb = fwd_and_fwdbwd(f, inp)
+            waves = b * H * n_real / (WAVE * sms)
+            mark = " (plan)" if n_real == plan.n_segs else ""
+            rows.append([f"B={b} L={L} H={H}: {n_real} segments of {seg} chunks, {waves:.2f} waves{mark}",
+                         f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])  # fmt: skip
+            print(rows[-1], flush=True)
+        for stages in (2,):
+            with plan_keywords(fwd_stages=stages):
+                t_f, t_fb = fwd_and_fwdbwd(lambda **k: ssd_triton(**k, dt_softplus=True, chunk_size=32)[0], inp)
+            rows.append([f"B={b} L={L} H={H}: the plan's segments, {stages} stages", f"{t_f:.3f}", f"{t_fb:.3f}", "", ""])
+            print(rows[-1], flush=True)
+        del inp, checked
+        torch.cuda.empty_cache()
     return rows
 
 
-def run(out_dir: str) -> str:
-    with ssd_chunks_as_asked():  # chunk 64 rows run chunks of 64 (by default 16-bit runs 32 on the GPU)
-        return _run(out_dir)
+def layer_rows() -> list[list]:
+    """The Mamba-2 layer at 16K and 64K tokens: the plan's segments and ``LAYER_COUNTS``."""
+
+    def segments(n: int):
+        return lambda: plan_keywords(n_segs=n)
+
+    return mamba2_layer_rows([("plan", contextlib.nullcontext)] + [(f"{n} segments", segments(n)) for n in LAYER_COUNTS])
 
 
-def _run(out_dir: str) -> str:
-    inp = ssd_inputs(8, 4096)
-    rows = []
-    for Q in (32, 64):
-        default = make_plan(inp["x"], 128, Q, None)
-        for n in SEGMENTS:
-            seg = triton.cdiv(default.n_chunks, n)
-            f = lambda Q=Q, seg=seg, **k: ssd_triton(**k, dt_softplus=True, chunk_size=Q, seg_chunks=seg)[0]  # noqa: E731
-            t_f, t_fb = fwd_and_fwdbwd(f, inp)
-            mark = " (default)" if seg == default.seg_chunks else ""
-            rows.append([f"ssmkit Q={Q}, {n} segments of {seg} chunks{mark}", f"{t_f:.3f}", f"{t_fb:.3f}"])
-            print(rows[-1], flush=True)
-    mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.triton.ssd_combined", "mamba_chunk_scan_combined")
-    if mamba is not None:
-        for Q in (64, 256):
-            f = lambda Q=Q, **k: mamba(k["x"], k["dt"], k["A"], k["B"], k["C"], Q, D=k["D"], dt_bias=k["dt_bias"], dt_softplus=True)  # noqa: E731
-            t_f, t_fb = fwd_and_fwdbwd(f, inp)
-            rows.append([f"mamba_ssm Q={Q}", f"{t_f:.3f}", f"{t_fb:.3f}"])
-            print(rows[-1], flush=True)
-    rows += layer_rows()
-    head = ["B=8 L=4096 H=32 P=64 N=128 bf16 (op); the Mamba-2 layer", "fwd ms", "fwd+bwd ms"]
+def run(out_dir: str, parts) -> str:
+    rows = (op_rows() if "op" in parts else []) + (layer_rows() if "layer" in parts else [])
+    head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.environ.get("OUT", "results"), help="folder for the report")
-    print(run(ap.parse_args().out))
+    parts_main(__doc__, run, ["op", "layer"])
