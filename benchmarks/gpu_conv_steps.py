@@ -4,6 +4,9 @@ Called by ``gpu_scan.py``. Each check compares backend "triton" with the float64
 "reference" / "torch" path on fresh random inputs (output, state, every gradient);
 each timing is the median of CUDA-event timings against the "torch" path and, for
 the Mamba decode step, ``mamba_ssm``'s Triton ``selective_state_update``.
+
+Alone, ``python3 benchmarks/gpu_conv_steps.py --parts tiles [--out DIR]`` times the conv1d forward's
+tile sizes at the Mamba and Mamba-2 layers' shapes (``tile_rows``).
 """
 
 from __future__ import annotations
@@ -158,3 +161,52 @@ def timings(mamba_src) -> list[list]:
             rows.append([f"ssd_step B={B_} H={H} P={P} N={N2}, {name}",
                          f"{_ms(lambda fn=fn: fn(s3, xs, dts, A2, B2, C2, D2, zs, b2, True)):.4f}", ""])  # fmt: skip
     return rows
+
+
+CONV_TILES = ((64, 64, 4), (32, 128, 4), (64, 128, 4), (16, 256, 4), (128, 64, 4), (64, 128, 8))
+
+
+def tile_rows() -> list[list]:
+    """The conv1d forward (silu, bias, bf16) for each (BLOCK_L, BLOCK_D, warps) of ``CONV_TILES``, the default
+    marked, at the Mamba-2 layer's shape (x a strided view of its 64K-token projection, D = 4352) and the
+    Mamba layer's (B=8 L=4096 D=2048 contiguous), next to a copy of the same input (a bandwidth reference)."""
+    import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
+    from ssmkit.ops._triton import LAUNCH
+
+    rows = []
+    proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)
+    for name, x in (("Mamba-2 layer, 1 x 65536 x 4352 view", proj[..., 4096:8448]),
+                    ("Mamba layer, 8 x 4096 x 2048", torch.randn(8, 4096, 2048, device="cuda", dtype=torch.bfloat16))):  # fmt: skip
+        D = x.shape[-1]
+        w, b = torch.randn(D, 4, device="cuda", dtype=x.dtype), torch.randn(D, device="cuda", dtype=x.dtype)
+        rows.append([f"{name}: copy of x", f"{_ms(lambda x=x: x.clone()):.3f}", ""])
+        default, blocks = conv_triton._blocks(x.shape[1], D), conv_triton._blocks
+        for bl, bd, warps in CONV_TILES:
+            conv_triton._blocks = lambda L, D, bl=bl, bd=bd: (bl, bd)
+            saved = dict(LAUNCH)
+            LAUNCH["num_warps"] = warps
+            try:
+                t = _ms(lambda x=x, w=w, b=b: conv_triton._fwd_op(x, w, b, None, True))
+            finally:
+                conv_triton._blocks = blocks
+                LAUNCH.clear()
+                LAUNCH.update(saved)
+            mark = " (default)" if (bl, bd, warps) == (*default, 4) else ""
+            rows.append([f"{name}: forward BLOCK_L={bl} BLOCK_D={bd} warps={warps}{mark}", f"{t:.3f}", ""])
+            print(rows[-1], flush=True)
+    return rows
+
+
+def run(out_dir: str, parts) -> str:
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _gpu_bench import table_report
+
+    rows = tile_rows() if "tiles" in parts else []
+    return table_report(out_dir, "gpu_conv_tiles", "causal conv1d forward tiles", ["case", "ms", ""], rows)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(__file__))
+    from _gpu_bench import parts_main
+
+    parts_main("GPU: causal conv1d forward tiles (python3 benchmarks/gpu_conv_steps.py --parts tiles)", run, ["tiles"])

@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op layer]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -11,15 +11,16 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
 - "op": for each shape of ``SHAPES`` (bf16, P=64, N=128, G=1, chunk 32; D, dt_bias, softplus),
   fwd / fwd+bwd ms for every count of ``COUNTS`` and around each whole number of waves, the
   plan's own count marked; the plan's count is also checked against the float32 "torch" backend.
-- "layer": the Mamba-2 layer (d_model 2048, 64 heads) at 16K and 64K tokens with the plan's count
-  and the counts of ``LAYER_COUNTS``.
+- "variants": the plan and the launch variants of ``VARIANTS`` (stages and warps of the walks) at
+  ``VARIANT_SHAPES``, each checked.
+- "layer": the Mamba-2 layer (d_model 2048, 64 heads) at 16K and 64K tokens with the plan and the
+  ``VARIANTS``, next to the attention layer.
 
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -38,7 +39,15 @@ from ssmkit.ops.ssd.triton_launch import make_plan  # noqa: E402
 SHAPES = ((1, 16384, 32), (1, 16384, 64), (1, 65536, 64), (1, 65536, 32), (2, 8192, 32), (4, 4096, 32),
           (2, 16384, 64), (1, 32768, 96))  # fmt: skip
 COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
-LAYER_COUNTS = (4, 8, 16, 32)
+VARIANT_SHAPES = ((1, 16384, 32), (1, 16384, 64), (1, 65536, 64), (4, 4096, 32))
+VARIANTS = {  # label: make_plan keywords
+    "plan": {},
+    "state walks 1 stage": dict(state_stages=1),
+    "state walks 3 stages": dict(state_stages=3),
+    "scan and walks 8 warps": dict(fwd_warps=8),
+    "scan 8 warps, walks 4": dict(fwd_warps=8, state_warps=4),
+    "scan 2 stages": dict(fwd_stages=2),
+}
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
 
@@ -80,20 +89,30 @@ def op_rows() -> list[list]:
     return rows
 
 
+def variant_rows() -> list[list]:
+    """The plan and ``VARIANTS`` at ``VARIANT_SHAPES``, each checked against the float32 "torch" backend."""
+    rows = []
+    for b, L, H in VARIANT_SHAPES:
+        checked = Checked(ssd_inputs(b, L, H=H))
+        for label, keywords in VARIANTS.items():
+            with plan_keywords(**keywords):
+                rows.append(checked.row(f"B={b} L={L} H={H}: {label}", 32))
+        del checked
+        torch.cuda.empty_cache()
+    return rows
+
+
 def layer_rows() -> list[list]:
-    """The Mamba-2 layer at 16K and 64K tokens: the plan's segments and ``LAYER_COUNTS``."""
-
-    def segments(n: int):
-        return lambda: plan_keywords(n_segs=n)
-
-    return mamba2_layer_rows([("plan", contextlib.nullcontext)] + [(f"{n} segments", segments(n)) for n in LAYER_COUNTS])
+    """The Mamba-2 layer at 16K and 64K tokens: the plan and ``VARIANTS``."""
+    return mamba2_layer_rows([(label, lambda kw=kw: plan_keywords(**kw)) for label, kw in VARIANTS.items()])
 
 
 def run(out_dir: str, parts) -> str:
-    rows = (op_rows() if "op" in parts else []) + (layer_rows() if "layer" in parts else [])
+    rows = (op_rows() if "op" in parts else []) + (variant_rows() if "variants" in parts else [])
+    rows += layer_rows() if "layer" in parts else []
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "layer"])
+    parts_main(__doc__, run, ["op", "variants", "layer"])

@@ -35,6 +35,7 @@ from .._checks import check_divisible, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.ssd import SSD_BACKENDS, ssd, ssd_step
 from ..ops.norm import GATED_RMSNORM_BACKENDS
+from ..ops._triton import TRITON_DTYPES
 from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for
 from .base import MixerState
 from .norm import GatedRMSNorm
@@ -161,6 +162,25 @@ class Mamba2(SSMMixer):
         """(..., d_in_proj) -> z (..., d_inner), xBC (..., conv_dim), dt (..., H)."""
         return zxbcdt.split([self.d_inner, self.conv_dim, self.nheads], dim=-1)
 
+    def _fused_inner(self, zxbcdt: torch.Tensor) -> bool:
+        """Whether ``forward`` runs the part between the projections as one Function on the Triton kernels
+        (``ops/ssd/triton_layer.py``: the same kernels as the ops, without the gradient concatenations):
+        eager mode, plain tensors, a non-empty sequence, the gated RMSNorm, default Δ limits, and the
+        conv, SSD and norm all resolving to "triton" (the caller has checked: no mask, no state)."""
+        if self.norm is None or self.dt_limit != (0.0, math.inf) or zxbcdt.shape[1] == 0:
+            return False
+        if type(zxbcdt) is not torch.Tensor or torch.compiler.is_compiling() or zxbcdt.dtype not in TRITON_DTYPES:
+            return False
+        return set(self.op_backends(zxbcdt.device).values()) == {"triton"}
+
+    def _conv_tail(self, zxbcdt: torch.Tensor) -> torch.Tensor:
+        """The conv's state after the sequence: its last d_conv-1 (x, B, C) inputs (zeros before the start)."""
+        _, xBC, _ = self._split_in(zxbcdt)
+        K1, L = self.d_conv - 1, xBC.shape[1]
+        if L >= K1:
+            return xBC[:, L - K1 :].contiguous()
+        return torch.cat([xBC.new_zeros(xBC.shape[0], K1 - L, xBC.shape[2]), xBC], dim=1)
+
     def _split_xbc(self, xBC: torch.Tensor):
         """(..., conv_dim) -> x (..., H, P), B (..., G, N), C (..., G, N)."""
         G, N = self.ngroups, self.d_state
@@ -194,7 +214,19 @@ class Mamba2(SSMMixer):
         self._check_input(x)
         self._check_state(state, x.shape[0])
         self._check_mask(mask, x)
-        z, xBC, dt = self._split_in(self.in_proj(x))  # (B, L, d_inner), (B, L, conv_dim), (B, L, H)
+        zxbcdt = self.in_proj(x)  # (B, L, d_in_proj)
+        if state is None and mask is None and self._fused_inner(zxbcdt):
+            from ..ops.ssd.triton_layer import mamba2_inner_triton  # (imports Triton: only once it runs)
+
+            y, ssm_state = mamba2_inner_triton(
+                zxbcdt, self.conv1d.weight[:, 0], self.conv1d.bias, self.dt_bias, self.A_log, self.D,
+                self.norm.weight, headdim=self.headdim, ngroups=self.ngroups, chunk_size=self.chunk_size,
+                eps=self.norm.eps, group_size=self.norm.group_size or self.d_inner,
+                norm_before_gate=self.norm.norm_before_gate,
+            )  # (B, L, d_inner), (B, H, P, N)
+            conv_state = self._conv_tail(zxbcdt)
+            return self.out_proj(y), Mamba2State(conv=conv_state, ssm=ssm_state)
+        z, xBC, dt = self._split_in(zxbcdt)  # (B, L, d_inner), (B, L, conv_dim), (B, L, H)
         pad = None if mask is None else ~mask[..., None]  # (B, L, 1)
         if pad is not None:
             xBC = xBC.masked_fill(pad, 0.0)

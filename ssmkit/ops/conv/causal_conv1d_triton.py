@@ -23,7 +23,10 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _blocks(L: int, D: int) -> tuple[int, int]:
-    return min(64, next_pow2(max(L, 1))), min(64, next_pow2(D))
+    """Forward tiles (BLOCK_L, BLOCK_D), 4 warps. H200, B=1 L=64K D=4352 bf16 silu, x a strided view
+    of the Mamba-2 projection as in the layer: (64, 128) 0.433 ms, (16, 256) 0.434, (32, 128) 0.465,
+    (64, 64) 0.541, (128, 64) 0.772; 8 warps slower (``benchmarks/gpu_conv_steps.py --parts tiles``)."""
+    return min(64, next_pow2(max(L, 1))), min(128, next_pow2(D))
 
 
 def _bwd_tiles(K: int, D: int) -> tuple[int, int, int, int]:
@@ -34,9 +37,8 @@ def _bwd_tiles(K: int, D: int) -> tuple[int, int, int, int]:
     return max(8, HP), HP, bd, bd // 32
 
 
-@torch.library.custom_op("ssmkit::causal_conv1d_fwd", mutates_args=())
-def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor], silu: bool) -> Tensor:
-    """y (B, L, D) in x's dtype."""
+def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor], silu: bool) -> Tensor:
+    """y (B, L, D) in x's dtype (the forward op's function, also called directly by fused layer code)."""
     x, s = unit_last(x), unit_last(initial_state)
     batch, L, D = x.shape
     K = weight.shape[1]
@@ -50,15 +52,19 @@ def _fwd_op(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Op
     return y
 
 
+_fwd_op = torch.library.custom_op("ssmkit::causal_conv1d_fwd", conv_fwd, mutates_args=())
+
+
 @_fwd_op.register_fake
 def _(x, weight, bias, initial_state, silu):
     return x.new_empty(x.shape)
 
 
-@torch.library.custom_op("ssmkit::causal_conv1d_bwd", mutates_args=())
-def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
-            silu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dx, dweight, dbias, dinitial_state); dbias / dinitial_state empty when absent."""
+def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
+             silu: bool, dx_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dx, dweight, dbias, dinitial_state); dbias / dinitial_state empty when absent (the backward op's
+    function). ``dx_out``: a (B, L, D) tensor of x's dtype with unit channel stride that dx is written
+    into (and returned), e.g. a slice of a larger gradient."""
     x, s, dy = unit_last(x), unit_last(initial_state), unit_last(dy)
     batch, L, D = x.shape
     K = weight.shape[1]
@@ -72,14 +78,14 @@ def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initi
     seg_len = cdiv(n_tiles, n_segs) * T
     n_segs = cdiv(L, seg_len)
     f32 = torch.float32
-    dx = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
+    dx = dx_out if dx_out is not None else torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
     dw = torch.empty((batch, n_segs, K, D), dtype=f32, device=x.device)
     db = torch.empty((batch, n_segs, D), dtype=f32, device=x.device)
     gh = torch.zeros((batch, K - 1, D), dtype=f32, device=x.device) if s is not None else dw
     ss = s if s is not None else x
     conv1d_bwd_kernel[(n_d, batch, n_segs)](
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
-        x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1),
+        x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
         SILU=silu, num_warps=warps, **LAUNCH,
     )  # fmt: skip
@@ -90,6 +96,15 @@ def _bwd_op(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initi
         dstate = torch.stack(rows, dim=1).to(initial_state.dtype)  # (B, K-1, D)
     dbias = db.sum((0, 1)).to(bias.dtype).contiguous() if bias is not None else x.new_empty(0)
     return dx, dw.sum((0, 1)).t().contiguous().to(weight.dtype), dbias, dstate
+
+
+def _bwd_op_fn(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor],
+               silu: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dx, dweight, dbias, dinitial_state); dbias / dinitial_state empty when absent."""
+    return conv_bwd(dy, x, weight, bias, initial_state, silu)
+
+
+_bwd_op = torch.library.custom_op("ssmkit::causal_conv1d_bwd", _bwd_op_fn, mutates_args=())
 
 
 @_bwd_op.register_fake

@@ -131,7 +131,7 @@ def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t
 @triton.jit(do_not_specialize=["ONE"])
 def conv1d_bwd_kernel(
     x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, gh_ptr, L, DIM, SEG_LEN, ONE,
-    s_xb, s_xl, s_sb, s_sl, s_yb, s_yl,
+    s_xb, s_xl, s_sb, s_sl, s_yb, s_yl, s_dxb, s_dxl,
     K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
@@ -144,7 +144,7 @@ def conv1d_bwd_kernel(
 
     The g of the K - 1 rows after a tile come from the tile processed before it (the segment's
     own first visit computes them for the rows after the segment). Writes dx (B, L, D) in x's
-    dtype, per-program partial sums dw (B, n_segs, K, D) and db (B, n_segs, D) float32, and with
+    dtype (strides s_dxb, s_dxl; unit channel stride), per-program partial sums dw (B, n_segs, K, D) and db (B, n_segs, D) float32, and with
     an initial state the g of rows 0..K-2 to gh (B, K-1, D) float32 (for its gradient).
     ONE = 1 at run time: channel offsets are multiplied by it so that each lane keeps one channel
     (see ``ops/scan/triton_fwd.py``)."""
@@ -174,7 +174,7 @@ def conv1d_bwd_kernel(
     x_row = x_ptr + pid_b * s_xb
     s_row = s_ptr + pid_b * s_sb
     dy_row = dy_ptr + pid_b * s_yb
-    dx_row = dx_ptr + pid_b * L * DIM
+    dx_row = dx_ptr + pid_b * s_dxb
     seg_start = pid_s * SEG_LEN
     seg_end = tl.minimum(L, seg_start + SEG_LEN)
     Gn, _, _ = _g_rows(x_row, s_row, dy_row, seg_end, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L,
@@ -194,7 +194,7 @@ def conv1d_bwd_kernel(
                                                 keep_dims=True), DW)  # fmt: skip
             dx += wk * _ahead(G, Gn, t3, K - 1 - k, T)
         dx_out = tl.reshape(dx, (T * BLOCK_D,)).to(dx_ptr.dtype.element_ty)
-        tl.store(dx_row + t0.to(tl.int64) * DIM + tr * DIM + ch, dx_out, mask=(t0 + tr < L) & m_col)
+        tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out, mask=(t0 + tr < L) & m_col)
         if HAS_STATE:
             if t0 == 0:  # the sequence's first rows: their g also reach the initial state
                 tl.store(gh_ptr + pid_b * (K - 1) * DIM + tr * DIM + ch, tl.reshape(G, (T * BLOCK_D,)),

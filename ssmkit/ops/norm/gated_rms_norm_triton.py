@@ -51,10 +51,10 @@ def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
     return bm, bn, chunks, max(1, min(16, bm * bn // (32 * t.per_thread)))
 
 
-@torch.library.custom_op("ssmkit::gated_rms_norm_fwd", mutates_args=())
-def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
-            norm_before_gate: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
-    """y, z: (M, D) -> out (M, D) in y's dtype, rstd (M, D / group_size) float32."""
+def norm_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
+             norm_before_gate: bool) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """y, z: (M, D) -> out (M, D) in y's dtype, rstd (M, D / group_size) float32 (the forward op's function,
+    also called directly by fused layer code)."""
     y, z = unit_last(y), unit_last(z)
     M, D = y.shape
     ng = D // group_size
@@ -72,21 +72,28 @@ def _fwd_op(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_si
     return out, rstd
 
 
+_fwd_op = torch.library.custom_op("ssmkit::gated_rms_norm_fwd", norm_fwd, mutates_args=())
+
+
 @_fwd_op.register_fake
 def _(y, z, weight, eps, group_size, norm_before_gate):
     M, D = y.shape
     return y.new_empty((M, D)), y.new_empty((M, D // group_size), dtype=torch.float32)
 
 
-@torch.library.custom_op("ssmkit::gated_rms_norm_bwd", mutates_args=())
-def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor, group_size: int,
-            norm_before_gate: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(dy (M, D), dz (M, D) or empty when z is None, dweight (D,)) in the dtypes of y, z, weight."""
+def norm_bwd(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor, group_size: int,
+             norm_before_gate: bool, dz_out: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dy (M, D), dz (M, D) or empty when z is None, dweight (D,)) in the dtypes of y, z, weight (the
+    backward op's function). ``dz_out``: an (M, D) tensor of z's dtype with unit channel stride that dz is
+    written into (and returned), e.g. a slice of a larger gradient."""
     dout, y, z = unit_last(dout), unit_last(y), unit_last(z)
     M, D = y.shape
     ng = D // group_size
     dy = torch.empty((M, D), dtype=y.dtype, device=y.device)
-    dz = torch.empty((M, D), dtype=z.dtype, device=z.device) if z is not None else y.new_empty(0)
+    if z is None:
+        dz = y.new_empty(0)
+    else:
+        dz = dz_out if dz_out is not None else torch.empty((M, D), dtype=z.dtype, device=z.device)
     if M == 0:
         return dy, dz, torch.zeros_like(weight)
     bm, bn, chunks, warps = _plan(group_size, BWD_TILING)
@@ -99,11 +106,20 @@ def _bwd_op(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: 
     zz = z if z is not None else y
     gated_rms_norm_bwd_kernel[(n_split, ng)](
         dout, y, zz, weight.contiguous(), rstd.contiguous(), dy, dz if z is not None else dy, dw_part,
-        M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0),
+        M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0), dz.stride(0) if z is not None else D,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
         num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return dy, dz, dw_part.sum(0).to(weight.dtype)
+
+
+def _bwd_op_fn(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd: Tensor, group_size: int,
+               norm_before_gate: bool) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    """(dy (M, D), dz (M, D) or empty when z is None, dweight (D,)) in the dtypes of y, z, weight."""
+    return norm_bwd(dout, y, z, weight, rstd, group_size, norm_before_gate)
+
+
+_bwd_op = torch.library.custom_op("ssmkit::gated_rms_norm_bwd", _bwd_op_fn, mutates_args=())
 
 
 @_bwd_op.register_fake

@@ -115,9 +115,9 @@ def _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, cols, mask, mask_c, rstd, s_
 
 
 @triton.jit
-def _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM,
+def _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM, s_dzm,
                HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
-    """dy (and dz) of one tile, given cmean = mean_group(ḡ w x̂) per row (BLOCK_M, 1)."""
+    """dy (and dz, rows s_dzm apart) of one tile, given cmean = mean_group(ḡ w x̂) per row (BLOCK_M, 1)."""
     dx = (gbar * w - xhat * cmean) * rstd
     dy = dx
     if HAS_Z:
@@ -126,20 +126,20 @@ def _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, ro
         else:
             dy = dx * gate
             dz = dx * y * dgate
-        tl.store(dz_ptr + rows[:, None] * DIM + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
+        tl.store(dz_ptr + rows[:, None] * s_dzm + cols[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mask)
     tl.store(dy_ptr + rows[:, None] * DIM + cols[None, :], dy.to(dy_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def gated_rms_norm_bwd_kernel(
     dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, M, DIM, GROUP, ROWS_PER_PROG,
-    s_om, s_ym, s_zm,
+    s_om, s_ym, s_zm, s_dzm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_split, NG): program (s, k) walks rows [s * ROWS_PER_PROG, (s + 1) * ROWS_PER_PROG) (a
     multiple of BLOCK_M) of group k. dout, y, z (M, D) unit channel stride; rstd (M, NG) float32.
-    Writes dy, dz (M, D) contiguous and its partial sum of ∂w into row s of dw (n_split, D) float32."""
+    Writes dy (M, D) contiguous, dz (M, D) with rows s_dzm apart (unit channel stride) and its partial sum of ∂w into row s of dw (n_split, D) float32."""
     grp = tl.program_id(1)
     c = tl.arange(0, BLOCK_N)
     row0 = tl.program_id(0).to(tl.int64) * ROWS_PER_PROG
@@ -156,7 +156,7 @@ def gated_rms_norm_bwd_kernel(
                                                           rstd, s_om, s_ym, s_zm, HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
             dw_acc += tl.sum(gbar * xhat, axis=0)
             cmean = (tl.sum(gbar * w * xhat, axis=1) / GROUP)[:, None]
-            _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM,
+            _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM, s_dzm,
                        HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
         tl.store(dw_row + c, dw_acc, mask=mask_c)
     else:
@@ -181,6 +181,6 @@ def gated_rms_norm_bwd_kernel(
                                                               mask, cc < GROUP, rstd, s_om, s_ym, s_zm, HAS_Z,
                                                               NORM_BEFORE_GATE)  # fmt: skip
                 _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, grp * GROUP + cc,
-                           mask, DIM, HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
+                           mask, DIM, s_dzm, HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
                 o = dw_row + cc
                 tl.store(o, tl.load(o, mask=cc < GROUP, other=0.0) + tl.sum(gbar * xhat, axis=0), mask=cc < GROUP)

@@ -48,9 +48,13 @@ MAX_CHUNK = 256  # the largest chunk_size accepted
 # The result does not depend on the chunk (only its rounding does), so a larger chunk_size runs as
 # chunks of this size. 128 (16-bit) and 64 (fp32) are the largest run on the H200 in the GPU checks.
 TILE_CHUNK = {2: 128, 4: 64}
-# Segments per batch row in the default plan: enough for this many programs per SM in the forward and
-# the backward's state passes (``benchmarks/gpu_ssd_segments.py`` times the op and the Mamba-2 layer
-# against it).
+# Segments per batch row in the walking plan: as many as keep the walking scan's programs (rows x heads x
+# segments) within this many per SM. Its 244 registers fit two programs per SM, so that is two whole
+# waves: every walk is equally long, and one program past a whole wave costs a whole walk more. Measured
+# on the H200 (``benchmarks/gpu_ssd_segments.py``, bf16, P=64, N=128, chunk 32, forward+backward ms,
+# rounding down against up): one sequence of 64K tokens with 64 heads, 8 segments 11.43 against 9 12.87;
+# 64K with 32 heads 5.79 / 6.64; 16K with 64 heads 2.93 / 3.33; B=2 L=8192 H=32 1.52 / 1.66; B=2 L=16K
+# H=64 5.69 / 6.25. Counts past two waves were no faster when they filled their waves too.
 SEG_PROGRAMS_PER_SM = 4
 # On the GPU, with 16-bit inputs and a P tile below 64 (head dims below 64, or N = 256 where the fp32
 # state tile is held to 8192 entries), the kernels run chunks of at most 32. At chunks of 64 and 128,
@@ -85,6 +89,14 @@ STATE_TILE = (64, 32)
 STATE_WARPS = 4
 STATE_STAGES = 2
 STATE_PROGRAMS_PER_SM = 6
+# Pipelining stages of the walking plan's state walks (whole states), and of its scan when it stores the
+# state entering every chunk for the backward (otherwise the scan keeps ``fwd_stages``, 1). Measured on the
+# H200 (``benchmarks/gpu_ssd_segments.py``, bf16, P=64, N=128, chunk 32, forward+backward ms, against 1
+# stage): one sequence of 64K tokens with 64 heads, walks 11.21 / 11.46, then the storing scan too
+# 10.76 / 11.20 (twice); 16K tokens with 64 heads 2.79 / 2.87. The forward that stores nothing is no faster
+# with 2 stages (64K: 2.16 / 2.12 ms).
+WALK_STATE_STAGES = 2
+STORE_H_STAGES = 2
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
@@ -132,6 +144,7 @@ class Plan:
     fwd_warps: int
     bwd_warps: int
     fwd_stages: int  # software-pipelining depth of the segment loops
+    store_stages: int  # ... of the walking scan when it stores the per-chunk states (``STORE_H``)
     bwd_stages: int
     varlen: bool
 
@@ -205,10 +218,10 @@ def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
-    state_warps: int = 0, state_stages: int = 0,
+    state_warps: int = 0, state_stages: int = 0, store_stages: int = 0,
 ) -> Plan:  # fmt: skip
-    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages``
-    0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` None and ``state_tile`` () mean "choose for
+    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
+    ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` None and ``state_tile`` () mean "choose for
     this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
@@ -233,13 +246,14 @@ def make_plan(
     if fwd_span or state_tile or WALKING_PLAN_TILES:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan
-        state_n, state_p, state_warps, state_stages = block_n, block_p, fwd_warps, fwd_stages
+        state_n, state_p = block_n, block_p
+        state_warps, state_stages = state_warps or fwd_warps, state_stages or WALK_STATE_STAGES
     if seg_chunks <= 0:  # enough programs to fill the GPU
         if fwd_span:  # (the state walks walk)
-            target, programs = STATE_PROGRAMS_PER_SM, state_programs
-        else:  # (the scan walks)
-            target, programs = SEG_PROGRAMS_PER_SM, rows * H * triton.cdiv(P, block_p)
-        n_segs = max(1, min(n_chunks, triton.cdiv(target * _sm_count(x.device), programs)))
+            n_segs = triton.cdiv(STATE_PROGRAMS_PER_SM * _sm_count(x.device), state_programs)
+        else:  # (the scan walks: as many segments as fit in whole waves of its programs)
+            n_segs = SEG_PROGRAMS_PER_SM * _sm_count(x.device) // (rows * H * triton.cdiv(P, block_p))
+        n_segs = max(1, min(n_chunks, n_segs))
         seg_chunks = triton.cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)
     if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
@@ -254,7 +268,8 @@ def make_plan(
         y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
-                y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, bwd_stages, n_seqs is not None)  # fmt: skip
+                y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES, bwd_stages,
+                n_seqs is not None)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -379,25 +394,32 @@ def ssd_fwd(
         )  # fmt: skip
         sizes, n_spans = _spans(sizes, plan.n_chunks, plan.fwd_span)
         grid = (grid[0], n_spans, grid[2])
+    store_h = keep_states and not plan.fwd_span
+    if store_h:
+        blocks = blocks | dict(num_stages=plan.store_stages)
     _ssd_scan_fwd_kernel[grid](
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
-        H_CHUNKS=plan.fwd_span > 0, STORE_H=keep_states and not plan.fwd_span, **flags, **blocks, **LAUNCH,
+        H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, **flags, **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
 
 
 def ssd_bwd(
     dy, dfinal, x, dt, A, B, C, D, dt_bias, init, table, seg_in, seg_decay, n_seqs: int, plan: Plan,
-    dt_softplus: bool, h_kept: Optional[torch.Tensor] = None,
+    dt_softplus: bool, h_kept: Optional[torch.Tensor] = None, dx_out: Optional[torch.Tensor] = None,
+    dB_out: Optional[torch.Tensor] = None, dC_out: Optional[torch.Tensor] = None,
 ) -> tuple:  # fmt: skip
     """Backward launches. ``dy``: gradient of the pre-gate output (x's dtype or ``dot_dtype(x)``);
     ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` and (if it kept them, else
     None or empty) the per-chunk states ``h_kept`` from :func:`ssd_fwd`.
 
-    Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (B's dtype, fp32 for fp32 x),
+    Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (fp32, (B, L, G, N)),
     dD (fp32, D's shape) or None, d dt_bias (fp32) or None, d initial state (fp32) or None.
+    ``dx_out`` (B, L, H, P) in x's dtype with (H, P) contiguous in a token, ``dB_out`` / ``dC_out``
+    (B, L, G, N): tensors (e.g. slices of one larger gradient) that dx, dB and dC are written into and
+    returned as.
     """
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
@@ -439,7 +461,7 @@ def ssd_bwd(
         n_spans = plan.n_segs
 
     n_pb = triton.cdiv(P, plan.block_p_bwd)
-    dx = x.new_empty(x.shape)
+    dx = x.new_empty(x.shape) if dx_out is None else dx_out
     ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
     share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
     dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
@@ -448,7 +470,8 @@ def ssd_bwd(
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     _ssd_bwd_kernel[(n_pb, n_spans, rows * H)](
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
-        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, ddt[0].numel(), dA[0].numel(),
+        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, dx.stride(0), dx.stride(1),
+        ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
@@ -457,6 +480,8 @@ def ssd_bwd(
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
     dB = dB_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)  # (B, L, G, N)
     dC = dC_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)
+    dB = dB if dB_out is None else dB_out.copy_(dB)
+    dC = dC if dC_out is None else dC_out.copy_(dC)
     ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
     dD_sum = None
     if D is not None:

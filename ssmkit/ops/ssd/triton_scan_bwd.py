@@ -48,7 +48,7 @@ def _ssd_bwd_kernel(
     dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
-    share_ddt, share_dA,
+    stride_dx_b, stride_dx_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
@@ -56,7 +56,7 @@ def _ssd_bwd_kernel(
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
 
-    x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy and dx: stride_y_*);
+    x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy: stride_y_*, dx: stride_dx_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
     hin: (B, n_chunks, H, N, P) state entering each chunk (transposed, in the dot dtype DT);
     gseg: (B, n_segs, H, N, P) fp32 gradient at each segment's end, or with G_CHUNKS
@@ -168,7 +168,8 @@ def _ssd_bwd_kernel(
             dyf = dyv.to(tl.float32)
             dx += dyf * Dv
             dD_acc += tl.sum(dyf * xf, axis=0)
-        tl.store(dx_ptr + yo, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
+        dxo = b64 * stride_dx_b + head * P + t[:, None] * stride_dx_l + offs_p[None, :]
+        tl.store(dx_ptr + dxo, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
 
         # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)

@@ -537,7 +537,8 @@ def test_chunks_capped_to_what_fits_in_shared_memory(gen):
 
 def test_plan_picks_the_forward_by_programs(monkeypatch):
     """The chunk-parallel forward with one segment per row where rows x heads x state tiles fill an
-    H200 (132 SMs) STATE_PROGRAMS_PER_SM times over; else the walking scan with the segments it needs."""
+    H200 (132 SMs) STATE_PROGRAMS_PER_SM times over; else the walking scan with as many segments as keep
+    its programs within SEG_PROGRAMS_PER_SM per SM (whole waves: never one past), its state walks pipelined."""
     from ssmkit.ops.ssd import triton_launch
     from ssmkit.ops.ssd.triton_launch import make_plan
 
@@ -547,6 +548,9 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     assert (plan.fwd_span, plan.n_segs, plan.state_block_n, plan.state_block_p) == (1, 1, 64, 32)
     one = torch.empty(1, 16384, 64, 64, dtype=torch.bfloat16, device="meta")  # 256 tiles; the scan: 64 programs
     plan = make_plan(one, 128, 32, None)
-    assert (plan.fwd_span, plan.n_segs) == (0, 9)
+    assert (plan.fwd_span, plan.n_segs) == (0, 8)  # 512 programs <= 4 x 132 (9 would make 576)
     assert (plan.state_block_n, plan.state_block_p) == (128, 64)  # whole states, like the walking scan
+    assert (plan.state_stages, plan.fwd_stages, plan.store_stages) == (2, 1, 2)
+    half = torch.empty(1, 16384, 32, 64, dtype=torch.bfloat16, device="meta")
+    assert make_plan(half, 128, 32, None).n_segs == 16  # 512 programs (17 would make 544)
     assert make_plan(one, 128, 32, None, fwd_span=1).n_segs == 4  # 1024 state-walk programs
