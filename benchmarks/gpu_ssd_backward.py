@@ -1,6 +1,6 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host heads]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -32,6 +32,8 @@ tenth and eleventh sessions.)
   in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
 - "profile": per-kernel CUDA time of one forward+backward at the "op" shape; "profile-layer-op" the same
   at the layer's 64K shape.
+- "heads": the chunk-parallel kernels launching the heads of a chunk together (the default) or every
+  chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
 
@@ -62,6 +64,7 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk 64": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64)),
     "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
+    "heads outer": ({}, dict(heads_inner=False)),
     "state tiles (128, 32)": ({}, dict(state_tile=(128, 32))),
     "state tiles (64, 64)": ({}, dict(state_tile=(64, 64))),
     "state walks, 3 stages": ({}, dict(state_stages=3)),
@@ -172,9 +175,12 @@ def run(out_dir: str, parts) -> str:
         rows += profile_rows(("default",), LAYER_SHAPES[-1])
     if "host" in parts:
         rows += host_rows()
+    if "heads" in parts:
+        rows += op_rows(((8, 4096, 32), (1, 65536, 64)), ("default", "heads outer"))
+        rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in ("default", "heads outer")])
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host"])
+    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads"])

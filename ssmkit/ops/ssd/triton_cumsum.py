@@ -31,18 +31,25 @@ import triton.language as tl
 
 
 @triton.jit
-def program_tile(H, P, N, heads_per_group, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr):
+def program_tile(H, P, N, heads_per_group, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+                 HEADS_INNER: tl.constexpr = False):
     """Where a program of the grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H) works, and
     its index vectors: (pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np,
     offs_np, api_np), with b64 the batch row in int64, offs_np the (BLOCK_N, BLOCK_P) entries of an
     internal (N, P) state and api_np the same entries of a public (P, N) one. The first grid axis
     numbers the (P block, N block) tiles, P blocks first; kernels whose BLOCK_N covers N have one
-    N block, and that axis is then their P block."""
+    N block, and that axis is then their P block. With ``HEADS_INNER`` the grid is (tiles, batch * H,
+    n_segs) instead: the GPU then starts the programs of one segment (a chunk, when chunks are handled
+    independently) for every head before the next, and the B, C tiles they share come from L2."""
     n_pb = tl.cdiv(P, BLOCK_P)
     pid_p = tl.program_id(0) % n_pb
     pid_n = tl.program_id(0) // n_pb
-    pid_s = tl.program_id(1)
-    pid_bh = tl.program_id(2)
+    if HEADS_INNER:
+        pid_s = tl.program_id(2)
+        pid_bh = tl.program_id(1)
+    else:
+        pid_s = tl.program_id(1)
+        pid_bh = tl.program_id(2)
     b = pid_bh // H
     head = pid_bh % H
     offs_q = tl.arange(0, BLOCK_Q)

@@ -102,6 +102,10 @@ STORE_H_STAGES = 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
 # (3.69 vs 3.24).
 BWD_SPAN = 1
+# The chunk-parallel kernels (the fused backward, and the forward scan of the chunk-parallel plan) launch the
+# programs of one chunk for every head before those of the next chunk (``program_tile``'s HEADS_INNER), so
+# that the heads of a group read their shared B, C tiles from L2 rather than each from memory.
+HEADS_INNER = True
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
@@ -145,6 +149,7 @@ class Plan:
     bwd_warps: int
     fwd_stages: int  # software-pipelining depth of the segment loops
     store_stages: int  # ... of the walking scan when it stores the per-chunk states (``STORE_H``)
+    heads_inner: bool  # chunk-parallel kernels: the heads of a chunk launched together (``HEADS_INNER``)
     bwd_stages: int
     varlen: bool
 
@@ -218,11 +223,11 @@ def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
-    state_warps: int = 0, state_stages: int = 0, store_stages: int = 0,
+    state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
-    ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` None and ``state_tile`` () mean "choose for
-    this GPU".
+    ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
+    ``state_tile`` () mean "choose for this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -268,8 +273,8 @@ def make_plan(
         y_off_from_dc = _pow2(Q) <= 32
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
-                y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES, bwd_stages,
-                n_seqs is not None)  # fmt: skip
+                y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
+                HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -393,7 +398,7 @@ def ssd_fwd(
             STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=True, **flags, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         sizes, n_spans = _spans(sizes, plan.n_chunks, plan.fwd_span)
-        grid = (grid[0], n_spans, grid[2])
+        grid = (grid[0], grid[2], n_spans) if plan.heads_inner else (grid[0], n_spans, grid[2])
     store_h = keep_states and not plan.fwd_span
     if store_h:
         blocks = blocks | dict(num_stages=plan.store_stages)
@@ -401,7 +406,8 @@ def ssd_fwd(
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
-        H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, **flags, **blocks, **LAUNCH,
+        H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner, **flags,
+        **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
 
@@ -468,20 +474,22 @@ def ssd_bwd(
     dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
     dA = torch.empty(n_pb, rows * n_spans, H, **f32)
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
-    _ssd_bwd_kernel[(n_pb, n_spans, rows * H)](
+    heads_inner = span > 0 and plan.heads_inner
+    _ssd_bwd_kernel[(n_pb, rows * H, n_spans) if heads_inner else (n_pb, n_spans, rows * H)](
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, dx.stride(0), dx.stride(1),
         ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, **base,
+        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
-    dB = dB_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)  # (B, L, G, N)
-    dC = dC_h.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32)
-    dB = dB if dB_out is None else dB_out.copy_(dB)
-    dC = dC if dC_out is None else dC_out.copy_(dC)
+    # (into the given slices directly: torch.sum accumulates 16-bit inputs in fp32 and rounds once, as a sum
+    # in fp32 followed by a cast would)
+    dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
+              else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
+              for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
     ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
     dD_sum = None
     if D is not None:

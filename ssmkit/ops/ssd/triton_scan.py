@@ -39,10 +39,11 @@ def _ssd_scan_fwd_kernel(
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
-    H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H); with H_CHUNKS the segments are spans of
+    """Grid (cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (cdiv(P, BLOCK_P), batch * H, n_segs);
+    with H_CHUNKS the segments are spans of
     ``seg_chunks`` chunks.
 
     x, z, out, pre: (B, L, H, P), (H, P) contiguous in a token; x with its own batch / token strides,
@@ -53,7 +54,7 @@ def _ssd_scan_fwd_kernel(
     written by the walk with STORE_H, for the backward).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
-        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
+        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
     causal = offs_q[:, None] >= offs_q[None, :]  # (Q, Q): i >= j
 
     A = tl.load(A_ptr + head).to(tl.float32)

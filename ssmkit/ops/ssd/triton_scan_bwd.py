@@ -51,10 +51,10 @@ def _ssd_bwd_kernel(
     stride_dx_b, stride_dx_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
-    Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+    Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H).
+    """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs).
 
     x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy: stride_y_*, dx: stride_dx_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
@@ -68,7 +68,7 @@ def _ssd_bwd_kernel(
     """
     n_pb = tl.num_programs(0)
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
-        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N)
+        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
     causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
     strict = offs_q[:, None] > offs_q[None, :]
 
