@@ -106,6 +106,10 @@ BWD_SPAN = 1
 # programs of one chunk for every head before those of the next chunk (``program_tile``'s HEADS_INNER), so
 # that the heads of a group read their shared B, C tiles from L2 rather than each from memory.
 HEADS_INNER = True
+# ... and then the fused backward sums the heads' dB, dC shares itself: the last program of a chunk and group
+# reads them back from L2 (an atomic count per chunk and group) instead of a separate sum reading them from
+# memory.
+REDUCE_HEADS = True
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
@@ -475,21 +479,34 @@ def ssd_bwd(
     dA = torch.empty(n_pb, rows * n_spans, H, **f32)
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     heads_inner = span > 0 and plan.heads_inner
+    outs = dB_out is not None and dC_out is not None
+    outs_fit = not outs or (dB_out.stride() == dC_out.stride() and dB_out.stride(-1) == 1 and dB_out.stride(-2) == N)
+    reduce_heads = REDUCE_HEADS and heads_inner and H // G * n_pb > 1 and outs_fit
+    if reduce_heads:
+        dB_sum = dB_out if outs else torch.empty(rows, L, G, N, **f32)
+        dC_sum = dC_out if outs else torch.empty(rows, L, G, N, **f32)
+        count = torch.zeros(rows * plan.n_chunks * G, dtype=torch.int32, device=x.device)
+    else:
+        dB_sum = dC_sum = count = dB_h  # (placeholders, never touched)
     _ssd_bwd_kernel[(n_pb, rows * H, n_spans) if heads_inner else (n_pb, n_spans, rows * H)](
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
-        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), *sizes, *strides, dx.stride(0), dx.stride(1),
-        ddt[0].numel(), dA[0].numel(),
+        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), dB_sum, dC_sum, count, *sizes, *strides, dx.stride(0),
+        dx.stride(1), dB_sum.stride(0), dB_sum.stride(1), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
-        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner, **base,
+        HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner,
+        REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
     # (into the given slices directly: torch.sum accumulates 16-bit inputs in fp32 and rounds once, as a sum
     # in fp32 followed by a cast would)
-    dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
-              else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
-              for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
+    if reduce_heads:
+        dB, dC = dB_sum, dC_sum
+    else:
+        dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
+                  else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
+                  for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
     ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
     dD_sum = None
     if D is not None:

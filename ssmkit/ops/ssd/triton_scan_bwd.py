@@ -42,16 +42,41 @@ from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, las
 
 
 @triton.jit
+def _sum_shares(dB_ptr, dC_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, b64, c, grp, t, offs_n, mask_qn, L, H, n_chunks,
+                heads_per_group, n_pb, N, stride_sum_b, stride_sum_l, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr):  # fmt: skip
+    """Count this program's shares of chunk c in; the program that completes the chunk's group adds up
+    every (head, P block) share of the group in a fixed order (so the sums do not depend on which
+    program came last) and writes dB, dC. The shares were written moments before by programs running
+    side by side (``HEADS_INNER``), so they are read from L2. The barrier orders every thread's share
+    stores before the release of the count; the acquire orders the last program's loads after all."""
+    tl.debug_barrier()
+    n_parts = heads_per_group * n_pb
+    done = tl.atomic_add(count_ptr + (b64 * n_chunks + c) * (H // heads_per_group) + grp, 1, sem="acq_rel",
+                         scope="gpu")  # fmt: skip
+    if done == n_parts - 1:
+        first = ((b64 * L + t[:, None]) * H + grp * heads_per_group) * n_pb * N + offs_n[None, :]
+        acc_B = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        acc_C = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+        for k in range(0, n_parts):
+            acc_B += tl.load(dB_ptr + first + k * N, mask=mask_qn, other=0.0, cache_modifier=".cg").to(tl.float32)
+            acc_C += tl.load(dC_ptr + first + k * N, mask=mask_qn, other=0.0, cache_modifier=".cg").to(tl.float32)
+        at = b64 * stride_sum_b + t[:, None] * stride_sum_l + grp * N + offs_n[None, :]
+        tl.store(dB_sum_ptr + at, acc_B.to(dB_sum_ptr.dtype.element_ty), mask=mask_qn)
+        tl.store(dC_sum_ptr + at, acc_C.to(dC_sum_ptr.dtype.element_ty), mask=mask_qn)
+
+
+@triton.jit
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr,
     table_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
-    stride_dx_b, stride_dx_l, share_ddt, share_dA,
+    stride_dx_b, stride_dx_l, stride_sum_b, stride_sum_l, share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
+    REDUCE_HEADS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs).
@@ -63,7 +88,9 @@ def _ssd_bwd_kernel(
     gchunk: (B, n_chunks, H, N, P) gradient at each chunk's end (DT; the final-state and
     initial-state gradients are then handled by ``triton_states_bwd.py``: dfinal, dinit unused);
     dfinal, dinit: (S, H, P, N) fp32; ddt: (n_pb, B, L, H) fp32 shares;
-    dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares;
+    dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares; with REDUCE_HEADS
+    also dB_sum, dC_sum: (B, L, G, N) the sums of the shares over each group's heads and P blocks
+    (strides stride_sum_*, (G, N) contiguous), and count: (B * n_chunks * G,) int32 zeros;
     dD: (B * n_segs, H, P) fp32 partial sums.
     """
     n_pb = tl.num_programs(0)
@@ -182,6 +209,9 @@ def _ssd_bwd_kernel(
         share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
         tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
         tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)
+        if REDUCE_HEADS:  # the last of a chunk's (head, P block) programs in the group sums their shares
+            _sum_shares(dB_ptr, dC_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, b64, c, grp, t, offs_n, mask_qn, L, H,
+                        n_chunks, heads_per_group, n_pb, N, stride_sum_b, stride_sum_l, BLOCK_Q, BLOCK_N)
 
         if not G_CHUNKS:  # gradient at the chunk's start; at a sequence's start it is the initial state's
             dys = (dyv.to(tl.float32) * e_in[:, None]).to(DT)

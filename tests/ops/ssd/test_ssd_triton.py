@@ -121,6 +121,36 @@ def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, s
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
 
+@pytest.mark.parametrize("reduce, heads_inner", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("dtype, P, G", [(torch.float32, 12, 2), (torch.bfloat16, 72, 1)])
+def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
+    """dB and dC summed over each group's heads (and P blocks) by the fused backward's last program of every
+    chunk (``REDUCE_HEADS``, with the heads of a chunk launched together) or by a separate sum; bf16 with
+    P = 72 has two P blocks, one masked. Against the float64 loop, with the kernel's flag checked."""
+    from ssmkit.ops.ssd import triton_launch
+
+    monkeypatch.setattr(triton_launch, "REDUCE_HEADS", reduce)
+    monkeypatch.setattr(triton_launch, "HEADS_INNER", heads_inner)
+    flags, kernel = [], triton_launch._ssd_bwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                flags.append((kw["REDUCE_HEADS"], kw["HEADS_INNER"]))
+                return kernel[grid](*args, **kw)
+
+            return launch
+
+    monkeypatch.setattr(triton_launch, "_ssd_bwd_kernel", Spy())
+    inp = make_inputs(gen, L=45, P=P, G=G, dtype=dtype)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(0, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+    assert flags == [(reduce and heads_inner, heads_inner)]
+
+
 @pytest.mark.parametrize("keep, cap", [(True, None), (False, None), (True, 2 * 6 * 4 * 16 * 12 * 4 - 1)])
 @pytest.mark.parametrize("fwd_span", [0, 1])
 def test_states_kept_or_recomputed(gen, monkeypatch, keep, cap, fwd_span):
