@@ -104,12 +104,17 @@ STORE_H_STAGES = 2
 BWD_SPAN = 1
 # The chunk-parallel kernels (the fused backward, and the forward scan of the chunk-parallel plan) launch the
 # programs of one chunk for every head before those of the next chunk (``program_tile``'s HEADS_INNER), so
-# that the heads of a group read their shared B, C tiles from L2 rather than each from memory.
+# that the heads of a group read their shared B, C tiles from L2 rather than each from memory. Measured on
+# the H200 (``benchmarks/gpu_ssd_backward.py --parts heads``, bf16, P=64, N=128, chunk 32, forward+backward
+# ms, against every chunk of a head first): one sequence of 64K tokens with 64 heads 10.25-10.31 / 10.69-10.82;
+# B=8 L=4096 H=32 2.67-2.69 / 2.65-2.66 (within noise).
 HEADS_INNER = True
-# ... and then the fused backward sums the heads' dB, dC shares itself: the last program of a chunk and group
-# reads them back from L2 (an atomic count per chunk and group) instead of a separate sum reading them from
-# memory.
-REDUCE_HEADS = True
+# With True (and HEADS_INNER), the fused backward sums the heads' dB, dC shares itself: the last program of a
+# chunk and group (an atomic count per chunk and group) reads the group's shares back from L2, in a fixed
+# order, instead of a separate sum reading them from memory. Slower on the H200 (same command and units):
+# 64K tokens with 64 heads 10.72 against 10.31, B=8 L=4096 H=32 2.73 against 2.69; that program's loop over
+# the heads (64 serial L2 round trips) outlasts the sum it saves.
+REDUCE_HEADS = False
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
