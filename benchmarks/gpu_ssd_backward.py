@@ -32,9 +32,9 @@ tenth and eleventh sessions.)
   in ``LAYER_VARIANTS``, next to the attention layer of ``gpu_layers.py``.
 - "profile": per-kernel CUDA time of one forward+backward at the "op" shape; "profile-layer-op" the same
   at the layer's 64K shape.
-- "heads": the chunk-parallel kernels launching the heads of a chunk together and the fused backward
-  summing the heads' dB, dC shares (the default), the sums by a separate reduction ("head sums apart"),
-  or every chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
+- "heads": the chunk-parallel kernels launching the heads of a chunk together (the default), with the
+  fused backward also summing the heads' dB, dC shares ("head sums in kernel", ``REDUCE_HEADS``), or
+  every chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
 
@@ -66,7 +66,7 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
     "heads outer": ({}, dict(heads_inner=False)),
-    "head sums apart": (dict(REDUCE_HEADS=False), {}),
+    "head sums in kernel": (dict(REDUCE_HEADS=True), {}),
     "state tiles (128, 32)": ({}, dict(state_tile=(128, 32))),
     "state tiles (64, 64)": ({}, dict(state_tile=(64, 64))),
     "state walks, 3 stages": ({}, dict(state_stages=3)),
@@ -178,7 +178,7 @@ def run(out_dir: str, parts) -> str:
     if "host" in parts:
         rows += host_rows()
     if "heads" in parts:
-        labels = ("default", "head sums apart", "heads outer")
+        labels = ("default", "head sums in kernel", "heads outer")
         rows += op_rows(((8, 4096, 32), (1, 65536, 64)), labels)
         rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels])
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]

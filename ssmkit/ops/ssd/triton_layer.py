@@ -58,12 +58,13 @@ class _Mamba2Inner(torch.autograd.Function):
         xBC = conv_fwd(xBC_in, conv_weight, conv_bias, None, True)  # (B, L, conv_dim), contiguous
         xs, Bm, Cm = _split_xbc(xBC, d_inner, P, G)
         A = -torch.exp(A_log)
+        dt = dt.contiguous()  # (the kernels take dt contiguous; kept for the backward)
         y, final, seg, seg_decay, _, h_kept = _fwd_impl(
             xs, dt, A, Bm, Cm, D, None, dt_bias, None, None, True, chunk_size, 0, -1, -1, False, keep_states
         )  # (B, L, H, P), (B, H, P, N)
         M = y.shape[0] * y.shape[1]
         out, rstd = norm_fwd(y.view(M, d_inner), z.reshape(M, d_inner), norm_weight, eps, group_size, norm_before_gate)
-        ctx.save_for_backward(zxbcdt, xBC, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg,
+        ctx.save_for_backward(zxbcdt, xBC, dt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg,
                               seg_decay, h_kept)  # fmt: skip
         ctx.shape, ctx.options = shape, options
         ctx.set_materialize_grads(False)
@@ -71,13 +72,13 @@ class _Mamba2Inner(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        zxbcdt, xBC, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg, seg_decay, h_kept = \
+        zxbcdt, xBC, dt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg, seg_decay, h_kept = \
             ctx.saved_tensors
         d_inner, P, G, H = ctx.shape
         chunk_size, eps, group_size, norm_before_gate, _ = ctx.options
         b, L = zxbcdt.shape[:2]
         M = b * L
-        z, xBC_in, dt = _split(zxbcdt, d_inner, H)
+        z, xBC_in, _ = _split(zxbcdt, d_inner, H)
         dzxbcdt = torch.empty(zxbcdt.shape, dtype=zxbcdt.dtype, device=zxbcdt.device)  # every slice written below
         dz, dxBC_in, ddt_slot = _split(dzxbcdt, d_inner, H)
         if dout is None:
@@ -92,7 +93,7 @@ class _Mamba2Inner(torch.autograd.Function):
         plan = make_plan(xs, Bm.shape[3], chunk_size, None, 0, bwd_span=-1, fwd_span=-1)
         B_, C_ = _bc(Bm, Cm)
         _, ddt, dA, _, _, dD, ddt_bias, _ = ssd_bwd(
-            dy.view(xs.shape).to(xs.dtype).contiguous(), f32(dfinal), _rows(xs), dt.contiguous(), f32(A), B_, C_,
+            dy.view(xs.shape).to(xs.dtype).contiguous(), f32(dfinal), _rows(xs), dt, f32(A), B_, C_,
             f32(D), f32(dt_bias), None, None, seg, seg_decay, b, plan, True, h_kept, dx_out=dxs, dB_out=dBm,
             dC_out=dCm,
         )  # fmt: skip

@@ -55,14 +55,23 @@ def _sum_shares(dB_ptr, dC_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, b64, c, grp, 
                          scope="gpu")  # fmt: skip
     if done == n_parts - 1:
         first = ((b64 * L + t[:, None]) * H + grp * heads_per_group) * n_pb * N + offs_n[None, :]
-        acc_B = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        acc_C = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
-        for k in range(0, n_parts):
-            acc_B += tl.load(dB_ptr + first + k * N, mask=mask_qn, other=0.0, cache_modifier=".cg").to(tl.float32)
-            acc_C += tl.load(dC_ptr + first + k * N, mask=mask_qn, other=0.0, cache_modifier=".cg").to(tl.float32)
         at = b64 * stride_sum_b + t[:, None] * stride_sum_l + grp * N + offs_n[None, :]
-        tl.store(dB_sum_ptr + at, acc_B.to(dB_sum_ptr.dtype.element_ty), mask=mask_qn)
-        tl.store(dC_sum_ptr + at, acc_C.to(dC_sum_ptr.dtype.element_ty), mask=mask_qn)
+        _sum_group(dB_ptr, dB_sum_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q, BLOCK_N)
+        _sum_group(dC_ptr, dC_sum_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q, BLOCK_N)
+
+
+@triton.jit
+def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.constexpr, BLOCK_N: tl.constexpr,
+               UNROLL: tl.constexpr = 8):  # fmt: skip
+    """dst[at] = the n_parts (Q, N) shares at src[first + k N], k = 0, 1, ..., added in that order in fp32;
+    UNROLL independent loads at a time (each is a round trip to L2)."""
+    acc = tl.zeros((BLOCK_Q, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, n_parts, UNROLL):
+        for i in tl.static_range(UNROLL):  # (past the last share: the last one again, weighted 0)
+            k = tl.minimum(k0 + i, n_parts - 1)
+            part = tl.load(src_ptr + first + k * N, mask=mask_qn, other=0.0, cache_modifier=".cg").to(tl.float32)
+            acc += tl.where(k0 + i < n_parts, part, 0.0)
+    tl.store(dst_ptr + at, acc.to(dst_ptr.dtype.element_ty), mask=mask_qn)
 
 
 @triton.jit
