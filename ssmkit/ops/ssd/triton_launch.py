@@ -112,8 +112,8 @@ HEADS_INNER = True
 # With True (and HEADS_INNER), the fused backward sums the heads' dB, dC shares itself: the last program of a
 # chunk and group (an atomic count per chunk and group) reads the group's shares back from L2, in a fixed
 # order, instead of a separate sum reading them from memory. Slower on the H200 (same command and units):
-# 64K tokens with 64 heads 10.72 against 10.31, B=8 L=4096 H=32 2.73 against 2.69; that program's loop over
-# the heads (64 serial L2 round trips) outlasts the sum it saves.
+# 64K tokens with 64 heads 10.72 against 10.31 with one share in flight at a time, 10.40 against 10.32 with
+# eight; B=8 L=4096 H=32 2.73 / 2.74 against 2.69 / 2.70. The last program's loop outlasts the sum it saves.
 REDUCE_HEADS = False
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
