@@ -29,6 +29,13 @@ def _blocks(L: int, D: int) -> tuple[int, int]:
     return min(64, next_pow2(max(L, 1))), min(128, next_pow2(D))
 
 
+# Backward programs per SM along (channel blocks, batch, segments); segments are whole tiles. H200,
+# B=1 L=16K D=4352 bf16: 0.19 ms (8 per SM: 0.24; the earlier two-kernel backward: 0.92); at 64K tokens,
+# x a view of the Mamba-2 projection and dx written into one: 0.78 ms at 32 or 64 per SM, 0.85 at 16,
+# 1.01 at 8; channel blocks of 64 or 256 no faster (0.78-1.04 ms).
+BWD_PROGRAMS_PER_SM = 32
+
+
 def _bwd_tiles(K: int, D: int) -> tuple[int, int, int, int]:
     """Backward tiles: (T rows per register tile, HP rows before it, channels per program, warps).
     T covers the K - 1 rows a tap reaches; one channel per thread, up to 4 warps."""
@@ -72,9 +79,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
     T, HP, bd, warps = _bwd_tiles(K, D)
     n_d, n_tiles = cdiv(D, bd), cdiv(L, T)
     sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
-    # ~32 programs per SM along (channel blocks, batch, segments); segments are whole tiles. H200,
-    # B=1 L=16K D=4352 bf16: 0.19 ms (8 per SM: 0.24; the earlier two-kernel backward: 0.92)
-    n_segs = max(1, min(n_tiles, cdiv(32 * sms, n_d * batch)))
+    n_segs = max(1, min(n_tiles, cdiv(BWD_PROGRAMS_PER_SM * sms, n_d * batch)))
     seg_len = cdiv(n_tiles, n_segs) * T
     n_segs = cdiv(L, seg_len)
     f32 = torch.float32
