@@ -485,7 +485,8 @@ def ssd_bwd(
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     heads_inner = span > 0 and plan.heads_inner
     outs = dB_out is not None and dC_out is not None
-    outs_fit = not outs or (dB_out.stride() == dC_out.stride() and dB_out.stride(-1) == 1 and dB_out.stride(-2) == N)
+    outs_fit = (dB_out is None and dC_out is None) or (
+        outs and dB_out.stride() == dC_out.stride() and dB_out.stride(-1) == 1 and dB_out.stride(-2) == N)
     reduce_heads = REDUCE_HEADS and heads_inner and H // G * n_pb > 1 and outs_fit
     if reduce_heads:
         dB_sum = dB_out if outs else torch.empty(rows, L, G, N, **f32)
