@@ -5,8 +5,9 @@ Called by ``gpu_scan.py``. Each check compares backend "triton" with the float64
 each timing is the median of CUDA-event timings against the "torch" path and, for
 the Mamba decode step, ``mamba_ssm``'s Triton ``selective_state_update``.
 
-Alone, ``python3 benchmarks/gpu_conv_steps.py --parts tiles [--out DIR]`` times the conv1d forward's
-tile sizes at the Mamba and Mamba-2 layers' shapes (``tile_rows``).
+Alone, ``python3 benchmarks/gpu_conv_steps.py --parts tiles bwd [--out DIR]`` times the conv1d forward's
+tile sizes at the Mamba and Mamba-2 layers' shapes (``tile_rows``) and the backward's channel blocks and
+programs per SM at the Mamba-2 layer's 64K shape (``bwd_rows``).
 """
 
 from __future__ import annotations
@@ -197,16 +198,45 @@ def tile_rows() -> list[list]:
     return rows
 
 
+def bwd_rows() -> list[list]:
+    """The conv1d backward (silu, bias, bf16) at the Mamba-2 layer's 64K shape (x a view of the projection,
+    dx written into a view of another, as ``ops/ssd/triton_layer.py`` does) for channel blocks of 64 / 128
+    / 256 and 8 to 64 programs per SM (``BWD_PROGRAMS_PER_SM``), the default marked."""
+    import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
+
+    proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)
+    x, dx = proj[..., 4096:8448], torch.empty_like(proj)[..., 4096:8448]
+    dy = torch.randn(x.shape, device="cuda", dtype=x.dtype)
+    w, b = torch.randn(4352, 4, device="cuda", dtype=x.dtype), torch.randn(4352, device="cuda", dtype=x.dtype)
+    tiles, per_sm = conv_triton._bwd_tiles, conv_triton.BWD_PROGRAMS_PER_SM
+    default = (tiles(4, 4352)[2], per_sm)
+    rows = []
+    for bd in (64, 128, 256):
+        for n in (8, 16, 32, 64):
+            conv_triton._bwd_tiles = lambda K, D, bd=bd: (8, 4, bd, bd // 32)
+            conv_triton.BWD_PROGRAMS_PER_SM = n
+            try:
+                t = _ms(lambda: conv_triton.conv_bwd(dy, x, w, b, None, True, dx_out=dx))
+            finally:
+                conv_triton._bwd_tiles, conv_triton.BWD_PROGRAMS_PER_SM = tiles, per_sm
+            mark = " (default)" if (bd, n) == default else ""
+            rows.append([f"backward, 1 x 65536 x 4352: BLOCK_D={bd} warps={bd // 32} programs/SM={n}{mark}",
+                         f"{t:.3f}", ""])  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
 def run(out_dir: str, parts) -> str:
     sys.path.insert(0, os.path.dirname(__file__))
     from _gpu_bench import table_report
 
-    rows = tile_rows() if "tiles" in parts else []
-    return table_report(out_dir, "gpu_conv_tiles", "causal conv1d forward tiles", ["case", "ms", ""], rows)
+    rows = (tile_rows() if "tiles" in parts else []) + (bwd_rows() if "bwd" in parts else [])
+    return table_report(out_dir, "gpu_conv_tiles", "causal conv1d tiles", ["case", "ms", ""], rows)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(__file__))
     from _gpu_bench import parts_main
 
-    parts_main("GPU: causal conv1d forward tiles (python3 benchmarks/gpu_conv_steps.py --parts tiles)", run, ["tiles"])
+    parts_main("GPU: causal conv1d tiles (python3 benchmarks/gpu_conv_steps.py --parts tiles bwd)", run,
+               ["tiles", "bwd"])  # fmt: skip

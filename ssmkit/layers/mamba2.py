@@ -35,7 +35,7 @@ from .._checks import check_divisible, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.ssd import SSD_BACKENDS, ssd, ssd_step
 from ..ops.norm import GATED_RMSNORM_BACKENDS
-from ..ops._triton import TRITON_DTYPES
+from ..ops._triton import TRITON_DTYPES, eager_call
 from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for
 from .base import MixerState
 from .norm import GatedRMSNorm
@@ -169,7 +169,7 @@ class Mamba2(SSMMixer):
         conv, SSD and norm all resolving to "triton" (the caller has checked: no mask, no state)."""
         if self.norm is None or self.dt_limit != (0.0, math.inf) or zxbcdt.shape[1] == 0:
             return False
-        if type(zxbcdt) is not torch.Tensor or torch.compiler.is_compiling() or zxbcdt.dtype not in TRITON_DTYPES:
+        if not eager_call(zxbcdt) or zxbcdt.dtype not in TRITON_DTYPES:
             return False
         return set(self.op_backends(zxbcdt.device).values()) == {"triton"}
 

@@ -55,6 +55,12 @@ LAUNCH = {"enable_fp_fusion": True}
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+def eager_call(t: torch.Tensor) -> bool:
+    """Whether a call on ``t`` may skip the custom ops' dispatcher (a plain autograd.Function or fused code
+    instead): a plain tensor (not fake, meta or another subclass), outside ``torch.compile``."""
+    return type(t) is torch.Tensor and not t.is_meta and not torch.compiler.is_compiling()
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for non-negative ints (grid and tile counts)."""
     return -(-a // b)

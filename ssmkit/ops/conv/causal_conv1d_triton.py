@@ -24,15 +24,16 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 def _blocks(L: int, D: int) -> tuple[int, int]:
     """Forward tiles (BLOCK_L, BLOCK_D), 4 warps. H200, B=1 L=64K D=4352 bf16 silu, x a strided view
-    of the Mamba-2 projection as in the layer: (64, 128) 0.433 ms, (16, 256) 0.434, (32, 128) 0.465,
-    (64, 64) 0.541, (128, 64) 0.772; 8 warps slower (``benchmarks/gpu_conv_steps.py --parts tiles``)."""
+    of the Mamba-2 projection as in the layer: (64, 128) 0.433-0.437 ms, (16, 256) 0.434, (32, 128) 0.465,
+    (64, 64) 0.541, (128, 64) 0.772; 8 warps slower. B=8 L=4096 D=2048 (Mamba's): 0.107 against 0.132 at
+    (64, 64) (``benchmarks/gpu_conv_steps.py --parts tiles``)."""
     return min(64, next_pow2(max(L, 1))), min(128, next_pow2(D))
 
 
 # Backward programs per SM along (channel blocks, batch, segments); segments are whole tiles. H200,
 # B=1 L=16K D=4352 bf16: 0.19 ms (8 per SM: 0.24; the earlier two-kernel backward: 0.92); at 64K tokens,
 # x a view of the Mamba-2 projection and dx written into one: 0.78 ms at 32 or 64 per SM, 0.85 at 16,
-# 1.01 at 8; channel blocks of 64 or 256 no faster (0.78-1.04 ms).
+# 1.01 at 8; channel blocks of 64 or 256 no faster (0.78-1.05 ms) (``gpu_conv_steps.py --parts bwd``).
 BWD_PROGRAMS_PER_SM = 32
 
 

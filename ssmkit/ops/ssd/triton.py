@@ -26,7 +26,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import f32
+from .._triton import eager_call, f32
 from . import triton_launch
 from .triton_launch import dot_dtype, keeps_states, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
@@ -42,6 +42,11 @@ def _rows(t: Tensor) -> Tensor:
     token strides may be anything (a view of the Mamba-2 layer's projection is taken as it is).
     dt stays contiguous: the kernels index its gradient's shares with its strides (and it is small)."""
     return t if t.stride(-1) == 1 and (t.shape[-2] == 1 or t.stride(-2) == t.shape[-1]) else t.contiguous()
+
+
+def grad_coming(*tensors: Optional[Tensor]) -> bool:
+    """Whether a backward will follow: autograd on and some input requiring a gradient."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _bc(B: Tensor, C: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,14 +98,17 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
     )
 
 
-def _bwd_impl(
+def bwd_grads(
     dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
-    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor, h_chunks: Tensor,
+    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Optional[Tensor], h_chunks: Tensor,
     dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
-    """Gradients (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_state), each in
-    its input's dtype; an empty tensor stands for an input that was None."""
+    dx_out: Optional[Tensor] = None, dB_out: Optional[Tensor] = None, dC_out: Optional[Tensor] = None,
+) -> tuple:  # fmt: skip
+    """The backward's launches from the forward's inputs and residuals: (dx, ddt, dA, dB, dC, dD, dz,
+    d dt_bias, d initial state) as ``triton_launch.ssd_bwd`` returns them (fp32 but dx and dz), with dx,
+    dB, dC written into ``dx_out`` / ``dB_out`` / ``dC_out`` when given (``ssd_bwd``; the Mamba-2 layer's
+    gradient slices, ``triton_layer.py``)."""
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks,
                      bwd_span=bwd_span, fwd_span=fwd_span)  # fmt: skip
@@ -116,8 +124,24 @@ def _bwd_impl(
     B, C = _bc(B, C)
     dx, ddt, dA, dB, dC, dD, ddt_bias, dinit = ssd_bwd(
         dy, f32(dfinal), _rows(x), dt.contiguous(), f32(A), B, C, f32(D), f32(dt_bias), f32(initial_state),
-        table, seg_in, seg_decay, n_seqs, plan, dt_softplus, h_chunks,
+        table, seg_in, seg_decay, n_seqs, plan, dt_softplus, h_chunks, dx_out=dx_out, dB_out=dB_out, dC_out=dC_out,
     )  # fmt: skip
+    return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit
+
+
+def _bwd_impl(
+    dout: Tensor, dfinal: Optional[Tensor], x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor,
+    D: Optional[Tensor], z: Optional[Tensor], dt_bias: Optional[Tensor], initial_state: Optional[Tensor],
+    cu_seqlens: Optional[Tensor], seg_in: Tensor, seg_decay: Tensor, y_pre: Tensor, h_chunks: Tensor,
+    dt_softplus: bool, chunk_size: int, seg_chunks: int, bwd_span: int, fwd_span: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+    """Gradients (dx, ddt, dA, dB, dC, dD, dz, d dt_bias, d initial_state), each in
+    its input's dtype; an empty tensor stands for an input that was None."""
+    dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = bwd_grads(
+        dout, dfinal, x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, seg_in, seg_decay, y_pre, h_chunks,
+        dt_softplus, chunk_size, seg_chunks, bwd_span, fwd_span,
+    )  # fmt: skip
+
     def cast(g: Optional[Tensor], like: Optional[Tensor]) -> Tensor:  # outputs may not alias each other
         return x.new_empty(0) if like is None else g.to(like.dtype)
 
@@ -231,13 +255,11 @@ def ssd_triton(
             f"ssd (triton): argument `x` must have dtype float32, float16 or bfloat16 for the triton backend, "
             f"got {str(x.dtype).replace('torch.', '')} (use backend='torch' or 'reference' for float64)"
         )
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_state)
-    )
+    needs_grad = grad_coming(x, dt, A, B, C, D, z, dt_bias, initial_state)
     keep_states = needs_grad and triton_launch.KEEP_STATES
     save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
     # (fake, meta and other subclass tensors keep the ops: their fake implementations and dispatch)
-    eager = EAGER_FUNCTION and type(x) is Tensor and not x.is_meta and not torch.compiler.is_compiling()
+    eager = EAGER_FUNCTION and eager_call(x)
     fwd = _SSDEager.apply if eager else _ssd_fwd_op  # (the same function; see _SSDEager)
     y, final, *_ = fwd(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus,
                        chunk_size, seg_chunks, bwd_span, fwd_span, save_pre, keep_states)  # fmt: skip

@@ -11,7 +11,7 @@ d_model 2048 those two copies took 0.87 ms of a 29 ms layer forward+backward (H2
 backward writes every gradient straight into its slice of one d(zxbcdt) buffer: the SSD kernel
 writes dx, and the head sums dB and dC, into the slices of d(xBC); the gated-norm kernel writes dz
 and the conv kernel d(xBC) into theirs. The kernels and launch plans are the ops' own
-(``conv_fwd`` / ``conv_bwd``, ``triton_launch.ssd_fwd`` / ``ssd_bwd``, ``norm_fwd`` / ``norm_bwd``),
+(``conv_fwd`` / ``conv_bwd``, the SSD op's ``_fwd_impl`` / ``bwd_grads``, ``norm_fwd`` / ``norm_bwd``),
 so the results equal those of the separate ops. Calls skip the ops' dispatcher, like ``_SSDEager``.
 
 ``Mamba2`` takes this path in eager mode for plain tensors when its three ops resolve to "triton",
@@ -25,12 +25,10 @@ from typing import Optional
 
 import torch
 
-from .._triton import f32
 from ..conv.causal_conv1d_triton import conv_bwd, conv_fwd
 from ..norm.gated_rms_norm_triton import norm_bwd, norm_fwd
 from . import triton_launch
-from .triton import _bc, _fwd_impl, _rows
-from .triton_launch import make_plan, ssd_bwd
+from .triton import _fwd_impl, bwd_grads, grad_coming
 
 Tensor = torch.Tensor
 
@@ -90,12 +88,9 @@ class _Mamba2Inner(torch.autograd.Function):
         dxBC = torch.empty_like(xBC)  # (B, L, conv_dim): dx, dB, dC in their slices
         dxs, dBm, dCm = _split_xbc(dxBC, d_inner, P, G)
         A = -torch.exp(A_log)
-        plan = make_plan(xs, Bm.shape[3], chunk_size, None, 0, bwd_span=-1, fwd_span=-1)
-        B_, C_ = _bc(Bm, Cm)
-        _, ddt, dA, _, _, dD, ddt_bias, _ = ssd_bwd(
-            dy.view(xs.shape).to(xs.dtype).contiguous(), f32(dfinal), _rows(xs), dt, f32(A), B_, C_,
-            f32(D), f32(dt_bias), None, None, seg, seg_decay, b, plan, True, h_kept, dx_out=dxs, dB_out=dBm,
-            dC_out=dCm,
+        _, ddt, dA, _, _, dD, _, ddt_bias, _ = bwd_grads(
+            dy.view(xs.shape), dfinal, xs, dt, A, Bm, Cm, D, None, dt_bias, None, None, seg, seg_decay, None, h_kept,
+            True, chunk_size, 0, -1, -1, dx_out=dxs, dB_out=dBm, dC_out=dCm,
         )  # fmt: skip
         ddt_slot.copy_(ddt)
         _, dconv_w, dconv_b, _ = conv_bwd(dxBC, xBC_in, conv_weight, conv_bias, None, True, dx_out=dxBC_in)
@@ -114,10 +109,8 @@ def mamba2_inner_triton(
     A_log, D (H,) and norm_weight (d_inner,). Inputs are assumed checked by the layer."""
     H = A_log.shape[0]
     d_inner = H * headdim
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight)
-    )
-    keep_states = needs_grad and triton_launch.KEEP_STATES
+    keep_states = triton_launch.KEEP_STATES and grad_coming(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D,
+                                                            norm_weight)  # fmt: skip
     return _Mamba2Inner.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
                               (d_inner, headdim, ngroups, H), (chunk_size, float(eps), group_size, norm_before_gate,
                                                                keep_states))  # fmt: skip

@@ -170,9 +170,9 @@ def test_states_kept_or_recomputed(gen, monkeypatch, keep, cap, fwd_span):
         asked.append(args[-1])
         return triton_launch.ssd_fwd(*args)
 
-    def spy_bwd(*args):
-        kept.append(args[-1].numel() > 0)
-        return triton_launch.ssd_bwd(*args)
+    def spy_bwd(*args, **kw):
+        kept.append(args[16].numel() > 0)  # (h_kept)
+        return triton_launch.ssd_bwd(*args, **kw)
 
     monkeypatch.setattr(ssd_triton_module, "ssd_fwd", spy_fwd)
     monkeypatch.setattr(ssd_triton_module, "ssd_bwd", spy_bwd)
