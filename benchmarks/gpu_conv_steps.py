@@ -5,9 +5,10 @@ Called by ``gpu_scan.py``. Each check compares backend "triton" with the float64
 each timing is the median of CUDA-event timings against the "torch" path and, for
 the Mamba decode step, ``mamba_ssm``'s Triton ``selective_state_update``.
 
-Alone, ``python3 benchmarks/gpu_conv_steps.py --parts tiles bwd [--out DIR]`` times the conv1d forward's
-tile sizes at the Mamba and Mamba-2 layers' shapes (``tile_rows``) and the backward's channel blocks and
-programs per SM at the Mamba-2 layer's 64K shape (``bwd_rows``).
+Alone, ``python3 benchmarks/gpu_conv_steps.py --parts bwd switches [--out DIR]`` times the conv1d
+backward's channel blocks and programs per SM at the Mamba-2 layer's 64K shape (``bwd_rows``), and the
+kernels' instruction-saving switches and the forward's programs per SM at the Mamba and Mamba-2 layers'
+shapes (``switch_rows``), each setting checked against float64 first.
 """
 
 from __future__ import annotations
@@ -164,40 +165,6 @@ def timings(mamba_src) -> list[list]:
     return rows
 
 
-CONV_TILES = ((64, 64, 4), (32, 128, 4), (64, 128, 4), (16, 256, 4), (128, 64, 4), (64, 128, 8))
-
-
-def tile_rows() -> list[list]:
-    """The conv1d forward (silu, bias, bf16) for each (BLOCK_L, BLOCK_D, warps) of ``CONV_TILES``, the default
-    marked, at the Mamba-2 layer's shape (x a strided view of its 64K-token projection, D = 4352) and the
-    Mamba layer's (B=8 L=4096 D=2048 contiguous), next to a copy of the same input (a bandwidth reference)."""
-    import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
-    from ssmkit.ops._triton import LAUNCH
-
-    rows = []
-    proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)
-    for name, x in (("Mamba-2 layer, 1 x 65536 x 4352 view", proj[..., 4096:8448]),
-                    ("Mamba layer, 8 x 4096 x 2048", torch.randn(8, 4096, 2048, device="cuda", dtype=torch.bfloat16))):  # fmt: skip
-        D = x.shape[-1]
-        w, b = torch.randn(D, 4, device="cuda", dtype=x.dtype), torch.randn(D, device="cuda", dtype=x.dtype)
-        rows.append([f"{name}: copy of x", f"{_ms(lambda x=x: x.clone()):.3f}", ""])
-        default, blocks = conv_triton._blocks(x.shape[1], D), conv_triton._blocks
-        for bl, bd, warps in CONV_TILES:
-            conv_triton._blocks = lambda L, D, bl=bl, bd=bd: (bl, bd)
-            saved = dict(LAUNCH)
-            LAUNCH["num_warps"] = warps
-            try:
-                t = _ms(lambda x=x, w=w, b=b: conv_triton._fwd_op(x, w, b, None, True))
-            finally:
-                conv_triton._blocks = blocks
-                LAUNCH.clear()
-                LAUNCH.update(saved)
-            mark = " (default)" if (bl, bd, warps) == (*default, 4) else ""
-            rows.append([f"{name}: forward BLOCK_L={bl} BLOCK_D={bd} warps={warps}{mark}", f"{t:.3f}", ""])
-            print(rows[-1], flush=True)
-    return rows
-
-
 def bwd_rows() -> list[list]:
     """The conv1d backward (silu, bias, bf16) at the Mamba-2 layer's 64K shape (x a view of the projection,
     dx written into a view of another, as ``ops/ssd/triton_layer.py`` does) for channel blocks of 64 / 128
@@ -208,17 +175,17 @@ def bwd_rows() -> list[list]:
     x, dx = proj[..., 4096:8448], torch.empty_like(proj)[..., 4096:8448]
     dy = torch.randn(x.shape, device="cuda", dtype=x.dtype)
     w, b = torch.randn(4352, 4, device="cuda", dtype=x.dtype), torch.randn(4352, device="cuda", dtype=x.dtype)
-    tiles, per_sm = conv_triton._bwd_tiles, conv_triton.BWD_PROGRAMS_PER_SM
+    tiles, per_sm = conv_triton._tiles, conv_triton.BWD_PROGRAMS_PER_SM
     default = (tiles(4, 4352)[2], per_sm)
     rows = []
     for bd in (64, 128, 256):
         for n in (8, 16, 32, 64):
-            conv_triton._bwd_tiles = lambda K, D, bd=bd: (8, 4, bd, bd // 32)
+            conv_triton._tiles = lambda K, D, bd=bd: (8, 4, bd, bd // 32)
             conv_triton.BWD_PROGRAMS_PER_SM = n
             try:
                 t = _ms(lambda: conv_triton.conv_bwd(dy, x, w, b, None, True, dx_out=dx))
             finally:
-                conv_triton._bwd_tiles, conv_triton.BWD_PROGRAMS_PER_SM = tiles, per_sm
+                conv_triton._tiles, conv_triton.BWD_PROGRAMS_PER_SM = tiles, per_sm
             mark = " (default)" if (bd, n) == default else ""
             rows.append([f"backward, 1 x 65536 x 4352: BLOCK_D={bd} warps={bd // 32} programs/SM={n}{mark}",
                          f"{t:.3f}", ""])  # fmt: skip
@@ -226,17 +193,84 @@ def bwd_rows() -> list[list]:
     return rows
 
 
+SWITCHES = {  # label: module constants of ssmkit.ops.conv.causal_conv1d_triton
+    "none of the three switches": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FAST_SIGMOID=False),
+    "constant strides only": dict(UNMASKED_INSIDE=False, FAST_SIGMOID=False),
+    "unmasked inside tiles only": dict(CONST_STRIDES=False, FAST_SIGMOID=False),
+    "fast sigmoid only": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False),
+    "default (all three)": {},
+    "forward 16 programs per SM": dict(FWD_PROGRAMS_PER_SM=16),
+    "forward 32 programs per SM": dict(FWD_PROGRAMS_PER_SM=32),
+}
+
+
+def switch_rows() -> list[list]:
+    """conv1d forward / backward (silu, bias, bf16) under each of ``SWITCHES`` at the Mamba-2 layer's 64K shape
+    (x a view of the projection, dx written into a view of another) and Mamba's B=8 L=4096 D=2048; each
+    setting is first checked against the float64 reference on fresh inputs (B=2 L=1000 D=256 plus an odd
+    shape with an initial state)."""
+    import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
+
+    defaults = {name: getattr(conv_triton, name) for kw in SWITCHES.values() for name in kw}
+    proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)
+    shapes = (("Mamba-2 1 x 65536 x 4352 view", proj[..., 4096:8448], torch.empty_like(proj)[..., 4096:8448]),
+              ("Mamba 8 x 4096 x 2048", torch.randn(8, 4096, 2048, device="cuda", dtype=torch.bfloat16), None))  # fmt: skip
+    rows = []
+    for label, consts in SWITCHES.items():
+        for name, value in (defaults | consts).items():
+            setattr(conv_triton, name, value)
+        try:
+            worst = max(r_[1] for r_ in _switch_checks())
+            for name, x, dx in shapes:
+                D = x.shape[-1]
+                w, b = torch.randn(D, 4, device="cuda", dtype=x.dtype), torch.randn(D, device="cuda", dtype=x.dtype)
+                dy = torch.randn(x.shape, device="cuda", dtype=x.dtype)
+                t_f = _ms(lambda x=x, w=w, b=b: conv_triton.conv_fwd(x, w, b, None, True))
+                t_b = _ms(lambda x=x, w=w, b=b, dy=dy, dx=dx: conv_triton.conv_bwd(dy, x, w, b, None, True, dx_out=dx))
+                rows.append([f"{name}: {label} (worst check {worst:.1e})", f"{t_f:.3f}", f"{t_b:.3f}"])
+                print(rows[-1], flush=True)
+        finally:
+            for name, value in defaults.items():
+                setattr(conv_triton, name, value)
+    return rows
+
+
+def _switch_checks() -> list[tuple]:
+    """(case, worst relative error) of forward and every gradient against float64, asserting the bf16 / fp32
+    tolerances."""
+    out = []
+    for dtype, (b, L, D, state) in ((torch.bfloat16, (2, 1000, 256, False)), (torch.float32, (2, 1000, 256, True)),
+                                    (torch.bfloat16, (3, 77, 200, True))):  # fmt: skip
+        x = torch.randn(b, L, D, device="cuda", dtype=dtype, requires_grad=True)
+        w, bias = torch.randn(D, 4, device="cuda", requires_grad=True), torch.randn(D, device="cuda", requires_grad=True)
+        s = torch.randn(b, 3, D, device="cuda", dtype=dtype, requires_grad=True) if state else None
+        ins = [t for t in (x, w, bias, s) if t is not None]
+        y, _ = causal_conv1d(x, w, bias, s, "silu", return_final_state=True, backend="triton")
+        g = torch.randn_like(y)
+        grads = torch.autograd.grad(y, ins, g)
+        ins64 = [t.detach().double().requires_grad_(True) for t in ins]
+        x64, w64, b64 = ins64[:3]
+        y64, _ = causal_conv1d(x64, w64, b64, ins64[3] if state else None, "silu", return_final_state=True,
+                               backend="reference")  # fmt: skip
+        grads64 = torch.autograd.grad(y64, ins64, g.double())
+        errs = [rel_err(y, y64)] + [rel_err(a, r) for a, r in zip(grads, grads64)]
+        assert max(errs) < TOL[dtype], (dtype, b, L, D, errs)
+        out.append((f"{dtype} {b}x{L}x{D}", max(errs)))
+    return out
+
+
 def run(out_dir: str, parts) -> str:
     sys.path.insert(0, os.path.dirname(__file__))
     from _gpu_bench import table_report
 
-    rows = (tile_rows() if "tiles" in parts else []) + (bwd_rows() if "bwd" in parts else [])
-    return table_report(out_dir, "gpu_conv_tiles", "causal conv1d tiles", ["case", "ms", ""], rows)
+    rows = (bwd_rows() if "bwd" in parts else []) + (switch_rows() if "switches" in parts else [])
+    head = ["case", "ms (switches: forward)", "(switches: backward ms)"]
+    return table_report(out_dir, "gpu_conv_tiles", "causal conv1d tiles", head, rows)
 
 
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(__file__))
     from _gpu_bench import parts_main
 
-    parts_main("GPU: causal conv1d tiles (python3 benchmarks/gpu_conv_steps.py --parts tiles bwd)", run,
-               ["tiles", "bwd"])  # fmt: skip
+    parts_main("GPU: causal conv1d launch settings (python3 benchmarks/gpu_conv_steps.py --parts bwd switches)", run,
+               ["bwd", "switches"])  # fmt: skip

@@ -15,7 +15,8 @@ Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
      GB/s counts the bytes the fused kernels must move: forward reads y, z and writes out
      (3 x 2 bytes per element); forward+backward adds dout, y, z read and dy, dz written (+5 x 2);
   3. a sweep of the kernels' tilings (``Tiling`` in ``gated_rms_norm_triton.py``) at 65536 rows,
-     to check the defaults on the GPU at hand (registers cap the backward's occupancy).
+     to check the defaults on the GPU at hand (registers cap the backward's occupancy), and the
+     default tiling with the exact sigmoid (``FAST_SIGMOID`` off).
 """
 
 from __future__ import annotations
@@ -168,9 +169,11 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in inp.items()}
         dout = torch.randn_like(inp["y"])
         for mode, variants in (("fwd", fwd_variants), ("fwd+bwd", bwd_variants)):
-            for t in variants:
+            for t, fast in [(None, False)] + [(t, True) for t in variants]:
                 label = "default" if t is None else f"tile={t.tile} per_thread={t.per_thread} max_block={t.max_block} chunk={t.chunk}"
+                label += "" if fast else ", exact sigmoid (FAST_SIGMOID off)"
                 plan = norm_triton._plan(gs, t or (norm_triton.FWD_TILING if mode == "fwd" else norm_triton.BWD_TILING))
+                saved_fast, norm_triton.FAST_SIGMOID = norm_triton.FAST_SIGMOID, fast
                 try:
                     with tilings(t if mode == "fwd" else None, t if mode != "fwd" else None):
                         if mode == "fwd":
@@ -182,6 +185,8 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
                     cell = f"{v:.3f}"
                 except Exception as e:  # a tiling can exceed the registers or shared memory
                     cell = f"failed: {type(e).__name__}"
+                finally:
+                    norm_triton.FAST_SIGMOID = saved_fast
                 out.append([f"rows={rows} group={gs}", mode, label, "BLOCK_M={} BLOCK_N={} chunks={} warps={}".format(*plan), cell])
         del inp, leaves, dout
     return out

@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -15,6 +15,9 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   ``VARIANT_SHAPES``, each checked.
 - "layer": the Mamba-2 layer (d_model 2048, 64 heads) at 16K and 64K tokens with the plan and the
   ``VARIANTS``, next to the attention layer.
+- "registers": register caps (``make_plan``'s ``scan_regs`` / ``walk_regs`` / ``bwd_regs``: more programs
+  resident per SM, some registers spilled) of ``REGISTER_VARIANTS``, at ``VARIANT_SHAPES`` (each checked)
+  and in the Mamba-2 layer.
 
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
@@ -47,6 +50,15 @@ VARIANTS = {  # label: make_plan keywords
     "scan and walks 8 warps": dict(fwd_warps=8),
     "scan 8 warps, walks 4": dict(fwd_warps=8, state_warps=4),
     "scan 2 stages": dict(fwd_stages=2),
+}
+REGISTER_VARIANTS = {  # label: plan_keywords keywords (caps of 168 registers: 3 programs of 4 warps per SM)
+    "plan": {},
+    "scan <= 168 registers": dict(scan_regs=168),
+    "scan <= 168, 6 segments": dict(scan_regs=168, n_segs=6),
+    "scan <= 128 (4 per SM)": dict(scan_regs=128),
+    "walks <= 168": dict(walk_regs=168),
+    "scan and walks <= 168, 6 segments": dict(scan_regs=168, walk_regs=168, n_segs=6),
+    "fused backward <= 168": dict(bwd_regs=168),
 }
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
@@ -89,12 +101,12 @@ def op_rows() -> list[list]:
     return rows
 
 
-def variant_rows() -> list[list]:
-    """The plan and ``VARIANTS`` at ``VARIANT_SHAPES``, each checked against the float32 "torch" backend."""
+def variant_rows(variants: dict = VARIANTS) -> list[list]:
+    """The plan and ``variants`` at ``VARIANT_SHAPES``, each checked against the float32 "torch" backend."""
     rows = []
     for b, L, H in VARIANT_SHAPES:
         checked = Checked(ssd_inputs(b, L, H=H))
-        for label, keywords in VARIANTS.items():
+        for label, keywords in variants.items():
             with plan_keywords(**keywords):
                 rows.append(checked.row(f"B={b} L={L} H={H}: {label}", 32))
         del checked
@@ -102,17 +114,18 @@ def variant_rows() -> list[list]:
     return rows
 
 
-def layer_rows() -> list[list]:
-    """The Mamba-2 layer at 16K and 64K tokens: the plan and ``VARIANTS``."""
-    return mamba2_layer_rows([(label, lambda kw=kw: plan_keywords(**kw)) for label, kw in VARIANTS.items()])
+def layer_rows(variants: dict = VARIANTS) -> list[list]:
+    """The Mamba-2 layer at 16K and 64K tokens: the plan and ``variants``."""
+    return mamba2_layer_rows([(label, lambda kw=kw: plan_keywords(**kw)) for label, kw in variants.items()])
 
 
 def run(out_dir: str, parts) -> str:
     rows = (op_rows() if "op" in parts else []) + (variant_rows() if "variants" in parts else [])
     rows += layer_rows() if "layer" in parts else []
+    rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer"])
+    parts_main(__doc__, run, ["op", "variants", "layer", "registers"])

@@ -89,13 +89,15 @@ def compile_launch(fn, args, kw):
         elif isinstance(v, torch.Tensor):
             sig[p.name] = PTR[v.dtype]
             attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
         elif isinstance(v, bool) or not isinstance(v, int):
             raise TypeError(f"{fn.__name__}: unexpected argument {p.name}={v!r}")
-        elif v == 1:  # the JIT turns ints equal to 1 into constants
+        elif v == 1 and not p.do_not_specialize:  # the JIT turns ints equal to 1 into constants (unless told not to)
             sig[p.name], constexprs[p.name] = "constexpr", 1
         else:
             sig[p.name] = "i32" if -(2**31) <= v < 2**31 else "i64"
-            if v % 16 == 0:
+            if v % 16 == 0 and not p.do_not_specialize:
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)

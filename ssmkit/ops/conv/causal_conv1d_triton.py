@@ -21,28 +21,46 @@ from .causal_conv1d_triton_kernels import conv1d_bwd_kernel, conv1d_fwd_kernel, 
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
-
-def _blocks(L: int, D: int) -> tuple[int, int]:
-    """Forward tiles (BLOCK_L, BLOCK_D), 4 warps. H200, B=1 L=64K D=4352 bf16 silu, x a strided view
-    of the Mamba-2 projection as in the layer: (64, 128) 0.433-0.437 ms, (16, 256) 0.434, (32, 128) 0.465,
-    (64, 64) 0.541, (128, 64) 0.772; 8 warps slower. B=8 L=4096 D=2048 (Mamba's): 0.107 against 0.132 at
-    (64, 64) (``benchmarks/gpu_conv_steps.py --parts tiles``)."""
-    return min(64, next_pow2(max(L, 1))), min(128, next_pow2(D))
-
-
-# Backward programs per SM along (channel blocks, batch, segments); segments are whole tiles. H200,
-# B=1 L=16K D=4352 bf16: 0.19 ms (8 per SM: 0.24; the earlier two-kernel backward: 0.92); at 64K tokens,
-# x a view of the Mamba-2 projection and dx written into one: 0.78 ms at 32 or 64 per SM, 0.85 at 16,
-# 1.01 at 8; channel blocks of 64 or 256 no faster (0.78-1.05 ms) (``gpu_conv_steps.py --parts bwd``).
+# Programs per SM along (channel blocks, batch, segments); segments are whole tiles of T rows. H200, the
+# Mamba-2 layer's 64K tokens (x a view of the projection, D = 4352, dx written into a view of another):
+# backward 0.78 ms at 32 or 64 per SM, 0.85 at 16, 1.01 at 8; channel blocks of 64 or 256 no faster
+# (``gpu_conv_steps.py --parts bwd``). Forward 0.393 / 0.401 / 0.410 ms at 64 / 32 / 16 per SM, against
+# 0.433 for the earlier forward in (64, 128) tiles of (rows, channels), which loaded every input row K times;
+# B=8 L=4096 D=2048: 0.092 / 0.097 / 0.096 against 0.106 (``gpu_conv_steps.py --parts switches``).
 BWD_PROGRAMS_PER_SM = 32
+FWD_PROGRAMS_PER_SM = 64
+# Instruction savings in both kernels (``causal_conv1d_triton_kernels.py``). The backward on the H200 at the
+# 64K shape above (``gpu_conv_steps.py --parts switches``; ms, 0.816 without the three): row strides as
+# compile-time constants (one compiled kernel per distinct row strides of x, dy and dx) 0.737; tiles inside
+# the sequence without masks 0.797; the sigmoid from the GPU's approximate instructions (not in the
+# interpreter, which has no inline PTX) 0.701; all three 0.636. B=8 L=4096 D=2048: 0.226 -> 0.172.
+CONST_STRIDES = True
+UNMASKED_INSIDE = True
+FAST_SIGMOID = True
 
 
-def _bwd_tiles(K: int, D: int) -> tuple[int, int, int, int]:
-    """Backward tiles: (T rows per register tile, HP rows before it, channels per program, warps).
+def _tiles(K: int, D: int) -> tuple[int, int, int, int]:
+    """Tiles of both kernels: (T rows per register tile, HP rows before it, channels per program, warps).
     T covers the K - 1 rows a tap reaches; one channel per thread, up to 4 warps."""
     HP = next_pow2(K - 1)
     bd = min(128, max(32, next_pow2(D)))
     return max(8, HP), HP, bd, bd // 32
+
+
+def _segments(L: int, T: int, n_d: int, batch: int, per_sm: int, device: torch.device) -> tuple[int, int]:
+    """(rows per segment, a multiple of T; segments) so that about ``per_sm`` programs per SM walk the rows."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    n_tiles = cdiv(L, T)
+    n_segs = max(1, min(n_tiles, cdiv(per_sm * sms, n_d * batch)))
+    seg_len = cdiv(n_tiles, n_segs) * T
+    return seg_len, cdiv(L, seg_len)
+
+
+def _switches(x: Tensor, D: int, bd: int, **strides: int) -> dict:
+    """The kernels' constexpr switches for this call (``CONST_STRIDES``, ``UNMASKED_INSIDE``, ``FAST_SIGMOID``);
+    ``strides``: the row strides to pass as constants."""
+    return (strides if CONST_STRIDES else {}) | dict(INTERIOR=UNMASKED_INSIDE and D % bd == 0,
+                                                     FAST=FAST_SIGMOID and x.device.type == "cuda")  # fmt: skip
 
 
 def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: Optional[Tensor], silu: bool) -> Tensor:
@@ -51,12 +69,17 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: O
     batch, L, D = x.shape
     K = weight.shape[1]
     y = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
-    bl, bd = _blocks(L, D)
+    if L == 0:
+        return y
+    T, HP, bd, warps = _tiles(K, D)
+    seg_len, n_segs = _segments(L, T, cdiv(D, bd), batch, FWD_PROGRAMS_PER_SM, x.device)
     ss = s if s is not None else x
-    grid = (cdiv(L, bl), cdiv(D, bd), batch)
-    conv1d_fwd_kernel[grid](x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D,
-                            x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, BLOCK_L=bl, BLOCK_D=bd,
-                            HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, **LAUNCH)  # fmt: skip
+    conv1d_fwd_kernel[(cdiv(D, bd), batch, n_segs)](
+        x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D, seg_len, 1,
+        x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd,
+        HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, num_warps=warps,
+        **_switches(x, D, bd, S_XL=x.stride(1)), **LAUNCH,
+    )  # fmt: skip
     return y
 
 
@@ -77,23 +100,19 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
     batch, L, D = x.shape
     K = weight.shape[1]
     w = weight.contiguous()
-    T, HP, bd, warps = _bwd_tiles(K, D)
-    n_d, n_tiles = cdiv(D, bd), cdiv(L, T)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else 2
-    n_segs = max(1, min(n_tiles, cdiv(BWD_PROGRAMS_PER_SM * sms, n_d * batch)))
-    seg_len = cdiv(n_tiles, n_segs) * T
-    n_segs = cdiv(L, seg_len)
+    T, HP, bd, warps = _tiles(K, D)
+    seg_len, n_segs = _segments(L, T, cdiv(D, bd), batch, BWD_PROGRAMS_PER_SM, x.device)
     f32 = torch.float32
     dx = dx_out if dx_out is not None else torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
     dw = torch.empty((batch, n_segs, K, D), dtype=f32, device=x.device)
     db = torch.empty((batch, n_segs, D), dtype=f32, device=x.device)
     gh = torch.zeros((batch, K - 1, D), dtype=f32, device=x.device) if s is not None else dw
     ss = s if s is not None else x
-    conv1d_bwd_kernel[(n_d, batch, n_segs)](
+    conv1d_bwd_kernel[(cdiv(D, bd), batch, n_segs)](
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
-        SILU=silu, num_warps=warps, **LAUNCH,
+        SILU=silu, num_warps=warps, **_switches(x, D, bd, S_XL=x.stride(1), S_YL=dy.stride(1), S_DXL=dx.stride(1)), **LAUNCH,
     )  # fmt: skip
     dstate = x.new_empty(0)
     if s is not None:  # ∂x~[i] = Σ_{k <= i} w[k] g[i - k] for the K-1 state rows i (g of rows 0..K-2: gh)

@@ -9,71 +9,26 @@ Backward, with g = ∂L/∂y · act'(p):
 
     ∂x~[i, d] = Σ_k w[d, k] g[i - k, d]     ∂w[d, k] = Σ_{b,t} g[t, d] x~[t + k, d]     ∂bias = Σ_{b,t} g
 
-Forward tiles are (BLOCK_L, BLOCK_D), channels on the lanes; the backward is one kernel
-with the rows of a tile in each thread's registers (``conv1d_bwd_kernel``). Every product
-and sum is in float32. Offsets along the sequence are int64 (B * L * D can pass 2^31).
+Forward and backward walk segments of rows with one channel per thread and a tile of T rows
+in each thread's registers, so the shifted rows are register picks and x is read once.
+They are bound by instruction issue at the Mamba layers' shapes; what saves instructions:
+row strides as compile-time constants (rows are immediate offsets from one address),
+tiles inside the sequence without masks, and the sigmoid from the GPU's approximate
+instructions (``_sigmoid``'s ``FAST``). Every product and sum is in float32. Offsets
+along the sequence are int64 (B * L * D can pass 2^31).
 """
 
 import triton
 import triton.language as tl
 
-from ..scan.triton_common import _flat, _row
+from ..scan.triton_common import _flat, _row, _sigmoid
 
 
 @triton.jit
-def _silu_grad(p):
-    """(silu(p), silu'(p)) in float32."""
-    s = 1.0 / (1.0 + tl.exp(-p))
+def _silu_grad(p, FAST: tl.constexpr = False):
+    """(silu(p), silu'(p)) in float32 (``FAST``: see ``_sigmoid``)."""
+    s = _sigmoid(p, FAST)
     return p * s, s * (1.0 + p * (1.0 - s))
-
-
-@triton.jit
-def _x_tilde(x_row, s_row, t, d, L, DIM, s_xl, s_sl, K: tl.constexpr, HAS_STATE: tl.constexpr):
-    """x~[t + K - 1] for a (BLOCK_L,) vector of times t (possibly negative) and (BLOCK_D,) channels:
-    the input at time t, or the initial state's row K - 1 + t for t < 0 (zeros without one)."""
-    md = (d < DIM)[None, :]
-    in_x = (t >= 0) & (t < L)
-    v = tl.load(x_row + t.to(tl.int64)[:, None] * s_xl + d[None, :], mask=in_x[:, None] & md, other=0.0)
-    v = v.to(tl.float32)
-    if HAS_STATE:
-        in_s = (t < 0) & (t >= -(K - 1))
-        sv = tl.load(s_row + (t + K - 1)[:, None] * s_sl + d[None, :], mask=in_s[:, None] & md, other=0.0)
-        v += sv.to(tl.float32)
-    return v  # (BLOCK_L, BLOCK_D)
-
-
-@triton.jit
-def _preact(x_row, s_row, w_ptr, b_ptr, t, d, L, DIM, s_xl, s_sl,
-            K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr):  # fmt: skip
-    """p[t, d] for a (BLOCK_L,) vector of times: (BLOCK_L, BLOCK_D) float32."""
-    md = d < DIM
-    if HAS_BIAS:
-        acc = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)[None, :] + tl.zeros((t.shape[0], d.shape[0]), tl.float32)
-    else:
-        acc = tl.zeros((t.shape[0], d.shape[0]), tl.float32)
-    for k in tl.static_range(K):
-        wk = tl.load(w_ptr + d * K + k, mask=md, other=0.0).to(tl.float32)  # (BLOCK_D,)
-        acc += wk[None, :] * _x_tilde(x_row, s_row, t + k - (K - 1), d, L, DIM, s_xl, s_sl, K, HAS_STATE)
-    return acc
-
-
-@triton.jit
-def conv1d_fwd_kernel(
-    x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, DIM, s_xb, s_xl, s_sb, s_sl,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
-):  # fmt: skip
-    """Grid (cdiv(L, BLOCK_L), cdiv(D, BLOCK_D), B). x (B, L, D) unit channel stride; w (D, K)
-    contiguous; s (B, K-1, D) unit channel stride; y (B, L, D) contiguous."""
-    pid_b = tl.program_id(2).to(tl.int64)
-    t = tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    p = _preact(x_ptr + pid_b * s_xb, s_ptr + pid_b * s_sb, w_ptr, b_ptr, t, d, L, DIM, s_xl, s_sl,
-                K, HAS_BIAS, HAS_STATE)  # fmt: skip
-    if SILU:
-        p, _ = _silu_grad(p)
-    mask = (t < L)[:, None] & (d < DIM)[None, :]
-    tl.store(y_ptr + pid_b * L * DIM + t.to(tl.int64)[:, None] * DIM + d[None, :], p.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -104,36 +59,121 @@ def _ahead(G, Gn, t3, j: tl.constexpr, T: tl.constexpr):
 @triton.jit
 def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L, s_xl, s_sl, s_yl,
             K: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
-            HAS_STATE: tl.constexpr, SILU: tl.constexpr):  # fmt: skip
+            HAS_STATE: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """g = ∂L/∂y act'(p) for the T rows from t0, with those rows of x~ and the HP rows before them:
-    (G, X, Hh) as (T, 1, BD), (T, 1, BD), (HP, 1, BD) float32 tiles (zeros past L)."""
+    (G, X, Hh) as (T, 1, BD), (T, 1, BD), (HP, 1, BD) float32 tiles (zeros past L). Not ``MASKED``: the
+    caller knows that rows t0 - HP .. t0 + T - 1 lie in the sequence and every channel in D (no masks)."""
     r = t0 + tr
-    X = tl.load(x_row + t0.to(tl.int64) * s_xl + tr * s_xl + ch, mask=(r < L) & m_col, other=0.0)
-    X = tl.reshape(X, (T, 1, BLOCK_D)).to(tl.float32)
     rh = t0 - HP + hr  # the rows before the tile: x, or the initial state's row K - 1 + rh
-    Hh = tl.load(x_row + (t0 - HP).to(tl.int64) * s_xl + hr * s_xl + hch, mask=(rh >= 0) & m_hcol, other=0.0)
-    Hh = Hh.to(tl.float32)
-    if HAS_STATE:
-        sv = tl.load(s_row + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_hcol, other=0.0)
-        Hh += sv.to(tl.float32)
+    xo = x_row + t0.to(tl.int64) * s_xl + tr * s_xl + ch
+    ho = x_row + (t0 - HP).to(tl.int64) * s_xl + hr * s_xl + hch
+    yo = dy_row + t0.to(tl.int64) * s_yl + tr * s_yl + ch
+    if MASKED:
+        X = tl.load(xo, mask=(r < L) & m_col, other=0.0)
+        Hh = tl.load(ho, mask=(rh >= 0) & m_hcol, other=0.0).to(tl.float32)
+        if HAS_STATE:
+            sv = tl.load(s_row + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_hcol, other=0.0)
+            Hh += sv.to(tl.float32)
+        dy = tl.load(yo, mask=(r < L) & m_col, other=0.0)
+    else:
+        X = tl.load(xo)
+        Hh = tl.load(ho).to(tl.float32)
+        dy = tl.load(yo)
+    X = tl.reshape(X, (T, 1, BLOCK_D)).to(tl.float32)
     Hh = tl.reshape(Hh, (HP, 1, BLOCK_D))
-    dy = tl.load(dy_row + t0.to(tl.int64) * s_yl + tr * s_yl + ch, mask=(r < L) & m_col, other=0.0)
     G = tl.reshape(dy, (T, 1, BLOCK_D)).to(tl.float32)
     if SILU:
         p = bias
         for k in tl.static_range(K):
             p = p + _row(W, k3, k) * _shifted(X, Hh, t3, h3, k - (K - 1), T, HP)
-        _, dact = _silu_grad(p)
+        _, dact = _silu_grad(p, FAST)
         G = G * dact
     return G, X, Hh
 
 
 @triton.jit(do_not_specialize=["ONE"])
-def conv1d_bwd_kernel(
-    x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, gh_ptr, L, DIM, SEG_LEN, ONE,
-    s_xb, s_xl, s_sb, s_sl, s_yb, s_yl, s_dxb, s_dxl,
+def conv1d_fwd_kernel(
+    x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, DIM, SEG_LEN, ONE, s_xb, s_xl_run, s_sb, s_sl,
     K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
+    S_XL: tl.constexpr = 0, INTERIOR: tl.constexpr = False, FAST: tl.constexpr = False,
+):  # fmt: skip
+    """The forward. Grid (cdiv(D, BLOCK_D), B, n_segs): program (d-block, b, s)
+    walks the rows [s SEG_LEN, (s+1) SEG_LEN) forwards T at a time, one channel per thread and the T rows
+    in its registers; the HP rows before a tile are carried from the tile before it (x is read once).
+    y (B, L, D) contiguous. S_XL, INTERIOR, FAST, ONE: as in ``conv1d_bwd_kernel``."""
+    if S_XL > 0:
+        s_xl = S_XL
+    else:
+        s_xl = s_xl_run
+    pid_d = tl.program_id(0)
+    pid_b = tl.program_id(1).to(tl.int64)
+    d0 = pid_d * BLOCK_D
+    t3 = tl.arange(0, T)[:, None, None]
+    h3 = tl.arange(0, HP)[:, None, None]
+    k3 = tl.arange(0, KP)[:, None, None]
+    tr, tc = _flat(T, BLOCK_D)
+    ch = (d0 + tc) * ONE
+    m_col = d0 + tc < DIM
+    hr, hc = _flat(HP, BLOCK_D)
+    hch = (d0 + hc) * ONE
+    m_hcol = d0 + hc < DIM
+    kr, kc = _flat(KP, BLOCK_D)
+    W = tl.load(w_ptr + (d0 + kc) * ONE * K + kr, mask=(kr < K) & (d0 + kc < DIM), other=0.0)
+    W = tl.reshape(W, (KP, 1, BLOCK_D)).to(tl.float32)
+    if HAS_BIAS:
+        cc = tl.arange(0, BLOCK_D)
+        bias = tl.load(b_ptr + (d0 + cc) * ONE, mask=d0 + cc < DIM, other=0.0)
+        bias = tl.reshape(bias, (1, 1, BLOCK_D)).to(tl.float32)
+    else:
+        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    x_row = x_ptr + pid_b * s_xb
+    y_row = y_ptr + pid_b * L * DIM
+    seg_start = tl.program_id(2) * SEG_LEN
+    seg_end = tl.minimum(L, seg_start + SEG_LEN)
+    rh = seg_start - HP + hr  # the HP rows before the segment: x, or the initial state's row K - 1 + rh
+    Hh = tl.load(x_row + (seg_start - HP).to(tl.int64) * s_xl + hr * s_xl + hch, mask=(rh >= 0) & m_hcol, other=0.0)
+    Hh = Hh.to(tl.float32)
+    if HAS_STATE:
+        sv = tl.load(s_ptr + pid_b * s_sb + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_hcol,
+                     other=0.0)  # fmt: skip
+        Hh += sv.to(tl.float32)
+    Hh = tl.reshape(Hh, (HP, 1, BLOCK_D))
+    for j in range(0, tl.cdiv(seg_end - seg_start, T)):
+        t0 = seg_start + j * T
+        xo = x_row + t0.to(tl.int64) * s_xl + tr * s_xl + ch
+        yo = y_row + t0.to(tl.int64) * DIM + tr * DIM + ch
+        if INTERIOR:
+            inside = t0 + T <= L
+        else:
+            inside = False
+        if inside:
+            X = tl.load(xo)
+        else:
+            X = tl.load(xo, mask=(t0 + tr < L) & m_col, other=0.0)
+        X = tl.reshape(X, (T, 1, BLOCK_D)).to(tl.float32)
+        p = bias
+        for k in tl.static_range(K):
+            p = p + _row(W, k3, k) * _shifted(X, Hh, t3, h3, k - (K - 1), T, HP)
+        if SILU:
+            p, _ = _silu_grad(p, FAST)
+        out = tl.reshape(p, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty)
+        if inside:
+            tl.store(yo, out)
+        else:
+            tl.store(yo, out, mask=(t0 + tr < L) & m_col)
+        for h in tl.static_range(HP):  # the tile's last HP rows come before the next tile
+            Hh = tl.where(h3 == h, _row(X, t3, T - HP + h), Hh)
+
+
+@triton.jit(do_not_specialize=["ONE"])
+def conv1d_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, s_ptr, dy_ptr, dx_ptr, dw_ptr, db_ptr, gh_ptr, L, DIM, SEG_LEN, ONE,
+    s_xb, s_xl_run, s_sb, s_sl, s_yb, s_yl_run, s_dxb, s_dxl_run,
+    K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
+    S_XL: tl.constexpr = 0, S_YL: tl.constexpr = 0, S_DXL: tl.constexpr = 0, INTERIOR: tl.constexpr = False,
+    FAST: tl.constexpr = False,
 ):  # fmt: skip
     """The whole backward in one pass. Grid (cdiv(D, BLOCK_D), B, n_segs); program (d-block, b, s)
     walks the rows [s SEG_LEN, (s+1) SEG_LEN) backwards T at a time (SEG_LEN a multiple of T),
@@ -147,7 +187,19 @@ def conv1d_bwd_kernel(
     dtype (strides s_dxb, s_dxl; unit channel stride), per-program partial sums dw (B, n_segs, K, D) and db (B, n_segs, D) float32, and with
     an initial state the g of rows 0..K-2 to gh (B, K-1, D) float32 (for its gradient).
     ONE = 1 at run time: channel offsets are multiplied by it so that each lane keeps one channel
-    (see ``ops/scan/triton_fwd.py``)."""
+    (see ``ops/scan/triton_fwd.py``).
+    S_XL, S_YL, S_DXL > 0: the row strides of x, dy, dx as compile-time constants (then the rows of a tile
+    are immediate offsets from one address; s_*_run unused), else s_xl_run, ... at run time.
+    INTERIOR: tiles whose rows and halo lie inside the sequence load and store without masks (D a
+    multiple of BLOCK_D). FAST: the sigmoid of ``_silu_grad``'s fast path."""
+    if S_XL > 0:
+        s_xl = S_XL
+        s_yl = S_YL
+        s_dxl = S_DXL
+    else:
+        s_xl = s_xl_run
+        s_yl = s_yl_run
+        s_dxl = s_dxl_run
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -178,14 +230,22 @@ def conv1d_bwd_kernel(
     seg_start = pid_s * SEG_LEN
     seg_end = tl.minimum(L, seg_start + SEG_LEN)
     Gn, _, _ = _g_rows(x_row, s_row, dy_row, seg_end, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L,
-                       s_xl, s_sl, s_yl, K, T, HP, BLOCK_D, HAS_STATE, SILU)  # fmt: skip
+                       s_xl, s_sl, s_yl, K, T, HP, BLOCK_D, HAS_STATE, SILU, True, FAST)  # fmt: skip
     DW = tl.zeros((KP, 1, BLOCK_D), dtype=tl.float32)
     DB = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
     n_tiles = tl.cdiv(seg_end - seg_start, T)
     for j in range(0, n_tiles):
         t0 = seg_start + (n_tiles - 1 - j) * T
-        G, X, Hh = _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L,
-                           s_xl, s_sl, s_yl, K, T, HP, BLOCK_D, HAS_STATE, SILU)  # fmt: skip
+        if INTERIOR:
+            inside = (t0 >= HP) & (t0 + T <= L)
+        else:
+            inside = False
+        if inside:
+            G, X, Hh = _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L,
+                               s_xl, s_sl, s_yl, K, T, HP, BLOCK_D, HAS_STATE, SILU, False, FAST)  # fmt: skip
+        else:
+            G, X, Hh = _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L,
+                               s_xl, s_sl, s_yl, K, T, HP, BLOCK_D, HAS_STATE, SILU, True, FAST)  # fmt: skip
         DB += tl.sum(G, axis=0, keep_dims=True)
         dx = tl.zeros((T, 1, BLOCK_D), dtype=tl.float32)
         for k in tl.static_range(K):
@@ -194,7 +254,10 @@ def conv1d_bwd_kernel(
                                                 keep_dims=True), DW)  # fmt: skip
             dx += wk * _ahead(G, Gn, t3, K - 1 - k, T)
         dx_out = tl.reshape(dx, (T * BLOCK_D,)).to(dx_ptr.dtype.element_ty)
-        tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out, mask=(t0 + tr < L) & m_col)
+        if inside:
+            tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out)
+        else:
+            tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out, mask=(t0 + tr < L) & m_col)
         if HAS_STATE:
             if t0 == 0:  # the sequence's first rows: their g also reach the initial state
                 tl.store(gh_ptr + pid_b * (K - 1) * DIM + tr * DIM + ch, tl.reshape(G, (T * BLOCK_D,)),

@@ -39,6 +39,9 @@ class Tiling:
 # spills with a gate at 4096, which cost less than the halved parallelism per program).
 FWD_TILING = Tiling(tile=8192, per_thread=16, max_block=8192, chunk=2048)
 BWD_TILING = Tiling(tile=8192, per_thread=16, max_block=4096, chunk=1024)
+# The gate's sigmoid from the GPU's approximate 2^x and 1/x (``ops/scan/triton_common._sigmoid``; not in the
+# interpreter).
+FAST_SIGMOID = True
 
 
 def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
@@ -67,7 +70,7 @@ def norm_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_s
     gated_rms_norm_fwd_kernel[(cdiv(M, bm), ng)](
         y, zz, weight.contiguous(), out, rstd, M, D, group_size, y.stride(0), zz.stride(0), eps,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        num_warps=warps, **LAUNCH,
+        FAST=FAST_SIGMOID and y.is_cuda, num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return out, rstd
 
@@ -108,7 +111,7 @@ def norm_bwd(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd:
         dout, y, zz, weight.contiguous(), rstd.contiguous(), dy, dz if z is not None else dy, dw_part,
         M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0), dz.stride(0) if z is not None else D,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        num_warps=warps, **LAUNCH,
+        FAST=FAST_SIGMOID and y.is_cuda, num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return dy, dz, dw_part.sum(0).to(weight.dtype)
 

@@ -23,16 +23,19 @@ offsets are int64 (M * D can pass 2^31).
 import triton
 import triton.language as tl
 
+from ..scan.triton_common import _sigmoid
+
 
 @triton.jit
-def _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z: tl.constexpr):
-    """(y, gate, silu'(z)) of a (BLOCK_M, BLOCK_N) tile in float32; without z the last two are y (unused)."""
+def _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z: tl.constexpr, FAST: tl.constexpr):
+    """(y, gate, silu'(z)) of a (BLOCK_M, BLOCK_N) tile in float32; without z the last two are y (unused).
+    ``FAST``: the sigmoid's fast path (``_sigmoid``)."""
     y = tl.load(y_ptr + rows[:, None] * s_ym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     gate = y
     dgate = y
     if HAS_Z:
         z = tl.load(z_ptr + rows[:, None] * s_zm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-        s = tl.sigmoid(z)
+        s = _sigmoid(z, FAST)
         gate = z * s
         dgate = s * (1.0 + z * (1.0 - s))
     return y, gate, dgate
@@ -61,7 +64,7 @@ def _fwd_out(x, gate, rstd, w, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constex
 def gated_rms_norm_fwd_kernel(
     y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, DIM, GROUP, s_ym, s_zm, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(M, BLOCK_M), NG). y, z (M, D) with unit channel stride and row strides s_ym, s_zm;
     w (D,); out (M, D) contiguous in y's dtype; rstd (M, NG) float32."""
@@ -72,7 +75,7 @@ def gated_rms_norm_fwd_kernel(
     if NUM_CHUNKS == 1:
         cols = grp * GROUP + c  # (BLOCK_N,) this group's channels
         mask = in_rows[:, None] & (c < GROUP)[None, :]
-        y, gate, _ = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z)
+        y, gate, _ = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z, FAST)
         x = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE)
         rstd = tl.rsqrt(tl.sum(x * x, axis=1) / GROUP + eps)  # (BLOCK_M,)
         w = tl.load(w_ptr + cols, mask=c < GROUP, other=0.0).to(tl.float32)
@@ -83,7 +86,7 @@ def gated_rms_norm_fwd_kernel(
         for k in range(NUM_CHUNKS):  # pass 1: sums of squares
             cc = k * BLOCK_N + c
             mask = in_rows[:, None] & (cc < GROUP)[None, :]
-            y, gate, _ = _load_tile(y_ptr, z_ptr, rows, grp * GROUP + cc, mask, s_ym, s_zm, HAS_Z)
+            y, gate, _ = _load_tile(y_ptr, z_ptr, rows, grp * GROUP + cc, mask, s_ym, s_zm, HAS_Z, FAST)
             x = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE)
             ssq += tl.sum(x * x, axis=1)
         rstd = tl.rsqrt(ssq / GROUP + eps)
@@ -91,7 +94,7 @@ def gated_rms_norm_fwd_kernel(
             cc = k * BLOCK_N + c
             cols = grp * GROUP + cc
             mask = in_rows[:, None] & (cc < GROUP)[None, :]
-            y, gate, _ = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z)
+            y, gate, _ = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z, FAST)
             x = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE)
             w = tl.load(w_ptr + cols, mask=cc < GROUP, other=0.0).to(tl.float32)
             out = _fwd_out(x, gate, rstd, w, HAS_Z, NORM_BEFORE_GATE)
@@ -101,9 +104,9 @@ def gated_rms_norm_fwd_kernel(
 
 @triton.jit
 def _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, cols, mask, mask_c, rstd, s_om, s_ym, s_zm,
-               HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):  # fmt: skip
+               HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """Everything the backward needs of one tile: (dout, y, gate, silu'(z), w, x̂, ḡ), float32."""
-    y, gate, dgate = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z)
+    y, gate, dgate = _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z, FAST)
     g = tl.load(dout_ptr + rows[:, None] * s_om + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]  # (1, BLOCK_N)
     xhat = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE) * rstd
@@ -135,7 +138,7 @@ def gated_rms_norm_bwd_kernel(
     dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, M, DIM, GROUP, ROWS_PER_PROG,
     s_om, s_ym, s_zm, s_dzm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (n_split, NG): program (s, k) walks rows [s * ROWS_PER_PROG, (s + 1) * ROWS_PER_PROG) (a
     multiple of BLOCK_M) of group k. dout, y, z (M, D) unit channel stride; rstd (M, NG) float32.
@@ -153,7 +156,7 @@ def gated_rms_norm_bwd_kernel(
             mask = (rows < M)[:, None] & mask_c[None, :]
             rstd = tl.load(rstd_ptr + rows * tl.num_programs(1) + grp, mask=rows < M, other=0.0)[:, None]
             g, y, gate, dgate, w, xhat, gbar = _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, cols, mask, mask_c,
-                                                          rstd, s_om, s_ym, s_zm, HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
+                                                          rstd, s_om, s_ym, s_zm, HAS_Z, NORM_BEFORE_GATE, FAST)  # fmt: skip
             dw_acc += tl.sum(gbar * xhat, axis=0)
             cmean = (tl.sum(gbar * w * xhat, axis=1) / GROUP)[:, None]
             _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM, s_dzm,
@@ -171,7 +174,7 @@ def gated_rms_norm_bwd_kernel(
                 mask = (rows < M)[:, None] & (cc < GROUP)[None, :]
                 g, y, gate, dgate, w, xhat, gbar = _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, grp * GROUP + cc,
                                                               mask, cc < GROUP, rstd, s_om, s_ym, s_zm, HAS_Z,
-                                                              NORM_BEFORE_GATE)  # fmt: skip
+                                                              NORM_BEFORE_GATE, FAST)  # fmt: skip
                 csum += tl.sum(gbar * w * xhat, axis=1)
             cmean = (csum / GROUP)[:, None]
             for k in range(NUM_CHUNKS):  # pass 2: dy, dz and this tile's ∂w, added to the partial row
@@ -179,7 +182,7 @@ def gated_rms_norm_bwd_kernel(
                 mask = (rows < M)[:, None] & (cc < GROUP)[None, :]
                 g, y, gate, dgate, w, xhat, gbar = _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, grp * GROUP + cc,
                                                               mask, cc < GROUP, rstd, s_om, s_ym, s_zm, HAS_Z,
-                                                              NORM_BEFORE_GATE)  # fmt: skip
+                                                              NORM_BEFORE_GATE, FAST)  # fmt: skip
                 _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, grp * GROUP + cc,
                            mask, DIM, s_dzm, HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
                 o = dw_row + cc

@@ -161,6 +161,9 @@ class Plan:
     heads_inner: bool  # chunk-parallel kernels: the heads of a chunk launched together (``HEADS_INNER``)
     bwd_stages: int
     varlen: bool
+    scan_regs: int = 0  # register cap of the forward scan (0: the compiler's choice, see ``register_cap``)
+    walk_regs: int = 0  # ... of the state walks
+    bwd_regs: int = 0  # ... of the fused backward
 
     @property
     def tiled_walks(self) -> bool:
@@ -196,8 +199,9 @@ def dot_dtype(x: torch.Tensor) -> torch.dtype:
     return {tl.float16: torch.float16, tl.bfloat16: torch.bfloat16}.get(_dot_flags(x)["DT"], torch.float32)
 
 
-def register_cap(x: torch.Tensor) -> dict:
-    """``maxnreg=255`` for fp32 inputs on the GPU (where Triton has the option), else nothing.
+def register_cap(x: torch.Tensor, cap: int = 0) -> dict:
+    """``maxnreg=255`` for fp32 inputs on the GPU (where Triton has the option), else nothing;
+    ``cap`` > 0: ``maxnreg=cap`` for any dtype on the GPU (a plan's ``scan_regs`` / ``bwd_regs``).
 
     Large fp32 kernels (their products three times over with "tf32x3", or unrolled on
     the FMA units with "ieee") got 32 registers from ptxas (CUDA 12.9 and 13.4 alike) under
@@ -205,9 +209,11 @@ def register_cap(x: torch.Tensor) -> dict:
     lets it use the registers (H200, fp32, chunk 32: forward+backward 6.0 ms against 21.8).
     The 16-bit kernels get their registers without it.
     """
-    if x.dtype != torch.float32 or x.device.type == "cpu" or "maxnreg" not in _cuda_option("__dataclass_fields__", ()):
+    if x.device.type == "cpu" or "maxnreg" not in _cuda_option("__dataclass_fields__", ()):
         return {}
-    return {"maxnreg": 255}
+    if cap > 0:
+        return {"maxnreg": cap}
+    return {"maxnreg": 255} if x.dtype == torch.float32 else {}
 
 
 @functools.lru_cache(maxsize=None)
@@ -233,10 +239,12 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
+    block_p: int = 0, scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
-    ``state_tile`` () mean "choose for this GPU".
+    ``state_tile`` () and ``block_p`` (the P tile of the forward and of whole-state walks) 0 mean "choose for
+    this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -244,7 +252,7 @@ def make_plan(
     if chunk_size > MAX_CHUNK:
         raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
     block_n = _pow2(N)
-    block_p = min(_pow2(P), max(16, 8192 // block_n))
+    block_p = min(_pow2(P), _pow2(block_p) if block_p > 0 else max(16, 8192 // block_n))
     tile_chunk = TILE_CHUNK[x.element_size()]
     if x.device.type == "cuda" and x.element_size() == 2:
         tile_chunk = min(tile_chunk, GPU_CHUNK_16BIT)  # the fastest chunk there
@@ -283,7 +291,8 @@ def make_plan(
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
-                HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None)  # fmt: skip
+                HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
+                walk_regs, bwd_regs)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -337,7 +346,7 @@ def _launch_args(x, dt, B, plan: Plan):
     strides = (x.stride(0), x.stride(1), L * H * P, H * P, dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
     grid = (triton.cdiv(P, plan.block_p), plan.n_segs, rows * H)
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p, BLOCK_N=plan.block_n,
-                  num_warps=plan.fwd_warps, num_stages=plan.fwd_stages, **register_cap(x))  # fmt: skip
+                  num_warps=plan.fwd_warps, num_stages=plan.fwd_stages, **register_cap(x, plan.scan_regs))  # fmt: skip
     return sizes, strides, grid, blocks
 
 
@@ -345,7 +354,8 @@ def _state_walk_args(x, N: int, plan: Plan):
     """Grid and launch options of the state walks (states, dstates): one program per (N, P) tile."""
     rows, _, H, P = x.shape
     bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
-    blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages, **register_cap(x))
+    blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages,
+                  **register_cap(x, plan.walk_regs))  # fmt: skip
     return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
 
 
@@ -502,7 +512,7 @@ def ssd_bwd(
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner,
         REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x), **LAUNCH,
+        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
     # (into the given slices directly: torch.sum accumulates 16-bit inputs in fp32 and rounds once, as a sum

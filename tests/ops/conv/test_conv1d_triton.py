@@ -31,8 +31,8 @@ def grads_of(outs, inputs, gen):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("K, L, state, bias, act", [(4, 37, True, True, "silu"), (3, 70, False, True, None),
                                                     (4, 2, True, False, "silu"), (2, 9, True, True, None)])  # fmt: skip
-def test_forward_backward_match_reference(gen, dtype, K, L, state, bias, act):
-    D = 20
+@pytest.mark.parametrize("D", [20, 64])  # (64: whole channel blocks, so the backward's inside tiles run unmasked)
+def test_forward_backward_match_reference(gen, dtype, K, L, state, bias, act, D):
     x = leaf(randn(2, L, D, gen=gen, dtype=dtype))
     w, b = leaf(randn(D, K, gen=gen)), leaf(randn(D, gen=gen) if bias else None)
     s = leaf(randn(2, K - 1, D, gen=gen, dtype=dtype) if state else None)
