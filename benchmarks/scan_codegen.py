@@ -33,7 +33,7 @@ from ssmkit.ops.scan.triton_fwd import selective_scan_fwd_kernel  # noqa: E402
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr"}
 KINDS = ("MUFU", "SHFL", "LDS", "STS", "BAR", "LDG", "STG", "RED", "FFMA", "FMUL", "FADD", "LDL", "STL")
-COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_LOG=True,
+COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_MATH=True,
               FMA_EXP=0, VEC_SAVE=True)
 
 

@@ -55,7 +55,7 @@ from .triton_common import (
 @triton.jit
 def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m_n,
              T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-             SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr, GROUP_UNIFORM: tl.constexpr, n3,
+             SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr, GROUP_UNIFORM: tl.constexpr, n3,
              FMA_EXP: tl.constexpr):  # fmt: skip
     """The state after the T steps starting at ``t0`` (row pointers px, pu, pB already there),
     from the state ``h`` before them."""
@@ -66,7 +66,7 @@ def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
-        x = _softplus(x, FAST_LOG)
+        x = _softplus(x, FAST_MATH)
     dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
     dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
     return _row(_scan_chunk(dA, dt * u * Bt, h, t3), t3, T - 1)
@@ -81,7 +81,7 @@ def selective_scan_bwd_kernel(
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_gb, s_gl,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_LOG: tl.constexpr,
+    HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_MATH: tl.constexpr,
     DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
     VEC_SAVE: tl.constexpr = False,
 ):  # fmt: skip
@@ -162,7 +162,7 @@ def selective_scan_bwd_kernel(
             tf = (seg * S + kf * T).to(tl.int64)
             h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
                          u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
-                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG, GROUP_UNIFORM, n3,
+                         m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH, GROUP_UNIFORM, n3,
                          FMA_EXP)  # fmt: skip
         # pass 2: the chunks backwards
         for kk in range(0, K):
@@ -191,7 +191,7 @@ def selective_scan_bwd_kernel(
             if HAS_BIAS:
                 x = x + bias
             if SOFTPLUS:
-                dt = _softplus(x, FAST_LOG)
+                dt = _softplus(x, FAST_MATH)
             else:
                 dt = x
             dt = tl.where(mt3, dt, 0.0)
@@ -204,7 +204,7 @@ def selective_scan_bwd_kernel(
             if HAS_D:
                 y = y + Dsk * u
             if HAS_Z:
-                sz = _sigmoid(zz)
+                sz = _sigmoid(zz, FAST_MATH)
                 g = dy * zz * sz
                 dz = dy * y * sz * (1.0 + zz * (1.0 - sz))
                 tl.store(dz_ptr + o_out, tl.reshape(dz, (T * BLOCK_D,)).to(dz_ptr.dtype.element_ty), mask=m_tile)
@@ -239,7 +239,7 @@ def selective_scan_bwd_kernel(
             if HAS_D:
                 du += Dsk * g
             if SOFTPLUS:
-                ddt = ddt * _sigmoid(x)
+                ddt = ddt * _sigmoid(x, FAST_MATH)
             ddt = tl.where(mt3, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)

@@ -20,7 +20,7 @@ def selective_scan_bwd_local_kernel(
     L, DIM, CH_PER_GROUP, SEG_LEN, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
-    FAST_LOG: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+    FAST_MATH: tl.constexpr, FMA_EXP: tl.constexpr = 0,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs): the adjoint each segment sends back to the state before
     it when nothing comes in from after it, q_s = Ā_first dh_first (the recurrence
@@ -69,11 +69,11 @@ def selective_scan_bwd_local_kernel(
         g = tl.reshape(gv, (T, 1, BLOCK_D)).to(tl.float32)
         if HAS_Z:
             zz = tl.reshape(zv, (T, 1, BLOCK_D)).to(tl.float32)
-            g = g * zz * _sigmoid(zz)
+            g = g * zz * _sigmoid(zz, FAST_MATH)
         if HAS_BIAS:
             x = x + bias
         if SOFTPLUS:
-            x = _softplus(x, FAST_LOG)
+            x = _softplus(x, FAST_MATH)
         dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
         dts += tl.sum(dt, axis=0, keep_dims=True)
         dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)

@@ -85,7 +85,7 @@ def _decay(x, n3, FMA_EXP: tl.constexpr):
 
 
 @triton.jit
-def _softplus(x, FAST_LOG: tl.constexpr):
+def _softplus(x, FAST_MATH: tl.constexpr):
     """log(1 + e^x) = max(x, 0) + log1p(e^-|x|).
 
     log1p(e) for e = e^-|x| in (0, 1]: the series e - e^2/2 + e^3/3 below 2^-7 (error
@@ -94,7 +94,7 @@ def _softplus(x, FAST_LOG: tl.constexpr):
     """
     e = tl.exp2(-tl.abs(x) * 1.4426950408889634)
     series = e * (1.0 - e * (0.5 - e * 0.3333333333333333))
-    lp = tl.where(e < 0.0078125, series, _log2(1.0 + e, FAST_LOG) * 0.6931471805599453)
+    lp = tl.where(e < 0.0078125, series, _log2(1.0 + e, FAST_MATH) * 0.6931471805599453)
     return tl.maximum(x, 0.0) + lp
 
 

@@ -50,14 +50,14 @@ from .triton_common import (
 
 @triton.jit
 def _delta(x_raw, bias, mask, T: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-           SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr):  # fmt: skip
+           SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):  # fmt: skip
     """Δ of one chunk from the flat delta tile: (T, 1, BLOCK_D) float32, 0 on padding steps
     (Ā = 1 and Δ B u = 0 there: the state passes through)."""
     x = tl.reshape(x_raw, (T, 1, BLOCK_D)).to(tl.float32)
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
-        x = _softplus(x, FAST_LOG)
+        x = _softplus(x, FAST_MATH)
     return tl.where(tl.reshape(mask, (T, 1, BLOCK_D)), x, 0.0)
 
 
@@ -71,7 +71,7 @@ def selective_scan_fwd_kernel(
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, SAVE_K: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
-    FAST_LOG: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+    FAST_MATH: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
     VEC_SAVE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
@@ -153,7 +153,7 @@ def selective_scan_fwd_kernel(
     m_tile = (t_begin + tr < t_end) & m_col
     x_n = tl.load(px + o_x, mask=m_tile, other=0.0)
     if DT_AHEAD:
-        dt_n = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+        dt_n = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
         x_n = tl.load(px + T * s_dl + o_x, mask=(t_begin + T + tr < t_end) & m_col, other=0.0)
     for t0 in range(t_begin, t_end, T):
         if SAVE_STATES:
@@ -166,7 +166,7 @@ def selective_scan_fwd_kernel(
         if DT_AHEAD:
             dt = dt_n
         else:
-            dt = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+            dt = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
         if not LOCAL:
             Ct = _bc_tile(C_n, T, NP, BLOCK_D, GROUP_UNIFORM)
             if HAS_Z:
@@ -185,7 +185,7 @@ def selective_scan_fwd_kernel(
                 z_n = tl.load(pz + o_z, mask=(t_next + tr < t_end) & m_col, other=0.0)
         u_n = tl.load(pu + o_u, mask=(t_next + tr < t_end) & m_col, other=0.0)
         if DT_AHEAD:
-            dt_n = _delta(x_n, bias, (t_next + tr < t_end) & m_col, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_LOG)
+            dt_n = _delta(x_n, bias, (t_next + tr < t_end) & m_col, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
             x_n = tl.load(px + T * s_dl + o_x, mask=(t_next + T + tr < t_end) & m_col, other=0.0)
         else:
             x_n = tl.load(px + o_x, mask=(t_next + tr < t_end) & m_col, other=0.0)
@@ -201,7 +201,7 @@ def selective_scan_fwd_kernel(
             if HAS_D:
                 ys = ys + Dsk * u
             if HAS_Z:
-                ys = ys * zz * _sigmoid(zz)
+                ys = ys * zz * _sigmoid(zz, FAST_MATH)
             tl.store(py + o_y, tl.reshape(ys, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty), mask=m_tile)
             py += T * s_yl
     if LOCAL:

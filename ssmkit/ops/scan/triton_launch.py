@@ -148,7 +148,7 @@ def scan_fwd(
             N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=cfg.save_every // cfg.chunk,
             HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
+            FAST_MATH=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
             FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp, VEC_SAVE=_vector_checkpoints(N),
             num_warps=cfg.num_warps, **LAUNCH,
         )  # fmt: skip
@@ -205,7 +205,7 @@ def scan_bwd(
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
             N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
-            FAST_LOG=not interpret_mode(), FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
+            FAST_MATH=not interpret_mode(), FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
         )  # fmt: skip
     selective_scan_bwd_kernel[(nd, batch, n_segs)](
         u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
@@ -217,7 +217,7 @@ def scan_bwd(
         Cg.stride(2), dB.stride(0), dB.stride(1),
         N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, K=cfg.save_every // cfg.bwd_chunk,
         HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_LOG=not interpret_mode(),
+        HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_MATH=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
         FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps, **LAUNCH,

@@ -31,7 +31,7 @@ def scan_step_kernel(
     st_ptr, u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ns_ptr,
     DIM, CH_PER_GROUP, s_ub, s_db, s_zb, s_Bb, s_Bg, s_Cb, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B). state, new state (B, D, N) contiguous float32; u, delta, z (B, D);
     A (D, N) float32; B, C (B, G, N); D, bias (D,) float32; y (B, D)."""
@@ -44,7 +44,7 @@ def scan_step_kernel(
     if HAS_BIAS:
         x += tl.load(bias_ptr + d, mask=md, other=0.0)
     if SOFTPLUS:
-        x = _softplus(x, FAST_LOG)
+        x = _softplus(x, FAST_MATH)
     u = tl.load(u_ptr + pid_b * s_ub + d, mask=md, other=0.0).to(tl.float32)
     grp = (d // CH_PER_GROUP)[:, None] * s_Bg + n[None, :]
     Bv = tl.load(B_ptr + pid_b * s_Bb + grp, mask=mdn, other=0.0).to(tl.float32)  # (BD, NP)
@@ -59,7 +59,7 @@ def scan_step_kernel(
         y += tl.load(D_ptr + d, mask=md, other=0.0) * u
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + d, mask=md, other=0.0).to(tl.float32)
-        y = y * zz * _sigmoid(zz)
+        y = y * zz * _sigmoid(zz, FAST_MATH)
     tl.store(y_ptr + pid_b * DIM + d, y.to(y_ptr.dtype.element_ty), mask=md)
 
 
@@ -84,7 +84,7 @@ def _step_op(state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
         bias if bias is not None else st, y, ns, dim, dim // Bg.shape[1],
         u.stride(0), delta.stride(0), zz.stride(0), Bg.stride(0), Bg.stride(1), Cg.stride(0), Cg.stride(1),
         N=N, NP=NP, BLOCK_D=bd, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, FAST_LOG=not interpret_mode(), num_warps=4, **LAUNCH,
+        SOFTPLUS=delta_softplus, FAST_MATH=not interpret_mode(), num_warps=4, **LAUNCH,
     )  # fmt: skip
     return y, ns
 

@@ -32,7 +32,7 @@ def ssd_step_kernel(
     st_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, y_ptr, ns_ptr,
     H, P, HEADS_PER_GROUP, s_xb, s_xh, s_tb, s_Bb, s_Bg, s_Cb, s_Cg, s_zb, s_zh,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_P: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_LOG: tl.constexpr,
+    HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * H, cdiv(P, BLOCK_P)). state, new state (B, H, P, N) contiguous float32; x, z (B, H, P)
     unit stride along P; dt (B, H); A, bias (H,) float32; B, C (B, G, N); D (H,) or (H, P) float32;
@@ -48,7 +48,7 @@ def ssd_step_kernel(
     if HAS_BIAS:
         delta += tl.load(bias_ptr + h)
     if SOFTPLUS:
-        delta = _softplus(delta, FAST_LOG)
+        delta = _softplus(delta, FAST_MATH)
     decay = tl.exp2(delta * tl.load(A_ptr + h) * 1.4426950408889634)
     g = h // HEADS_PER_GROUP
     Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + n, mask=n < N, other=0.0).to(tl.float32)  # (NP,)
@@ -66,7 +66,7 @@ def ssd_step_kernel(
             y += tl.load(D_ptr + h) * xv
     if HAS_Z:
         zz = tl.load(z_ptr + b * s_zb + h * s_zh + p, mask=mp, other=0.0).to(tl.float32)
-        y = y * zz * _sigmoid(zz)
+        y = y * zz * _sigmoid(zz, FAST_MATH)
     tl.store(y_ptr + (b * H + h) * P + p, y.to(y_ptr.dtype.element_ty), mask=mp)
 
 
@@ -89,7 +89,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
         x.stride(0), x.stride(1), dt.stride(0), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         zz.stride(0), zz.stride(1),
         N=N, NP=NP, BLOCK_P=bp, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
-        HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_LOG=not interpret_mode(),
+        HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_MATH=not interpret_mode(),
         num_warps=4, **LAUNCH,
     )  # fmt: skip
     return y, ns
