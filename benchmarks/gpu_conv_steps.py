@@ -194,18 +194,13 @@ def bwd_rows() -> list[list]:
 
 
 SWITCHES = {  # label: module constants of ssmkit.ops.conv.causal_conv1d_triton
-    "none of the three switches": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FAST_SIGMOID=False,
-                                       FWD_CONST_STRIDES=False, FWD_UNMASKED_INSIDE=False),
-    "constant strides only": dict(UNMASKED_INSIDE=False, FAST_SIGMOID=False, FWD_UNMASKED_INSIDE=False),
-    "unmasked inside tiles only": dict(CONST_STRIDES=False, FAST_SIGMOID=False, FWD_CONST_STRIDES=False),
-    "fast sigmoid only": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FWD_CONST_STRIDES=False,
-                              FWD_UNMASKED_INSIDE=False),
+    "none of the three switches": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FAST_SIGMOID=False),
+    "constant strides only": dict(UNMASKED_INSIDE=False, FAST_SIGMOID=False),
+    "unmasked inside tiles only": dict(CONST_STRIDES=False, FAST_SIGMOID=False),
+    "fast sigmoid only": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False),
     "default (all three)": {},
     "forward 16 programs per SM": dict(FWD_PROGRAMS_PER_SM=16),
     "forward 32 programs per SM": dict(FWD_PROGRAMS_PER_SM=32),
-    "forward: fast sigmoid only": dict(FWD_CONST_STRIDES=False, FWD_UNMASKED_INSIDE=False),
-    "forward: fast sigmoid and constant strides": dict(FWD_UNMASKED_INSIDE=False),
-    "forward: fast sigmoid and unmasked inside tiles": dict(FWD_CONST_STRIDES=False),
 }
 
 

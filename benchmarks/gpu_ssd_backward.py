@@ -1,7 +1,6 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host heads
-                                                        per-program]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host heads]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -36,8 +35,6 @@ tenth and eleventh sessions.)
 - "heads": the chunk-parallel kernels launching the heads of a chunk together (the default), with the
   fused backward also summing the heads' dB, dC shares ("head sums in kernel", ``REDUCE_HEADS``), or
   every chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
-- "per-program": heads per program of the fused backward (``BWD_HEADS_PER_PROGRAM``: 2 by default, 1 or 4),
-  at the op's shape and one sequence of 16K / 64K tokens with 64 heads, and in the Mamba-2 layer.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
 
@@ -70,8 +67,6 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "own Y_off": ({}, dict(y_off_from_dc=False)),
     "heads outer": ({}, dict(heads_inner=False)),
     "head sums in kernel": (dict(REDUCE_HEADS=True), {}),
-    "one head per program": ({}, dict(bwd_heads=1)),
-    "four heads per program": ({}, dict(bwd_heads=4)),
     "state tiles (128, 32)": ({}, dict(state_tile=(128, 32))),
     "state tiles (64, 64)": ({}, dict(state_tile=(64, 64))),
     "state walks, 3 stages": ({}, dict(state_stages=3)),
@@ -186,14 +181,9 @@ def run(out_dir: str, parts) -> str:
         labels = ("default", "head sums in kernel", "heads outer")
         rows += op_rows(((8, 4096, 32), (1, 65536, 64)), labels)
         rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels])
-    if "per-program" in parts:
-        labels = ("default", "one head per program", "four heads per program")
-        rows += op_rows(((8, 4096, 32), (1, 16384, 64), (1, 65536, 64)), labels)
-        rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels])
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads",
-                              "per-program"])  # fmt: skip
+    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads"])

@@ -37,10 +37,6 @@ FWD_PROGRAMS_PER_SM = 64
 CONST_STRIDES = True
 UNMASKED_INSIDE = True
 FAST_SIGMOID = True
-# ... in the forward (the 64K shape, ms): none 0.412, constant strides 0.399, unmasked 0.401, fast sigmoid
-# 0.369, all three 0.392.
-FWD_CONST_STRIDES = True
-FWD_UNMASKED_INSIDE = True
 
 
 def _tiles(K: int, D: int) -> tuple[int, int, int, int]:
@@ -60,9 +56,10 @@ def _segments(L: int, T: int, n_d: int, batch: int, per_sm: int, device: torch.d
     return seg_len, cdiv(L, seg_len)
 
 
-def _switches(x: Tensor, D: int, bd: int, const_strides: bool, unmasked: bool, **strides: int) -> dict:
-    """The kernels' constexpr switches for this call; ``strides``: the row strides to pass as constants."""
-    return (strides if const_strides else {}) | dict(INTERIOR=unmasked and D % bd == 0,
+def _switches(x: Tensor, D: int, bd: int, **strides: int) -> dict:
+    """The kernels' constexpr switches for this call (``CONST_STRIDES``, ``UNMASKED_INSIDE``, ``FAST_SIGMOID``);
+    ``strides``: the row strides to pass as constants."""
+    return (strides if CONST_STRIDES else {}) | dict(INTERIOR=UNMASKED_INSIDE and D % bd == 0,
                                                      FAST=FAST_SIGMOID and x.device.type == "cuda")  # fmt: skip
 
 
@@ -81,7 +78,7 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: O
         x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd,
         HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, num_warps=warps,
-        **_switches(x, D, bd, FWD_CONST_STRIDES, FWD_UNMASKED_INSIDE, S_XL=x.stride(1)), **LAUNCH,
+        **_switches(x, D, bd, S_XL=x.stride(1)), **LAUNCH,
     )  # fmt: skip
     return y
 
@@ -115,8 +112,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
-        SILU=silu, num_warps=warps, **_switches(x, D, bd, CONST_STRIDES, UNMASKED_INSIDE, S_XL=x.stride(1), S_YL=dy.stride(1),
-                                  S_DXL=dx.stride(1)), **LAUNCH,
+        SILU=silu, num_warps=warps, **_switches(x, D, bd, S_XL=x.stride(1), S_YL=dy.stride(1), S_DXL=dx.stride(1)), **LAUNCH,
     )  # fmt: skip
     dstate = x.new_empty(0)
     if s is not None:  # ∂x~[i] = Σ_{k <= i} w[k] g[i - k] for the K-1 state rows i (g of rows 0..K-2: gh)

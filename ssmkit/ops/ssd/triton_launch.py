@@ -115,9 +115,6 @@ HEADS_INNER = True
 # 64K tokens with 64 heads 10.72 against 10.31 with one share in flight at a time, 10.40 against 10.32 with
 # eight; B=8 L=4096 H=32 2.73 / 2.74 against 2.69 / 2.70. The last program's loop outlasts the sum it saves.
 REDUCE_HEADS = False
-# Heads per program of the fused backward: a program handles that many heads of a group one after the other
-# and adds their dB, dC shares up itself, so the shares written and summed afterwards are that many times fewer.
-BWD_HEADS_PER_PROGRAM = 2
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
@@ -164,7 +161,6 @@ class Plan:
     heads_inner: bool  # chunk-parallel kernels: the heads of a chunk launched together (``HEADS_INNER``)
     bwd_stages: int
     varlen: bool
-    bwd_heads: int = 1  # heads per program of the fused backward (``BWD_HEADS_PER_PROGRAM``)
     scan_regs: int = 0  # register cap of the forward scan (0: the compiler's choice, see ``register_cap``)
     walk_regs: int = 0  # ... of the state walks
     bwd_regs: int = 0  # ... of the fused backward
@@ -243,11 +239,11 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
-    block_p: int = 0, bwd_heads: int = 0, scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
+    block_p: int = 0, scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
-    ``state_tile`` (), ``bwd_heads`` and ``block_p`` (the P tile of the forward and of whole-state walks) 0 mean "choose for
+    ``state_tile`` () and ``block_p`` (the P tile of the forward and of whole-state walks) 0 mean "choose for
     this GPU".
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
@@ -295,8 +291,8 @@ def make_plan(
     return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
-                HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None,
-                bwd_heads or BWD_HEADS_PER_PROGRAM, scan_regs, walk_regs, bwd_regs)  # fmt: skip
+                HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
+                walk_regs, bwd_regs)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -492,6 +488,9 @@ def ssd_bwd(
     n_pb = triton.cdiv(P, plan.block_p_bwd)
     dx = x.new_empty(x.shape) if dx_out is None else dx_out
     ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
+    share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
+    dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
+    dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
     dA = torch.empty(n_pb, rows * n_spans, H, **f32)
     dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     heads_inner = span > 0 and plan.heads_inner
@@ -499,25 +498,19 @@ def ssd_bwd(
     outs_fit = (dB_out is None and dC_out is None) or (
         outs and dB_out.stride() == dC_out.stride() and dB_out.stride(-1) == 1 and dB_out.stride(-2) == N)
     reduce_heads = REDUCE_HEADS and heads_inner and H // G * n_pb > 1 and outs_fit
-    per_prog = plan.bwd_heads if not reduce_heads and plan.bwd_heads > 1 and (H // G) % plan.bwd_heads == 0 else 1
-    share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
-    # per (program's heads, P block)
-    dB_h = torch.empty(rows, L, H // per_prog, n_pb, N, dtype=share_dtype, device=x.device)
-    dC_h = torch.empty(rows, L, H // per_prog, n_pb, N, dtype=share_dtype, device=x.device)
     if reduce_heads:
         dB_sum = dB_out if outs else torch.empty(rows, L, G, N, **f32)
         dC_sum = dC_out if outs else torch.empty(rows, L, G, N, **f32)
         count = torch.zeros(rows * plan.n_chunks * G, dtype=torch.int32, device=x.device)
     else:
         dB_sum = dC_sum = count = dB_h  # (placeholders, never touched)
-    head_progs = rows * H // per_prog
-    _ssd_bwd_kernel[(n_pb, head_progs, n_spans) if heads_inner else (n_pb, n_spans, head_progs)](
+    _ssd_bwd_kernel[(n_pb, rows * H, n_spans) if heads_inner else (n_pb, n_spans, rows * H)](
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
         dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), dB_sum, dC_sum, count, *sizes, *strides, dx.stride(0),
         dx.stride(1), dB_sum.stride(0), dB_sum.stride(1), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner,
-        REDUCE_HEADS=reduce_heads, HEADS_PER_PROGRAM=per_prog, **base,
+        REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
@@ -527,9 +520,8 @@ def ssd_bwd(
     if reduce_heads:
         dB, dC = dB_sum, dC_sum
     else:
-        parts = H // G // per_prog * n_pb
-        dB, dC = [shares.view(rows, L, G, parts, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
-                  else torch.sum(shares.view(rows, L, G, parts, N), 3, dtype=out.dtype, out=out)
+        dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
+                  else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
                   for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
     ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
     dD_sum = None

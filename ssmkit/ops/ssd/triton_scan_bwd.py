@@ -86,7 +86,7 @@ def _ssd_bwd_kernel(
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     REDUCE_HEADS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr = 1,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs).
 
@@ -101,47 +101,12 @@ def _ssd_bwd_kernel(
     also dB_sum, dC_sum: (B, L, G, N) the sums of the shares over each group's heads and P blocks
     (strides stride_sum_*, (G, N) contiguous), and count: (B * n_chunks * G,) int32 zeros;
     dD: (B * n_segs, H, P) fp32 partial sums.
-    HEADS_PER_PROGRAM > 1 (it divides the heads of a group): a program handles that many consecutive heads
-    one after the other (the grid's batch * H is then batch * H / HEADS_PER_PROGRAM), and their dB, dC
-    shares are added up in the program, so the shares are (B, L, H / HEADS_PER_PROGRAM, n_pb, N).
     """
     n_pb = tl.num_programs(0)
-    H_prog = H // HEADS_PER_PROGRAM
-    pid_p, pid_s, b, pid_h, _, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
-        program_tile(H_prog, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
+    pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
+        program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
     causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
     strict = offs_q[:, None] > offs_q[None, :]
-    for hh in tl.static_range(HEADS_PER_PROGRAM):
-        head = pid_h * HEADS_PER_PROGRAM + hh
-        grp = head // heads_per_group
-        _head_bwd(
-            x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr,
-            dfinal_ptr, table_ptr, dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr, dB_sum_ptr,
-            dC_sum_ptr, count_ptr, L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-            stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
-            stride_dx_b, stride_dx_l, stride_sum_b, stride_sum_l, share_ddt, share_dA,
-            n_pb, pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np,
-            causal, strict, pid_h, hh,
-            SOFTPLUS, HAS_BIAS, HAS_D, D_PER_P, HAS_DFINAL, HAS_DINIT, VARLEN, G_CHUNKS, Y_OFF_FROM_DC, DT, PREC,
-            REDUCE_HEADS, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_PER_PROGRAM,
-        )  # fmt: skip
-
-
-@triton.jit
-def _head_bwd(
-    x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr,
-    dfinal_ptr, table_ptr, dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr, dB_sum_ptr,
-    dC_sum_ptr, count_ptr, L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
-    stride_dx_b, stride_dx_l, stride_sum_b, stride_sum_l, share_ddt, share_dA,
-    n_pb, pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np,
-    causal, strict, pid_h, hh,
-    SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
-    Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, REDUCE_HEADS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, HEADS_PER_PROGRAM: tl.constexpr,
-):  # fmt: skip
-    """One head of ``_ssd_bwd_kernel``'s program (``hh``: its place among the program's heads)."""
 
     A = tl.load(A_ptr + head).to(tl.float32)
     bias = 0.0
@@ -242,8 +207,7 @@ def _head_bwd(
         dxo = b64 * stride_dx_b + head * P + t[:, None] * stride_dx_l + offs_p[None, :]
         tl.store(dx_ptr + dxo, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
 
-        # This (head, P block)'s share of dB, dC (layout (B, L, H / HEADS_PER_PROGRAM, n_pb, N)); the program's
-        # later heads add theirs to it (read back from L2: the program wrote it moments before).
+        # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)
         dB_h += e_end[:, None] * tl.dot(xt, tl.trans(gd), input_precision=PREC)
         dC_h = tl.dot(Mp.to(DT), Bv, input_precision=PREC)
@@ -251,12 +215,7 @@ def _head_bwd(
             dC_h += e_in[:, None] * dyh
         else:
             dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
-        share = (((b64 * L + t[:, None]) * (H // HEADS_PER_PROGRAM) + pid_h) * n_pb + pid_p) * N + offs_n[None, :]
-        if HEADS_PER_PROGRAM > 1:
-            if hh > 0:  # (the barrier: the threads that read an entry need not be those that stored it)
-                tl.debug_barrier()
-                dB_h += tl.load(dB_ptr + share, mask=mask_qn, other=0.0).to(tl.float32)
-                dC_h += tl.load(dC_ptr + share, mask=mask_qn, other=0.0).to(tl.float32)
+        share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
         tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
         tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)
         if REDUCE_HEADS:  # the last of a chunk's (head, P block) programs in the group sums their shares

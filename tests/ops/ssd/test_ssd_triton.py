@@ -121,26 +121,22 @@ def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, s
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("reduce, heads_inner, per_prog", [(True, True, 2), (False, True, 1), (False, True, 2),
-                                                          (True, False, 1), (True, False, 2)])  # fmt: skip
+@pytest.mark.parametrize("reduce, heads_inner", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype, P, G", [(torch.float32, 12, 2), (torch.bfloat16, 72, 1)])
-def test_head_sums(gen, monkeypatch, reduce, heads_inner, per_prog, dtype, P, G):
+def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
     """dB and dC summed over each group's heads (and P blocks) by the fused backward's last program of every
-    chunk (``REDUCE_HEADS``, with the heads of a chunk launched together) or by a separate sum, with one or
-    two heads per program (``BWD_HEADS_PER_PROGRAM``: two heads' shares added in the program; not with
-    ``REDUCE_HEADS``); bf16 with P = 72 has two P blocks, one masked. Against the float64 loop, with the
-    kernel's flags checked."""
+    chunk (``REDUCE_HEADS``, with the heads of a chunk launched together) or by a separate sum; bf16 with
+    P = 72 has two P blocks, one masked. Against the float64 loop, with the kernel's flag checked."""
     from ssmkit.ops.ssd import triton_launch
 
     monkeypatch.setattr(triton_launch, "REDUCE_HEADS", reduce)
     monkeypatch.setattr(triton_launch, "HEADS_INNER", heads_inner)
-    monkeypatch.setattr(triton_launch, "BWD_HEADS_PER_PROGRAM", per_prog)
     flags, kernel = [], triton_launch._ssd_bwd_kernel
 
     class Spy:
         def __getitem__(self, grid):
             def launch(*args, **kw):
-                flags.append((kw["REDUCE_HEADS"], kw["HEADS_INNER"], kw["HEADS_PER_PROGRAM"]))
+                flags.append((kw["REDUCE_HEADS"], kw["HEADS_INNER"]))
                 return kernel[grid](*args, **kw)
 
             return launch
@@ -152,7 +148,7 @@ def test_head_sums(gen, monkeypatch, reduce, heads_inner, per_prog, dtype, P, G)
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
-    assert flags == [(reduce and heads_inner, heads_inner, 1 if reduce and heads_inner else per_prog)]
+    assert flags == [(reduce and heads_inner, heads_inner)]
 
 
 @pytest.mark.parametrize("keep, cap", [(True, None), (False, None), (True, 2 * 6 * 4 * 16 * 12 * 4 - 1)])
