@@ -194,13 +194,18 @@ def bwd_rows() -> list[list]:
 
 
 SWITCHES = {  # label: module constants of ssmkit.ops.conv.causal_conv1d_triton
-    "none of the three switches": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FAST_SIGMOID=False),
-    "constant strides only": dict(UNMASKED_INSIDE=False, FAST_SIGMOID=False),
-    "unmasked inside tiles only": dict(CONST_STRIDES=False, FAST_SIGMOID=False),
-    "fast sigmoid only": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False),
-    "default (all three)": {},
+    "none of the three switches": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FAST_SIGMOID=False,
+                                       FWD_CONST_STRIDES=False, FWD_UNMASKED_INSIDE=False),
+    "constant strides only": dict(UNMASKED_INSIDE=False, FAST_SIGMOID=False, FWD_CONST_STRIDES=True),
+    "unmasked inside tiles only": dict(CONST_STRIDES=False, FAST_SIGMOID=False, FWD_UNMASKED_INSIDE=True),
+    "fast sigmoid only": dict(CONST_STRIDES=False, UNMASKED_INSIDE=False, FWD_CONST_STRIDES=False,
+                              FWD_UNMASKED_INSIDE=False),
+    "default (all three; the forward the fast sigmoid alone)": {},
     "forward 16 programs per SM": dict(FWD_PROGRAMS_PER_SM=16),
     "forward 32 programs per SM": dict(FWD_PROGRAMS_PER_SM=32),
+    "forward: all three switches": dict(FWD_CONST_STRIDES=True, FWD_UNMASKED_INSIDE=True),
+    "forward: fast sigmoid and constant strides": dict(FWD_CONST_STRIDES=True),
+    "forward: fast sigmoid and unmasked inside tiles": dict(FWD_UNMASKED_INSIDE=True),
 }
 
 

@@ -24,9 +24,10 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 # Programs per SM along (channel blocks, batch, segments); segments are whole tiles of T rows. H200, the
 # Mamba-2 layer's 64K tokens (x a view of the projection, D = 4352, dx written into a view of another):
 # backward 0.78 ms at 32 or 64 per SM, 0.85 at 16, 1.01 at 8; channel blocks of 64 or 256 no faster
-# (``gpu_conv_steps.py --parts bwd``). Forward 0.393 / 0.401 / 0.410 ms at 64 / 32 / 16 per SM, against
-# 0.433 for the earlier forward in (64, 128) tiles of (rows, channels), which loaded every input row K times;
-# B=8 L=4096 D=2048: 0.092 / 0.097 / 0.096 against 0.106 (``gpu_conv_steps.py --parts switches``).
+# (``gpu_conv_steps.py --parts bwd``). Forward, with all three switches below: 0.393-0.395 / 0.401-0.403 /
+# 0.410-0.412 ms at 64 / 32 / 16 per SM, against 0.433 for the earlier forward in (64, 128) tiles of (rows,
+# channels), which loaded every input row K times; B=8 L=4096 D=2048: 0.092 / 0.097 / 0.096 against 0.106
+# (``gpu_conv_steps.py --parts switches``).
 BWD_PROGRAMS_PER_SM = 32
 FWD_PROGRAMS_PER_SM = 64
 # Instruction savings in both kernels (``causal_conv1d_triton_kernels.py``). The backward on the H200 at the
@@ -37,6 +38,11 @@ FWD_PROGRAMS_PER_SM = 64
 CONST_STRIDES = True
 UNMASKED_INSIDE = True
 FAST_SIGMOID = True
+# The forward takes only the fast sigmoid (the 64K shape, ms, in two calls): none 0.412-0.415, constant
+# strides 0.399-0.402, unmasked 0.401-0.402, fast sigmoid 0.368-0.369, with constant strides 0.376, with
+# unmasked tiles 0.397, all three 0.392-0.395; B=8 L=4096 D=2048 0.089 with the fast sigmoid alone.
+FWD_CONST_STRIDES = False
+FWD_UNMASKED_INSIDE = False
 
 
 def _tiles(K: int, D: int) -> tuple[int, int, int, int]:
@@ -56,10 +62,9 @@ def _segments(L: int, T: int, n_d: int, batch: int, per_sm: int, device: torch.d
     return seg_len, cdiv(L, seg_len)
 
 
-def _switches(x: Tensor, D: int, bd: int, **strides: int) -> dict:
-    """The kernels' constexpr switches for this call (``CONST_STRIDES``, ``UNMASKED_INSIDE``, ``FAST_SIGMOID``);
-    ``strides``: the row strides to pass as constants."""
-    return (strides if CONST_STRIDES else {}) | dict(INTERIOR=UNMASKED_INSIDE and D % bd == 0,
+def _switches(x: Tensor, D: int, bd: int, const_strides: bool, unmasked: bool, **strides: int) -> dict:
+    """The kernels' constexpr switches for this call; ``strides``: the row strides to pass as constants."""
+    return (strides if const_strides else {}) | dict(INTERIOR=unmasked and D % bd == 0,
                                                      FAST=FAST_SIGMOID and x.device.type == "cuda")  # fmt: skip
 
 
@@ -78,7 +83,7 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: O
         x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd,
         HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, num_warps=warps,
-        **_switches(x, D, bd, S_XL=x.stride(1)), **LAUNCH,
+        **_switches(x, D, bd, FWD_CONST_STRIDES, FWD_UNMASKED_INSIDE, S_XL=x.stride(1)), **LAUNCH,
     )  # fmt: skip
     return y
 
@@ -112,7 +117,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
-        SILU=silu, num_warps=warps, **_switches(x, D, bd, S_XL=x.stride(1), S_YL=dy.stride(1), S_DXL=dx.stride(1)), **LAUNCH,
+        SILU=silu, num_warps=warps, **_switches(x, D, bd, CONST_STRIDES, UNMASKED_INSIDE, S_XL=x.stride(1), S_YL=dy.stride(1),
+                                  S_DXL=dx.stride(1)), **LAUNCH,
     )  # fmt: skip
     dstate = x.new_empty(0)
     if s is not None:  # ∂x~[i] = Σ_{k <= i} w[k] g[i - k] for the K-1 state rows i (g of rows 0..K-2: gh)

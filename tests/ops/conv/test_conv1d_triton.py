@@ -50,6 +50,22 @@ def test_forward_backward_match_reference(gen, dtype, K, L, state, bias, act, D)
         assert_close(a.cpu(), r, tol, f"gradient of `{name}`")
 
 
+@pytest.mark.parametrize("const_strides, unmasked", [(True, False), (False, True), (True, True)])
+def test_forward_switches(gen, monkeypatch, const_strides, unmasked):
+    """The forward kernel with its row strides as constants and / or unmasked inside tiles (off by default:
+    slower on the H200), x a strided view, against the float64 loop."""
+    import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
+
+    monkeypatch.setattr(conv_triton, "FWD_CONST_STRIDES", const_strides)
+    monkeypatch.setattr(conv_triton, "FWD_UNMASKED_INSIDE", unmasked)
+    x = randn(2, 45, 80, gen=gen)[..., 8:72].to(DEVICE)  # D = 64: whole channel blocks
+    w, b, s = randn(64, 4, gen=gen).to(DEVICE), randn(64, gen=gen).to(DEVICE), randn(2, 3, 64, gen=gen).to(DEVICE)
+    y, _ = causal_conv1d(x, w, b, s, "silu", return_final_state=True, backend="triton")
+    y_r, _ = causal_conv1d(*(t.cpu().double() for t in (x, w, b, s)), "silu", return_final_state=True,
+                           backend="reference")  # fmt: skip
+    assert_close(y.cpu(), y_r, TOL[torch.float32], "output")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_step_matches_reference(gen, dtype):
     D, K = 24, 4
