@@ -161,7 +161,7 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
     fwd_variants = [None, T(4096, 16, 8192, 2048), T(4096, 8, 8192, 2048), T(16384, 16, 8192, 2048),
                     T(8192, 16, 2048, 1024)]  # fmt: skip
     bwd_variants = [None, T(2048, 8, 4096, 1024), T(4096, 8, 2048, 1024), T(4096, 8, 1024, 512), T(2048, 4, 4096, 1024),
-                    T(8192, 16, 4096, 1024)]  # fmt: skip
+                    T(8192, 16, 4096, 1024), T(8192, 8, 4096, 1024, 32), T(16384, 16, 4096, 1024, 32)]  # fmt: skip
     ms = timer(device)
     out = []
     for gs in groups:
@@ -170,7 +170,8 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
         dout = torch.randn_like(inp["y"])
         for mode, variants in (("fwd", fwd_variants), ("fwd+bwd", bwd_variants)):
             for t, fast in [(None, False)] + [(t, True) for t in variants]:
-                label = "default" if t is None else f"tile={t.tile} per_thread={t.per_thread} max_block={t.max_block} chunk={t.chunk}"
+                label = "default" if t is None else (f"tile={t.tile} per_thread={t.per_thread} max_block={t.max_block} "
+                                                     f"chunk={t.chunk} max_warps={t.max_warps}")  # fmt: skip
                 label += "" if fast else ", exact sigmoid (FAST_SIGMOID off)"
                 plan = norm_triton._plan(gs, t or (norm_triton.FWD_TILING if mode == "fwd" else norm_triton.BWD_TILING))
                 saved_fast, norm_triton.FAST_SIGMOID = norm_triton.FAST_SIGMOID, fast

@@ -124,6 +124,50 @@ def sweep_configs() -> str:
     return markdown_table(["config", "ms"], rows)
 
 
+def retune_rows() -> list[list]:
+    """The forward (without and with checkpoints) and the backward at the benchmark shape for channel blocks of
+    32 (1 warp) and 64 (2 warps), segment counts, Δ one chunk ahead or not, and exponentials on the FMA pipe;
+    each output checked against the default's.
+
+        python3 benchmarks/gpu_scan.py --retune
+    """
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    inp = make_inputs(g, **SHAPE)
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    base = default_config(16)
+    y0 = scan_fwd(*args, None, True, False, base)[0].float()
+    rows = [["default forward", f"{ms(lambda: scan_fwd(*args, None, True, False, base)):.3f}", ""]]
+    for bd, nw in ((32, 1), (64, 2)):
+        for ns in (0, 4, 8, 16):
+            for ahead in (True, False):
+                for fma in (0, 8):
+                    cfg = dataclasses.replace(base, block_d=bd, num_warps=nw, n_segs=ns, dt_ahead=ahead, fma_exp=fma)
+                    y = scan_fwd(*args, None, True, False, cfg)[0].float()
+                    err = float((y - y0).norm() / y0.norm())
+                    rows.append([f"forward block_d={bd} warps={nw} n_segs={ns or 'auto'} dt_ahead={ahead} fma_exp={fma}",
+                                 f"{ms(lambda cfg=cfg: scan_fwd(*args, None, True, False, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
+                    print(rows[-1], flush=True)
+    dy = torch.randn_like(inp["u"])
+    for bd, nw in ((32, 1), (64, 2)):
+        for ns in (0, 8):
+            cfg = dataclasses.replace(base, block_d=bd, num_warps=nw, n_segs=ns)
+            rows.append([f"forward saving checkpoints, block_d={bd} warps={nw} n_segs={ns or 'auto'}",
+                         f"{ms(lambda cfg=cfg: scan_fwd(*args, None, True, True, cfg)):.3f}", ""])  # fmt: skip
+            print(rows[-1], flush=True)
+    _, _, hsave = scan_fwd(*args, None, True, True, base)
+    grads0 = scan_bwd(dy, None, *args, hsave, True, base)
+    for bd, nw in ((32, 1), (64, 2)):
+        for ns in (0, 8, 16):
+            cfg = dataclasses.replace(base, bwd_block_d=bd, bwd_num_warps=nw, bwd_n_segs=ns)
+            grads = scan_bwd(dy, None, *args, hsave, True, cfg)
+            err = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(grads, grads0)
+                      if a is not None and b is not None and b.numel() and float(b.float().norm()) > 0)  # fmt: skip
+            rows.append([f"backward block_d={bd} warps={nw} n_segs={ns or 'auto'}",
+                         f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
 def kernel_resources() -> str:
     import ssmkit.ops.scan.triton_launch as launch
 
@@ -195,3 +239,9 @@ def run(out_dir: str) -> str:
     text = "\n".join(report)
     save_report(out_dir, "gpu_scan", text, {k: str(v) for k, v in results.items()})
     return text
+
+
+if __name__ == "__main__":
+    if "--retune" in sys.argv:
+        print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
+                             retune_rows()))  # fmt: skip

@@ -27,9 +27,10 @@ class Tiling:
     """How a kernel tiles the (rows, group channels) plane."""
 
     tile: int  # elements per (BLOCK_M, BLOCK_N) tile
-    per_thread: int  # tile elements per thread: sets num_warps (at most 16)
+    per_thread: int  # tile elements per thread: sets num_warps (at most max_warps)
     max_block: int  # a group of up to this many channels (rounded up to a power of two) is one tile wide
     chunk: int  # larger groups are walked in chunks of this many channels
+    max_warps: int = 16
 
 
 # The backward keeps about twice as many values live per element as the forward and walks groups
@@ -51,7 +52,7 @@ def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
     if bn > t.max_block:
         bn, chunks = t.chunk, cdiv(group_size, t.chunk)
     bm = max(1, t.tile // bn)
-    return bm, bn, chunks, max(1, min(16, bm * bn // (32 * t.per_thread)))
+    return bm, bn, chunks, max(1, min(t.max_warps, bm * bn // (32 * t.per_thread)))
 
 
 def norm_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,

@@ -239,12 +239,12 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
-    block_p: int = 0, scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
+    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
-    ``state_tile`` () and ``block_p`` (the P tile of the forward and of whole-state walks) 0 mean "choose for
-    this GPU".
+    ``state_tile`` () mean "choose for this GPU"; ``scan_regs`` / ``walk_regs`` / ``bwd_regs`` > 0 cap the
+    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower).
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -252,7 +252,7 @@ def make_plan(
     if chunk_size > MAX_CHUNK:
         raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
     block_n = _pow2(N)
-    block_p = min(_pow2(P), _pow2(block_p) if block_p > 0 else max(16, 8192 // block_n))
+    block_p = min(_pow2(P), max(16, 8192 // block_n))
     tile_chunk = TILE_CHUNK[x.element_size()]
     if x.device.type == "cuda" and x.element_size() == 2:
         tile_chunk = min(tile_chunk, GPU_CHUNK_16BIT)  # the fastest chunk there
