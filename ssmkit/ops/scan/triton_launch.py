@@ -42,6 +42,7 @@ class ScanKernelConfig:
     fma_exp: int = 0
     save_fma_exp: int = 0
     bwd_fma_exp: int = 0
+    seg_programs_per_sm: int = 8  # forward, n_segs 0: segments for about this many programs per multiprocessor
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
@@ -53,10 +54,15 @@ def default_config(N: int) -> ScanKernelConfig:
     timings on an H200 (see docs/kernels_gpu_notes_scan.md)."""
     NP = next_pow2(N)
     block_d = max(1, 512 // NP)  # N <= 16: one channel and all its states per thread
-    # Half of N = 16's exponentials of the forward (without checkpoints) on the FMA pipe: 0.86-0.91 ms
-    # against 0.94-0.98 on the H200 (three runs); no gain when saving checkpoints or in the backward.
-    return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
-                            fma_exp=8 if NP == 16 else 0)  # fmt: skip
+    if NP == 16:
+        # The forward with two warps per program (64 channels), Δ not computed a chunk ahead, every
+        # exponential on the special-function unit and segments for ~16 programs per SM: on the H200 at
+        # B=8 L=4096 D=2048 (``python3 benchmarks/gpu_scan.py --retune``) 0.847 ms against 0.897 for one
+        # warp of 32 channels with half the exponentials on the FMA pipe (the earlier default), and 0.976
+        # against 1.072 for the forward that saves checkpoints. The backward keeps one warp (3.34 against 3.42).
+        return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
+                                num_warps=2, dt_ahead=False, seg_programs_per_sm=16)  # fmt: skip
+    return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
 
 
 def _vector_checkpoints(N: int) -> bool:
@@ -134,7 +140,7 @@ def scan_fwd(
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
-    n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, 8, cfg, u.device)
+    n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, cfg.seg_programs_per_sm, cfg, u.device)
     hloc = torch.empty((batch, n_segs, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     dts = torch.empty((batch, n_segs, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     for local in ([True, False] if n_segs > 1 else [False]):

@@ -90,12 +90,18 @@ def test_short_sequences(gen, L):
     check_against_reference(make_inputs(gen, L=L, D=6, N=2), True, gen, torch.float32, f"L={L}")
 
 
-def test_sixteen_states_default_config(gen):
-    """N = 16 takes the default tiles with half the forward's Ā on the FMA pipe; strong decay
-    sends some of them below the polynomial's clamp (2^-125)."""
-    from ssmkit.ops.scan.triton_launch import default_config
+@pytest.mark.parametrize("fma_exp", [0, 8])
+def test_sixteen_states_default_config(gen, monkeypatch, fma_exp):
+    """N = 16 takes the default tiles (two warps of 32 channels in the forward), as they are and with half the
+    forward's Ā on the FMA pipe (``fma_exp``, the earlier default); strong decay sends some of them below
+    the polynomial's clamp (2^-125)."""
+    import dataclasses
 
-    assert default_config(16).fma_exp == 8
+    from ssmkit.ops.scan import triton_launch
+
+    default = triton_launch.default_config(16)
+    assert (default.block_d, default.num_warps, default.fma_exp) == (64, 2, 0)
+    monkeypatch.setattr(triton_launch, "default_config", lambda N: dataclasses.replace(default, fma_exp=fma_exp))
     inp = make_inputs(gen, L=21, D=12, N=16)
     with torch.no_grad():
         inp["A"][:, :4] *= 60.0  # Δ |A| in the hundreds for the first states
