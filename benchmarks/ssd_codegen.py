@@ -83,7 +83,7 @@ def compile_launch(fn, args, kw):
     values = dict(zip([p.name for p in fn.params], args)) | kw
     sig, attrs, constexprs = {}, {}, {}
     for i, p in enumerate(fn.params):
-        v = values[p.name]
+        v = values[p.name] if p.name in values or not p.has_default else p.default  # (defaults left out)
         if p.is_constexpr:
             sig[p.name], constexprs[p.name] = "constexpr", v
         elif isinstance(v, torch.Tensor):

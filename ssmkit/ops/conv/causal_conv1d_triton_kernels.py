@@ -91,6 +91,30 @@ def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t
     return G, X, Hh
 
 
+@triton.jit
+def _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr,
+                   HP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """What both kernels set up for the channels d0 .. d0 + BLOCK_D - 1: index tiles (t3, h3, k3) of the T rows,
+    HP rows before them and KP taps; the flat row / channel offsets of a (T, BLOCK_D) tile (tr, ch) and of an
+    (HP, BLOCK_D) one (hr, hch) with their channel masks; the taps W (KP, 1, BLOCK_D) and bias (1, 1, BLOCK_D)
+    in float32."""
+    t3 = tl.arange(0, T)[:, None, None]
+    h3 = tl.arange(0, HP)[:, None, None]
+    k3 = tl.arange(0, KP)[:, None, None]
+    tr, tc = _flat(T, BLOCK_D)
+    hr, hc = _flat(HP, BLOCK_D)
+    kr, kc = _flat(KP, BLOCK_D)
+    W = tl.load(w_ptr + (d0 + kc) * ONE * K + kr, mask=(kr < K) & (d0 + kc < DIM), other=0.0)
+    W = tl.reshape(W, (KP, 1, BLOCK_D)).to(tl.float32)
+    if HAS_BIAS:
+        cc = tl.arange(0, BLOCK_D)
+        bias = tl.load(b_ptr + (d0 + cc) * ONE, mask=d0 + cc < DIM, other=0.0)
+        bias = tl.reshape(bias, (1, 1, BLOCK_D)).to(tl.float32)
+    else:
+        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    return t3, h3, k3, tr, (d0 + tc) * ONE, d0 + tc < DIM, hr, (d0 + hc) * ONE, d0 + hc < DIM, W, bias
+
+
 @triton.jit(do_not_specialize=["ONE"])
 def conv1d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, DIM, SEG_LEN, ONE, s_xb, s_xl_run, s_sb, s_sl,
@@ -106,27 +130,10 @@ def conv1d_fwd_kernel(
         s_xl = S_XL
     else:
         s_xl = s_xl_run
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    d0 = pid_d * BLOCK_D
-    t3 = tl.arange(0, T)[:, None, None]
-    h3 = tl.arange(0, HP)[:, None, None]
-    k3 = tl.arange(0, KP)[:, None, None]
-    tr, tc = _flat(T, BLOCK_D)
-    ch = (d0 + tc) * ONE
-    m_col = d0 + tc < DIM
-    hr, hc = _flat(HP, BLOCK_D)
-    hch = (d0 + hc) * ONE
-    m_hcol = d0 + hc < DIM
-    kr, kc = _flat(KP, BLOCK_D)
-    W = tl.load(w_ptr + (d0 + kc) * ONE * K + kr, mask=(kr < K) & (d0 + kc < DIM), other=0.0)
-    W = tl.reshape(W, (KP, 1, BLOCK_D)).to(tl.float32)
-    if HAS_BIAS:
-        cc = tl.arange(0, BLOCK_D)
-        bias = tl.load(b_ptr + (d0 + cc) * ONE, mask=d0 + cc < DIM, other=0.0)
-        bias = tl.reshape(bias, (1, 1, BLOCK_D)).to(tl.float32)
-    else:
-        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    d0 = tl.program_id(0) * BLOCK_D
+    t3, h3, k3, tr, ch, m_col, hr, hch, m_hcol, W, bias = _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K, KP, T, HP,
+                                                                         BLOCK_D, HAS_BIAS)  # fmt: skip
     x_row = x_ptr + pid_b * s_xb
     y_row = y_ptr + pid_b * L * DIM
     seg_start = tl.program_id(2) * SEG_LEN
@@ -200,29 +207,15 @@ def conv1d_bwd_kernel(
         s_xl = s_xl_run
         s_yl = s_yl_run
         s_dxl = s_dxl_run
-    pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
-    d0 = pid_d * BLOCK_D
-    t3 = tl.arange(0, T)[:, None, None]
-    h3 = tl.arange(0, HP)[:, None, None]
-    k3 = tl.arange(0, KP)[:, None, None]
-    tr, tc = _flat(T, BLOCK_D)
-    ch = (d0 + tc) * ONE
-    m_col = d0 + tc < DIM
-    hr, hc = _flat(HP, BLOCK_D)
-    hch = (d0 + hc) * ONE
-    m_hcol = d0 + hc < DIM
+    d0 = tl.program_id(0) * BLOCK_D
+    t3, h3, k3, tr, ch, m_col, hr, hch, m_hcol, W, bias = _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K, KP, T, HP,
+                                                                         BLOCK_D, HAS_BIAS)  # fmt: skip
     kr, kc = _flat(KP, BLOCK_D)
-    W = tl.load(w_ptr + (d0 + kc) * ONE * K + kr, mask=(kr < K) & (d0 + kc < DIM), other=0.0)
-    W = tl.reshape(W, (KP, 1, BLOCK_D)).to(tl.float32)
     cc = tl.arange(0, BLOCK_D)
     m_c = d0 + cc < DIM
     o_c = (d0 + cc) * ONE
-    if HAS_BIAS:
-        bias = tl.reshape(tl.load(b_ptr + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D)).to(tl.float32)
-    else:
-        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
     x_row = x_ptr + pid_b * s_xb
     s_row = s_ptr + pid_b * s_sb
     dy_row = dy_ptr + pid_b * s_yb
