@@ -117,8 +117,8 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
-        SILU=silu, num_warps=warps, **_switches(x, D, bd, CONST_STRIDES, UNMASKED_INSIDE, S_XL=x.stride(1), S_YL=dy.stride(1),
-                                  S_DXL=dx.stride(1)), **LAUNCH,
+        SILU=silu, num_warps=warps, **LAUNCH,
+        **_switches(x, D, bd, CONST_STRIDES, UNMASKED_INSIDE, S_XL=x.stride(1), S_YL=dy.stride(1), S_DXL=dx.stride(1)),
     )  # fmt: skip
     dstate = x.new_empty(0)
     if s is not None:  # ∂x~[i] = Σ_{k <= i} w[k] g[i - k] for the K-1 state rows i (g of rows 0..K-2: gh)
