@@ -201,7 +201,7 @@ def dot_dtype(x: torch.Tensor) -> torch.dtype:
 
 def register_cap(x: torch.Tensor, cap: int = 0) -> dict:
     """``maxnreg=255`` for fp32 inputs on the GPU (where Triton has the option), else nothing;
-    ``cap`` > 0: ``maxnreg=cap`` for any dtype on the GPU (a plan's ``scan_regs`` / ``bwd_regs``).
+    ``cap`` > 0: ``maxnreg=cap`` for any dtype on the GPU (a plan's ``scan_regs`` / ``walk_regs`` / ``bwd_regs``).
 
     Large fp32 kernels (their products three times over with "tf32x3", or unrolled on
     the FMA units with "ieee") got 32 registers from ptxas (CUDA 12.9 and 13.4 alike) under
