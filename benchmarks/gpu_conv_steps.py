@@ -225,7 +225,7 @@ def switch_rows() -> list[list]:
         for name, value in (defaults | consts).items():
             setattr(conv_triton, name, value)
         try:
-            worst = max(r_[1] for r_ in _switch_checks())
+            worst = max(float(r_[2]) for r_ in _switch_checks())
             for name, x, dx in shapes:
                 D = x.shape[-1]
                 w, b = torch.randn(D, 4, device="cuda", dtype=x.dtype), torch.randn(D, device="cuda", dtype=x.dtype)
@@ -240,28 +240,21 @@ def switch_rows() -> list[list]:
     return rows
 
 
-def _switch_checks() -> list[tuple]:
-    """(case, worst relative error) of forward and every gradient against float64, asserting the bf16 / fp32
-    tolerances."""
-    out = []
-    for dtype, (b, L, D, state) in ((torch.bfloat16, (2, 1000, 256, False)), (torch.float32, (2, 1000, 256, True)),
-                                    (torch.bfloat16, (3, 77, 200, True))):  # fmt: skip
-        x = torch.randn(b, L, D, device="cuda", dtype=dtype, requires_grad=True)
-        w, bias = torch.randn(D, 4, device="cuda", requires_grad=True), torch.randn(D, device="cuda", requires_grad=True)
-        s = torch.randn(b, 3, D, device="cuda", dtype=dtype, requires_grad=True) if state else None
-        ins = [t for t in (x, w, bias, s) if t is not None]
-        y, _ = causal_conv1d(x, w, bias, s, "silu", return_final_state=True, backend="triton")
-        g = torch.randn_like(y)
-        grads = torch.autograd.grad(y, ins, g)
-        ins64 = [t.detach().double().requires_grad_(True) for t in ins]
-        x64, w64, b64 = ins64[:3]
-        y64, _ = causal_conv1d(x64, w64, b64, ins64[3] if state else None, "silu", return_final_state=True,
-                               backend="reference")  # fmt: skip
-        grads64 = torch.autograd.grad(y64, ins64, g.double())
-        errs = [rel_err(y, y64)] + [rel_err(a, r) for a, r in zip(grads, grads64)]
-        assert max(errs) < TOL[dtype], (dtype, b, L, D, errs)
-        out.append((f"{dtype} {b}x{L}x{D}", max(errs)))
-    return out
+def _switch_checks() -> list[list]:
+    """``_compare``'s rows (forward, final state and every gradient against float64) for conv1d with silu, an
+    initial state and bias at B=2 L=1000 D=256 (whole channel blocks: the unmasked tiles run) and B=3 L=77
+    D=200, fp32 and bf16; asserts every row within its tolerance."""
+    rows = []
+    for dtype in (torch.float32, torch.bfloat16):
+        for b, L, D in ((2, 1000, 256), (3, 77, 200)):
+            x, s = torch.randn(b, L, D, device="cuda").to(dtype), torch.randn(b, 3, D, device="cuda").to(dtype)
+            w, bias = torch.randn(D, 4, device="cuda"), torch.randn(D, device="cuda")
+            rows += _compare(f"conv1d {b}x{L}x{D} {str(dtype)[6:]}",
+                             lambda *a: causal_conv1d(*a, activation="silu", return_final_state=True, backend="triton"),
+                             lambda *a: causal_conv1d(*a, activation="silu", return_final_state=True, backend="torch"),
+                             [x, w, bias, s], dtype)  # fmt: skip
+    assert all(r[-1] == "yes" for r in rows), [r for r in rows if r[-1] != "yes"]
+    return rows
 
 
 def run(out_dir: str, parts) -> str:

@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
 from _timing import markdown_table, save_report  # noqa: E402
 from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
+from numerics import rel_err  # noqa: E402  (on the path through gpu_scan_checks)
 
 from ssmkit.ops.scan import selective_scan  # noqa: E402
 from ssmkit.ops.scan.triton_launch import ScanKernelConfig, default_config, scan_bwd, scan_fwd  # noqa: E402
@@ -143,7 +144,7 @@ def retune_rows() -> list[list]:
                 for fma in (0, 8):
                     cfg = dataclasses.replace(base, block_d=bd, num_warps=nw, n_segs=ns, dt_ahead=ahead, fma_exp=fma)
                     y = scan_fwd(*args, None, True, False, cfg)[0].float()
-                    err = float((y - y0).norm() / y0.norm())
+                    err = rel_err(y, y0)
                     rows.append([f"forward block_d={bd} warps={nw} n_segs={ns or 'auto'} dt_ahead={ahead} fma_exp={fma}",
                                  f"{ms(lambda cfg=cfg: scan_fwd(*args, None, True, False, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
                     print(rows[-1], flush=True)
@@ -160,8 +161,7 @@ def retune_rows() -> list[list]:
         for ns in (0, 8, 16):
             cfg = dataclasses.replace(base, bwd_block_d=bd, bwd_num_warps=nw, bwd_n_segs=ns)
             grads = scan_bwd(dy, None, *args, hsave, True, cfg)
-            err = max(float((a.float() - b.float()).norm() / b.float().norm()) for a, b in zip(grads, grads0)
-                      if a is not None and b is not None and b.numel() and float(b.float().norm()) > 0)  # fmt: skip
+            err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
             rows.append([f"backward block_d={bd} warps={nw} n_segs={ns or 'auto'}",
                          f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
             print(rows[-1], flush=True)

@@ -58,7 +58,7 @@ def test_forward_switches(gen, monkeypatch, const_strides, unmasked):
 
     monkeypatch.setattr(conv_triton, "FWD_CONST_STRIDES", const_strides)
     monkeypatch.setattr(conv_triton, "FWD_UNMASKED_INSIDE", unmasked)
-    x = randn(2, 45, 80, gen=gen)[..., 8:72].to(DEVICE)  # D = 64: whole channel blocks
+    x = randn(2, 45, 80, gen=gen).to(DEVICE)[..., 8:72]  # a strided view, D = 64: whole channel blocks
     w, b, s = randn(64, 4, gen=gen).to(DEVICE), randn(64, gen=gen).to(DEVICE), randn(2, 3, 64, gen=gen).to(DEVICE)
     y, _ = causal_conv1d(x, w, b, s, "silu", return_final_state=True, backend="triton")
     y_r, _ = causal_conv1d(*(t.cpu().double() for t in (x, w, b, s)), "silu", return_final_state=True,
