@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel walk-sub]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -18,6 +18,13 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
 - "registers": register caps (``make_plan``'s ``scan_regs`` / ``walk_regs`` / ``bwd_regs``: more programs
   resident per SM, some registers spilled) of ``REGISTER_VARIANTS``, at ``VARIANT_SHAPES`` (each checked)
   and in the Mamba-2 layer.
+- "chunk-parallel": the chunk-parallel plan (tiled state walks, then every chunk's output on its own;
+  ``make_plan``'s ``fwd_span=1``) forced where the walking plan is chosen, at several segment counts
+  (``SPAN_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the Mamba-2 layer. Since the forward
+  keeps the per-chunk states for the backward, the walking scan writes them too, as the chunk-parallel
+  plan's state walk always did.
+- "walk-sub": the state walks' segments per scan segment (``make_plan``'s ``walk_sub``, ``WALK_SUB``), with
+  whole-state and tiled walks (``SUB_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the layer.
 
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
@@ -59,6 +66,25 @@ REGISTER_VARIANTS = {  # label: plan_keywords keywords (caps of 168 registers: 3
     "walks <= 168": dict(walk_regs=168),
     "scan and walks <= 168, 6 segments": dict(scan_regs=168, walk_regs=168, n_segs=6),
     "fused backward <= 168": dict(bwd_regs=168),
+}
+SPAN_VARIANTS = {  # label: plan_keywords keywords
+    "plan": {},
+    "chunk-parallel, its segments": dict(fwd_span=1),
+    "chunk-parallel, 2 segments": dict(fwd_span=1, n_segs=2),
+    "chunk-parallel, 8 segments": dict(fwd_span=1, n_segs=8),
+    "chunk-parallel, 16 segments": dict(fwd_span=1, n_segs=16),
+    "chunk-parallel, 8 segments, walks 1 stage": dict(fwd_span=1, n_segs=8, state_stages=1),
+}
+SUB_VARIANTS = {  # label: plan_keywords keywords
+    "plan": {},
+    "walks split 1 (whole states)": dict(walk_sub=1),
+    "walks split 2": dict(walk_sub=2),
+    "walks split 4": dict(walk_sub=4),
+    "walks split 8": dict(walk_sub=8),
+    "walks split 16": dict(walk_sub=16),
+    "walks split 4, tiles (64, 32)": dict(walk_sub=4, state_tile=(64, 32)),
+    "walks split 8, tiles (64, 32)": dict(walk_sub=8, state_tile=(64, 32)),
+    "walks split 16, tiles (64, 32)": dict(walk_sub=16, state_tile=(64, 32)),
 }
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
@@ -123,9 +149,11 @@ def run(out_dir: str, parts) -> str:
     rows = (op_rows() if "op" in parts else []) + (variant_rows() if "variants" in parts else [])
     rows += layer_rows() if "layer" in parts else []
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
+    rows += variant_rows(SPAN_VARIANTS) + layer_rows(SPAN_VARIANTS) if "chunk-parallel" in parts else []
+    rows += variant_rows(SUB_VARIANTS) + layer_rows(SUB_VARIANTS) if "walk-sub" in parts else []
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer", "registers"])
+    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel", "walk-sub"])
