@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel walk-sub]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -23,8 +23,9 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   (``SPAN_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the Mamba-2 layer. Since the forward
   keeps the per-chunk states for the backward, the walking scan writes them too, as the chunk-parallel
   plan's state walk always did.
-- "walk-sub": the state walks' segments per scan segment (``make_plan``'s ``walk_sub``, ``WALK_SUB``), with
-  whole-state and tiled walks (``SUB_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the layer.
+
+Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
+walk-sub`` there) was measured slower and reverted: see docs/kernels_gpu_notes_ssd.md.
 
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """
@@ -74,17 +75,6 @@ SPAN_VARIANTS = {  # label: plan_keywords keywords
     "chunk-parallel, 8 segments": dict(fwd_span=1, n_segs=8),
     "chunk-parallel, 16 segments": dict(fwd_span=1, n_segs=16),
     "chunk-parallel, 8 segments, walks 1 stage": dict(fwd_span=1, n_segs=8, state_stages=1),
-}
-SUB_VARIANTS = {  # label: plan_keywords keywords
-    "plan": {},
-    "walks split 1 (whole states)": dict(walk_sub=1),
-    "walks split 2": dict(walk_sub=2),
-    "walks split 4": dict(walk_sub=4),
-    "walks split 8": dict(walk_sub=8),
-    "walks split 16": dict(walk_sub=16),
-    "walks split 4, tiles (64, 32)": dict(walk_sub=4, state_tile=(64, 32)),
-    "walks split 8, tiles (64, 32)": dict(walk_sub=8, state_tile=(64, 32)),
-    "walks split 16, tiles (64, 32)": dict(walk_sub=16, state_tile=(64, 32)),
 }
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
@@ -150,10 +140,9 @@ def run(out_dir: str, parts) -> str:
     rows += layer_rows() if "layer" in parts else []
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
     rows += variant_rows(SPAN_VARIANTS) + layer_rows(SPAN_VARIANTS) if "chunk-parallel" in parts else []
-    rows += variant_rows(SUB_VARIANTS) + layer_rows(SUB_VARIANTS) if "walk-sub" in parts else []
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel", "walk-sub"])
+    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel"])

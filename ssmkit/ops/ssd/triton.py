@@ -69,7 +69,7 @@ def _fwd_impl(
     entering every chunk (empty unless ``keep_states``)."""
     n_seqs = x.shape[0] if cu_seqlens is None else cu_seqlens.numel() - 1
     plan = make_plan(x, B.shape[3], chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks,
-                     bwd_span=bwd_span, fwd_span=fwd_span)  # fmt: skip
+                     fwd_span=fwd_span)  # fmt: skip
     table = None if cu_seqlens is None else varlen_chunk_table(cu_seqlens, plan.Q, plan.n_chunks)
     B, C = _bc(B, C)
     return ssd_fwd(_rows(x), dt.contiguous(), f32(A), B, C, f32(D), _c(z), f32(dt_bias), f32(initial_state),
@@ -85,14 +85,13 @@ def _(x, dt, A, B, C, D, z, dt_bias, initial_state, cu_seqlens, dt_softplus, chu
     rows, L, H, P = x.shape
     N = B.shape[3]
     n_seqs = rows if cu_seqlens is None else cu_seqlens.shape[0] - 1
-    plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks, bwd_span=bwd_span,
-                     fwd_span=fwd_span)  # fmt: skip
+    plan = make_plan(x, N, chunk_size, None if cu_seqlens is None else n_seqs, seg_chunks, fwd_span=fwd_span)
     f32 = dict(dtype=torch.float32, device=x.device)
     return (
         x.new_empty(x.shape),  # contiguous, whatever x's strides (as the kernels write it)
         torch.empty(n_seqs, H, P, N, **f32),
-        torch.empty(rows, plan.n_walk_segs, H, N, P, **f32),
-        torch.empty(rows, plan.n_walk_segs, H, **f32),
+        torch.empty(rows, plan.n_segs, H, N, P, **f32),
+        torch.empty(rows, plan.n_segs, H, **f32),
         x.new_empty(x.shape) if save_pre else x.new_empty(0),
         x.new_empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x)) if keeps_states(x, N, plan, keep_states)
         else x.new_empty(0),

@@ -133,12 +133,6 @@ KEEP_STATES_MAX_BYTES = 4 << 30
 # the fused backward took that term back): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K
 # 13.793 against 13.612; the Mamba-2 layer at 64K 32.74 against 31.30.
 WALKING_PLAN_TILES = False
-# In the walking plan (with the fused backward chunk-parallel), the state walks (the forward's segment sums,
-# the backward's segment sums and its per-chunk state gradients) and the passing between them split each of
-# the scan's segments into up to WALK_SUB shorter ones: their programs hold less than the walking scan's (no
-# output, no intra-chunk products), so more of them run at once, and each walks fewer chunks in series. The
-# walking scan then reads the state entering each of its own segments, every WALK_SUB-th of the walks'.
-WALK_SUB = 1
 
 
 @dataclass(frozen=True)
@@ -170,22 +164,11 @@ class Plan:
     scan_regs: int = 0  # register cap of the forward scan (0: the compiler's choice, see ``register_cap``)
     walk_regs: int = 0  # ... of the state walks
     bwd_regs: int = 0  # ... of the fused backward
-    walk_sub: int = 1  # the state walks' segments per scan segment (``WALK_SUB``; they divide seg_chunks)
 
     @property
     def tiled_walks(self) -> bool:
         """Whether the state walks own tiles smaller than the whole (N, P) state."""
         return (self.state_block_n, self.state_block_p) != (self.block_n, self.block_p)
-
-    @property
-    def walk_chunks(self) -> int:
-        """Chunks per segment of the state walks (states, dstates) and of the passing between them."""
-        return self.seg_chunks // self.walk_sub
-
-    @property
-    def n_walk_segs(self) -> int:
-        """Segments per row of the state walks: ``walk_sub`` per segment of the scan."""
-        return triton.cdiv(self.n_chunks, self.walk_chunks)
 
 
 def _dot_flags(x: torch.Tensor) -> dict:
@@ -256,14 +239,12 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
-    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0, walk_sub: int = 0,
+    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
     ``state_tile`` () mean "choose for this GPU"; ``scan_regs`` / ``walk_regs`` / ``bwd_regs`` > 0 cap the
-    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower);
-    ``walk_sub`` > 0: the state walks' segments per scan segment in the walking plan (0: ``WALK_SUB``; the
-    largest divisor of the segment's chunk count up to it is taken).
+    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower).
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -307,14 +288,11 @@ def make_plan(
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
-    n_segs = triton.cdiv(n_chunks, seg_chunks)
-    walk_sub = (walk_sub or WALK_SUB) if n_segs > 1 and not fwd_span and bwd_span else 1
-    walk_sub = max(d for d in range(1, min(walk_sub, seg_chunks) + 1) if seg_chunks % d == 0)
-    return Plan(Q, n_chunks, seg_chunks, n_segs, _pow2(Q), block_p, block_p_bwd,
+    return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
-                walk_regs, bwd_regs, walk_sub)  # fmt: skip
+                walk_regs, bwd_regs)  # fmt: skip
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:
@@ -372,15 +350,13 @@ def _launch_args(x, dt, B, plan: Plan):
     return sizes, strides, grid, blocks
 
 
-def _state_walk_args(x, N: int, plan: Plan, sizes: tuple):
-    """Sizes, grid and launch options of the state walks (states, dstates) and the passing between them: one
-    program per (N, P) tile and walk segment (``plan.walk_sub`` of them per scan segment)."""
+def _state_walk_args(x, N: int, plan: Plan):
+    """Grid and launch options of the state walks (states, dstates): one program per (N, P) tile."""
     rows, _, H, P = x.shape
     bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, num_warps=warps, num_stages=stages,
                   **register_cap(x, plan.walk_regs))  # fmt: skip
-    sizes = (*sizes[:5], plan.n_walk_segs, plan.walk_chunks, *sizes[7:])
-    return sizes, (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_walk_segs, rows * H), blocks
+    return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
 
 
 def _spans(sizes: tuple, n_chunks: int, span: int) -> tuple[tuple, int]:
@@ -404,8 +380,8 @@ def ssd_fwd(
     strides; B and C alike), dt and z contiguous; ``init`` fp32 (S, H, P, N) or None.
 
     Returns y (B, L, H, P) in x's dtype, final (S, H, P, N) fp32, the state
-    entering each segment of the state walks (rows, plan.n_walk_segs, H, N, P) fp32 (transposed), their
-    decays (rows, plan.n_walk_segs, H) fp32, the pre-gate output (empty unless ``save_pre``) and the state
+    entering each segment (rows, n_segs, H, N, P) fp32 (transposed), the segment decays
+    (rows, n_segs, H) fp32, the pre-gate output (empty unless ``save_pre``) and the state
     entering every chunk (rows, n_chunks, H, N, P) in the dot dtype (empty unless ``keep_states`` and
     :func:`keeps_states`).
     """
@@ -413,22 +389,21 @@ def ssd_fwd(
     N = B.shape[3]
     keep_states = keeps_states(x, N, plan, keep_states)
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
-    walk_sizes, walk_grid, walk_blocks = _state_walk_args(x, N, plan, sizes)
+    walk_grid, walk_blocks = _state_walk_args(x, N, plan)
     flags = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_INIT=init is not None,
                  VARLEN=plan.varlen, **_dot_flags(x))  # fmt: skip
     opt = lambda t: x if t is None else t  # noqa: E731  (placeholder pointer, never read)
     several = plan.n_segs > 1
     f32 = dict(dtype=torch.float32, device=x.device)
     # (one segment per row: nothing enters it but the initial state, which the kernels read themselves)
-    seg = (torch.empty if several else torch.zeros)(rows, plan.n_walk_segs, H, N, P, **f32)
-    seg_decay = (torch.empty if several else torch.zeros)(rows, plan.n_walk_segs, H, **f32)
+    seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
+    seg_decay = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, **f32)
     if several:
         _ssd_states_kernel[walk_grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *walk_sizes, *strides,
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *sizes, *strides,
             STORE_CHUNKS=False, SEG_IN=False, STORE_FINAL=False, **flags, **walk_blocks, **LAUNCH,
         )  # fmt: skip
-        passing(seg, seg_decay, reverse=False)  # seg: now the state entering each walk segment
-    scan_seg = seg if plan.walk_sub == 1 else seg[:, :: plan.walk_sub].contiguous()  # ... each scan segment
+        passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
     final = _state_like(init, n_seqs, H, P, N, plan, x)
     y = x.new_empty(x.shape)  # contiguous, whatever x's strides
@@ -438,7 +413,7 @@ def ssd_fwd(
         h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
     if plan.fwd_span:  # the state entering every chunk, and the final states; then chunks in parallel
         _ssd_states_kernel[walk_grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg, seg_decay, final, *walk_sizes, *strides,
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg, seg_decay, final, *sizes, *strides,
             STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=True, **flags, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         sizes, n_spans = _spans(sizes, plan.n_chunks, plan.fwd_span)
@@ -447,7 +422,7 @@ def ssd_fwd(
     if store_h:
         blocks = blocks | dict(num_stages=plan.store_stages)
     _ssd_scan_fwd_kernel[grid](
-        x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), scan_seg, h_in, y,
+        x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
         H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner, **flags,
@@ -474,7 +449,7 @@ def ssd_bwd(
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
     sizes, strides, grid, blocks = _launch_args(x, dt, B, plan)
-    walk_sizes, walk_grid, walk_blocks = _state_walk_args(x, N, plan, sizes)
+    walk_grid, walk_blocks = _state_walk_args(x, N, plan)
     base = dict(SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, VARLEN=plan.varlen, **_dot_flags(x))
     opt = lambda t: x if t is None else t  # noqa: E731
     f32 = dict(dtype=torch.float32, device=x.device)
@@ -485,17 +460,17 @@ def ssd_bwd(
     else:  # recomputed from the saved segment states
         h_in = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
         _ssd_states_kernel[walk_grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, seg_in, *walk_sizes, *strides,
+            x, dt, A, opt(dt_bias), B, opt(init), opt(table), h_in, seg_in, seg_decay, seg_in, *sizes, *strides,
             STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=False, HAS_INIT=init is not None, **base,
             **walk_blocks, **LAUNCH,
         )  # fmt: skip
     # Gradient at every segment's end: segment-local sums chained backwards (zero: a row's only segment).
-    g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_walk_segs, H, N, P, **f32)
+    g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
     if several:
         _ssd_dstates_kernel[walk_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *walk_sizes, *strides,
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
             STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         passing(g_seg, seg_decay, reverse=True)
@@ -503,7 +478,7 @@ def ssd_bwd(
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently
         g_chunk = torch.empty(rows, plan.n_chunks, H, N, P, dtype=dot_dtype(x), device=x.device)
         _ssd_dstates_kernel[walk_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *walk_sizes, *strides,
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_chunk, g_seg, opt(dinit), *sizes, *strides,
             STORE_CHUNKS=True, SEG_IN=several, **dstates, **walk_blocks, **LAUNCH,
         )  # fmt: skip
         sizes, n_spans = _spans(sizes, plan.n_chunks, span)

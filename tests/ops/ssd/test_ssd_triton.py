@@ -236,42 +236,6 @@ def test_state_walks_in_tiles(gen, monkeypatch, seg, fwd_span, keep):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
-@pytest.mark.parametrize("seg, sub, keep, walks", [(4, 2, True, 2), (6, 3, True, 3), (4, 4, False, 4), (3, 2, True, 1)])
-def test_state_walks_split_the_scan_segments(gen, monkeypatch, seg, sub, keep, walks):
-    """The walking plan with ``WALK_SUB``: the state walks and the passing run segments of ``seg // walks``
-    chunks (``walks`` the largest divisor of ``seg`` up to ``sub``), the walking scan takes the state entering
-    each of its own segments from them, and the backward's state-gradient walks (and its states walk, when
-    the forward kept nothing) run the short segments too: 10 chunks, with initial and final states."""
-    from ssmkit.ops.ssd import triton_launch
-
-    monkeypatch.setattr(triton_launch, "WALK_SUB", sub)
-    monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
-    inp = make_inputs(gen, L=75, G=2)
-    plan = triton_launch.make_plan(inp["x"].to(DEV), 16, 8, None, seg, fwd_span=0)
-    assert (plan.n_chunks, plan.walk_sub, plan.walk_chunks) == (10, walks, seg // walks)
-    assert plan.n_walk_segs == -(-10 // (seg // walks)) and plan.n_segs == -(-10 // seg)
-    seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg, -1, 0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
-    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
-              dt_softplus=True)  # fmt: skip
-    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
-
-
-def test_state_walks_split_only_under_a_walking_scan(monkeypatch):
-    """``WALK_SUB`` applies where the scan walks several segments and the fused backward takes chunks on their
-    own; the chunk-parallel forward, the walking backward and a row's only segment keep one walk segment each."""
-    from ssmkit.ops.ssd import triton_launch
-    from ssmkit.ops.ssd.triton_launch import make_plan
-
-    monkeypatch.setattr(triton_launch, "WALK_SUB", 4)
-    x = torch.empty(1, 640, 4, 16, device="meta")  # 80 chunks of 8
-    assert make_plan(x, 16, 8, None, 20, fwd_span=0).walk_sub == 4
-    assert make_plan(x, 16, 8, None, 20, fwd_span=0, walk_sub=3).walk_sub == 2  # (a divisor of 20)
-    assert make_plan(x, 16, 8, None, 20, fwd_span=1).walk_sub == 1
-    assert make_plan(x, 16, 8, None, 20, fwd_span=0, bwd_span=0).walk_sub == 1
-    assert make_plan(x, 16, 8, None, 80, fwd_span=0).walk_sub == 1
-
-
 @pytest.mark.parametrize("span", [1, 0])
 def test_carried_decay_term_in_p_blocks(gen, monkeypatch, span):
     """The decay gradient's exp(acum_last) <g_c, h_{c-1}>, formed per backward P block as the trace of its
