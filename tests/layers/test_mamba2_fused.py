@@ -84,6 +84,24 @@ def test_fused_matches_reference(dtype, monkeypatch):
         assert_close(grads[name], p.grad, tol, f"d{name}")
 
 
+def test_fused_inference_forward(monkeypatch):
+    """Without a gradient to come (bf16), the fused path plans the SSD's forward as the op would (walking:
+    ``triton_launch.forward_span``), and its output and final state match the path with a gradient."""
+    from ssmkit.ops.ssd import triton_layer
+
+    spans = []
+    real = triton_layer._fwd_impl
+    monkeypatch.setattr(triton_layer, "_fwd_impl", lambda *a: spans.append(a[14]) or real(*a))
+    layer = _layer("groups", torch.bfloat16)
+    x = torch.randn(2, 37, 24, device=DEVICE).to(torch.bfloat16)
+    with torch.no_grad():
+        y, state = layer(x)
+    y_grad, state_grad, _ = _run(layer, x, True, monkeypatch)
+    assert spans == [0, -1]
+    assert_close(y, y_grad, TOL[torch.bfloat16], "y")
+    assert_close(state.ssm, state_grad.ssm, TOL[torch.bfloat16], "ssm state")
+
+
 def test_fused_path_conditions():
     """Taken only where it computes the same function: not with the plain gate, a Δ clamp, or an empty sequence."""
     probe = torch.empty(1, 3, 0, device=DEVICE)

@@ -246,7 +246,8 @@ def ssd_triton(
             carrying the gradient in registers; -1: the default).
         fwd_span: chunks per program of the forward scan, which then reads the state
             entering every chunk from memory (0: it walks the segments, carrying the
-            state in registers; -1: the default).
+            state in registers; -1: the default, which for 16-bit inputs without a
+            gradient to come walks: ``triton_launch.forward_span``).
     Returns:
         y: (B, L, H, P) in x's dtype; final state (B, H, P, N) or (S, H, P, N), float32.
     """
@@ -257,6 +258,7 @@ def ssd_triton(
         )
     needs_grad = grad_coming(x, dt, A, B, C, D, z, dt_bias, initial_state)
     keep_states = needs_grad and triton_launch.KEEP_STATES
+    fwd_span = triton_launch.forward_span(x, fwd_span, needs_grad)
     save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
     # (fake, meta and other subclass tensors keep the ops: their fake implementations and dispatch)
     eager = EAGER_FUNCTION and eager_call(x)

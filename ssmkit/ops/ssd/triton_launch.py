@@ -85,6 +85,13 @@ GPU_CHUNK_16BIT = 32
 # L=4096 H=32, 2 segments 0.840 / 3.595. With the walking forward, small tiles in the backward's state
 # walks made the Mamba-2 layer no faster (64K tokens: 33.23 against 32.69 ms), so it keeps whole states.
 FWD_SPAN = 1
+# ... but only when a backward will follow (its per-chunk states then serve the backward too). Without one, a
+# 16-bit forward walks (``fwd_span`` 0: nothing per chunk goes to memory). Measured on the H200 (bf16, P=64,
+# N=128, chunk 32, forward without autograd, ms; a probe of ``gpu_ssd_forward.py``'s kind, fourteenth session):
+# B=8 L=4096 H=32 walking 0.558 against chunk-parallel 0.646; B=16 L=2048 H=32 0.451 against 0.638; where the
+# plan walks anyway (B=4 L=4096 H=32, one sequence of 16K / 64K tokens with 64 heads) the same, and the
+# chunk-parallel forward there 0.46 / 0.93 / 3.66 against 0.29 / 0.56 / 2.14.
+INFERENCE_FWD_SPAN = 0
 STATE_TILE = (64, 32)
 STATE_WARPS = 4
 STATE_STAGES = 2
@@ -293,6 +300,14 @@ def make_plan(
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
                 walk_regs, bwd_regs)  # fmt: skip
+
+
+def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
+    """The ``fwd_span`` a call passes to its plans: as asked, or, where the plan is to choose (-1) and no
+    gradient will be needed, ``INFERENCE_FWD_SPAN`` for 16-bit inputs (``FWD_SPAN``'s note)."""
+    if fwd_span < 0 and not grad and x.element_size() == 2:
+        return INFERENCE_FWD_SPAN
+    return fwd_span
 
 
 def varlen_chunk_table(cu_seqlens: torch.Tensor, Q: int, n_chunks: int) -> torch.Tensor:

@@ -189,6 +189,38 @@ def test_states_kept_or_recomputed(gen, monkeypatch, keep, cap, fwd_span):
     assert asked == [keep, False]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_forward_without_gradient_walks(gen, monkeypatch, dtype):
+    """With no gradient to come, a 16-bit forward takes the walking plan (``forward_span``; nothing per chunk
+    goes to memory), fp32 keeps the plan's choice; with a gradient, 16-bit keeps it too. Output and final
+    state against the float64 loop either way (four segments of 2 chunks)."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
+
+    spans = []
+
+    def spy_fwd(*args):
+        spans.append(args[11].fwd_span)  # (the plan)
+        return triton_launch.ssd_fwd(*args)
+
+    monkeypatch.setattr(ssd_triton_module, "ssd_fwd", spy_fwd)
+    monkeypatch.setattr(triton_launch, "STATE_PROGRAMS_PER_SM", 0)  # the plan's own choice: chunk-parallel
+    inp = make_inputs(gen, L=60, P=12, G=2, dtype=dtype)
+    default = triton_launch.make_plan(inp["x"].to(DEV), 16, 8, None, 2).fwd_span
+    assert default == 1
+    f = triton_with(2)
+    ref_y, ref_s = ssd_reference(**{k: v.double().to(DEV) for k, v in inp.items()}, dt_softplus=True,
+                                 return_final_state=True)  # fmt: skip
+    with torch.no_grad():
+        y, s = f(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=8)
+    assert spans == [0 if dtype == torch.bfloat16 else default]
+    assert_close(y, ref_y, TOL[dtype], "y")
+    assert_close(s, ref_s, TOL[dtype], "final state")
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(f, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8)
+    assert spans[1:] == [default]
+    assert_close(got[0], ref_y, TOL[dtype], "y (gradient to come)")
+
+
 def test_optional_inputs_absent_and_strong_decay(gen):
     """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
     full = make_inputs(gen, L=40, G=2, strong_decay=True)
