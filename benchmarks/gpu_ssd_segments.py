@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel cb]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -23,10 +23,6 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   (``SPAN_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the Mamba-2 layer. Since the forward
   keeps the per-chunk states for the backward, the walking scan writes them too, as the chunk-parallel
   plan's state walk always did.
-
-- "cb": each chunk's C B^T formed once per (chunk, group) and read by the scan and the fused backward
-  (``make_plan``'s ``cb_in``, ``triton_cb.py``) against formed in every (head, chunk) program
-  (``CB_VARIANTS``), at ``VARIANT_SHAPES`` and two chunk-parallel shapes (each checked), and in the layer.
 
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
 walk-sub`` there) was measured slower and reverted: see docs/kernels_gpu_notes_ssd.md.
@@ -80,10 +76,6 @@ SPAN_VARIANTS = {  # label: plan_keywords keywords
     "chunk-parallel, 16 segments": dict(fwd_span=1, n_segs=16),
     "chunk-parallel, 8 segments, walks 1 stage": dict(fwd_span=1, n_segs=8, state_stages=1),
 }
-CB_VARIANTS = {  # label: plan_keywords keywords
-    "C B^T per program": dict(cb_in=False),
-    "C B^T per (chunk, group), read": dict(cb_in=True),
-}
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
 
@@ -125,10 +117,10 @@ def op_rows() -> list[list]:
     return rows
 
 
-def variant_rows(variants: dict = VARIANTS, shapes=VARIANT_SHAPES) -> list[list]:
-    """The plan and ``variants`` at ``shapes``, each checked against the float32 "torch" backend."""
+def variant_rows(variants: dict = VARIANTS) -> list[list]:
+    """The plan and ``variants`` at ``VARIANT_SHAPES``, each checked against the float32 "torch" backend."""
     rows = []
-    for b, L, H in shapes:
+    for b, L, H in VARIANT_SHAPES:
         checked = Checked(ssd_inputs(b, L, H=H))
         for label, keywords in variants.items():
             with plan_keywords(**keywords):
@@ -148,12 +140,9 @@ def run(out_dir: str, parts) -> str:
     rows += layer_rows() if "layer" in parts else []
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
     rows += variant_rows(SPAN_VARIANTS) + layer_rows(SPAN_VARIANTS) if "chunk-parallel" in parts else []
-    if "cb" in parts:  # (each variant twice, alternating)
-        twice = {f"{label} ({k})": kw for k in (1, 2) for label, kw in CB_VARIANTS.items()}
-        rows += variant_rows(twice, VARIANT_SHAPES + ((8, 4096, 32), (16, 2048, 32))) + layer_rows(twice)
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel", "cb"])
+    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel"])

@@ -36,7 +36,6 @@ import triton
 import triton.language as tl
 
 from .._triton import LAUNCH
-from .triton_cb import _ssd_cb_kernel
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
@@ -143,9 +142,6 @@ KEEP_STATES_MAX_BYTES = 4 << 30
 # the fused backward took that term back): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K
 # 13.793 against 13.612; the Mamba-2 layer at 64K 32.74 against 31.30.
 WALKING_PLAN_TILES = False
-# The scan reads each chunk's C B^T from a buffer filled once per (chunk, group) (``triton_cb.py``) instead
-# of forming it in every (head, chunk) program.
-CB_IN = False
 
 
 @dataclass(frozen=True)
@@ -177,7 +173,6 @@ class Plan:
     scan_regs: int = 0  # register cap of the forward scan (0: the compiler's choice, see ``register_cap``)
     walk_regs: int = 0  # ... of the state walks
     bwd_regs: int = 0  # ... of the fused backward
-    cb_in: bool = False  # the scan reads C B^T per (chunk, group) from memory (``CB_IN``)
 
     @property
     def tiled_walks(self) -> bool:
@@ -253,7 +248,7 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
-    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0, cb_in: Optional[bool] = None,
+    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
@@ -306,7 +301,7 @@ def make_plan(
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
-                walk_regs, bwd_regs, CB_IN if cb_in is None else cb_in)  # fmt: skip
+                walk_regs, bwd_regs)  # fmt: skip
 
 
 def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
@@ -356,17 +351,6 @@ def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
     block = min(1024, triton.next_power_of_2(P * N))
     grid = (triton.cdiv(P * N, block), rows * H)
     _ssd_passing_kernel[grid](states, decay, n_segs, H, P * N, REVERSE=reverse, BLOCK=block, num_warps=4, **LAUNCH)
-
-
-def chunk_products(B: torch.Tensor, C: torch.Tensor, table, plan: Plan, x: torch.Tensor) -> torch.Tensor:
-    """(rows, n_chunks, G, BLOCK_Q, BLOCK_Q) fp32: every chunk's C B^T, once per group (``triton_cb.py``)."""
-    rows, L, G, N = B.shape
-    cb = torch.empty(rows, plan.n_chunks, G, plan.block_q, plan.block_q, dtype=torch.float32, device=B.device)
-    _ssd_cb_kernel[(plan.n_chunks, rows * G)](
-        B, C, B if table is None else table, cb, L, N, plan.n_chunks, plan.Q, G, B.stride(0), B.stride(1),
-        VARLEN=plan.varlen, **_dot_flags(x), BLOCK_Q=plan.block_q, BLOCK_N=plan.block_n, num_warps=4, **LAUNCH,
-    )  # fmt: skip
-    return cb
 
 
 def _launch_args(x, dt, B, plan: Plan):
@@ -454,10 +438,9 @@ def ssd_fwd(
     store_h = keep_states and not plan.fwd_span
     if store_h:
         blocks = blocks | dict(num_stages=plan.store_stages)
-    cb = chunk_products(B, C, table, plan, x) if plan.cb_in else x  # (placeholder pointer when not read)
     _ssd_scan_fwd_kernel[grid](
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
-        y_pre if save_pre else y, final, cb, *sizes, *strides, HAS_D=D is not None, CB_IN=plan.cb_in,
+        y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
         H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner, **flags,
         **blocks, **LAUNCH,
@@ -538,14 +521,13 @@ def ssd_bwd(
         count = torch.zeros(rows * plan.n_chunks * G, dtype=torch.int32, device=x.device)
     else:
         dB_sum = dC_sum = count = dB_h  # (placeholders, never touched)
-    cb = chunk_products(B, C, table, plan, x) if plan.cb_in else x  # (placeholder pointer when not read)
     _ssd_bwd_kernel[(n_pb, rows * H, n_spans) if heads_inner else (n_pb, n_spans, rows * H)](
         x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_seg, g_chunk, opt(dfinal), opt(table),
-        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), dB_sum, dC_sum, count, cb, *sizes, *strides, dx.stride(0),
+        dx, ddt, dB_h, dC_h, dA, opt(dD), opt(dinit), dB_sum, dC_sum, count, *sizes, *strides, dx.stride(0),
         dx.stride(1), dB_sum.stride(0), dB_sum.stride(1), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_DFINAL=dfinal is not None,
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner,
-        REDUCE_HEADS=reduce_heads, CB_IN=plan.cb_in, **base,
+        REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip

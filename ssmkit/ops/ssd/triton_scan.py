@@ -34,13 +34,13 @@ from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, de
 @triton.jit
 def _ssd_scan_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, z_ptr, init_ptr, table_ptr,
-    seg_in_ptr, hin_ptr, out_ptr, pre_ptr, final_ptr, cb_ptr,
+    seg_in_ptr, hin_ptr, out_ptr, pre_ptr, final_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
     H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CB_IN: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (cdiv(P, BLOCK_P), batch * H, n_segs);
     with H_CHUNKS the segments are spans of
@@ -51,8 +51,7 @@ def _ssd_scan_fwd_kernel(
     D: (H,) or (H, P); init, final: (S, H, P, N) fp32;
     seg_in: (B, n_segs, H, N, P) fp32, the (transposed) state entering each segment (walking);
     hin: (B, n_chunks, H, N, P), the state entering each chunk in the dot dtype (read with H_CHUNKS;
-    written by the walk with STORE_H, for the backward); cb: (B, n_chunks, G, BLOCK_Q, BLOCK_Q) fp32, each
-    chunk's C B^T (read with CB_IN, ``triton_cb.py``; else formed here).
+    written by the walk with STORE_H, for the backward).
     """
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
@@ -119,12 +118,7 @@ def _ssd_scan_fwd_kernel(
         Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
 
         # Intra-chunk: (C B^T ∘ decay ∘ Δ_j) @ x.
-        if CB_IN:
-            n_groups = H // heads_per_group
-            at_cb = ((b64 * n_chunks + c) * n_groups + grp) * BLOCK_Q * BLOCK_Q
-            CB = tl.load(cb_ptr + at_cb + offs_q[:, None] * BLOCK_Q + offs_q[None, :])  # (Q, Q)
-        else:
-            CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q)
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q)
         scores = CB * decay_matrix(acum, causal) * delta[None, :]
         y = tl.dot(scores.to(DT), xv.to(DT), input_precision=PREC)  # (Q, BLOCK_P)
         # Carried state: exp(acum_i) C_i h^T.

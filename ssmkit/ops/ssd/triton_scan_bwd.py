@@ -78,7 +78,7 @@ def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.con
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr,
     table_ptr,
-    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, cb_ptr,
+    dx_ptr, ddt_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dinit_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr,
     L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
     stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
     stride_dx_b, stride_dx_l, stride_sum_b, stride_sum_l, share_ddt, share_dA,
@@ -86,7 +86,7 @@ def _ssd_bwd_kernel(
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     REDUCE_HEADS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CB_IN: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs).
 
@@ -100,8 +100,7 @@ def _ssd_bwd_kernel(
     dB, dC: (B, L, H, n_pb, N) shares; dA: (n_pb, B * n_segs, H) fp32 shares; with REDUCE_HEADS
     also dB_sum, dC_sum: (B, L, G, N) the sums of the shares over each group's heads and P blocks
     (strides stride_sum_*, (G, N) contiguous), and count: (B * n_chunks * G,) int32 zeros;
-    dD: (B * n_segs, H, P) fp32 partial sums; cb: (B, n_chunks, G, BLOCK_Q, BLOCK_Q) fp32, each chunk's C B^T
-    (read with CB_IN, ``triton_cb.py``; else formed here).
+    dD: (B * n_segs, H, P) fp32 partial sums.
     """
     n_pb = tl.num_programs(0)
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
@@ -168,11 +167,7 @@ def _ssd_bwd_kernel(
         e_in = tl.exp(acum)  # decay from the chunk's start to i
         e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
         Lmat = decay_matrix(acum, causal)
-        if CB_IN:
-            at_cb = ((b64 * n_chunks + c) * (H // heads_per_group) + grp) * BLOCK_Q * BLOCK_Q
-            CB = tl.load(cb_ptr + at_cb + offs_q[:, None] * BLOCK_Q + offs_q[None, :])  # (Q, Q): C_i · B_j
-        else:
-            CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q): C_i · B_j
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q): C_i · B_j
         xt = (xf * delta[:, None]).to(DT)  # x̃ (Q, P)
 
         dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
