@@ -1,6 +1,6 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel tiles-ahead]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -24,6 +24,11 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   keeps the per-chunk states for the backward, the walking scan writes them too, as the chunk-parallel
   plan's state walk always did.
 
+- "tiles-ahead": the walking scan loading each chunk's x, B, C tiles while the chunk before it is computed
+  (``triton_launch.TILES_AHEAD``) against loading them where they are used (``AHEAD_VARIANTS``; each twice,
+  alternating), at ``VARIANT_SHAPES`` and two shapes where a forward without a gradient walks (each checked),
+  and in the layer.
+
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
 walk-sub`` there) was measured slower and reverted: see docs/kernels_gpu_notes_ssd.md.
 
@@ -32,6 +37,7 @@ Writes ``gpu_ssd_segments.md`` / ``.json``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -40,7 +46,7 @@ import triton
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_keywords, table_report  # noqa: E402
+from _gpu_bench import fwd_and_fwdbwd, parts_main, plan_constants, plan_keywords, table_report  # noqa: E402
 from gpu_ssd import ssd_inputs  # noqa: E402
 from gpu_ssd_forward import Checked, mamba2_layer_rows  # noqa: E402
 
@@ -75,6 +81,10 @@ SPAN_VARIANTS = {  # label: plan_keywords keywords
     "chunk-parallel, 8 segments": dict(fwd_span=1, n_segs=8),
     "chunk-parallel, 16 segments": dict(fwd_span=1, n_segs=16),
     "chunk-parallel, 8 segments, walks 1 stage": dict(fwd_span=1, n_segs=8, state_stages=1),
+}
+AHEAD_VARIANTS = {  # label: plan_keywords keywords, with "constants" for ``plan_constants``
+    f"{label} ({k})": dict(constants=dict(TILES_AHEAD=on))
+    for k in (1, 2) for label, on in (("tiles loaded where used", False), ("tiles loaded a chunk ahead", True))
 }
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
@@ -117,13 +127,21 @@ def op_rows() -> list[list]:
     return rows
 
 
-def variant_rows(variants: dict = VARIANTS) -> list[list]:
-    """The plan and ``variants`` at ``VARIANT_SHAPES``, each checked against the float32 "torch" backend."""
+@contextlib.contextmanager
+def _planned(keywords: dict):
+    """``plan_keywords`` of ``keywords``, and ``plan_constants`` of its "constants" entry."""
+    keywords = dict(keywords)
+    with plan_constants(**keywords.pop("constants", {})), plan_keywords(**keywords):
+        yield
+
+
+def variant_rows(variants: dict = VARIANTS, shapes=VARIANT_SHAPES) -> list[list]:
+    """The plan and ``variants`` at ``shapes``, each checked against the float32 "torch" backend."""
     rows = []
-    for b, L, H in VARIANT_SHAPES:
+    for b, L, H in shapes:
         checked = Checked(ssd_inputs(b, L, H=H))
         for label, keywords in variants.items():
-            with plan_keywords(**keywords):
+            with _planned(keywords):
                 rows.append(checked.row(f"B={b} L={L} H={H}: {label}", 32))
         del checked
         torch.cuda.empty_cache()
@@ -132,7 +150,7 @@ def variant_rows(variants: dict = VARIANTS) -> list[list]:
 
 def layer_rows(variants: dict = VARIANTS) -> list[list]:
     """The Mamba-2 layer at 16K and 64K tokens: the plan and ``variants``."""
-    return mamba2_layer_rows([(label, lambda kw=kw: plan_keywords(**kw)) for label, kw in variants.items()])
+    return mamba2_layer_rows([(label, lambda kw=kw: _planned(kw)) for label, kw in variants.items()])
 
 
 def run(out_dir: str, parts) -> str:
@@ -140,9 +158,12 @@ def run(out_dir: str, parts) -> str:
     rows += layer_rows() if "layer" in parts else []
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
     rows += variant_rows(SPAN_VARIANTS) + layer_rows(SPAN_VARIANTS) if "chunk-parallel" in parts else []
+    if "tiles-ahead" in parts:
+        rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + ((8, 4096, 32), (16, 2048, 32)))
+        rows += layer_rows(AHEAD_VARIANTS)
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel"])
+    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead"])

@@ -1,6 +1,7 @@
 """Run the GPU kernels once each inside a profiler range, for Nsight Compute.
 
     python benchmarks/ncu_profile.py --only scan ssd          # compiles (warm-up) and runs
+    (targets: scan, mamba_scan, ssd: one forward+backward; ssd_forward: one forward without autograd)
     ncu --profile-from-start off --clock-control none --set full -o prof \\
         python benchmarks/ncu_profile.py --only scan           # profiles one forward+backward
 
@@ -57,7 +58,18 @@ def ssd_step(Q: int = 32):
     return lambda: ssd(**inp, dt_softplus=True, chunk_size=Q, backend="triton").backward(dy)
 
 
-TARGETS = {"scan": scan_step, "mamba_scan": mamba_scan_step, "ssd": ssd_step}
+def ssd_forward_step(Q: int = 32):
+    """The SSD forward alone, without autograd (inference: the walking plan, ``triton_launch.forward_span``)."""
+    inp = ssd_inputs(8, 4096)
+
+    def step():
+        with torch.no_grad():
+            ssd(**inp, dt_softplus=True, chunk_size=Q, backend="triton")
+
+    return step
+
+
+TARGETS = {"scan": scan_step, "mamba_scan": mamba_scan_step, "ssd": ssd_step, "ssd_forward": ssd_forward_step}
 
 
 def main() -> None:

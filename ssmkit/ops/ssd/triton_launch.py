@@ -142,6 +142,16 @@ KEEP_STATES_MAX_BYTES = 4 << 30
 # the fused backward took that term back): one sequence with 64 heads, 16K tokens 3.570 against 3.547, 64K
 # 13.793 against 13.612; the Mamba-2 layer at 64K 32.74 against 31.30.
 WALKING_PLAN_TILES = False
+# The walking scan loads each chunk's x, B and C tiles while the chunk before it is computed, when it stores
+# no per-chunk states (a forward without a gradient to come). Nsight Compute had its loads consumed right
+# away by the shared-memory stores that stage them for the products (those stores took 27% of its stall
+# samples; two programs of 4 warps per SM at 254 registers leave little else to run). Measured on the H200
+# (``benchmarks/gpu_ssd_segments.py --parts tiles-ahead``, bf16, P=64, N=128, chunk 32, forward without
+# autograd, ms, two runs each): B=8 L=4096 H=32 0.549 -> 0.503-0.506; B=16 L=2048 H=32 0.446 -> 0.390-0.392;
+# one sequence with 64 heads, 16K tokens 0.550-0.552 -> 0.510, 64K 2.111-2.117 -> 1.935. With the states
+# stored (a gradient to come) it was slower: forward+backward at 16K / 64K tokens, 64 heads, 2.664-2.670 ->
+# 2.698-2.710 and 10.198-10.201 -> 10.381.
+TILES_AHEAD = True
 
 
 @dataclass(frozen=True)
@@ -442,7 +452,8 @@ def ssd_fwd(
         x, dt, A, opt(dt_bias), B, C, opt(D), opt(z), opt(init), opt(table), seg, h_in, y,
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
-        H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner, **flags,
+        H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner,
+        TILES_AHEAD=TILES_AHEAD and not plan.fwd_span and not store_h, **flags,
         **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)

@@ -32,6 +32,21 @@ from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, de
 
 
 @triton.jit
+def _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_l, stride_B_l, offs_q, offs_p, offs_n,
+                 mask_p, mask_n, VARLEN: tl.constexpr):  # fmt: skip
+    """Chunk ``c``'s x (Q, BLOCK_P), B and C (Q, BLOCK_N) tiles as stored (zero past its end), for a walk to load
+    a chunk ahead."""
+    start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
+    t = start + offs_q
+    mask_q = t < end
+    xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_q[:, None] & mask_p[None, :], other=0.0)
+    mask_qn = mask_q[:, None] & mask_n[None, :]
+    Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0)
+    Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0)
+    return xv, Bv, Cv
+
+
+@triton.jit
 def _ssd_scan_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, z_ptr, init_ptr, table_ptr,
     seg_in_ptr, hin_ptr, out_ptr, pre_ptr, final_ptr,
@@ -40,7 +55,7 @@ def _ssd_scan_fwd_kernel(
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
     H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, TILES_AHEAD: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (cdiv(P, BLOCK_P), batch * H, n_segs);
     with H_CHUNKS the segments are spans of
@@ -84,12 +99,21 @@ def _ssd_scan_fwd_kernel(
     c0 = pid_s * seg_chunks
     if not H_CHUNKS:
         dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+        if TILES_AHEAD:
+            xv_next, Bv_next, Cv_next = _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c0, L, n_chunks, Q,
+                                                     stride_x_l, stride_B_l, offs_q, offs_p, offs_n, mask_p, mask_n,
+                                                     VARLEN)  # fmt: skip
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
-        if not H_CHUNKS:  # walking: the next chunk's dt is loaded ahead
+        if not H_CHUNKS:  # walking: the next chunk's dt (and with TILES_AHEAD its x, B, C) is loaded ahead
             dtv = dt_next
             dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l,
                                offs_q, VARLEN)  # fmt: skip
+            if TILES_AHEAD:
+                xv, Bv, Cv = xv_next, Bv_next.to(DT), Cv_next.to(DT)
+                xv_next, Bv_next, Cv_next = _chunk_tiles(x_row, B_row, C_row, table_ptr, b,
+                                                         tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_x_l,
+                                                         stride_B_l, offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN)  # fmt: skip
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -113,9 +137,10 @@ def _ssd_scan_fwd_kernel(
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         mask_qp = mask_q[:, None] & mask_p[None, :]
         mask_qn = mask_q[:, None] & mask_n[None, :]
-        xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_qp, other=0.0)
-        Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
-        Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
+        if H_CHUNKS or not TILES_AHEAD:
+            xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_qp, other=0.0)
+            Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
+            Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
 
         # Intra-chunk: (C B^T ∘ decay ∘ Δ_j) @ x.
         CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q)

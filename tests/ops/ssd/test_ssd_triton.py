@@ -221,6 +221,28 @@ def test_forward_without_gradient_walks(gen, monkeypatch, dtype):
     assert_close(got[0], ref_y, TOL[dtype], "y (gradient to come)")
 
 
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("packed", [False, True])
+def test_walking_forward_tiles_ahead(gen, monkeypatch, ahead, packed):
+    """The walking scan with each chunk's x, B, C tiles loaded while the chunk before it is computed
+    (``TILES_AHEAD``, a forward with no gradient to come) or where they are used: output and final states
+    against the float64 loop, over three segments, and for packed sequences (chunks of several sequences)."""
+    from ssmkit.ops.ssd import triton_launch
+
+    monkeypatch.setattr(triton_launch, "TILES_AHEAD", ahead)
+    if packed:
+        _, cu, inp = _packed(gen, torch.float32)
+        ref_fn, extra = _alone(inp, cu), dict(cu_seqlens=cu.to(DEV))
+    else:
+        inp = make_inputs(gen, L=45, P=12, G=2)
+        ref_fn, extra = ssd_reference, {}
+    ref_y, ref_s = ref_fn(**{k: v.double().to(DEV) for k, v in inp.items()}, dt_softplus=True, return_final_state=True)
+    with torch.no_grad():
+        y, s = triton_with(2, -1, 0)(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=8, **extra)
+    assert_close(y, ref_y, TOL[torch.float32], "y")
+    assert_close(s, ref_s, TOL[torch.float32], "final state")
+
+
 def test_optional_inputs_absent_and_strong_decay(gen):
     """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
     full = make_inputs(gen, L=40, G=2, strong_decay=True)
