@@ -22,8 +22,8 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   ``make_plan``'s ``fwd_span=1``) forced where the walking plan is chosen, at several segment counts
   (``SPAN_VARIANTS``), at ``VARIANT_SHAPES`` (each checked) and in the Mamba-2 layer. Since the forward
   keeps the per-chunk states for the backward, the walking scan writes them too, as the chunk-parallel
-  plan's state walk always did.
-
+  plan's state walk always did. Also at two shapes where the plan is chunk-parallel with a gradient to
+  come and walks without one (``triton_launch.forward_span``): there the forward column compares the two.
 - "tiles-ahead": the walking scan loading each chunk's x, B, C tiles while the chunk before it is computed
   (``triton_launch.TILES_AHEAD``) against loading them where they are used (``AHEAD_VARIANTS``; each twice,
   alternating), at ``VARIANT_SHAPES`` and two shapes where a forward without a gradient walks (each checked),
@@ -57,6 +57,7 @@ SHAPES = ((1, 16384, 32), (1, 16384, 64), (1, 65536, 64), (1, 65536, 32), (2, 81
           (2, 16384, 64), (1, 32768, 96))  # fmt: skip
 COUNTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 VARIANT_SHAPES = ((1, 16384, 32), (1, 16384, 64), (1, 65536, 64), (4, 4096, 32))
+INFERENCE_SHAPES = ((8, 4096, 32), (16, 2048, 32))  # chunk-parallel with a gradient to come, walking without one
 VARIANTS = {  # label: make_plan keywords
     "plan": {},
     "state walks 1 stage": dict(state_stages=1),
@@ -157,9 +158,10 @@ def run(out_dir: str, parts) -> str:
     rows = (op_rows() if "op" in parts else []) + (variant_rows() if "variants" in parts else [])
     rows += layer_rows() if "layer" in parts else []
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
-    rows += variant_rows(SPAN_VARIANTS) + layer_rows(SPAN_VARIANTS) if "chunk-parallel" in parts else []
+    if "chunk-parallel" in parts:
+        rows += variant_rows(SPAN_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES) + layer_rows(SPAN_VARIANTS)
     if "tiles-ahead" in parts:
-        rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + ((8, 4096, 32), (16, 2048, 32)))
+        rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES)
         rows += layer_rows(AHEAD_VARIANTS)
     head = ["walking plan, bf16, P=64, N=128, chunk 32", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_segments", "SSD against segments per row", head, rows)

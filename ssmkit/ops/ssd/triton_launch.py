@@ -87,10 +87,11 @@ GPU_CHUNK_16BIT = 32
 FWD_SPAN = 1
 # ... but only when a backward will follow (its per-chunk states then serve the backward too). Without one, a
 # 16-bit forward walks (``fwd_span`` 0: nothing per chunk goes to memory). Measured on the H200 (bf16, P=64,
-# N=128, chunk 32, forward without autograd, ms; a probe of ``gpu_ssd_forward.py``'s kind, fourteenth session):
-# B=8 L=4096 H=32 walking 0.558 against chunk-parallel 0.646; B=16 L=2048 H=32 0.451 against 0.638; where the
+# N=128, chunk 32, forward without autograd, ms; first an ad-hoc probe, then ``benchmarks/gpu_ssd_segments.py
+# --parts chunk-parallel`` with the walking scan's tiles ahead, below): B=8 L=4096 H=32 walking 0.558 (0.507 with
+# the tiles ahead) against chunk-parallel 0.646; B=16 L=2048 H=32 0.451 (0.393) against 0.636-0.638; where the
 # plan walks anyway (B=4 L=4096 H=32, one sequence of 16K / 64K tokens with 64 heads) the same, and the
-# chunk-parallel forward there 0.46 / 0.93 / 3.66 against 0.29 / 0.56 / 2.14. fp16 alike (chunk 64 asked, 32 run:
+# chunk-parallel forward there 0.46 / 0.93 / 3.64 against 0.27-0.29 / 0.56 / 2.14. fp16 alike (chunk 64 asked, 32 run:
 # 0.545 against 0.627, 0.441 against 0.619, B=2 L=8192 0.282 against 0.464); fp32 the other way (chunk 64:
 # walking 4.16 / 3.60 / 2.13 against 2.43 / 2.42 / 1.65), so it keeps the plan's choice.
 INFERENCE_FWD_SPAN = 0
