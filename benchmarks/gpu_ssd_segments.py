@@ -30,7 +30,8 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   and in the layer.
 
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
-walk-sub`` there) was measured slower and reverted: see docs/kernels_gpu_notes_ssd.md.
+walk-sub`` there) and reading each chunk's C B^T formed once per group (rev 2bc82ba, ``--parts cb`` there)
+were measured slower and reverted: see docs/kernels_gpu_notes_ssd.md.
 
 Writes ``gpu_ssd_segments.md`` / ``.json``.
 """

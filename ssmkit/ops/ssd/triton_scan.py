@@ -34,8 +34,8 @@ from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, de
 @triton.jit
 def _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_l, stride_B_l, offs_q, offs_p, offs_n,
                  mask_p, mask_n, VARLEN: tl.constexpr):  # fmt: skip
-    """Chunk ``c``'s x (Q, BLOCK_P), B and C (Q, BLOCK_N) tiles as stored (zero past its end), for a walk to load
-    a chunk ahead."""
+    """Chunk ``c``'s x (Q, BLOCK_P), B and C (Q, BLOCK_N) tiles as stored (zero past its end); a walk with
+    TILES_AHEAD loads them a chunk ahead."""
     start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
     t = start + offs_q
     mask_q = t < end
@@ -136,11 +136,10 @@ def _ssd_scan_fwd_kernel(
             _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         mask_qp = mask_q[:, None] & mask_p[None, :]
-        mask_qn = mask_q[:, None] & mask_n[None, :]
         if H_CHUNKS or not TILES_AHEAD:
-            xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_qp, other=0.0)
-            Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
-            Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0).to(DT)
+            xv, Bv, Cv = _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_l, stride_B_l,
+                                      offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN)  # fmt: skip
+            Bv, Cv = Bv.to(DT), Cv.to(DT)
 
         # Intra-chunk: (C B^T ∘ decay ∘ Δ_j) @ x.
         CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q)
