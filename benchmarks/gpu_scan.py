@@ -168,6 +168,49 @@ def retune_rows() -> list[list]:
     return rows
 
 
+def segment_rows() -> list[list]:
+    """The forward (without and with checkpoints) and the backward at the benchmark shape over the number
+    of sequence segments run in parallel (each local pass covers all segments but one), then with a
+    checkpoint every 4 steps instead of 8 (twice the checkpoints' memory); each output checked against
+    the default's.
+
+        python3 benchmarks/gpu_scan.py --segments
+    """
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    inp = make_inputs(g, **SHAPE)
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    base = default_config(16)
+    dy = torch.randn_like(inp["u"])
+    y0, _, hsave = scan_fwd(*args, None, True, True, base)
+    grads0 = scan_bwd(dy, None, *args, hsave, True, base)
+    rows = []
+    for ns in (4, 6, 8, 12, 16):
+        cfg = dataclasses.replace(base, n_segs=ns)
+        for save in (False, True):
+            err = rel_err(scan_fwd(*args, None, True, save, cfg)[0].float(), y0.float())
+            t = ms(lambda cfg=cfg: scan_fwd(*args, None, True, save, cfg))
+            rows.append([f"forward{' saving checkpoints' if save else ''}, {ns} segments", f"{t:.3f}", f"{err:.1e}"])
+            print(rows[-1], flush=True)
+    for ns in (4, 6, 8, 12, 16, 24):
+        cfg = dataclasses.replace(base, bwd_n_segs=ns)
+        grads = scan_bwd(dy, None, *args, hsave, True, cfg)
+        err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
+        t = ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg))
+        rows.append([f"backward, {ns} segments", f"{t:.3f}", f"{err:.1e}"])
+        print(rows[-1], flush=True)
+    for S in (8, 4):
+        cfg = dataclasses.replace(base, save_every=S)
+        _, _, hs = scan_fwd(*args, None, True, True, cfg)
+        grads = scan_bwd(dy, None, *args, hs, True, cfg)
+        err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
+        t_f = ms(lambda cfg=cfg: scan_fwd(*args, None, True, True, cfg))
+        t_b = ms(lambda cfg=cfg, hs=hs: scan_bwd(dy, None, *args, hs, True, cfg))
+        rows.append([f"checkpoint every {S} steps: forward saving them + backward", f"{t_f:.3f} + {t_b:.3f}",
+                     f"{err:.1e}"])  # fmt: skip
+        print(rows[-1], flush=True)
+    return rows
+
+
 def kernel_resources() -> str:
     import ssmkit.ops.scan.triton_launch as launch
 
@@ -245,3 +288,6 @@ if __name__ == "__main__":
     if "--retune" in sys.argv:
         print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
                              retune_rows()))  # fmt: skip
+    if "--segments" in sys.argv:
+        print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
+                             segment_rows()))  # fmt: skip

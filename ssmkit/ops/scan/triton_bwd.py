@@ -5,11 +5,11 @@ reaching C·h + D u), the adjoint of the state runs backwards:
 
     dh_t = g_t C_t + Ā_{t+1} dh_{t+1}          (dh after the last step: ∂L/∂h_final)
 
-and every input gradient is a sum of local terms, using Ā_t h_{t-1} = h_t - Δ_t B_t u_t
-(so h_{t-1} itself is never needed):
+and every input gradient is a sum of local terms, with q_t = Ā_t dh_t (the adjoint carried
+into step t - 1, which the sweep computes anyway) times the state before step t:
 
-    ∂Δ_t   = Σ_n A dh_t (h_t - Δ_t B_t u_t) + u_t Σ_n dh_t B_t
-    ∂u_t   = Δ_t Σ_n dh_t B_t + D g_t                 ∂A   = Σ_t Δ_t dh_t (h_t - Δ_t B_t u_t)
+    ∂Δ_t   = Σ_n A q_t h_{t-1} + u_t Σ_n dh_t B_t
+    ∂u_t   = Δ_t Σ_n dh_t B_t + D g_t                 ∂A   = Σ_t Δ_t q_t h_{t-1}
     ∂B_t   = Σ_d dh_t Δ_t u_t    ∂C_t = Σ_d g_t h_t   ∂D   = Σ_t g_t u_t
     ∂z_t   = ∂L/∂y_t (C·h_t + D u_t) silu'(z_t)       ∂h_0 = Ā_1 dh_1
 
@@ -87,7 +87,8 @@ def selective_scan_bwd_kernel(
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
-    qloc (B, n_segs, N, D) and Σ Δ dts (B, n_segs, D) from ``selective_scan_bwd_local_kernel``.
+    qloc (B, n_segs - 1, N, D) and Σ Δ dts (B, n_segs - 1, D) of segments 1, 2, ... from
+    ``selective_scan_bwd_local_kernel``.
     Outputs: du, ddl, dz (B, L, D) contiguous; dB, dC (B, L, G, N) float32 accumulators
     (strides s_gb, s_gl, N, 1), zero-filled by the caller; dh0 (B, N, D) (from segment 0);
     per (batch, segment) partial sums dA (B, n_segs, N, D), dD, dbias (B, n_segs, D), float32.
@@ -120,7 +121,7 @@ def selective_scan_bwd_kernel(
     if HAS_DHLAST:
         q = tl.reshape(tl.load(dhlast_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
     for jj in range(0, n_ps - 1 - pid_s):  # carried back through the later segments
-        o_seg = pid_b * n_ps + n_ps - 1 - jj
+        o_seg = pid_b * (n_ps - 1) + n_ps - 2 - jj  # segment n_ps - 1 - jj, stored at one less
         ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
         ql = tl.reshape(tl.load(qloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
         q = tl.exp2(ds * A2) * q + ql
@@ -198,8 +199,8 @@ def selective_scan_bwd_kernel(
             dtu = dt * u  # (T, 1, BD)
             dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NP, BD)
             dBu = dtu * Bt  # (T, NP, BD)
-            hs = _scan_chunk(dA, dBu, _row_at(H, k3, kb), t3)  # (T, NP, BD)
-            P = hs - dBu  # Ā_t h_{t-1}: (T, NP, BD)
+            h_start = _row_at(H, k3, kb)  # (1, NP, BD)
+            hs = _scan_chunk(dA, dBu, h_start, t3)  # (T, NP, BD)
             y = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
             if HAS_D:
                 y = y + Dsk * u
@@ -218,14 +219,23 @@ def selective_scan_bwd_kernel(
             else:  # the block's channels read different groups: add per channel
                 dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
                 tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+            # The adjoint, backwards through the chunk: dh_t = g_t C_t + q (one multiply-add), then the
+            # adjoint carried into step t - 1, q = Ā_t dh_t, times h_{t-1} gives dh_t Ā_t h_{t-1}, the
+            # term of ∂A and ∂Δ (h_{t-1}: the state before the chunk, then the chunk's own states).
             gC = g * Ct  # (T, NP, BD)
             DH = gC
-            for i in tl.static_range(T - 1, -1, -1):  # the adjoint, backwards through the chunk
+            ddA = gC
+            for i in tl.static_range(T - 1, -1, -1):
                 dh_i = _row(gC, t3, i) + q
                 DH = tl.where(t3 == i, dh_i, DH)
                 q = _row(dA, t3, i) * dh_i
-            ddA = DH * P  # dh_t Ā_t h_{t-1}: (T, NP, BD)
-            dA_acc += tl.sum(ddA * dt, axis=0, keep_dims=True)
+                if i == 0:
+                    h_prev = h_start
+                else:
+                    h_prev = _row(hs, t3, i - 1)
+                ddA_i = q * h_prev
+                ddA = tl.where(t3 == i, ddA_i, ddA)
+                dA_acc += ddA_i * _row(dt, t3, i)
             ddt = _dot_states(ddA, A2, n3) * 0.6931471805599453
             if GROUP_UNIFORM:  # Σ_d dh_t Δ_t u_t
                 _channel_sum_add(dB_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, DH * dtu, t0, L, s_gl, N, SCATTER,

@@ -22,13 +22,14 @@ def selective_scan_bwd_local_kernel(
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, FMA_EXP: tl.constexpr = 0,
 ):  # fmt: skip
-    """Grid (cdiv(D, BLOCK_D), B, n_segs): the adjoint each segment sends back to the state before
-    it when nothing comes in from after it, q_s = Ā_first dh_first (the recurrence
-    dh_t = g_t C_t + Ā_{t+1} dh_{t+1} does not involve h), and Σ Δ over the segment. Written to
-    qloc (B, n_segs, N, D) and dts (B, n_segs, D) float32 for ``selective_scan_bwd_kernel``."""
+    """Grid (cdiv(D, BLOCK_D), B, n_segs - 1), for segments 1, 2, ...: the adjoint each segment
+    sends back to the state before it when nothing comes in from after it, q_s = Ā_first dh_first
+    (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1} does not involve h), and Σ Δ over the
+    segment. Written to qloc (B, n_segs - 1, N, D) and dts (B, n_segs - 1, D) float32 (segment s at s - 1) for
+    ``selective_scan_bwd_kernel``."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2)
+    pid_s = tl.program_id(2) + 1  # the segment (segment 0's local adjoint reaches no earlier segment)
     d0 = pid_d * BLOCK_D
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
     n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
@@ -80,6 +81,6 @@ def selective_scan_bwd_local_kernel(
         gC = g * Ct
         for i in tl.static_range(T - 1, -1, -1):
             q = _row(dA, t3, i) * (_row(gC, t3, i) + q)
-    o_seg = pid_b * tl.num_programs(2) + pid_s
+    o_seg = pid_b * tl.num_programs(2) + pid_s - 1
     tl.store(qloc_ptr + o_seg * N * DIM + o_s, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
     tl.store(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, tl.reshape(dts, (BLOCK_D,)), mask=m_c)

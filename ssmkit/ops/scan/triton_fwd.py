@@ -76,12 +76,13 @@ def selective_scan_fwd_kernel(
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
     stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
-    float32; hsave (B, N_SAVES, D, N), hloc (B, n_segs, N, D), dts (B, n_segs, D) float32.
+    float32; hsave (B, N_SAVES, D, N), hloc (B, n_segs - 1, N, D), dts (B, n_segs - 1, D) float32.
 
-    Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL``: run
-    the segment from a zero state and write its end state to hloc[s] and Σ Δ to dts[s]
-    (Π Ā over the segment = exp2(A2 Σ Δ)); else start from h0 carried through the earlier
-    segments' (hloc, dts), and write y (and the checkpoints, and hlast from the last segment).
+    Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL`` (grid
+    (.., n_segs - 1): the last segment's end state is never read): run the segment from a zero
+    state and write its end state to hloc[s] and Σ Δ to dts[s] (Π Ā over the segment =
+    exp2(A2 Σ Δ)); else start from h0 carried through the earlier segments' (hloc, dts), and
+    write y (and the checkpoints, and hlast from the last segment).
 
     ONE = 1, passed at run time: channel offsets are multiplied by it so that the compiler
     cannot prove them contiguous and keeps one channel per lane (vectorized loads would put
@@ -113,7 +114,7 @@ def selective_scan_fwd_kernel(
         if HAS_H0:
             h = tl.reshape(tl.load(h0_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
         for s2 in range(0, pid_s):  # carry the state through the earlier segments
-            o_seg = pid_b * n_segs + s2
+            o_seg = pid_b * (n_segs - 1) + s2
             ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
             hl = tl.reshape(tl.load(hloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
             h = tl.exp2(ds * A2) * h + hl
@@ -204,7 +205,7 @@ def selective_scan_fwd_kernel(
                 ys = ys * zz * _sigmoid(zz, FAST_MATH)
             tl.store(py + o_y, tl.reshape(ys, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty), mask=m_tile)
             py += T * s_yl
-    if LOCAL:
+    if LOCAL:  # (the local pass runs on all segments but the last, whose end state nothing reads)
         o_seg = pid_b * n_segs + pid_s
         tl.store(hloc_ptr + o_seg * N * DIM + o_s, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
         tl.store(dts_ptr + o_seg * DIM + o_c, tl.reshape(dts, (BLOCK_D,)), mask=m_c)

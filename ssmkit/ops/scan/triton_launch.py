@@ -141,10 +141,11 @@ def scan_fwd(
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
     n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, cfg.seg_programs_per_sm, cfg, u.device)
-    hloc = torch.empty((batch, n_segs, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
-    dts = torch.empty((batch, n_segs, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    # the segments' local end states and Σ Δ, for all segments but the last (which nothing reads)
+    hloc = torch.empty((batch, n_segs - 1, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    dts = torch.empty((batch, n_segs - 1, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     for local in ([True, False] if n_segs > 1 else [False]):
-        selective_scan_fwd_kernel[(nd, batch, n_segs)](
+        selective_scan_fwd_kernel[(nd, batch, n_segs - 1 if local else n_segs)](
             u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dummy, bias if bias is not None else dummy,
             h0 if h0 is not None else dummy, y, hlast, hsave if save_states else dummy, hloc, dts,
             L, dim, dim // G, ns, seg_len, 1,
@@ -203,9 +204,10 @@ def scan_bwd(
     zz = z if z is not None else u
     qloc, dts = dh0, dD  # placeholders when there is one segment (never read)
     if n_segs > 1:
-        qloc = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
-        dts = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
-        selective_scan_bwd_local_kernel[(nd, batch, n_segs)](
+        # the local adjoints of segments 1.. (the first segment's reaches no earlier segment)
+        qloc = torch.empty((batch, n_segs - 1, N, dim), dtype=fp32, device=dev)
+        dts = torch.empty((batch, n_segs - 1, dim), dtype=fp32, device=dev)
+        selective_scan_bwd_local_kernel[(nd, batch, n_segs - 1)](
             delta, zz, A2, Cg, bias if bias is not None else dD, dy, qloc, dts,
             L, dim, dim // G, seg_len, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),

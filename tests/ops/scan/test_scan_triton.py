@@ -141,8 +141,9 @@ def test_strong_decay(gen):
 def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp):
     """Other tile sizes through the launchers: 4-channel blocks (groups of 8 channels then
     fall on block boundaries), chunks of 2 and 4, a state saved every 4 steps; the
-    sequence split into 3 segments run in parallel (two passes, forward and backward); and
-    Ā of the first ``fma_exp`` of the 4 states computed on the FMA pipe."""
+    sequence split into 3 segments run in parallel (two passes, forward and backward; the
+    forward's local pass skips the last segment, the backward's the first); and Ā of the first
+    ``fma_exp`` of the 4 states computed on the FMA pipe."""
     from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
 
     cfg = ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=8, bwd_chunk=4, save_every=4, n_segs=n_segs,
