@@ -36,7 +36,8 @@ if __name__ == "__main__":
     _, _, hsave = scan_fwd(*args, None, True, True)
     parts = [ms(lambda: scan_fwd(*args, None, True, False)), ms(lambda: scan_fwd(*args, None, True, True)),
              ms(lambda: scan_bwd(dy, None, *args, hsave, True))]  # fmt: skip
-    print(f"{sys.argv[1] if len(sys.argv) > 1 else 'ssmkit'}: op {f:.3f}/{fb:.3f} | launchers fwd {parts[0]:.3f} "
+    label = next((a for a in sys.argv[1:] if not a.startswith("--")), "ssmkit")
+    print(f"{label}: op {f:.3f}/{fb:.3f} | launchers fwd {parts[0]:.3f} "
           f"fwd-saving {parts[1]:.3f} bwd {parts[2]:.3f}", ssmkit.__file__)  # fmt: skip
     if "--kernels" in sys.argv:  # per-kernel CUDA time of one backward (the local pass and the main kernel)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:

@@ -219,9 +219,9 @@ def selective_scan_bwd_kernel(
             else:  # the block's channels read different groups: add per channel
                 dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
                 tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
-            # The adjoint, backwards through the chunk: dh_t = g_t C_t + q (one multiply-add), then the
-            # adjoint carried into step t - 1, q = Ā_t dh_t, times h_{t-1} gives dh_t Ā_t h_{t-1}, the
-            # term of ∂A and ∂Δ (h_{t-1}: the state before the chunk, then the chunk's own states).
+            # The adjoint, backwards through the chunk: dh_t = g_t C_t + q, then the adjoint carried into
+            # step t - 1, q = Ā_t dh_t, which times h_{t-1} is dh_t Ā_t h_{t-1}, the term of ∂A and ∂Δ
+            # (h_{t-1}: the state entering the chunk, then the chunk's own states).
             gC = g * Ct  # (T, NP, BD)
             DH = gC
             ddA = gC

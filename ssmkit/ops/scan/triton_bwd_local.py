@@ -25,8 +25,8 @@ def selective_scan_bwd_local_kernel(
     """Grid (cdiv(D, BLOCK_D), B, n_segs - 1), for segments 1, 2, ...: the adjoint each segment
     sends back to the state before it when nothing comes in from after it, q_s = Ā_first dh_first
     (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1} does not involve h), and Σ Δ over the
-    segment. Written to qloc (B, n_segs - 1, N, D) and dts (B, n_segs - 1, D) float32 (segment s at s - 1) for
-    ``selective_scan_bwd_kernel``."""
+    segment. Written to qloc (B, n_segs - 1, N, D) and dts (B, n_segs - 1, D) float32 (segment s
+    at s - 1) for ``selective_scan_bwd_kernel``."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2) + 1  # the segment (segment 0's local adjoint reaches no earlier segment)
