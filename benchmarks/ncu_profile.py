@@ -1,7 +1,8 @@
 """Run the GPU kernels once each inside a profiler range, for Nsight Compute.
 
     python benchmarks/ncu_profile.py --only scan ssd          # compiles (warm-up) and runs
-    (targets: scan, mamba_scan, ssd: one forward+backward; ssd_forward: one forward without autograd)
+    (targets: scan, mamba_scan, ssd: one forward+backward; scan_forward, ssd_forward: one forward without
+    autograd)
     ncu --profile-from-start off --clock-control none --set full -o prof \\
         python benchmarks/ncu_profile.py --only scan           # profiles one forward+backward
 
@@ -39,6 +40,19 @@ def scan_step():
     return lambda: ours(**leaves).backward(dy)
 
 
+def scan_forward_step():
+    """The selective scan's forward alone, without autograd (its local and full passes, no checkpoints)."""
+    g = torch.Generator(device="cuda").manual_seed(1)
+    inp = make_inputs(g, **SHAPE)
+    inp.pop("initial_state")
+
+    def step():
+        with torch.no_grad():
+            ours(**inp)
+
+    return step
+
+
 def mamba_scan_step():
     mamba = from_mamba_source(os.environ.get("MAMBA_SRC"), "ops.selective_scan_interface", "selective_scan_fn")
     if mamba is None:
@@ -69,7 +83,8 @@ def ssd_forward_step(Q: int = 32):
     return step
 
 
-TARGETS = {"scan": scan_step, "mamba_scan": mamba_scan_step, "ssd": ssd_step, "ssd_forward": ssd_forward_step}
+TARGETS = {"scan": scan_step, "scan_forward": scan_forward_step, "mamba_scan": mamba_scan_step, "ssd": ssd_step,
+           "ssd_forward": ssd_forward_step}
 
 
 def main() -> None:
