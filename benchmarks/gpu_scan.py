@@ -96,7 +96,8 @@ def sweep_configs() -> str:
         timed(f"fwd block_d={bd} chunk={ch} warps={nw} n_segs={ns or 'auto'} dt_ahead={ahead}",
               lambda: scan_fwd(*args, None, True, False, cfg))  # fmt: skip
     cfg = ScanKernelConfig(32, 4, 32, 2, 8)
-    timed("fwd (default) saving states every 8", lambda: scan_fwd(*args, None, True, True, cfg))
+    timed("fwd block_d=32 chunk=4 warps=1 n_segs=auto, saving states every 8",
+          lambda: scan_fwd(*args, None, True, True, cfg))  # fmt: skip
     dy = torch.randn_like(inp["u"])
     for bbd, bch, S, bnw, ns, scat in ((32, 2, 8, 1, 8, True), (32, 2, 8, 1, 8, False), (32, 2, 8, 1, 16, True),
                                        (32, 2, 8, 1, 4, True), (32, 1, 8, 1, 16, True), (32, 4, 8, 1, 16, True),
@@ -112,11 +113,12 @@ def sweep_configs() -> str:
         cfg = dataclasses.replace(base, fma_exp=k)
         y = scan_fwd(*args, None, True, False, cfg)[0].float()
         rel = float((y - y0).norm() / y0.norm())
-        timed(f"fwd block_d=32 chunk=4 fma_exp={k} (output vs fma_exp=0: {rel:.1e})",
+        timed(f"fwd (default: block_d={cfg.block_d} warps={cfg.num_warps}) fma_exp={k} (output vs fma_exp=0: "
+              f"{rel:.1e})",
               lambda: scan_fwd(*args, None, True, False, cfg))  # fmt: skip
     for ch, k in ((4, 0), (4, 8), (2, 0), (2, 8)):
         cfg = dataclasses.replace(base, chunk=ch, save_fma_exp=k)
-        timed(f"fwd block_d=32 chunk={ch} saving states every 8, save_fma_exp={k}",
+        timed(f"fwd block_d={cfg.block_d} warps={cfg.num_warps} chunk={ch} saving states every 8, save_fma_exp={k}",
               lambda: scan_fwd(*args, None, True, True, cfg))  # fmt: skip
     _, _, hsave = scan_fwd(*args, None, True, True, base)
     for k in (0, 8):
