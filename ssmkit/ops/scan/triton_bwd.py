@@ -76,7 +76,7 @@ def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m
 def selective_scan_bwd_kernel(
     u_ptr, dl_ptr, z_ptr, A2_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, hsave_ptr, dy_ptr, dhlast_ptr,
     du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr, qloc_ptr, dts_ptr,
-    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, ONE,
+    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, LOC_K, ONE,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_gb, s_gl,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, K: tl.constexpr,
@@ -87,8 +87,8 @@ def selective_scan_bwd_kernel(
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
-    qloc (B, n_segs - 1, N, D) and Σ Δ dts (B, n_segs - 1, D) of segments 1, 2, ... from
-    ``selective_scan_bwd_local_kernel``.
+    qloc (B, n_pieces, N, D) and Σ Δ dts (B, n_pieces, D) of the LOC_K pieces of each of segments
+    1, 2, ... (n_pieces = (n_segs - 1) * LOC_K) from ``selective_scan_bwd_local_kernel``.
     Outputs: du, ddl, dz (B, L, D) contiguous; dB, dC (B, L, G, N) float32 accumulators
     (strides s_gb, s_gl, N, 1), zero-filled by the caller; dh0 (B, N, D) (from segment 0);
     per (batch, segment) partial sums dA (B, n_segs, N, D), dD, dbias (B, n_segs, D), float32.
@@ -120,8 +120,9 @@ def selective_scan_bwd_kernel(
     q = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)  # q = Ā_{t+1} dh_{t+1}: the adjoint carried into step t
     if HAS_DHLAST:
         q = tl.reshape(tl.load(dhlast_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
-    for jj in range(0, n_ps - 1 - pid_s):  # carried back through the later segments
-        o_seg = pid_b * (n_ps - 1) + n_ps - 2 - jj  # segment n_ps - 1 - jj, stored at one less
+    n_pc = (n_ps - 1) * LOC_K
+    for jj in range(0, (n_ps - 1 - pid_s) * LOC_K):  # carried back through the later segments' pieces
+        o_seg = pid_b * n_pc + n_pc - 1 - jj  # the pieces from the last one back
         ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
         ql = tl.reshape(tl.load(qloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
         q = tl.exp2(ds * A2) * q + ql

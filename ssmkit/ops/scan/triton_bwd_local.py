@@ -2,8 +2,8 @@
 
 With the sequence split into segments run in parallel (``triton_launch.segments``),
 the adjoint recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1} (which does not involve
-the state h) is run backwards through each segment from a zero end condition; the
-result, q_s = Ā_first dh_first, and Σ Δ over the segment (Π Ā = exp2(A2 Σ Δ)) let
+the state h) is run backwards through each segment from a zero end condition (in pieces run in
+parallel); each piece's q = Ā_first dh_first and Σ Δ over it (Π Ā = exp2(A2 Σ Δ)) let
 the second pass (``triton_bwd.py``) start each segment from the exact adjoint
 coming back from all later segments. Symbols as in ``triton_bwd.py``.
 """
@@ -17,19 +17,19 @@ from .triton_common import _bc_offsets, _bc_tile, _chunk_loads, _decay, _flat, _
 @triton.jit(do_not_specialize=["ONE"])
 def selective_scan_bwd_local_kernel(
     dl_ptr, z_ptr, A2_ptr, C_ptr, bias_ptr, dy_ptr, qloc_ptr, dts_ptr,
-    L, DIM, CH_PER_GROUP, SEG_LEN, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
+    L, DIM, CH_PER_GROUP, SEG_LEN, LOC_K, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, FMA_EXP: tl.constexpr = 0,
 ):  # fmt: skip
-    """Grid (cdiv(D, BLOCK_D), B, n_segs - 1), for segments 1, 2, ...: the adjoint each segment
-    sends back to the state before it when nothing comes in from after it, q_s = Ā_first dh_first
-    (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1} does not involve h), and Σ Δ over the
-    segment. Written to qloc (B, n_segs - 1, N, D) and dts (B, n_segs - 1, D) float32 (segment s
-    at s - 1) for ``selective_scan_bwd_kernel``."""
+    """Grid (cdiv(D, BLOCK_D), B, (n_segs - 1) * LOC_K), for the LOC_K pieces of SEG_LEN steps of
+    each of segments 1, 2, ...: the adjoint each piece sends back to the state before it when nothing
+    comes in from after it, q = Ā_first dh_first (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1}
+    does not involve h), and Σ Δ over the piece. Written to qloc (B, n_pieces, N, D) and dts
+    (B, n_pieces, D) float32 (piece p of the sequence at p - LOC_K) for ``selective_scan_bwd_kernel``."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
-    pid_s = tl.program_id(2) + 1  # the segment (segment 0's local adjoint reaches no earlier segment)
+    pid_s = tl.program_id(2) + LOC_K  # the piece (segment 0's local adjoint reaches no earlier segment)
     d0 = pid_d * BLOCK_D
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
     n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
@@ -81,6 +81,6 @@ def selective_scan_bwd_local_kernel(
         gC = g * Ct
         for i in tl.static_range(T - 1, -1, -1):
             q = _row(dA, t3, i) * (_row(gC, t3, i) + q)
-    o_seg = pid_b * tl.num_programs(2) + pid_s - 1
+    o_seg = pid_b * tl.num_programs(2) + pid_s - LOC_K
     tl.store(qloc_ptr + o_seg * N * DIM + o_s, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
     tl.store(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, tl.reshape(dts, (BLOCK_D,)), mask=m_c)

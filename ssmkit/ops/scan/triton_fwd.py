@@ -18,10 +18,12 @@ loads of chunk c + 1 are issued before chunk c is computed (and Δ of chunk c + 
 is computed then, ``DT_AHEAD``).
 
 Segments: when batch x channel blocks give too few programs to keep the GPU
-busy, the sequence is cut into segments run in parallel (``LOCAL`` pass: each
-segment's end state from a zero start and its Σ Δ; then the full pass starts
-each segment from the state carried through the earlier ones:
-h <- exp2(A2 Σ Δ) h + h_local).
+busy, the sequence is cut into segments run in parallel (``LOCAL`` pass: the end
+state from a zero start and the Σ Δ of each piece of the segments, ``LOC_K``
+pieces per segment; then the full pass starts each segment from the state
+carried through the earlier ones' pieces: h <- exp2(A2 Σ Δ) h + h_local). The
+local pass only has to cover the segments, so its own grid can be cut finer than
+the full pass's (more programs for the pass that has no output to write).
 
 With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K`` steps is
 written to ``hsave`` (B, n_saves, D, N) for the backward kernel, which
@@ -65,7 +67,7 @@ def _delta(x_raw, bias, mask, T: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: 
 def selective_scan_fwd_kernel(
     u_ptr, dl_ptr, z_ptr, A2_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, h0_ptr,
     y_ptr, hlast_ptr, hsave_ptr, hloc_ptr, dts_ptr,
-    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, ONE,
+    L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, LOC_K, ONE,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, SAVE_K: tl.constexpr,
@@ -76,13 +78,15 @@ def selective_scan_fwd_kernel(
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
     stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
-    float32; hsave (B, N_SAVES, D, N), hloc (B, n_segs - 1, N, D), dts (B, n_segs - 1, D) float32.
+    float32; hsave (B, N_SAVES, D, N), hloc (B, n_pieces, N, D), dts (B, n_pieces, D) float32 with
+    n_pieces = (n_segs - 1) * LOC_K.
 
     Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL`` (grid
-    (.., n_segs - 1): the last segment's end state is never read): run the segment from a zero
-    state and write its end state to hloc[s] and Σ Δ to dts[s] (Π Ā over the segment =
-    exp2(A2 Σ Δ)); else start from h0 carried through the earlier segments' (hloc, dts), and
-    write y (and the checkpoints, and hlast from the last segment).
+    (.., n_pieces), SEG_LEN the length of a piece: the segments but the last, whose end state is
+    never read, cut into LOC_K pieces each): run the piece from a zero state and write its end state
+    to hloc[s] and Σ Δ to dts[s] (Π Ā over the piece = exp2(A2 Σ Δ)); else start from h0 carried
+    through the pieces of the earlier segments (LOC_K per segment), and write y (and the
+    checkpoints, and hlast from the last segment).
 
     ONE = 1, passed at run time: channel offsets are multiplied by it so that the compiler
     cannot prove them contiguous and keeps one channel per lane (vectorized loads would put
@@ -113,8 +117,8 @@ def selective_scan_fwd_kernel(
     if not LOCAL:
         if HAS_H0:
             h = tl.reshape(tl.load(h0_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
-        for s2 in range(0, pid_s):  # carry the state through the earlier segments
-            o_seg = pid_b * (n_segs - 1) + s2
+        for s2 in range(0, pid_s * LOC_K):  # carry the state through the earlier segments' pieces
+            o_seg = pid_b * ((n_segs - 1) * LOC_K) + s2
             ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
             hl = tl.reshape(tl.load(hloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
             h = tl.exp2(ds * A2) * h + hl
@@ -205,7 +209,7 @@ def selective_scan_fwd_kernel(
                 ys = ys * zz * _sigmoid(zz, FAST_MATH)
             tl.store(py + o_y, tl.reshape(ys, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty), mask=m_tile)
             py += T * s_yl
-    if LOCAL:  # (the local pass runs on all segments but the last, whose end state nothing reads)
+    if LOCAL:  # (the local pass runs on the pieces of all segments but the last, whose end state nothing reads)
         o_seg = pid_b * n_segs + pid_s
         tl.store(hloc_ptr + o_seg * N * DIM + o_s, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
         tl.store(dts_ptr + o_seg * DIM + o_c, tl.reshape(dts, (BLOCK_D,)), mask=m_c)

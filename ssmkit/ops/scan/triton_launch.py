@@ -43,10 +43,19 @@ class ScanKernelConfig:
     save_fma_exp: int = 0
     bwd_fma_exp: int = 0
     seg_programs_per_sm: int = 8  # forward, n_segs 0: segments for about this many programs per multiprocessor
+    # forward: each segment's local pass runs as this many pieces in parallel; 0: pieces for about
+    # ``local_programs_per_sm`` local programs per multiprocessor
+    local_split: int = 0
+    local_programs_per_sm: int = 12
+    bwd_local_split: int = 0  # backward: the same for its local pass
+    bwd_local_programs_per_sm: int = 160
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
             raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of chunk and bwd_chunk")
+        for name in ("local_split", "bwd_local_split"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ScanKernelConfig: {name} must be >= 0 (0: automatic), got {getattr(self, name)}")
 
 
 def default_config(N: int) -> ScanKernelConfig:
@@ -60,8 +69,11 @@ def default_config(N: int) -> ScanKernelConfig:
         # B=8 L=4096 D=2048 (``python3 benchmarks/gpu_scan.py --retune``) 0.847 ms against 0.897 for one
         # warp of 32 channels with half the exponentials on the FMA pipe (the earlier default), and 0.976
         # against 1.072 for the forward that saves checkpoints. The backward keeps one warp (3.34 against 3.42).
+        # Segments for ~4 programs per SM (2 there), each segment's local pass in pieces for ~12 local programs
+        # per SM (6 there): 0.704 ms against 0.802 with 8 segments whose local passes were not cut, 0.774
+        # against 0.856 saving checkpoints (``python3 benchmarks/gpu_scan.py --split``).
         return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
-                                num_warps=2, dt_ahead=False, seg_programs_per_sm=16)  # fmt: skip
+                                num_warps=2, dt_ahead=False, seg_programs_per_sm=4)  # fmt: skip
     return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
 
 
@@ -80,7 +92,7 @@ def n_saves(L: int, cfg: ScanKernelConfig) -> int:
 
 
 def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: int, cfg: ScanKernelConfig,
-             device: torch.device) -> tuple[int, int]:  # fmt: skip
+             device: torch.device, split: int = 1) -> tuple[int, int]:  # fmt: skip
     """(number of segments, steps per segment) the sequence is split into.
 
     A program runs its channels' recurrence sequentially, so batch x channel blocks alone
@@ -90,15 +102,48 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
     state across segments, at the price of one more exponential per element. ``n`` <= 0:
     one segment when there are ``single_pass_per_sm`` programs per multiprocessor, else about
     ``per_sm`` programs per multiprocessor (rounded: whole waves matter). Segment lengths
-    are multiples of ``save_every``.
+    are multiples of ``save_every`` times ``split`` (the pieces a local pass cuts each into).
     """
     if n <= 0:
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
         n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
         n = max(1, min(n, L // (4 * cfg.save_every)))
-    S = cfg.save_every
+    S = cfg.save_every * split
     seg_len = cdiv(cdiv(L, n), S) * S
     return cdiv(L, seg_len), seg_len
+
+
+def _forward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int]:
+    """(segments, local pieces per segment) of the forward. The full pass needs enough programs to
+    hide its latencies; the local pass, which only has to cover the segments but the last, runs its
+    own finer grid. Fewer segments mean less of the sequence walked twice (with 8 segments the local
+    pass covered 7/8 of it: two exponentials per element where one would do)."""
+    n = segments(L, programs, cfg.n_segs, 3, cfg.seg_programs_per_sm, cfg, device)[0]
+    if cfg.n_segs <= 0 and n >= 8:  # the local pass covers 7/8 of the sequence or more anyway: take the
+        n = segments(L, programs, 0, 3, 16, cfg, device)[0]  # parallelism (B=1 D=4096: 33 segments, not 8)
+    if n == 1 or cfg.local_split > 0:
+        return n, max(1, cfg.local_split)
+    return n, _pieces(L, n, programs, cfg.local_programs_per_sm, device)
+
+
+def _backward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int]:
+    """(segments, local pieces per segment) of the backward: segments for ~32 programs per SM (the main
+    kernel is latency-bound at 255 registers and one warp per program), its local pass cut finer."""
+    n = segments(L, programs, cfg.bwd_n_segs, float("inf"), 32, cfg, device)[0]
+    if n == 1 or cfg.bwd_local_split > 0:
+        return n, max(1, cfg.bwd_local_split)
+    return n, _pieces(L, n, programs, cfg.bwd_local_programs_per_sm, device)
+
+
+def _pieces(L: int, n: int, programs: int, per_sm: int, device: torch.device) -> int:
+    """Pieces per segment for a local pass of about ``per_sm`` programs per multiprocessor, with pieces
+    of at least 64 steps, and at most one carried piece per 12 steps of a segment: the full pass walks the
+    pieces of the segments before (forward) or after (backward) its own one by one, and on the H200 longer
+    chains of them slowed the backward (8 segments of 512 steps: 3.22 ms in 6 pieces, 3.51 in 12)."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    seg_len = cdiv(L, n)
+    k = round(per_sm * sms / ((n - 1) * programs))
+    return max(1, min(k, seg_len // 64, seg_len // (12 * (n - 1))))
 
 
 def _common(u, delta, A, B, C, D, z, delta_bias, block_d: int):
@@ -140,15 +185,17 @@ def scan_fwd(
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
-    n_segs, seg_len = segments(L, nd * batch, cfg.n_segs, 3, cfg.seg_programs_per_sm, cfg, u.device)
-    # the segments' local end states and Σ Δ, for all segments but the last (which nothing reads)
-    hloc = torch.empty((batch, n_segs - 1, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
-    dts = torch.empty((batch, n_segs - 1, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    n_segs, k = _forward_split(L, nd * batch, cfg, u.device)
+    n_segs, seg_len = segments(L, nd * batch, n_segs, 3, cfg.seg_programs_per_sm, cfg, u.device, k)
+    # the local end states and Σ Δ of the k pieces of every segment but the last (which nothing reads)
+    n_pieces = (n_segs - 1) * k
+    hloc = torch.empty((batch, n_pieces, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
+    dts = torch.empty((batch, n_pieces, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     for local in ([True, False] if n_segs > 1 else [False]):
-        selective_scan_fwd_kernel[(nd, batch, n_segs - 1 if local else n_segs)](
+        selective_scan_fwd_kernel[(nd, batch, n_pieces if local else n_segs)](
             u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dummy, bias if bias is not None else dummy,
             h0 if h0 is not None else dummy, y, hlast, hsave if save_states else dummy, hloc, dts,
-            L, dim, dim // G, ns, seg_len, 1,
+            L, dim, dim // G, ns, seg_len // k if local else seg_len, k, 1,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             y.stride(0), y.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
             Cg.stride(2),
@@ -195,7 +242,8 @@ def scan_bwd(
     dB = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     dC = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     nd = cdiv(dim, cfg.bwd_block_d)
-    n_segs, seg_len = segments(L, nd * batch, cfg.bwd_n_segs, float("inf"), 32, cfg, dev)
+    n_segs, k = _backward_split(L, nd * batch, cfg, dev)
+    n_segs, seg_len = segments(L, nd * batch, n_segs, float("inf"), 32, cfg, dev, k)
     dA = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
     dh0 = torch.empty((batch, N, dim), dtype=fp32, device=dev)
     dD = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
@@ -204,12 +252,12 @@ def scan_bwd(
     zz = z if z is not None else u
     qloc, dts = dh0, dD  # placeholders when there is one segment (never read)
     if n_segs > 1:
-        # the local adjoints of segments 1.. (the first segment's reaches no earlier segment)
-        qloc = torch.empty((batch, n_segs - 1, N, dim), dtype=fp32, device=dev)
-        dts = torch.empty((batch, n_segs - 1, dim), dtype=fp32, device=dev)
-        selective_scan_bwd_local_kernel[(nd, batch, n_segs - 1)](
+        # the local adjoints of the k pieces of segments 1.. (the first segment's reach no earlier segment)
+        qloc = torch.empty((batch, (n_segs - 1) * k, N, dim), dtype=fp32, device=dev)
+        dts = torch.empty((batch, (n_segs - 1) * k, dim), dtype=fp32, device=dev)
+        selective_scan_bwd_local_kernel[(nd, batch, (n_segs - 1) * k)](
             delta, zz, A2, Cg, bias if bias is not None else dD, dy, qloc, dts,
-            L, dim, dim // G, seg_len, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
+            L, dim, dim // G, seg_len // k, k, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
             N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
@@ -219,7 +267,7 @@ def scan_bwd(
         u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
         hsave, dy, dhl if dhl is not None else dh0,
         du, ddl, dz if z is not None else du, dB, dC, dA, dD, dbias, dh0, qloc, dts,
-        L, dim, dim // G, hsave.shape[1], seg_len, 1,
+        L, dim, dim // G, hsave.shape[1], seg_len, k, 1,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         dy.stride(0), dy.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
         Cg.stride(2), dB.stride(0), dB.stride(1),

@@ -137,23 +137,29 @@ def test_strong_decay(gen):
     check_against_reference(make_inputs(gen, L=17, D=8, N=4, strong_decay=True), True, gen, torch.float32)
 
 
-@pytest.mark.parametrize("n_segs, dt_ahead, fma_exp", [(1, False, 0), (3, True, 2), (1, True, 4)])
-def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp):
+@pytest.mark.parametrize("n_segs, dt_ahead, fma_exp, split, L, segs_run",
+                         [(1, False, 0, 1, 11, 1), (3, True, 2, 1, 11, 3), (1, True, 4, 1, 11, 1),
+                          (3, False, 0, 2, 23, 3), (3, True, 0, 3, 23, 2), (3, False, 0, 3, 13, 2)])  # fmt: skip
+def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp, split, L, segs_run):
     """Other tile sizes through the launchers: 4-channel blocks (groups of 8 channels then
     fall on block boundaries), chunks of 2 and 4, a state saved every 4 steps; the
-    sequence split into 3 segments run in parallel (two passes, forward and backward; the
-    forward's local pass skips the last segment, the backward's the first); and Ā of the first
-    ``fma_exp`` of the 4 states computed on the FMA pipe."""
-    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
+    sequence split into segments run in parallel (two passes, forward and backward; the
+    forward's local pass skips the last segment, the backward's the first), the local passes
+    cut into ``split`` pieces per segment (segments of 8 steps in 2 pieces, of 12 in 3; at L = 13
+    the backward's last two pieces lie past the end); and Ā of the first ``fma_exp`` of the 4
+    states computed on the FMA pipe."""
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd, segments
 
     cfg = ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=8, bwd_chunk=4, save_every=4, n_segs=n_segs,
-                           bwd_n_segs=n_segs, dt_ahead=dt_ahead, fma_exp=fma_exp, bwd_fma_exp=fma_exp)
-    inp = make_inputs(gen, L=11, D=16, N=4, G=2)
+                           bwd_n_segs=n_segs, dt_ahead=dt_ahead, fma_exp=fma_exp, bwd_fma_exp=fma_exp,
+                           local_split=split, bwd_local_split=split)  # fmt: skip
+    assert segments(L, 8, n_segs, 3, 8, cfg, torch.device("cpu"), split)[0] == segs_run
+    inp = make_inputs(gen, L=L, D=16, N=4, G=2)
     args = [inp[k].detach() for k in NAMES]
     y, h, hsave = scan_fwd(*args, True, True, cfg)
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
-    assert hsave.shape == (2, 3, 16, 4)  # (B, checkpoints, D, N)
+    assert hsave.shape == (2, math.ceil(L / 4), 16, 4)  # (B, checkpoints, D, N)
     assert_close(y.cpu(), y_ref, 1e-4, "output")
     assert_close(h.cpu(), h_ref, 1e-4, "final state")
     dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
@@ -162,6 +168,19 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp):
                                 [ref_in[k] for k in NAMES])  # fmt: skip
     for name, g, gr in zip(NAMES, grads, g_ref):
         assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
+
+
+def test_local_pieces_rule():
+    """The local passes' pieces per segment: about the asked programs per multiprocessor (one on the
+    CPU), never pieces under 64 steps nor more than one carried piece per 12 steps of a segment."""
+    from ssmkit.ops.scan.triton_launch import _pieces
+
+    cpu = torch.device("cpu")
+    assert _pieces(4096, 2, 1, 12, cpu) == 12  # 2048-step segments: 12 pieces of 171 steps
+    assert _pieces(4096, 2, 4, 12, cpu) == 3
+    assert _pieces(4096, 8, 1, 160, cpu) == 6  # 23 asked; 7 later segments x 6 pieces <= 512 / 12
+    assert _pieces(1024, 2, 1, 160, cpu) == 8  # 160 asked; pieces of 64 steps
+    assert _pieces(4096, 4, 64, 12, cpu) == 1
 
 
 @triton.jit
