@@ -71,7 +71,7 @@ def default_config(N: int) -> ScanKernelConfig:
         # against 1.072 for the forward that saves checkpoints. The backward keeps one warp (3.34 against 3.42).
         # Segments for ~4 programs per SM (2 there), each segment's local pass in pieces for ~12 local programs
         # per SM (6 there): 0.704 ms against 0.802 with 8 segments whose local passes were not cut, 0.774
-        # against 0.856 saving checkpoints (``python3 benchmarks/gpu_scan.py --split``).
+        # against 0.856 saving checkpoints (``python3 benchmarks/gpu_scan_split.py``).
         return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
                                 num_warps=2, dt_ahead=False, seg_programs_per_sm=4)  # fmt: skip
     return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
