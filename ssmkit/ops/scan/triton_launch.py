@@ -113,26 +113,30 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
     return cdiv(L, seg_len), seg_len
 
 
-def _forward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int]:
-    """(segments, local pieces per segment) of the forward. The full pass needs enough programs to
-    hide its latencies; the local pass, which only has to cover the segments but the last, runs its
-    own finer grid. Fewer segments mean less of the sequence walked twice (with 8 segments the local
+def _forward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int, int]:
+    """(segments, steps per segment, local pieces per segment) of the forward. The full pass needs enough
+    programs to hide its latencies; the local pass, which only has to cover the segments but the last, runs
+    its own finer grid. Fewer segments mean less of the sequence walked twice (with 8 segments the local
     pass covered 7/8 of it: two exponentials per element where one would do)."""
     n = segments(L, programs, cfg.n_segs, 3, cfg.seg_programs_per_sm, cfg, device)[0]
     if cfg.n_segs <= 0 and n >= 8:  # the local pass covers 7/8 of the sequence or more anyway: take the
         n = segments(L, programs, 0, 3, 16, cfg, device)[0]  # parallelism (B=1 D=4096: 33 segments, not 8)
-    if n == 1 or cfg.local_split > 0:
-        return n, max(1, cfg.local_split)
-    return n, _pieces(L, n, programs, cfg.local_programs_per_sm, device)
+    return _cut(L, programs, n, cfg.local_split, cfg.local_programs_per_sm, cfg, device)
 
 
-def _backward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int]:
-    """(segments, local pieces per segment) of the backward: segments for ~32 programs per SM (the main
-    kernel is latency-bound at 255 registers and one warp per program), its local pass cut finer."""
+def _backward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int, int]:
+    """The same for the backward: segments for ~32 programs per SM (the main kernel is latency-bound at 255
+    registers and one warp per program), its local pass cut finer."""
     n = segments(L, programs, cfg.bwd_n_segs, float("inf"), 32, cfg, device)[0]
-    if n == 1 or cfg.bwd_local_split > 0:
-        return n, max(1, cfg.bwd_local_split)
-    return n, _pieces(L, n, programs, cfg.bwd_local_programs_per_sm, device)
+    return _cut(L, programs, n, cfg.bwd_local_split, cfg.bwd_local_programs_per_sm, cfg, device)
+
+
+def _cut(L: int, programs: int, n: int, split: int, per_sm: int, cfg: ScanKernelConfig,
+         device: torch.device) -> tuple[int, int, int]:  # fmt: skip
+    """n segments (n >= 1) in ``split`` local pieces each (0: ``_pieces``): (segments, steps per segment, pieces),
+    segment lengths multiples of ``save_every`` x pieces (rounding up can leave fewer segments)."""
+    k = max(1, split) if n == 1 or split > 0 else _pieces(L, n, programs, per_sm, device)
+    return (*segments(L, programs, n, 0, 0, cfg, device, k), k)  # (n > 0: the rule's arguments are unused)
 
 
 def _pieces(L: int, n: int, programs: int, per_sm: int, device: torch.device) -> int:
@@ -185,8 +189,7 @@ def scan_fwd(
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
-    n_segs, k = _forward_split(L, nd * batch, cfg, u.device)
-    n_segs, seg_len = segments(L, nd * batch, n_segs, 3, cfg.seg_programs_per_sm, cfg, u.device, k)
+    n_segs, seg_len, k = _forward_split(L, nd * batch, cfg, u.device)
     # the local end states and Σ Δ of the k pieces of every segment but the last (which nothing reads)
     n_pieces = (n_segs - 1) * k
     hloc = torch.empty((batch, n_pieces, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
@@ -242,8 +245,7 @@ def scan_bwd(
     dB = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     dC = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     nd = cdiv(dim, cfg.bwd_block_d)
-    n_segs, k = _backward_split(L, nd * batch, cfg, dev)
-    n_segs, seg_len = segments(L, nd * batch, n_segs, float("inf"), 32, cfg, dev, k)
+    n_segs, seg_len, k = _backward_split(L, nd * batch, cfg, dev)
     dA = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
     dh0 = torch.empty((batch, N, dim), dtype=fp32, device=dev)
     dD = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from numerics import TOL, assert_close, randn
+from numerics import TOL, assert_close, projection_weights, randn
 from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
 import triton
 import triton.language as tl
@@ -41,13 +41,11 @@ def make_inputs(gen, *, b=2, L=37, D=20, N=5, G=None, dtype=torch.float32, full=
 
 
 def run(fn, inp, softplus, seed):
-    """y, final state, and the gradients of a random projection of both. The weights are bfloat16
-    values: a 16-bit output receives them exactly as its gradient, as the float64 reference does
-    (the SSD tests' ``weights`` say why that matters for sums that cancel, such as ∂A)."""
+    """y, final state, and the gradients of a random projection of both (``projection_weights``)."""
     y, h = fn(**inp, delta_softplus=softplus, return_final_state=True)
     g = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=g, dtype=torch.float64).to(torch.bfloat16).double().to(y.device)
-    wh = torch.randn(h.shape, generator=g, dtype=torch.float64).to(torch.bfloat16).double().to(h.device)
+    wy = projection_weights(y.shape, g, y.device)
+    wh = projection_weights(h.shape, g, h.device)
     loss = (y.double() * wy).sum() + (h.double() * wh).sum()
     names = [k for k, v in inp.items() if v is not None]
     grads = torch.autograd.grad(loss, [inp[k] for k in names])

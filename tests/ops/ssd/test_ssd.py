@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from numerics import TOL, assert_close, randn
+from numerics import TOL, assert_close, projection_weights, randn
 from ssmkit.ops._triton import triton_unavailable_reason
 from ssmkit.ops.backends import BackendUnavailableError, resolved_backend
 from ssmkit.ops.ssd import SSD_BACKENDS, ssd, ssd_reference, ssd_step
@@ -56,17 +56,11 @@ def as_f64(inp: dict) -> dict:
 
 def run_with_grads(fn, inp: dict, seed: int, **kw):
     """y, final state and the gradient of a random projection of both (weights drawn
-    from `seed`) w.r.t. every input that requires grad.
-
-    The weights are bfloat16 values, so a bf16 output receives them exactly as its gradient,
-    as the float64 reference's output does. With float64 weights the op would differentiate a
-    loss rounded to bf16 and the reference the exact one; ∂A sums every token's contribution,
-    with cancellation, and the rounding alone then moved it by up to 11% (about one draw in a
-    thousand, torch backend, chunk 100), against 5e-5 with the same weights on both sides."""
+    from `seed`, ``projection_weights``) w.r.t. every input that requires grad."""
     y, s = fn(**inp, return_final_state=True, **kw)
     proj = torch.Generator().manual_seed(seed)
-    wy = torch.randn(y.shape, generator=proj, dtype=torch.float64).to(torch.bfloat16).double()
-    ws = torch.randn(s.shape, generator=proj, dtype=torch.float64).to(torch.bfloat16).double()
+    wy = projection_weights(y.shape, proj)
+    ws = projection_weights(s.shape, proj)
     loss = (y.double() * wy).sum() + (s.double() * ws).sum()
     names = [k for k, v in inp.items() if v.requires_grad]
     grads = torch.autograd.grad(loss, [inp[k] for k in names])

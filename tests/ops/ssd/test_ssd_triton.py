@@ -16,7 +16,7 @@ import sys
 import pytest
 import torch
 
-from numerics import TOL, assert_close, randn
+from numerics import TOL, assert_close, projection_weights, randn
 from ssmkit.ops.backends import BackendUnavailableError
 from ssmkit.ops.ssd import SSD_BACKENDS, ssd, ssd_reference
 
@@ -59,20 +59,12 @@ def make_inputs(gen, *, b=2, L=37, H=4, P=8, N=16, G=2, dtype=torch.float32, D_s
     )  # fmt: skip
 
 
-def weights(shape, gen) -> torch.Tensor:
-    """Random projection weights (float64) that a 16-bit output's gradient holds exactly: y.double()'s
-    backward rounds ∂loss/∂y to y's dtype, and the float64 reference must get the same gradient (with
-    unrounded weights, dA in bf16 missed its reference by up to 17% on inputs where it nearly cancels,
-    about one seed in 150: a difference in what the two received, not in how they computed)."""
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16).double().to(DEV)
-
-
 def run(fn, inp: dict, gen, **kw):
     """y, final state and the gradients of a random projection of both."""
     leaves = {k: v.detach().to(DEV).requires_grad_(True) for k, v in inp.items() if v is not None}
     y, s = fn(**leaves, return_final_state=True, **kw)
-    wy = weights(y.shape, gen)
-    ws = weights(s.shape, gen)
+    wy = projection_weights(y.shape, gen, DEV)
+    ws = projection_weights(s.shape, gen, DEV)
     ((y.double() * wy).sum() + (s.double() * ws).sum()).backward()
     return y, s, {k: v.grad for k, v in leaves.items()}
 
@@ -471,8 +463,8 @@ def test_strided_views_of_one_projection(gen, dtype):
     y, s = ssd(**views, dt_softplus=True, chunk_size=8, backend="triton", return_final_state=True)
     assert y.is_contiguous()
     g = torch.Generator().manual_seed(seed)
-    wy = weights(y.shape, g)
-    ws = weights(s.shape, g)
+    wy = projection_weights(y.shape, g, DEV)
+    ws = projection_weights(s.shape, g, DEV)
     ((y.double() * wy).sum() + (s.double() * ws).sum()).backward()
     got = (y, s, {k: v.grad for k, v in leaves.items()})
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
