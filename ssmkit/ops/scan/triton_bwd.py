@@ -138,9 +138,9 @@ def selective_scan_bwd_kernel(
     o_z = tr * s_zl + ch
     o_y = tr * s_yl + ch
     o_o = tr * DIM + ch  # outputs, contiguous (B, L, D)
-    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
-    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
-    o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
     m_n = nB < N
     g_row = (d0 // CH_PER_GROUP) * N  # the block's group in the (B, L, G, N) accumulators (uniform groups)
     t_begin = pid_s * SEG_LEN

@@ -44,7 +44,7 @@ def selective_scan_bwd_local_kernel(
     tr, tc = _flat(T, BLOCK_D)
     m_col = d0 + tc < DIM
     ch = (d0 + tc) * ONE
-    o_C, tB, nB = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_C, tB, nB = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
     m_n = nB < N
     q = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
     dts = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)

@@ -126,27 +126,107 @@ def _flat(R: tl.constexpr, C: tl.constexpr):
 
 
 @triton.jit
-def _bc_offsets(s_l, s_g, T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, d0, ONE, CH_PER_GROUP,
-                GROUP_UNIFORM: tl.constexpr):  # fmt: skip
+def _lane_states(r, c, NH: tl.constexpr, LANES: tl.constexpr):
+    """State n and channel (within the block) of the elements of a flat (NH, BD * LANES) state tile
+    whose row is ``r`` and column ``c``: the LANES lanes of columns c = LANES d .. LANES d + LANES - 1
+    share channel d, lane c holding its states (c % LANES) * NH .. + NH - 1 (LANES = 1: all of them)."""
+    return (c % LANES) * NH + r, c // LANES
+
+
+@triton.jit
+def _lane_group_sum(x, LANES: tl.constexpr, FAST: tl.constexpr):
+    """Σ over the LANES adjacent lanes that share a channel (``_lane_states``) of a (T, 1, BD * LANES)
+    float32 tile, the sum in each of them. ``FAST`` (GPU only): butterfly shuffles on the low lane bits."""
+    if LANES > 1:
+        if FAST:  # LANES = 2 or 4
+            x = x + _shfl_xor(x, 1)
+            if LANES == 4:
+                x = x + _shfl_xor(x, 2)
+        else:
+            T: tl.constexpr = x.shape[0]
+            BD: tl.constexpr = x.shape[2] // LANES
+            s = tl.sum(tl.reshape(x, (T, 1, BD, LANES)), axis=3, keep_dims=True)
+            x = tl.reshape(tl.broadcast_to(s, (T, 1, BD, LANES)), (T, 1, BD * LANES))
+    return x
+
+
+@triton.jit
+def _swap_pair(x, FAST: tl.constexpr):
+    """The value of float32 ``x`` (.., .., CW) held by the partner lane, column c ^ 1. ``FAST`` (GPU only): a
+    shuffle; else exactly, through the integer sum of the pair's bit patterns less one's own."""
+    if FAST:
+        out = _shfl_xor(x, 1)
+    else:
+        R: tl.constexpr = x.shape[0]
+        CW: tl.constexpr = x.shape[2]
+        bits = x.to(tl.int32, bitcast=True)
+        pair = tl.sum(tl.reshape(bits, (R, 1, CW // 2, 2)), axis=3, keep_dims=True)
+        out = (tl.reshape(tl.broadcast_to(pair, (R, 1, CW // 2, 2)), (R, 1, CW)) - bits).to(tl.float32, bitcast=True)
+    return out
+
+
+@triton.jit
+def _halves(x):
+    """The first and second halves of the T steps of a (T, 1, CW) float32 tile, two (T / 2, 1, CW) tiles."""
+    T: tl.constexpr = x.shape[0]
+    CW: tl.constexpr = x.shape[2]
+    x3 = tl.reshape(x, (2, T // 2, CW))
+    i2 = tl.arange(0, 2)[:, None, None]
+    return tl.reshape(_row(x3, i2, 0), (T // 2, 1, CW)), tl.reshape(_row(x3, i2, 1), (T // 2, 1, CW))
+
+
+@triton.jit
+def _all_steps(own, odd, SHARE: tl.constexpr, FAST: tl.constexpr):
+    """(T, 1, CW) from a tile of the steps a lane owns: with ``SHARE`` the (T / 2, 1, CW) tile of the first
+    half of the steps (lanes where ``odd`` is false) or of the second (true), completed by the partner's."""
+    if SHARE:
+        TO: tl.constexpr = own.shape[0]
+        CW: tl.constexpr = own.shape[2]
+        other = _swap_pair(own, FAST)
+        lo = tl.expand_dims(tl.where(odd, other, own), 0)
+        hi = tl.expand_dims(tl.where(odd, own, other), 0)
+        i2 = tl.arange(0, 2)[:, None, None, None]
+        out = tl.reshape(tl.where(i2 == 0, lo, hi), (2 * TO, 1, CW))
+    else:
+        out = own
+    return out
+
+
+@triton.jit
+def _bc_offsets(s_l, s_g, T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, d0, DIM, ONE, CH_PER_GROUP,
+                GROUP_UNIFORM: tl.constexpr, LANES: tl.constexpr = 1):  # fmt: skip
     """Flat offsets and (step, state) indices of one chunk of B or C inside a sequence: (T*NP,)
-    when the block reads one group, else (T*NP*BLOCK_D,) (channel d reads group d // CH_PER_GROUP)."""
+    when the block reads one group (pairs (t, k), state n of k as ``_lane_states`` places it),
+    else (T*NP*BLOCK_D,) (the (T*NH, BLOCK_D*LANES) tile; channel d reads group d // CH_PER_GROUP,
+    and channels past DIM get state index NP, so that the callers' mask n < N skips them: their
+    group would lie past the tensor's end)."""
+    NH: tl.constexpr = NP // LANES
     if GROUP_UNIFORM:
-        t, n = _flat(T, NP)
+        t, k = _flat(T, NP)
+        n = (k % LANES) * NH + k // LANES
         offs = t * s_l + (d0 // CH_PER_GROUP) * s_g + n
     else:
-        tn, d = _flat(T * NP, BLOCK_D)
-        t = tn // NP
-        n = tn % NP
+        row, c = _flat(T * NH, BLOCK_D * LANES)
+        t = row // NH
+        n, d = _lane_states(row % NH, c, NH, LANES)
         offs = t * s_l + ((d0 + d) * ONE // CH_PER_GROUP) * s_g + n
+        n = tl.where(d0 + d < DIM, n, NP)
     return offs, t, n
 
 
 @triton.jit
-def _bc_tile(v, T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_UNIFORM: tl.constexpr):
+def _bc_tile(v, T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
+             LANES: tl.constexpr = 1):  # fmt: skip
+    """The raw B or C chunk as a float32 (T, NH, BLOCK_D * LANES) tile (or (T, NP, 1) to broadcast)."""
+    NH: tl.constexpr = NP // LANES
     if GROUP_UNIFORM:
-        out = tl.reshape(v, (T, NP, 1))
+        if LANES == 1:
+            out = tl.reshape(v, (T, NP, 1))
+        else:
+            out = tl.reshape(v.to(tl.float32), (T, NH, 1, LANES))
+            out = tl.reshape(tl.broadcast_to(out, (T, NH, BLOCK_D, LANES)), (T, NH, BLOCK_D * LANES))
     else:
-        out = tl.reshape(v, (T, NP, BLOCK_D))
+        out = tl.reshape(v, (T, NH, BLOCK_D * LANES))
     return out.to(tl.float32)
 
 
@@ -227,16 +307,18 @@ def _save_offsets(sn, sc, d0, N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.con
 
 @triton.jit
 def _store_checkpoint(ptr, h, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, ONE,
-                      VEC: tl.constexpr):  # fmt: skip
-    """Store the (1, NP, BD) state tile h at one checkpoint of hsave (.., D, N). ``VEC`` (N = NP):
-    stored as a (BD, NP) tile whose rows the compiler knows to be contiguous, so that it can use
-    128-bit stores (4x fewer store instructions than one per state)."""
+                      VEC: tl.constexpr, LANES: tl.constexpr = 1):  # fmt: skip
+    """Store the (1, NH, BD * LANES) state tile h at one checkpoint of hsave (.., D, N). ``VEC`` (N = NP):
+    stored as a (BD * LANES, NH) tile whose rows the compiler knows to be contiguous (lane c's states sit
+    at c * NH within the block's), so that it can use 128-bit stores (4x fewer than one per state)."""
+    NH: tl.constexpr = NP // LANES
+    CW: tl.constexpr = BLOCK_D * LANES
     if VEC:
-        cc = d0 + tl.arange(0, BLOCK_D)
-        offs = cc[:, None] * N + tl.arange(0, NP)[None, :]
-        tl.store(ptr + offs, tl.trans(tl.reshape(h, (NP, BLOCK_D))), mask=(cc < DIM)[:, None])
+        c = tl.arange(0, CW)
+        offs = d0 * N + c[:, None] * NH + tl.arange(0, NH)[None, :]
+        tl.store(ptr + offs, tl.trans(tl.reshape(h, (NH, CW))), mask=(d0 + c // LANES < DIM)[:, None])
     else:
-        tl.store(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), tl.reshape(h, (NP * BLOCK_D,)), mask=mask)
+        tl.store(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), tl.reshape(h, (NH * CW,)), mask=mask)
 
 
 @triton.jit

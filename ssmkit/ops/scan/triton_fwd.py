@@ -41,12 +41,17 @@ from .triton_common import (
     _bc_offsets,
     _bc_tile,
     _decay,
+    _all_steps,
     _flat,
+    _halves,
+    _lane_group_sum,
     _row,
     _scan_chunk,
     _sigmoid,
     _softplus,
+    _lane_states,
     _store_checkpoint,
+    _swap_pair,
 )
 
 
@@ -74,7 +79,7 @@ def selective_scan_fwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
-    VEC_SAVE: tl.constexpr = False,
+    VEC_SAVE: tl.constexpr = False, LANES: tl.constexpr = 1, SHARE_TD: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
     stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
@@ -96,31 +101,35 @@ def selective_scan_fwd_kernel(
     pid_s = tl.program_id(2)
     n_segs = tl.num_programs(2)
     d0 = pid_d * BLOCK_D
+    NH: tl.constexpr = NP // LANES  # states per lane
+    CW: tl.constexpr = BLOCK_D * LANES  # lanes ("columns"): column c holds channel d0 + c // LANES
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
-    n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
-    sn, sc = _flat(NP, BLOCK_D)  # a (NP, BD) state tile, flat
+    n3 = tl.arange(0, NH)[None, :, None]  # (1, NH, 1)
+    sr, scol = _flat(NH, CW)  # a (NH, CW) state tile, flat
+    sn, sc = _lane_states(sr, scol, NH, LANES)  # state and channel (in the block) of each element
     m_s = (sn < N) & (d0 + sc < DIM)
     o_s = sn * DIM + (d0 + sc) * ONE  # into (N, D)
-    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
-    cc = tl.arange(0, BLOCK_D)
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NH, CW))
+    ccol = tl.arange(0, CW)
+    cc = ccol // LANES
     m_c = d0 + cc < DIM
     o_c = (d0 + cc) * ONE
     if HAS_D:
-        Dsk = tl.reshape(tl.load(Dsk_ptr + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+        Dsk = tl.reshape(tl.load(Dsk_ptr + o_c, mask=m_c, other=0.0), (1, 1, CW))
     if HAS_BIAS:
-        bias = tl.reshape(tl.load(bias_ptr + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+        bias = tl.reshape(tl.load(bias_ptr + o_c, mask=m_c, other=0.0), (1, 1, CW))
     else:
-        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)  # unused
+        bias = tl.zeros((1, 1, CW), dtype=tl.float32)  # unused
     o_state = pid_b * N * DIM + o_s  # into (B, N, D)
-    h = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
-    dts = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    h = tl.zeros((1, NH, CW), dtype=tl.float32)
+    dts = tl.zeros((1, 1, CW), dtype=tl.float32)
     if not LOCAL:
         if HAS_H0:
-            h = tl.reshape(tl.load(h0_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+            h = tl.reshape(tl.load(h0_ptr + o_state, mask=m_s, other=0.0), (1, NH, CW))
         for s2 in range(0, pid_s * LOC_K):  # carry the state through the earlier segments' pieces
             o_seg = pid_b * ((n_segs - 1) * LOC_K) + s2
-            ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + o_c, mask=m_c, other=0.0), (1, 1, BLOCK_D))
-            hl = tl.reshape(tl.load(hloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+            ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + o_c, mask=m_c, other=0.0), (1, 1, CW))
+            hl = tl.reshape(tl.load(hloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NH, CW))
             h = tl.exp2(ds * A2) * h + hl
 
     t_begin = pid_s * SEG_LEN
@@ -133,15 +142,24 @@ def selective_scan_fwd_kernel(
     py = y_ptr + pid_b * s_yb + tb64 * s_yl
     pB = B_ptr + pid_b * s_Bb + tb64 * s_Bl
     pC = C_ptr + pid_b * s_Cb + tb64 * s_Cl
-    tr, tc = _flat(T, BLOCK_D)  # a (T, BD) tile, flat
+    tr, tcol = _flat(T, CW)  # a (T, CW) tile, flat
+    tc = tcol // LANES
     m_col = d0 + tc < DIM
     ch = (d0 + tc) * ONE
     o_u = tr * s_ul + ch
-    o_x = tr * s_dl + ch
-    o_z = tr * s_zl + ch
-    o_y = tr * s_yl + ch
-    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
-    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    # The per-(t, d) work (delta, softplus, gate, y): with SHARE_TD each of a channel's two lanes does it for
+    # TO = T / 2 of the steps (lane c for steps (c % 2) * TO ..), else every lane for all T ("owned" tiles).
+    TO: tl.constexpr = T // 2 if SHARE_TD else T
+    o_r, o_col = _flat(TO, CW)
+    o_t = (o_col % 2) * TO + o_r if SHARE_TD else o_r  # the step of each element of an owned tile
+    m_ocol = d0 + o_col // LANES < DIM
+    och = (d0 + o_col // LANES) * ONE
+    o_x = o_t * s_dl + och
+    o_z = o_t * s_zl + och
+    o_y = o_t * s_yl + och
+    odd = tl.reshape((ccol % 2) == 1, (1, 1, CW))  # SHARE_TD: the lane owning the later steps
+    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM, LANES)
+    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM, LANES)
     m_n = nB < N
 
     # Software pipelining: the loads of chunk c + 1 are issued before chunk c is computed.
@@ -151,31 +169,31 @@ def selective_scan_fwd_kernel(
     if not LOCAL:
         C_n = tl.load(pC + o_C, mask=(t_begin + tB < t_end) & m_n, other=0.0)
         if HAS_Z:
-            z_n = tl.load(pz + o_z, mask=(t_begin + tr < t_end) & m_col, other=0.0)
+            z_n = tl.load(pz + o_z, mask=(t_begin + o_t < t_end) & m_ocol, other=0.0)
     u_n = tl.load(pu + o_u, mask=(t_begin + tr < t_end) & m_col, other=0.0)
     # DT_AHEAD: Δ is computed one chunk ahead (its softplus is a chain of special-function
     # operations that the chunk's exponentials would wait for), so delta is loaded two ahead.
-    m_tile = (t_begin + tr < t_end) & m_col
-    x_n = tl.load(px + o_x, mask=m_tile, other=0.0)
+    m_own = (t_begin + o_t < t_end) & m_ocol
+    x_n = tl.load(px + o_x, mask=m_own, other=0.0)
     if DT_AHEAD:
-        dt_n = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
-        x_n = tl.load(px + T * s_dl + o_x, mask=(t_begin + T + tr < t_end) & m_col, other=0.0)
+        dt_n = _delta(x_n, bias, m_own, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH)
+        x_n = tl.load(px + T * s_dl + o_x, mask=(t_begin + T + o_t < t_end) & m_ocol, other=0.0)
     for t0 in range(t_begin, t_end, T):
         if SAVE_STATES:
             if (t0 // T) % SAVE_K == 0:
                 at = hsave_ptr + (pid_b * N_SAVES + t0 // (T * SAVE_K)) * DIM * N
-                _store_checkpoint(at, h, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE)
-        m_tile = (t0 + tr < t_end) & m_col  # (T*BD,)
-        Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM)
-        u = tl.reshape(u_n, (T, 1, BLOCK_D)).to(tl.float32)
+                _store_checkpoint(at, h, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE, LANES)
+        m_own = (t0 + o_t < t_end) & m_ocol  # (TO*CW,)
+        Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
+        u = tl.reshape(u_n, (T, 1, CW)).to(tl.float32)
         if DT_AHEAD:
-            dt = dt_n
+            dt = _all_steps(dt_n, odd, SHARE_TD, FAST_MATH)
         else:
-            dt = _delta(x_n, bias, m_tile, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            dt = _all_steps(_delta(x_n, bias, m_own, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH), odd, SHARE_TD, FAST_MATH)
         if not LOCAL:
-            Ct = _bc_tile(C_n, T, NP, BLOCK_D, GROUP_UNIFORM)
+            Ct = _bc_tile(C_n, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
             if HAS_Z:
-                zz = tl.reshape(z_n, (T, 1, BLOCK_D)).to(tl.float32)
+                zz = tl.reshape(z_n, (TO, 1, CW)).to(tl.float32)
         # prefetch chunk c + 1
         pB += T * s_Bl
         pu += T * s_ul
@@ -187,13 +205,13 @@ def selective_scan_fwd_kernel(
             C_n = tl.load(pC + o_C, mask=(t_next + tB < t_end) & m_n, other=0.0)
             if HAS_Z:
                 pz += T * s_zl
-                z_n = tl.load(pz + o_z, mask=(t_next + tr < t_end) & m_col, other=0.0)
+                z_n = tl.load(pz + o_z, mask=(t_next + o_t < t_end) & m_ocol, other=0.0)
         u_n = tl.load(pu + o_u, mask=(t_next + tr < t_end) & m_col, other=0.0)
         if DT_AHEAD:
-            dt_n = _delta(x_n, bias, (t_next + tr < t_end) & m_col, T, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH)
-            x_n = tl.load(px + T * s_dl + o_x, mask=(t_next + T + tr < t_end) & m_col, other=0.0)
+            dt_n = _delta(x_n, bias, (t_next + o_t < t_end) & m_ocol, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            x_n = tl.load(px + T * s_dl + o_x, mask=(t_next + T + o_t < t_end) & m_ocol, other=0.0)
         else:
-            x_n = tl.load(px + o_x, mask=(t_next + tr < t_end) & m_col, other=0.0)
+            x_n = tl.load(px + o_x, mask=(t_next + o_t < t_end) & m_ocol, other=0.0)
 
         dtu = dt * u  # (T, 1, BD)
         dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NP, BD)
@@ -202,16 +220,25 @@ def selective_scan_fwd_kernel(
         if LOCAL:
             dts += tl.sum(dt, axis=0, keep_dims=True)
         else:
-            ys = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
-            if HAS_D:
-                ys = ys + Dsk * u
+            ys = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h over a lane's states: (T, 1, CW)
+            if SHARE_TD:  # ... and over the channel's two lanes, each getting the sums of its own steps
+                lo, hi = _halves(ys)
+                ys = tl.where(odd, hi, lo) + _swap_pair(tl.where(odd, lo, hi), FAST_MATH)
+                if HAS_D:
+                    lo, hi = _halves(u)
+                    ys = ys + Dsk * tl.where(odd, hi, lo)
+            else:  # ... and over all the channel's lanes
+                ys = _lane_group_sum(ys, LANES, FAST_MATH)
+                if HAS_D:
+                    ys = ys + Dsk * u
             if HAS_Z:
                 ys = ys * zz * _sigmoid(zz, FAST_MATH)
-            tl.store(py + o_y, tl.reshape(ys, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty), mask=m_tile)
+            m_y = m_own if SHARE_TD else m_own & (o_col % LANES == 0)  # (one lane of each channel stores)
+            tl.store(py + o_y, tl.reshape(ys, (TO * CW,)).to(y_ptr.dtype.element_ty), mask=m_y)
             py += T * s_yl
     if LOCAL:  # (the local pass runs on the pieces of all segments but the last, whose end state nothing reads)
         o_seg = pid_b * n_segs + pid_s
-        tl.store(hloc_ptr + o_seg * N * DIM + o_s, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
-        tl.store(dts_ptr + o_seg * DIM + o_c, tl.reshape(dts, (BLOCK_D,)), mask=m_c)
+        tl.store(hloc_ptr + o_seg * N * DIM + o_s, tl.reshape(h, (NH * CW,)), mask=m_s)
+        tl.store(dts_ptr + o_seg * DIM + o_c, tl.reshape(dts, (CW,)), mask=m_c & (ccol % LANES == 0))
     elif pid_s == n_segs - 1:
-        tl.store(hlast_ptr + o_state, tl.reshape(h, (NP * BLOCK_D,)), mask=m_s)
+        tl.store(hlast_ptr + o_state, tl.reshape(h, (NH * CW,)), mask=m_s)

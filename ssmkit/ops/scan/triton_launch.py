@@ -9,7 +9,7 @@ so that a warp's lanes read and write consecutive channels.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -49,10 +49,19 @@ class ScanKernelConfig:
     local_programs_per_sm: int = 12
     bwd_local_split: int = 0  # backward: the same for its local pass
     bwd_local_programs_per_sm: int = 160
+    # forward: lanes per channel, each holding N / lanes of its states (1, 2 or 4); the program's
+    # threads cover block_d * lanes lanes
+    lanes: int = 1
+    share_td: bool = False  # forward, lanes = 2: each lane does the per-(t, d) work (softplus, gate) for half the steps
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
             raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of chunk and bwd_chunk")
+        if self.lanes not in (1, 2, 4):
+            raise ValueError(f"ScanKernelConfig: lanes must be 1, 2 or 4, got {self.lanes}")
+        if self.share_td and (self.lanes != 2 or self.chunk % 2):
+            raise ValueError(f"ScanKernelConfig: share_td needs lanes=2 and an even chunk, got lanes={self.lanes}, "
+                             f"chunk={self.chunk}")
         for name in ("local_split", "bwd_local_split"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ScanKernelConfig: {name} must be >= 0 (0: automatic), got {getattr(self, name)}")
@@ -75,6 +84,30 @@ def default_config(N: int) -> ScanKernelConfig:
         return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
                                 num_warps=2, dt_ahead=False, seg_programs_per_sm=4)  # fmt: skip
     return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
+
+
+# The forward takes two lanes per channel where batch x channels give at least this many warps per
+# multiprocessor in one pass (``forward_config``).
+LANES_WARPS_PER_SM = 6
+
+
+def forward_config(N: int, batch: int, dim: int, device: torch.device) -> ScanKernelConfig:
+    """The forward's tiles for one call: :func:`default_config`, or for N = 16 where batch x channels fill the
+    GPU without segments (~1.5 warps per scheduler or more), two lanes per channel with 8 states each, the
+    per-(t, d) work shared between them, chunks of 8 steps and one pass: on the H200 at B=8 L=4096 D=2048
+    (``python3 benchmarks/gpu_scan_lanes.py``) 0.576 ms against 0.703 (two segments, their local pass walking
+    half the sequence again), 0.709 against 0.760 saving checkpoints; where the batch is small (B=2 D=4096:
+    two segments needed) 0.812 against 0.798, so the default stays there. The checkpoints are the same
+    (``save_every``), so the backward takes :func:`default_config` whatever this picks."""
+    cfg = default_config(N)
+    if next_pow2(N) == 16:
+        wide = replace(cfg, lanes=2, share_td=True, chunk=8, block_d=32, num_warps=2, n_segs=1)
+        if device.type != "cuda":  # Triton's interpreter: the path of the GPU's larger shapes
+            return wide
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        if batch * cdiv(dim, wide.block_d) * wide.num_warps >= LANES_WARPS_PER_SM * sms:
+            return wide
+    return cfg
 
 
 def _vector_checkpoints(N: int) -> bool:
@@ -176,7 +209,7 @@ def scan_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
     (B, n_saves, N, D) float32 (an empty tensor unless ``save_states``)."""
-    cfg = cfg or default_config(A.shape[1])
+    cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device)
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
     u, delta = unit_last(u), unit_last(delta)
     z = None if z is None else unit_last(z)
@@ -189,6 +222,7 @@ def scan_fwd(
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
+    lanes = min(cfg.lanes, next_pow2(N))
     n_segs, seg_len, k = _forward_split(L, nd * batch, cfg, u.device)
     # the local end states and Σ Δ of the k pieces of every segment but the last (which nothing reads)
     n_pieces = (n_segs - 1) * k
@@ -207,7 +241,7 @@ def scan_fwd(
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
             FAST_MATH=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
             FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp, VEC_SAVE=_vector_checkpoints(N),
-            num_warps=cfg.num_warps, **LAUNCH,
+            LANES=lanes, SHARE_TD=cfg.share_td and lanes == 2, num_warps=cfg.num_warps, **LAUNCH,
         )  # fmt: skip
     return y, hlast.transpose(1, 2).contiguous(), hsave
 

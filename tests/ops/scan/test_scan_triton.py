@@ -90,18 +90,23 @@ def test_short_sequences(gen, L):
     check_against_reference(make_inputs(gen, L=L, D=6, N=2), True, gen, torch.float32, f"L={L}")
 
 
-@pytest.mark.parametrize("fma_exp", [0, 8])
-def test_sixteen_states_default_config(gen, monkeypatch, fma_exp):
-    """N = 16 takes the default tiles (two warps of 32 channels in the forward), as they are and with half the
-    forward's Ā on the FMA pipe (``fma_exp``, the earlier default); strong decay sends some of them below
-    the polynomial's clamp (2^-125)."""
+@pytest.mark.parametrize("forward, fma_exp", [("one lane", 0), ("one lane", 8), ("two lanes", 0)])
+def test_sixteen_states_default_config(gen, monkeypatch, forward, fma_exp):
+    """N = 16 takes the default tiles: in the forward two warps of 32 channels (``one lane``), as they are and
+    with half the forward's Ā on the FMA pipe (``fma_exp``, an earlier default), or, where batch x channels
+    fill the GPU (and always in the interpreter), two lanes per channel in chunks of 8 (``forward_config``). Strong
+    decay sends some Ā below the polynomial's clamp (2^-125)."""
     import dataclasses
 
     from ssmkit.ops.scan import triton_launch
 
     default = triton_launch.default_config(16)
-    assert (default.block_d, default.num_warps, default.fma_exp) == (64, 2, 0)
-    monkeypatch.setattr(triton_launch, "default_config", lambda N: dataclasses.replace(default, fma_exp=fma_exp))
+    assert (default.block_d, default.num_warps, default.fma_exp, default.lanes) == (64, 2, 0, 1)
+    wide = triton_launch.forward_config(16, 2, 12, torch.device("cpu"))
+    assert (wide.lanes, wide.share_td, wide.chunk, wide.n_segs) == (2, True, 8, 1)
+    if forward == "one lane":
+        one = dataclasses.replace(default, fma_exp=fma_exp)
+        monkeypatch.setattr(triton_launch, "forward_config", lambda *a: one)
     inp = make_inputs(gen, L=21, D=12, N=16)
     with torch.no_grad():
         inp["A"][:, :4] *= 60.0  # Δ |A| in the hundreds for the first states
@@ -170,6 +175,32 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp, split, L, s
         assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
 
 
+@pytest.mark.parametrize("lanes, share, ahead, block_d, G, n_segs",
+                         [(2, False, True, 4, 2, 1), (2, True, False, 4, 2, 3), (4, False, False, 2, 1, 2),
+                          (2, True, True, 4, 2, 2), (2, False, False, 4, 2, 2)])  # fmt: skip
+def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
+    """The forward with each channel's states spread over ``lanes`` lanes (N = 5: 8 padded states, 4 or 2
+    per lane, the last ones padding): output, final state and checkpoints as with one lane per channel,
+    through segments and their local pieces; ``share``: each of the two lanes doing the per-(t, d) work
+    (softplus, gate) for its half of the steps; ``ahead``: Δ computed a chunk ahead. With D = 14 (the last case) the groups of 7 channels cross
+    the 4-channel blocks (B and C then per channel) and the last block has channels past the end."""
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_fwd
+
+    common = dict(block_d=block_d, chunk=2, bwd_block_d=4, bwd_chunk=2, save_every=4, n_segs=n_segs, local_split=2,
+                  dt_ahead=ahead)
+    D = 14 if n_segs == 2 and G == 2 else 16
+    inp = make_inputs(gen, L=23, D=D, N=5, G=G)
+    args = [inp[k].detach() for k in NAMES]
+    y1, h1, s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common))
+    y, h, hsave = scan_fwd(*args, True, True, ScanKernelConfig(**common, lanes=lanes, share_td=share))
+    ref_in = {k: inp[k].detach().cpu().double() for k in NAMES}
+    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
+    assert_close(y.cpu(), y_ref, 1e-4, "output")
+    assert_close(h.cpu(), h_ref, 1e-4, "final state")
+    assert_close(hsave.cpu(), s1.cpu().double(), 1e-5, "checkpoints against one lane per channel")
+    assert s1.abs().sum() > 0
+
+
 def test_local_pieces_rule():
     """The local passes' pieces per segment: about the asked programs per multiprocessor (one on the
     CPU), never pieces under 64 steps nor more than one carried piece per 12 steps of a segment."""
@@ -181,6 +212,21 @@ def test_local_pieces_rule():
     assert _pieces(4096, 8, 1, 160, cpu) == 6  # 23 asked; 7 later segments x 6 pieces <= 512 / 12
     assert _pieces(1024, 2, 1, 160, cpu) == 8  # 160 asked; pieces of 64 steps
     assert _pieces(4096, 4, 64, 12, cpu) == 1
+
+
+def test_forward_lanes_rule(monkeypatch):
+    """On a GPU of 132 multiprocessors the N = 16 forward takes two lanes per channel from ~6 warps per
+    multiprocessor in one pass (B=8 D=2048: 1024 warps), one lane below (B=2 D=4096: 512); N = 8 never."""
+    import types
+
+    from ssmkit.ops.scan import triton_launch
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(multi_processor_count=132))
+    gpu = torch.device("cuda")
+    assert triton_launch.forward_config(16, 8, 2048, gpu).lanes == 2
+    assert triton_launch.forward_config(16, 4, 4096, gpu).lanes == 2
+    assert triton_launch.forward_config(16, 2, 4096, gpu) == triton_launch.default_config(16)
+    assert triton_launch.forward_config(8, 64, 4096, gpu) == triton_launch.default_config(8)
 
 
 @triton.jit

@@ -1,0 +1,75 @@
+"""GPU: the selective scan forward with each channel's states spread over two lanes, against the default.
+
+With one lane per channel (N = 16 states in a thread's registers) batch x channels give about one warp
+per scheduler at B=8 D=2048, so the forward cuts the sequence into segments, and their local pass walks
+part of it twice (a second exponential per element there). Two lanes per channel (8 states each,
+``ScanKernelConfig.lanes = 2``) double the warps without that pass; ``share_td`` also divides the
+per-(t, d) work (softplus of Δ, the z gate, D, y's stores) between the two lanes, half the steps each.
+
+    python3 benchmarks/gpu_scan_lanes.py
+
+Prints a table: ms of the forward launcher (bf16, N=16, z, D, delta bias, softplus) without and with
+checkpoints, per config and shape; each output and checkpoint checked against the default config's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from _gpu_bench import ms  # noqa: E402
+from _timing import markdown_table  # noqa: E402
+from gpu_scan_checks import make_inputs, new_seed  # noqa: E402
+from numerics import rel_err  # noqa: E402  (on the path through gpu_scan_checks)
+
+from ssmkit.ops.scan.triton_launch import default_config, scan_fwd  # noqa: E402
+
+# (B, L, D): the kernel benchmark's shape, then the Mamba layer's of gpu_layers.py
+SHAPES = ((8, 4096, 2048), (4, 4096, 4096), (16, 2048, 1536), (2, 8192, 4096))
+# (name, changes to the default config)
+CONFIGS = (
+    ("default (one lane per channel)", {}),
+    ("lanes 2 shared, 32 channels, 2 warps", dict(lanes=2, share_td=True, block_d=32, num_warps=2)),
+    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8", dict(lanes=2, share_td=True, block_d=32, num_warps=2,
+                                                                 chunk=8)),
+    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8, fma_exp 1", dict(lanes=2, share_td=True, block_d=32,
+                                                                            num_warps=2, chunk=8, fma_exp=1,
+                                                                            save_fma_exp=1)),
+    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8, fma_exp 2", dict(lanes=2, share_td=True, block_d=32,
+                                                                            num_warps=2, chunk=8, fma_exp=2,
+                                                                            save_fma_exp=2)),
+    ("lanes 2 shared, 16 channels, 1 warp, chunks of 8", dict(lanes=2, share_td=True, block_d=16, num_warps=1,
+                                                                chunk=8)),
+    ("lanes 2 shared, 16 channels, 1 warp, chunks of 8, fma_exp 1", dict(lanes=2, share_td=True, block_d=16,
+                                                                           num_warps=1, chunk=8, fma_exp=1,
+                                                                           save_fma_exp=1)),
+    ("lanes 2 shared, 64 channels, 4 warps, chunks of 8, 1 segment", dict(lanes=2, share_td=True, block_d=64,
+                                                                            num_warps=4, chunk=8, n_segs=1)),
+    ("lanes 2, 32 channels, 2 warps, chunks of 8", dict(lanes=2, block_d=32, num_warps=2, chunk=8)),
+)  # fmt: skip
+
+
+def rows_for(b: int, L: int, D: int) -> list[list]:
+    inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16)
+    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    base = default_config(16)
+    y0, _, s0 = scan_fwd(*args, None, True, True, base)
+    rows = []
+    for name, changes in CONFIGS:
+        cfg = dataclasses.replace(base, **changes)
+        y, _, s = scan_fwd(*args, None, True, True, cfg)
+        err = max(rel_err(y.float(), y0.float()), rel_err(s, s0))
+        t = [ms(lambda cfg=cfg, save=save: scan_fwd(*args, None, True, save, cfg)) for save in (False, True)]
+        rows.append([f"B={b} L={L} D={D}", name, f"{t[0]:.3f} / {t[1]:.3f}", f"{err:.1e}"])
+        print(rows[-1], flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    rows = [r for shape in SHAPES for r in rows_for(*shape)]
+    print(markdown_table(["shape", "config", "forward ms (without / saving checkpoints)",
+                          "rel. diff to the default's output and checkpoints"], rows))  # fmt: skip
