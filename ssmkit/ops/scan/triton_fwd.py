@@ -9,8 +9,13 @@ softplus), ``dt`` = Δ after them, Ā = exp(Δ A) computed here as
 Work split: one program per (batch b, block of ``BLOCK_D`` channels[, segment]).
 With N <= 16 each thread owns one channel d and its N states, so the recurrence
 runs sequentially in registers, in float32, with no communication between
-threads. The sequence is walked in chunks of ``T`` steps: a chunk's inputs are
-loaded as (T, ., BLOCK_D) tiles (channels on the lanes, the T steps in
+threads. ``LANES`` = 2 (or 4) spreads each channel's states over that many
+adjacent lanes instead (``triton_common._lane_states``): twice the threads for
+the same channels, y's sum over the states finished by a shuffle; with
+``SHARE_TD`` the two lanes also divide the per-(t, d) work (softplus, gate, D,
+y's stores), half the steps each, and swap the Δ they computed. The sequence
+is walked in chunks of ``T`` steps: a chunk's inputs are loaded as
+(T, ., BLOCK_D * LANES) tiles (channels on the lanes, the T steps in
 registers; see ``triton_common._flat``), the per-(t, d) work (softplus, gate)
 is done once per tile, and the T steps are unrolled at compile time, so picking
 step ``i`` of a tile (``_row``) is a register selection, not arithmetic. The
