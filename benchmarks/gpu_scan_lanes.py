@@ -6,8 +6,7 @@ part of it twice (a second exponential per element there). Two lanes per channel
 ``ScanKernelConfig.lanes = 2``) double the warps without that pass; ``share_td`` also divides the
 per-(t, d) work (softplus of Δ, the z gate, D, y's stores) between the two lanes, half the steps each.
 
-    python3 benchmarks/gpu_scan_lanes.py              # the forward
-    python3 benchmarks/gpu_scan_lanes.py --backward   # the backward (its main and local kernels)
+    python3 benchmarks/gpu_scan_lanes.py
 
 Prints a table: ms of the forward launcher (bf16, N=16, z, D, delta bias, softplus) without and with
 checkpoints, per config and shape; each output and checkpoint checked against the default config's.
@@ -70,49 +69,7 @@ def rows_for(b: int, L: int, D: int) -> list[list]:
     return rows
 
 
-# (name, changes to the default config) of the backward
-BWD_CONFIGS = (
-    ("default (one lane per channel)", {}),
-    ("lanes 2, 16 channels, 1 warp", dict(bwd_lanes=2, bwd_block_d=16)),
-    ("lanes 2, 16 channels, 1 warp, <= 168 registers", dict(bwd_lanes=2, bwd_block_d=16, bwd_maxnreg=168)),
-    ("lanes 2, 16 channels, 1 warp, <= 128 registers", dict(bwd_lanes=2, bwd_block_d=16, bwd_maxnreg=128)),
-    ("lanes 2, 16 channels, 1 warp, 2 segments", dict(bwd_lanes=2, bwd_block_d=16, bwd_n_segs=2)),
-    ("lanes 2, 16 channels, 1 warp, 8 segments", dict(bwd_lanes=2, bwd_block_d=16, bwd_n_segs=8)),
-    ("lanes 2, 16 channels, 1 warp, <= 168 registers, 8 segments", dict(bwd_lanes=2, bwd_block_d=16, bwd_maxnreg=168,
-                                                                         bwd_n_segs=8)),
-    ("lanes 2, 32 channels, 2 warps", dict(bwd_lanes=2, bwd_block_d=32, bwd_num_warps=2)),
-)  # fmt: skip
-
-
-def backward_rows_for(b: int, L: int, D: int) -> list[list]:
-    from ssmkit.ops.scan.triton_launch import scan_bwd
-
-    inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16)
-    args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    base = default_config(16)
-    _, _, hsave = scan_fwd(*args, None, True, True, base)
-    dy = torch.randn_like(args[0])
-    g0 = scan_bwd(dy, None, *args, hsave, True, base)
-    rows = []
-    for name, changes in BWD_CONFIGS:
-        cfg = dataclasses.replace(base, **changes)
-        try:
-            g = scan_bwd(dy, None, *args, hsave, True, cfg)
-        except Exception as e:  # a register cap this Triton does not take
-            rows.append([f"B={b} L={L} D={D}", name, f"failed: {type(e).__name__}: {str(e)[:60]}", ""])
-            continue
-        err = max(rel_err(x.float(), y.float()) for x, y in zip(g, g0) if y.numel() and bool(y.any()))
-        t = ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg))
-        rows.append([f"B={b} L={L} D={D}", name, f"{t:.3f}", f"{err:.1e}"])
-        print(rows[-1], flush=True)
-    return rows
-
-
 if __name__ == "__main__":
-    if "--backward" in sys.argv:
-        rows = [r for shape in SHAPES for r in backward_rows_for(*shape)]
-        print(markdown_table(["shape", "backward config", "ms", "rel. diff to the default's gradients"], rows))
-        sys.exit(0)
     rows = [r for shape in SHAPES for r in rows_for(*shape)]
     print(markdown_table(["shape", "config", "forward ms (without / saving checkpoints)",
                           "rel. diff to the default's output and checkpoints"], rows))  # fmt: skip

@@ -41,10 +41,9 @@ from .triton_common import (
     _decay,
     _dot_states,
     _flat,
-    _lane_group_sum,
-    _lane_states,
     _load_checkpoint,
     _load_tile,
+    _m_col3,
     _row,
     _row_at,
     _scan_chunk,
@@ -57,19 +56,18 @@ from .triton_common import (
 def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m_n,
              T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
              SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr, GROUP_UNIFORM: tl.constexpr, n3,
-             FMA_EXP: tl.constexpr, LANES: tl.constexpr):  # fmt: skip
+             FMA_EXP: tl.constexpr):  # fmt: skip
     """The state after the T steps starting at ``t0`` (row pointers px, pu, pB already there),
     from the state ``h`` before them."""
-    CW: tl.constexpr = BLOCK_D * LANES
-    Bt = _bc_tile(tl.load(pB + o_B, mask=(t0 + tB < L) & m_n, other=0.0), T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
+    Bt = _bc_tile(tl.load(pB + o_B, mask=(t0 + tB < L) & m_n, other=0.0), T, NP, BLOCK_D, GROUP_UNIFORM)
     m_tile = (t0 + tr < L) & m_col
-    x = _load_tile(px, o_x, m_tile, T, CW)
-    u = _load_tile(pu, o_u, m_tile, T, CW)
+    x = _load_tile(px, o_x, m_tile, T, BLOCK_D)
+    u = _load_tile(pu, o_u, m_tile, T, BLOCK_D)
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
         x = _softplus(x, FAST_MATH)
-    dt = tl.where(tl.reshape(m_tile, (T, 1, CW)), x, 0.0)
+    dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
     dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
     return _row(_scan_chunk(dA, dt * u * Bt, h, t3), t3, T - 1)
 
@@ -85,7 +83,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_MATH: tl.constexpr,
     DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
-    VEC_SAVE: tl.constexpr = False, LANES: tl.constexpr = 1,
+    VEC_SAVE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
@@ -102,54 +100,47 @@ def selective_scan_bwd_kernel(
     pid_s = tl.program_id(2)
     n_ps = tl.num_programs(2)
     d0 = pid_d * BLOCK_D
-    NH: tl.constexpr = NP // LANES  # states per lane (``LANES`` lanes per channel, as in the forward)
-    CW: tl.constexpr = BLOCK_D * LANES  # lanes ("columns"): column c holds channel d0 + c // LANES
     t3 = tl.arange(0, T)[:, None, None]  # (T, 1, 1)
-    n3 = tl.arange(0, NH)[None, :, None]  # (1, NH, 1)
+    n3 = tl.arange(0, NP)[None, :, None]  # (1, NP, 1)
     k3 = tl.arange(0, K)[:, None, None]  # (K, 1, 1)
     S: tl.constexpr = T * K
-    sr, scol = _flat(NH, CW)  # a (NH, CW) state tile, flat
-    sn, sc = _lane_states(sr, scol, NH, LANES)
+    sn, sc = _flat(NP, BLOCK_D)  # a (NP, BD) state tile, flat
     m_s = (sn < N) & (d0 + sc < DIM)
     o_s = sn * DIM + (d0 + sc) * ONE  # into (N, D)
-    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NH, CW))
-    ccol = tl.arange(0, CW)
-    cc = ccol // LANES
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    cc = tl.arange(0, BLOCK_D)
     m_c = d0 + cc < DIM
-    one_c = m_c & (ccol % LANES == 0)  # one lane of each channel stores its per-channel sums
     if HAS_D:
-        Dsk = tl.reshape(tl.load(Dsk_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, CW))
+        Dsk = tl.reshape(tl.load(Dsk_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
     if HAS_BIAS:
-        bias = tl.reshape(tl.load(bias_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, CW))
+        bias = tl.reshape(tl.load(bias_ptr + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
     else:
-        bias = tl.zeros((1, 1, CW), dtype=tl.float32)  # unused
+        bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)  # unused
     o_state = pid_b * N * DIM + o_s  # into (B, N, D)
-    q = tl.zeros((1, NH, CW), dtype=tl.float32)  # q = Ā_{t+1} dh_{t+1}: the adjoint carried into step t
+    q = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)  # q = Ā_{t+1} dh_{t+1}: the adjoint carried into step t
     if HAS_DHLAST:
-        q = tl.reshape(tl.load(dhlast_ptr + o_state, mask=m_s, other=0.0), (1, NH, CW))
+        q = tl.reshape(tl.load(dhlast_ptr + o_state, mask=m_s, other=0.0), (1, NP, BLOCK_D))
     n_pc = (n_ps - 1) * LOC_K
     for jj in range(0, (n_ps - 1 - pid_s) * LOC_K):  # carried back through the later segments' pieces
         o_seg = pid_b * n_pc + n_pc - 1 - jj  # the pieces from the last one back
-        ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, CW))
-        ql = tl.reshape(tl.load(qloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NH, CW))
+        ds = tl.reshape(tl.load(dts_ptr + o_seg * DIM + (d0 + cc) * ONE, mask=m_c, other=0.0), (1, 1, BLOCK_D))
+        ql = tl.reshape(tl.load(qloc_ptr + o_seg * N * DIM + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
         q = tl.exp2(ds * A2) * q + ql
-    dA_acc = tl.zeros((1, NH, CW), dtype=tl.float32)
-    dD_acc = tl.zeros((1, 1, CW), dtype=tl.float32)
-    dbias_acc = tl.zeros((1, 1, CW), dtype=tl.float32)
+    dA_acc = tl.zeros((1, NP, BLOCK_D), dtype=tl.float32)
+    dD_acc = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
+    dbias_acc = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
 
-    tr, tcol = _flat(T, CW)  # a (T, CW) tile, flat
-    tc = tcol // LANES
+    tr, tc = _flat(T, BLOCK_D)  # a (T, BD) tile, flat
     m_col = d0 + tc < DIM
-    m_one = m_col & (tcol % LANES == 0)  # one lane of each channel stores the (t, d) outputs
     ch = (d0 + tc) * ONE
     o_u = tr * s_ul + ch
     o_x = tr * s_dl + ch
     o_z = tr * s_zl + ch
     o_y = tr * s_yl + ch
     o_o = tr * DIM + ch  # outputs, contiguous (B, L, D)
-    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM, LANES)
-    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM, LANES)
-    o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM, LANES)
+    o_B, tB, nB = _bc_offsets(s_Bl, s_Bg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_C, _, _ = _bc_offsets(s_Cl, s_Cg, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
+    o_G, _, _ = _bc_offsets(s_gl, N, T, NP, BLOCK_D, d0, DIM, ONE, CH_PER_GROUP, GROUP_UNIFORM)
     m_n = nB < N
     g_row = (d0 // CH_PER_GROUP) * N  # the block's group in the (B, L, G, N) accumulators (uniform groups)
     t_begin = pid_s * SEG_LEN
@@ -166,21 +157,21 @@ def selective_scan_bwd_kernel(
         seg = first + n_segs - 1 - j
         # pass 1: the states at the start of the segment's K chunks
         at = hsave_ptr + (pid_b * N_SAVES + seg) * DIM * N
-        h = _load_checkpoint(at, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE, LANES)
-        H = tl.zeros((K, NH, CW), dtype=tl.float32)
+        h = _load_checkpoint(at, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE)
+        H = tl.zeros((K, NP, BLOCK_D), dtype=tl.float32)
         for kf in tl.static_range(K):
             H = tl.where(k3 == kf, h, H)
             tf = (seg * S + kf * T).to(tl.int64)
             h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
                          u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
                          m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH, GROUP_UNIFORM, n3,
-                         FMA_EXP, LANES)  # fmt: skip
+                         FMA_EXP)  # fmt: skip
         # pass 2: the chunks backwards
         for kk in range(0, K):
             kb = K - 1 - kk
             t0 = seg * S + kb * T
             t0_64 = t0.to(tl.int64)
-            m_tile = (t0 + tr < L) & m_col  # (T*CW,)
+            m_tile = (t0 + tr < L) & m_col  # (T*BD,)
             m_bc = (t0 + tB < L) & m_n
             o_out = pid_b * L * DIM + t0_64 * DIM + o_o  # into the (B, L, D) outputs
             o_g = pid_b * s_gb + t0_64 * s_gl + o_G  # into the (B, L, G, N) accumulators
@@ -191,14 +182,14 @@ def selective_scan_bwd_kernel(
                 t0 - T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C, o_z, o_x, o_u, o_y, tr, tB,
                 m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl, HAS_Z, True,
             )  # fmt: skip
-            Bt = _bc_tile(Bv, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
-            Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
+            Bt = _bc_tile(Bv, T, NP, BLOCK_D, GROUP_UNIFORM)
+            Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM)
             if HAS_Z:
-                zz = tl.reshape(zv, (T, 1, CW)).to(tl.float32)
-            x = tl.reshape(xv, (T, 1, CW)).to(tl.float32)
-            u = tl.reshape(uv, (T, 1, CW)).to(tl.float32)
-            dy = tl.reshape(yv, (T, 1, CW)).to(tl.float32)
-            mt3 = tl.reshape(m_tile, (T, 1, CW))
+                zz = tl.reshape(zv, (T, 1, BLOCK_D)).to(tl.float32)
+            x = tl.reshape(xv, (T, 1, BLOCK_D)).to(tl.float32)
+            u = tl.reshape(uv, (T, 1, BLOCK_D)).to(tl.float32)
+            dy = tl.reshape(yv, (T, 1, BLOCK_D)).to(tl.float32)
+            mt3 = tl.reshape(m_tile, (T, 1, BLOCK_D))
             if HAS_BIAS:
                 x = x + bias
             if SOFTPLUS:
@@ -211,24 +202,24 @@ def selective_scan_bwd_kernel(
             dBu = dtu * Bt  # (T, NP, BD)
             h_start = _row_at(H, k3, kb)  # (1, NP, BD)
             hs = _scan_chunk(dA, dBu, h_start, t3)  # (T, NP, BD)
-            y = _lane_group_sum(tl.sum(hs * Ct, axis=1, keep_dims=True), LANES, FAST_MATH)  # C · h: (T, 1, CW)
+            y = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
             if HAS_D:
                 y = y + Dsk * u
             if HAS_Z:
                 sz = _sigmoid(zz, FAST_MATH)
                 g = dy * zz * sz
                 dz = dy * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + o_out, tl.reshape(dz, (T * CW,)).to(dz_ptr.dtype.element_ty), mask=m_tile & m_one)
+                tl.store(dz_ptr + o_out, tl.reshape(dz, (T * BLOCK_D,)).to(dz_ptr.dtype.element_ty), mask=m_tile)
             else:
                 g = dy
             if HAS_D:
                 dD_acc += tl.sum(g * u, axis=0, keep_dims=True)
             if GROUP_UNIFORM:  # Σ_d g_t h_t
                 _channel_sum_add(dC_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, hs * g, t0, L, s_gl, N, SCATTER,
-                                 DOT_REDUCE, LANES)  # fmt: skip
+                                 DOT_REDUCE)  # fmt: skip
             else:  # the block's channels read different groups: add per channel
-                dC = tl.reshape(hs * g, (T * NH * CW,))
-                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc, sem="relaxed")
+                dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
+                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
             # The adjoint, backwards through the chunk: dh_t = g_t C_t + q, then the adjoint carried into
             # step t - 1, q = Ā_t dh_t, which times h_{t-1} is dh_t Ā_t h_{t-1}, the term of ∂A and ∂Δ
             # (h_{t-1}: the state entering the chunk, then the chunk's own states).
@@ -246,14 +237,14 @@ def selective_scan_bwd_kernel(
                 ddA_i = q * h_prev
                 ddA = tl.where(t3 == i, ddA_i, ddA)
                 dA_acc += ddA_i * _row(dt, t3, i)
-            ddt = _lane_group_sum(_dot_states(ddA, A2, n3), LANES, FAST_MATH) * 0.6931471805599453
+            ddt = _dot_states(ddA, A2, n3) * 0.6931471805599453
             if GROUP_UNIFORM:  # Σ_d dh_t Δ_t u_t
                 _channel_sum_add(dB_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, DH * dtu, t0, L, s_gl, N, SCATTER,
-                                 DOT_REDUCE, LANES)  # fmt: skip
+                                 DOT_REDUCE)  # fmt: skip
             else:
-                dB = tl.reshape(DH * dtu, (T * NH * CW,))
-                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc, sem="relaxed")
-            sB = _lane_group_sum(tl.sum(DH * Bt, axis=1, keep_dims=True), LANES, FAST_MATH)  # Σ_n dh_t B_t: (T, 1, CW)
+                dB = tl.reshape(DH * dtu, (T * NP * BLOCK_D,))
+                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+            sB = tl.sum(DH * Bt, axis=1, keep_dims=True)  # Σ_n dh_t B_t: (T, 1, BD)
             ddt += sB * u
             du = sB * dt
             if HAS_D:
@@ -263,13 +254,13 @@ def selective_scan_bwd_kernel(
             ddt = tl.where(mt3, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
-            tl.store(du_ptr + o_out, tl.reshape(du, (T * CW,)).to(du_ptr.dtype.element_ty), mask=m_tile & m_one)
-            tl.store(ddl_ptr + o_out, tl.reshape(ddt, (T * CW,)).to(ddl_ptr.dtype.element_ty), mask=m_tile & m_one)
+            tl.store(du_ptr + o_out, tl.reshape(du, (T * BLOCK_D,)).to(du_ptr.dtype.element_ty), mask=m_tile)
+            tl.store(ddl_ptr + o_out, tl.reshape(ddt, (T * BLOCK_D,)).to(ddl_ptr.dtype.element_ty), mask=m_tile)
     if pid_s == 0:
-        tl.store(dh0_ptr + o_state, tl.reshape(q, (NH * CW,)), mask=m_s)
+        tl.store(dh0_ptr + o_state, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
     o_part = pid_b * n_ps + pid_s
-    tl.store(dA_ptr + o_part * N * DIM + o_s, tl.reshape(dA_acc, (NH * CW,)), mask=m_s)
+    tl.store(dA_ptr + o_part * N * DIM + o_s, tl.reshape(dA_acc, (NP * BLOCK_D,)), mask=m_s)
     if HAS_D:
-        tl.store(dD_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dD_acc, (CW,)), mask=one_c)
+        tl.store(dD_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dD_acc, (BLOCK_D,)), mask=m_c)
     if HAS_BIAS:
-        tl.store(dbias_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dbias_acc, (CW,)), mask=one_c)
+        tl.store(dbias_ptr + o_part * DIM + (d0 + cc) * ONE, tl.reshape(dbias_acc, (BLOCK_D,)), mask=m_c)

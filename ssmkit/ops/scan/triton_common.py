@@ -266,6 +266,12 @@ def _load_tile(ptr, offs, mask, T: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
+def _m_col3(tB, BLOCK_D: tl.constexpr, d0, DIM):
+    """Channel mask of the flat (T*NP*BLOCK_D,) per-channel B/C layout (non-uniform groups)."""
+    return d0 + tl.arange(0, tB.shape[0]) % BLOCK_D < DIM
+
+
+@triton.jit
 def _col(x, n3, i: tl.constexpr):
     """Column ``i`` of a (T, NP, b) float32 tile held in-thread along NP -> (T, 1, b) (a register pick)."""
     bits = tl.where(n3 == i, x.to(tl.int32, bitcast=True), 0)
@@ -317,17 +323,15 @@ def _store_checkpoint(ptr, h, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.con
 
 @triton.jit
 def _load_checkpoint(ptr, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, ONE,
-                     VEC: tl.constexpr, LANES: tl.constexpr = 1):  # fmt: skip
-    """The (1, NH, BD * LANES) state tile at one checkpoint of hsave (.., D, N) (see ``_store_checkpoint``)."""
-    NH: tl.constexpr = NP // LANES
-    CW: tl.constexpr = BLOCK_D * LANES
+                     VEC: tl.constexpr):  # fmt: skip
+    """The (1, NP, BD) state tile at one checkpoint of hsave (.., D, N) (see ``_store_checkpoint``)."""
     if VEC:
-        c = tl.arange(0, CW)
-        offs = d0 * N + c[:, None] * NH + tl.arange(0, NH)[None, :]
-        h = tl.reshape(tl.trans(tl.load(ptr + offs, mask=(d0 + c // LANES < DIM)[:, None], other=0.0)), (1, NH, CW))
+        cc = d0 + tl.arange(0, BLOCK_D)
+        offs = cc[:, None] * N + tl.arange(0, NP)[None, :]
+        h = tl.reshape(tl.trans(tl.load(ptr + offs, mask=(cc < DIM)[:, None], other=0.0)), (1, NP, BLOCK_D))
     else:
         h = tl.reshape(tl.load(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), mask=mask, other=0.0),
-                       (1, NH, CW))  # fmt: skip
+                       (1, NP, BLOCK_D))  # fmt: skip
     return h
 
 
@@ -365,74 +369,58 @@ def _halve(v, lane, BIT: tl.constexpr):
 
 
 @triton.jit
-def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr, DOT: tl.constexpr,
-                     LANES: tl.constexpr = 1):  # fmt: skip
-    """Add Σ_d x over the block's channels of a (T, NH, BD * LANES) float32 tile (states placed as
-    ``_lane_states`` places them, NH = NP / LANES per lane) to the (T, N) rows at ``ptr`` (row stride
-    ``s_l``, unit stride along N; rows t0 + t >= L are skipped), atomically.
+def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr, DOT: tl.constexpr):
+    """Add Σ_d x over the block's channels of a (T, NP, BD) float32 tile to the (T, N) rows at
+    ``ptr`` (row stride ``s_l``, unit stride along N; rows t0 + t >= L are skipped), atomically.
 
-    ``SCATTER`` (GPU only; 32 / LANES channels per warp): a reduce-scatter across the lanes' channel
-    bits (the low bits, which tell a channel's lanes apart, are left alone), after which each lane
-    holds whole sums for T * NP / 32 of the (t, n) pairs (or, for fewer pairs than lanes, one lane of
-    each group does): about 2 instructions per value where the butterfly of ``tl.sum`` takes 10.
-    Else ``_sum_channels`` (``DOT`` with one lane per channel only).
+    ``SCATTER`` (GPU only; BD = 32 channels of one warp, one per lane): a reduce-scatter
+    across the lanes, after which each lane holds whole sums for T * NP / 32 of the
+    (t, n) pairs (or, for fewer pairs than lanes, one lane of each group does): about
+    2 instructions per value where the butterfly of ``tl.sum`` takes 10. Else
+    ``_sum_channels``.
     """
     T: tl.constexpr = x.shape[0]
-    NH: tl.constexpr = x.shape[1]
-    CW: tl.constexpr = x.shape[2]
+    NP: tl.constexpr = x.shape[1]
+    BD: tl.constexpr = x.shape[2]
     if SCATTER:
-        V: tl.constexpr = T * NH
-        CHN: tl.constexpr = 32 // LANES  # channels per warp
-        v = tl.reshape(x, (V, CW))
-        lane = _lane_id(tl.arange(0, CW)[None, :])  # (1, CW)
+        V: tl.constexpr = T * NP
+        v = tl.reshape(x, (V, BD))
+        lane = _lane_id(tl.arange(0, BD)[None, :])  # (1, BD)
         if V >= 2:
             v = _halve(v, lane, 16)
         if V >= 4:
             v = _halve(v, lane, 8)
         if V >= 8:
-            if LANES <= 4:
-                v = _halve(v, lane, 4)
+            v = _halve(v, lane, 4)
         if V >= 16:
-            if LANES <= 2:
-                v = _halve(v, lane, 2)
+            v = _halve(v, lane, 2)
         if V >= 32:
-            if LANES == 1:
-                v = _halve(v, lane, 1)
-        if V < 32:  # fewer values than lanes: finish the sum over the channel bits left
-            if LANES == 1:
-                v += _shfl_xor(v, 1)
+            v = _halve(v, lane, 1)
+        if V < 32:  # fewer values than lanes: finish the sum over the lane bits left
+            v += _shfl_xor(v, 1)
         if V < 16:
-            if LANES <= 2:
-                v += _shfl_xor(v, 2)
+            v += _shfl_xor(v, 2)
         if V < 8:
-            if LANES <= 4:
-                v += _shfl_xor(v, 4)
+            v += _shfl_xor(v, 4)
         if V < 4:
             v += _shfl_xor(v, 8)
         if V < 2:
             v += _shfl_xor(v, 16)
-        cl = lane // LANES  # the lane's channel position in the warp
-        if V >= CHN:
-            R: tl.constexpr = V // CHN
-            k = cl * R + tl.arange(0, R)[:, None]  # (R, CW): the (t, state of the lane) pair of each value
+        if V >= 32:
+            R: tl.constexpr = V // 32
+            k = lane * R + tl.arange(0, R)[:, None]  # (R, BD): the (t, n) pair of each value
             ok = k >= 0
         else:
-            SH: tl.constexpr = CHN // V
-            k = cl // SH
-            ok = cl % SH == 0
-        t = k // NH
-        n = (lane % LANES) * NH + k % NH
+            SH: tl.constexpr = 32 // V
+            k = lane // SH
+            ok = lane % SH == 0
+        t = k // NP
+        n = k % NP
         tl.atomic_add(ptr + t * s_l + n, v, mask=ok & (t0 + t < L) & (n < N), sem="relaxed")
-    elif LANES == 1:
-        s = tl.reshape(_sum_channels(x, DOT), (T * NH,))
-        tt = tl.arange(0, T * NH) // NH
-        nn = tl.arange(0, T * NH) % NH
-        tl.atomic_add(ptr + tt * s_l + nn, s, mask=(t0 + tt < L) & (nn < N), sem="relaxed")
     else:
-        s = tl.reshape(tl.sum(tl.reshape(x, (T, NH, CW // LANES, LANES)), axis=2), (T * NH * LANES,))
-        i = tl.arange(0, T * NH * LANES)
-        tt = i // (NH * LANES)
-        nn = (i % LANES) * NH + (i // LANES) % NH
+        s = tl.reshape(_sum_channels(x, DOT), (T * NP,))
+        tt = tl.arange(0, T * NP) // NP
+        nn = tl.arange(0, T * NP) % NP
         tl.atomic_add(ptr + tt * s_l + nn, s, mask=(t0 + tt < L) & (nn < N), sem="relaxed")
 
 

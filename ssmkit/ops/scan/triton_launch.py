@@ -53,15 +53,12 @@ class ScanKernelConfig:
     # threads cover block_d * lanes lanes
     lanes: int = 1
     share_td: bool = False  # forward, lanes = 2: each lane does the per-(t, d) work (softplus, gate) for half the steps
-    bwd_lanes: int = 1  # backward: the same as ``lanes`` (the channel sums of ∂B, ∂C keep the lanes' states apart)
-    bwd_maxnreg: int = 0  # backward: a cap on the registers per thread (Triton's ``maxnreg``); 0: none
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
             raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of chunk and bwd_chunk")
-        for name in ("lanes", "bwd_lanes"):
-            if getattr(self, name) not in (1, 2, 4):
-                raise ValueError(f"ScanKernelConfig: {name} must be 1, 2 or 4, got {getattr(self, name)}")
+        if self.lanes not in (1, 2, 4):
+            raise ValueError(f"ScanKernelConfig: lanes must be 1, 2 or 4, got {self.lanes}")
         if self.share_td and (self.lanes != 2 or self.chunk % 2):
             raise ValueError(f"ScanKernelConfig: share_td needs lanes=2 and an even chunk, got lanes={self.lanes}, "
                              f"chunk={self.chunk}")
@@ -282,7 +279,6 @@ def scan_bwd(
     dB = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     dC = torch.zeros((batch, L, G, N), dtype=fp32, device=dev)
     nd = cdiv(dim, cfg.bwd_block_d)
-    lanes = min(cfg.bwd_lanes, next_pow2(N))
     n_segs, seg_len, k = _backward_split(L, nd * batch, cfg, dev)
     dA = torch.empty((batch, n_segs, N, dim), dtype=fp32, device=dev)
     dh0 = torch.empty((batch, N, dim), dtype=fp32, device=dev)
@@ -314,11 +310,9 @@ def scan_bwd(
         N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, K=cfg.save_every // cfg.bwd_chunk,
         HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_MATH=not interpret_mode(),
-        DOT_REDUCE=cfg.dot_reduce and lanes == 1 and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
-        SCATTER=cfg.scatter and not (cfg.dot_reduce and lanes == 1) and not interpret_mode()
-        and cfg.bwd_block_d * lanes == 32 * cfg.bwd_num_warps,
-        FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), LANES=lanes, num_warps=cfg.bwd_num_warps, **LAUNCH,
-        **({"maxnreg": cfg.bwd_maxnreg} if cfg.bwd_maxnreg else {}),
+        DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
+        SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
+        FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps, **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

@@ -201,31 +201,6 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     assert s1.abs().sum() > 0
 
 
-@pytest.mark.parametrize("lanes, block_d, G, n_segs",
-                         [(2, 4, 2, 1), (2, 4, 2, 3), (4, 2, 1, 2), (2, 4, 2, 2), (2, 16, 1, 1), (4, 8, 1, 2)])
-def test_backward_lanes_per_channel(gen, lanes, block_d, G, n_segs):
-    """The backward with each channel's states spread over ``lanes`` lanes (N = 5: 8 padded states): every
-    gradient against the float64 reference, through segments and their local pieces; with D = 14 (the fourth
-    case) the groups of 7 channels cross the 4-channel blocks and the last block has channels past the end.
-    The last two fill a warp (on the GPU the ∂B, ∂C channel sums then take the lane reduce-scatter)."""
-    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
-
-    cfg = ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=block_d, bwd_chunk=2, save_every=4, n_segs=n_segs,
-                           bwd_n_segs=n_segs, bwd_local_split=2, bwd_lanes=lanes)  # fmt: skip
-    L, D = 23, (14 if n_segs == 2 and G == 2 else 16)
-    inp = make_inputs(gen, L=L, D=D, N=5, G=G)
-    args = [inp[k].detach() for k in NAMES]
-    y, h, hsave = scan_fwd(*args, True, True, cfg)
-    dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
-    grads = scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
-    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
-    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
-    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
-                                [ref_in[k] for k in NAMES])  # fmt: skip
-    for name, g, gr in zip(NAMES, grads, g_ref):
-        assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
-
-
 def test_local_pieces_rule():
     """The local passes' pieces per segment: about the asked programs per multiprocessor (one on the
     CPU), never pieces under 64 steps nor more than one carried piece per 12 steps of a segment."""
