@@ -6,10 +6,11 @@ part of it twice (a second exponential per element there). Two lanes per channel
 ``ScanKernelConfig.lanes = 2``) double the warps without that pass; ``share_td`` also divides the
 per-(t, d) work (softplus of Δ, the z gate, D, y's stores) between the two lanes, half the steps each.
 
-    python3 benchmarks/gpu_scan_lanes.py
+    python3 benchmarks/gpu_scan_lanes.py [--dtype float32]
 
-Prints a table: ms of the forward launcher (bf16, N=16, z, D, delta bias, softplus) without and with
-checkpoints, per config and shape; each output and checkpoint checked against the default config's.
+Prints a table: ms of the forward launcher (bf16 unless ``--dtype``, N=16, z, D, delta bias, softplus)
+without and with checkpoints, per config and shape; each output and checkpoint checked against the
+default config's.
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ CONFIGS = (
 )  # fmt: skip
 
 
-def rows_for(b: int, L: int, D: int) -> list[list]:
-    inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16)
+def rows_for(b: int, L: int, D: int, dtype: torch.dtype = torch.bfloat16) -> list[list]:
+    inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16, dtype=dtype)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     base = default_config(16)
     y0, _, s0 = scan_fwd(*args, None, True, True, base)
@@ -64,12 +65,13 @@ def rows_for(b: int, L: int, D: int) -> list[list]:
         y, _, s = scan_fwd(*args, None, True, True, cfg)
         err = max(rel_err(y.float(), y0.float()), rel_err(s, s0))
         t = [ms(lambda cfg=cfg, save=save: scan_fwd(*args, None, True, save, cfg)) for save in (False, True)]
-        rows.append([f"B={b} L={L} D={D}", name, f"{t[0]:.3f} / {t[1]:.3f}", f"{err:.1e}"])
+        rows.append([f"B={b} L={L} D={D} {str(dtype)[6:]}", name, f"{t[0]:.3f} / {t[1]:.3f}", f"{err:.1e}"])
         print(rows[-1], flush=True)
     return rows
 
 
 if __name__ == "__main__":
-    rows = [r for shape in SHAPES for r in rows_for(*shape)]
+    dt = getattr(torch, sys.argv[sys.argv.index("--dtype") + 1]) if "--dtype" in sys.argv else torch.bfloat16
+    rows = [r for shape in SHAPES for r in rows_for(*shape, dt)]
     print(markdown_table(["shape", "config", "forward ms (without / saving checkpoints)",
                           "rel. diff to the default's output and checkpoints"], rows))  # fmt: skip
