@@ -31,27 +31,23 @@ from ssmkit.ops.scan.triton_launch import default_config, scan_fwd  # noqa: E402
 
 # (B, L, D): the kernel benchmark's shape, then the Mamba layer's of gpu_layers.py
 SHAPES = ((8, 4096, 2048), (4, 4096, 4096), (16, 2048, 1536), (2, 8192, 4096))
-# (name, changes to the default config)
+# changes to the default config, each a row (two lanes per channel, sharing the per-(t, d) work, unless noted)
+_TWO = dict(lanes=2, share_td=True)
 CONFIGS = (
-    ("default (one lane per channel)", {}),
-    ("lanes 2 shared, 32 channels, 2 warps", dict(lanes=2, share_td=True, block_d=32, num_warps=2)),
-    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8", dict(lanes=2, share_td=True, block_d=32, num_warps=2,
-                                                                 chunk=8)),
-    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8, fma_exp 1", dict(lanes=2, share_td=True, block_d=32,
-                                                                            num_warps=2, chunk=8, fma_exp=1,
-                                                                            save_fma_exp=1)),
-    ("lanes 2 shared, 32 channels, 2 warps, chunks of 8, fma_exp 2", dict(lanes=2, share_td=True, block_d=32,
-                                                                            num_warps=2, chunk=8, fma_exp=2,
-                                                                            save_fma_exp=2)),
-    ("lanes 2 shared, 16 channels, 1 warp, chunks of 8", dict(lanes=2, share_td=True, block_d=16, num_warps=1,
-                                                                chunk=8)),
-    ("lanes 2 shared, 16 channels, 1 warp, chunks of 8, fma_exp 1", dict(lanes=2, share_td=True, block_d=16,
-                                                                           num_warps=1, chunk=8, fma_exp=1,
-                                                                           save_fma_exp=1)),
-    ("lanes 2 shared, 64 channels, 4 warps, chunks of 8, 1 segment", dict(lanes=2, share_td=True, block_d=64,
-                                                                            num_warps=4, chunk=8, n_segs=1)),
-    ("lanes 2, 32 channels, 2 warps, chunks of 8", dict(lanes=2, block_d=32, num_warps=2, chunk=8)),
-)  # fmt: skip
+    {},
+    dict(_TWO, block_d=32, num_warps=2),
+    dict(_TWO, block_d=32, num_warps=2, chunk=8),  # forward_config's pick where batch x channels fill the GPU
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, fma_exp=1, save_fma_exp=1),
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, fma_exp=2, save_fma_exp=2),
+    dict(_TWO, block_d=16, num_warps=1, chunk=8),
+    dict(_TWO, block_d=16, num_warps=1, chunk=8, fma_exp=1, save_fma_exp=1),
+    dict(_TWO, block_d=64, num_warps=4, chunk=8, n_segs=1),
+    dict(lanes=2, block_d=32, num_warps=2, chunk=8),  # the per-(t, d) work not shared
+)
+
+
+def _name(changes: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in changes.items()) or "default (one lane per channel)"
 
 
 def rows_for(b: int, L: int, D: int, dtype: torch.dtype = torch.bfloat16) -> list[list]:
@@ -60,8 +56,8 @@ def rows_for(b: int, L: int, D: int, dtype: torch.dtype = torch.bfloat16) -> lis
     base = default_config(16)
     y0, _, s0 = scan_fwd(*args, None, True, True, base)
     rows = []
-    for name, changes in CONFIGS:
-        cfg = dataclasses.replace(base, **changes)
+    for changes in CONFIGS:
+        cfg, name = dataclasses.replace(base, **changes), _name(changes)
         y, _, s = scan_fwd(*args, None, True, True, cfg)
         err = max(rel_err(y.float(), y0.float()), rel_err(s, s0))
         t = [ms(lambda cfg=cfg, save=save: scan_fwd(*args, None, True, save, cfg)) for save in (False, True)]
