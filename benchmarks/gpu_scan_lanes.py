@@ -37,6 +37,9 @@ CONFIGS = (
     {},
     dict(_TWO, block_d=32, num_warps=2),
     dict(_TWO, block_d=32, num_warps=2, chunk=8),  # forward_config's pick where batch x channels fill the GPU
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=168),
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=128),
+    dict(_TWO, block_d=16, num_warps=1, chunk=8, maxnreg=168),
     dict(_TWO, block_d=32, num_warps=2, chunk=8, fma_exp=1, save_fma_exp=1),
     dict(_TWO, block_d=32, num_warps=2, chunk=8, fma_exp=2, save_fma_exp=2),
     dict(_TWO, block_d=16, num_warps=1, chunk=8),

@@ -51,6 +51,22 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 # them to); Triton 3.9 warns that its default turns them off in 3.10.
 LAUNCH = {"enable_fp_fusion": True}
 
+@_constant
+def _takes_maxnreg() -> bool:
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+
+        return "maxnreg" in CUDAOptions.__dataclass_fields__
+    except Exception:  # another backend, or a Triton whose options are laid out otherwise
+        return False
+
+
+def register_cap(n: int) -> dict:
+    """Launch options capping a kernel's registers per thread at ``n`` (Triton's ``maxnreg``), so that more
+    programs fit on a multiprocessor; empty for ``n`` = 0, in the interpreter, and where Triton lacks it."""
+    return {"maxnreg": n} if n and not interpret_mode() and _takes_maxnreg() else {}
+
+
 # The Triton kernels compute in float32 with float32, float16 or bfloat16 inputs; float64 goes to "torch".
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

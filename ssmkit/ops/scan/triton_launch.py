@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, register_cap, unit_last
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
 from .triton_common import LOG2E
@@ -53,6 +53,7 @@ class ScanKernelConfig:
     # threads cover block_d * lanes lanes
     lanes: int = 1
     share_td: bool = False  # forward, lanes = 2: each lane does the per-(t, d) work (softplus, gate) for half the steps
+    maxnreg: int = 0  # forward: a cap on the registers per thread (``_triton.register_cap``); 0: none
 
     def __post_init__(self) -> None:
         if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
@@ -89,24 +90,33 @@ def default_config(N: int) -> ScanKernelConfig:
 # The forward takes two lanes per channel where batch x channels give at least this many warps per
 # multiprocessor in one pass (``forward_config``).
 LANES_WARPS_PER_SM = 6
+# Registers of that forward on the H200 (Triton 3.6): 198 without checkpoints (4 programs of two warps per
+# SM), 168 saving them (6). Capped at 168 where the uncapped one would not fit in one wave.
+LANES_MAXNREG = 168
+LANES_UNCAPPED_PER_SM = 4
 
 
-def forward_config(N: int, batch: int, dim: int, device: torch.device) -> ScanKernelConfig:
+def forward_config(N: int, batch: int, dim: int, device: torch.device, save_states: bool = False) -> ScanKernelConfig:
     """The forward's tiles for one call: :func:`default_config`, or for N = 16 where batch x channels fill the
     GPU without segments (~1.5 warps per scheduler or more), two lanes per channel with 8 states each, the
     per-(t, d) work shared between them, chunks of 8 steps and one pass: on the H200 at B=8 L=4096 D=2048
-    (``python3 benchmarks/gpu_scan_lanes.py``) 0.576 ms against 0.703 (two segments, their local pass walking
-    half the sequence again), 0.709 against 0.760 saving checkpoints; where the batch is small (B=2 D=4096:
-    two segments needed) 0.812 against 0.798, so the default stays there. The checkpoints are the same
-    (``save_every``), so the backward takes :func:`default_config` whatever this picks."""
+    (``python3 benchmarks/gpu_scan_lanes.py``) 0.579 ms against 0.704 (two segments, their local pass walking
+    half the sequence again), 0.671 against 0.763 saving checkpoints (with the register cap); where the batch is
+    small (B=2 D=4096: two segments needed) 0.818 against 0.798, so the default stays there. Registers are
+    capped (``LANES_MAXNREG``) saving checkpoints, and without where 4 programs per SM would leave a second,
+    partial wave (B=16 L=2048 D=1536: 0.439 against 0.524 uncapped; at B=8, one wave, 0.579 uncapped against
+    0.606). The checkpoints are the same (``save_every``), so the backward takes :func:`default_config`
+    whatever this picks."""
     cfg = default_config(N)
     if next_pow2(N) == 16:
         wide = replace(cfg, lanes=2, share_td=True, chunk=8, block_d=32, num_warps=2, n_segs=1)
+        programs = batch * cdiv(dim, wide.block_d)
         if device.type != "cuda":  # Triton's interpreter: the path of the GPU's larger shapes
             return wide
         sms = torch.cuda.get_device_properties(device).multi_processor_count
-        if batch * cdiv(dim, wide.block_d) * wide.num_warps >= LANES_WARPS_PER_SM * sms:
-            return wide
+        if programs * wide.num_warps >= LANES_WARPS_PER_SM * sms:
+            capped = save_states or programs > LANES_UNCAPPED_PER_SM * sms
+            return replace(wide, maxnreg=LANES_MAXNREG) if capped else wide
     return cfg
 
 
@@ -209,7 +219,7 @@ def scan_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
     (B, n_saves, N, D) float32 (an empty tensor unless ``save_states``)."""
-    cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device)
+    cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device, save_states)
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
     u, delta = unit_last(u), unit_last(delta)
     z = None if z is None else unit_last(z)
@@ -242,6 +252,7 @@ def scan_fwd(
             FAST_MATH=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
             FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp, VEC_SAVE=_vector_checkpoints(N),
             LANES=lanes, SHARE_TD=cfg.share_td and lanes == 2, num_warps=cfg.num_warps, **LAUNCH,
+            **register_cap(cfg.maxnreg),
         )  # fmt: skip
     return y, hlast.transpose(1, 2).contiguous(), hsave
 

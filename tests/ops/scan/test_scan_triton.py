@@ -216,7 +216,8 @@ def test_local_pieces_rule():
 
 def test_forward_lanes_rule(monkeypatch):
     """On a GPU of 132 multiprocessors the N = 16 forward takes two lanes per channel from ~6 warps per
-    multiprocessor in one pass (B=8 D=2048: 1024 warps), one lane below (B=2 D=4096: 512); N = 8 never."""
+    multiprocessor in one pass (B=8 D=2048: 1024 warps), one lane below (B=2 D=4096: 512); N = 8 never.
+    The register cap applies saving checkpoints, and without them where 4 programs per SM would not fit."""
     import types
 
     from ssmkit.ops.scan import triton_launch
@@ -227,6 +228,19 @@ def test_forward_lanes_rule(monkeypatch):
     assert triton_launch.forward_config(16, 4, 4096, gpu).lanes == 2
     assert triton_launch.forward_config(16, 2, 4096, gpu) == triton_launch.default_config(16)
     assert triton_launch.forward_config(8, 64, 4096, gpu) == triton_launch.default_config(8)
+    # registers capped saving checkpoints, and without them past one wave of 4 programs per SM
+    assert triton_launch.forward_config(16, 8, 2048, gpu).maxnreg == 0  # 512 programs
+    assert triton_launch.forward_config(16, 8, 2048, gpu, save_states=True).maxnreg == 168
+    assert triton_launch.forward_config(16, 16, 1536, gpu).maxnreg == 168  # 768 programs
+
+
+def test_register_cap():
+    """The launch option that caps registers: none asked, none given; in the interpreter never (it has no
+    registers to cap); on a GPU Triton's ``maxnreg``."""
+    from ssmkit.ops._triton import interpret_mode, register_cap
+
+    assert register_cap(0) == {}
+    assert register_cap(168) == ({} if interpret_mode() else {"maxnreg": 168})
 
 
 @triton.jit
