@@ -91,8 +91,9 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
     return out
 
 
-def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, scoreboards: bool = False) -> None:
-    res, sass = compile_sm90(kernel, constexprs)
+def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, scoreboards: bool = False,
+           num_warps: int = 1) -> None:  # fmt: skip
+    res, sass = compile_sm90(kernel, constexprs, num_warps)
     regs = re.search(r"REG:(\d+)", res)
     stack = re.search(r"STACK:(\d+)", res)
     print(f"{name}: registers {regs and regs.group(1)}, stack {stack and stack.group(1)} bytes")
@@ -110,12 +111,18 @@ def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, sco
 def main() -> None:
     sb = "--scoreboards" in sys.argv
     print(f"triton {triton.__version__}")
-    fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, HAS_H0=True, DT_AHEAD=True)
+    fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, HAS_H0=True, DT_AHEAD=True, LANES=1, SHARE_TD=False)
     for k in (0, 8):
         report(f"forward, full pass, fma_exp={k}", selective_scan_fwd_kernel,
                dict(fwd, SAVE_STATES=False, LOCAL=False, FMA_EXP=k), 64, sb)  # fmt: skip
     report("forward, full pass saving checkpoints", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=True, LOCAL=False), 64)
     report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
+    # forward_config's pick where batch x channels fill the GPU: 16 channels x 2 lanes per warp, chunks of 8,
+    # each lane 8 states (per chunk and lane: 64 elements)
+    two = dict(fwd, BLOCK_D=32, T=8, SAVE_K=1, DT_AHEAD=False, LANES=2, SHARE_TD=True, LOCAL=False)
+    for save in (False, True):
+        report(f"forward, two lanes per channel{' saving checkpoints' if save else ''}", selective_scan_fwd_kernel,
+               dict(two, SAVE_STATES=save), 64, num_warps=2)  # fmt: skip
     bwd = dict(COMMON, BLOCK_D=32, T=2, K=4, HAS_DHLAST=True, DOT_REDUCE=False)
     report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32)
     report("backward, reduce-scatter sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,

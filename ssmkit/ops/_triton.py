@@ -51,6 +51,7 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 # them to); Triton 3.9 warns that its default turns them off in 3.10.
 LAUNCH = {"enable_fp_fusion": True}
 
+
 @_constant
 def _takes_maxnreg() -> bool:
     try:

@@ -75,7 +75,7 @@ def _exp2_fma(x):
 @triton.jit
 def _decay(x, n3, FMA_EXP: tl.constexpr):
     """Ā = 2^x for a (T, NP, BD) tile: states n < FMA_EXP on the FMA pipe (``_exp2_fma``), the
-    rest on the special-function unit. Each register holds one state (n is known at compile
+    rest on the special-function unit (n counts a lane's own states where channels span lanes). Each register holds one state (n is known at compile
     time), so each element's unused branch is removed."""
     if FMA_EXP == 0:
         out = tl.exp2(x)

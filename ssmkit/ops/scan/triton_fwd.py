@@ -43,18 +43,18 @@ import triton
 import triton.language as tl
 
 from .triton_common import (
+    _all_steps,
     _bc_offsets,
     _bc_tile,
     _decay,
-    _all_steps,
     _flat,
     _halves,
     _lane_group_sum,
+    _lane_states,
     _row,
     _scan_chunk,
     _sigmoid,
     _softplus,
-    _lane_states,
     _store_checkpoint,
     _swap_pair,
 )
@@ -218,10 +218,10 @@ def selective_scan_fwd_kernel(
         else:
             x_n = tl.load(px + o_x, mask=(t_next + o_t < t_end) & m_ocol, other=0.0)
 
-        dtu = dt * u  # (T, 1, BD)
-        dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NP, BD)
-        hs = _scan_chunk(dA, dtu * Bt, h, t3)  # h_t for the T steps: (T, NP, BD)
-        h = _row(hs, t3, T - 1)  # (1, NP, BD)
+        dtu = dt * u  # (T, 1, CW)
+        dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NH, CW)
+        hs = _scan_chunk(dA, dtu * Bt, h, t3)  # h_t for the T steps: (T, NH, CW)
+        h = _row(hs, t3, T - 1)  # (1, NH, CW)
         if LOCAL:
             dts += tl.sum(dt, axis=0, keep_dims=True)
         else:
