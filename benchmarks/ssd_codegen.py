@@ -72,7 +72,7 @@ def record(run) -> list:
         for name, obj in vars(launch).items():
             if isinstance(obj, triton.runtime.jit.JITFunction):
                 stack.enter_context(mock.patch.object(launch, name, Recorder(obj, calls)))
-        stack.enter_context(mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT))
+        stack.enter_context(mock.patch.object(launch, "sm_count", lambda device: SM_COUNT))
         run()
     return calls
 
@@ -148,7 +148,7 @@ def bench_inputs(Q: int, dtype=torch.bfloat16, b=8, L=4096, H=32, P=64, N=128, G
 def report(Q: int, plan_kw: dict, sass_dir=None, dtype=torch.bfloat16, **shape) -> None:
     inp = bench_inputs(Q, dtype, **shape)
     x, dt, A, B, C, D, bias = (inp[k] for k in ("x", "dt", "A", "B", "C", "D", "dt_bias"))
-    with mock.patch.object(launch, "_sm_count", lambda device: SM_COUNT):
+    with mock.patch.object(launch, "sm_count", lambda device: SM_COUNT):
         plan = launch.make_plan(x, B.shape[3], Q, None, **plan_kw)
     print(f"-- Q={Q} plan: {plan}")
     out = {}

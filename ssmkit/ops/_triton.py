@@ -52,6 +52,11 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
 LAUNCH = {"enable_fp_fusion": True}
 
 
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of ``device`` (1 off the GPU: the launch rules then see a one-SM machine)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
 @_constant
 def _takes_maxnreg() -> bool:
     try:

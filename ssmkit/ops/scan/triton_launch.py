@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, register_cap, unit_last
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, register_cap, sm_count, unit_last
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
 from .triton_common import LOG2E
@@ -113,7 +113,7 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
         programs = batch * cdiv(dim, wide.block_d)
         if device.type != "cuda":  # Triton's interpreter: the path of the GPU's larger shapes
             return wide
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
+        sms = sm_count(device)
         if programs * wide.num_warps >= LANES_WARPS_PER_SM * sms:
             capped = save_states or programs > LANES_UNCAPPED_PER_SM * sms
             return replace(wide, maxnreg=LANES_MAXNREG) if capped else wide
@@ -148,7 +148,7 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
     are multiples of ``save_every`` times ``split`` (the pieces a local pass cuts each into).
     """
     if n <= 0:
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        sms = sm_count(device)
         n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
         n = max(1, min(n, L // (4 * cfg.save_every)))
     S = cfg.save_every * split
@@ -187,7 +187,7 @@ def _pieces(L: int, n: int, programs: int, per_sm: int, device: torch.device) ->
     of at least 64 steps, and at most one carried piece per 12 steps of a segment: the full pass walks the
     pieces of the segments before (forward) or after (backward) its own one by one, and on the H200 longer
     chains of them slowed the backward (8 segments of 512 steps: 3.22 ms in 6 pieces, 3.51 in 12)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    sms = sm_count(device)
     seg_len = cdiv(L, n)
     k = round(per_sm * sms / ((n - 1) * programs))
     return max(1, min(k, seg_len // 64, seg_len // (12 * (n - 1))))

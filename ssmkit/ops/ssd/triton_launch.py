@@ -35,7 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._triton import LAUNCH
+from .._triton import LAUNCH, sm_count
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
@@ -250,10 +250,6 @@ def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
 
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-
-
 def make_plan(
     x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int = 0,
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
@@ -284,7 +280,7 @@ def make_plan(
     state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
     if fwd_span < 0:
-        fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * _sm_count(x.device) else 0
+        fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * sm_count(x.device) else 0
     if fwd_span or state_tile or WALKING_PLAN_TILES:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan
@@ -292,9 +288,9 @@ def make_plan(
         state_warps, state_stages = state_warps or fwd_warps, state_stages or WALK_STATE_STAGES
     if seg_chunks <= 0:  # enough programs to fill the GPU
         if fwd_span:  # (the state walks walk)
-            n_segs = triton.cdiv(STATE_PROGRAMS_PER_SM * _sm_count(x.device), state_programs)
+            n_segs = triton.cdiv(STATE_PROGRAMS_PER_SM * sm_count(x.device), state_programs)
         else:  # (the scan walks: as many segments as fit in whole waves of its programs)
-            n_segs = SEG_PROGRAMS_PER_SM * _sm_count(x.device) // (rows * H * triton.cdiv(P, block_p))
+            n_segs = SEG_PROGRAMS_PER_SM * sm_count(x.device) // (rows * H * triton.cdiv(P, block_p))
         n_segs = max(1, min(n_chunks, n_segs))
         seg_chunks = triton.cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)

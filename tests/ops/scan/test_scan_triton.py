@@ -182,8 +182,9 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     """The forward with each channel's states spread over ``lanes`` lanes (N = 5: 8 padded states, 4 or 2
     per lane, the last ones padding): output, final state and checkpoints as with one lane per channel,
     through segments and their local pieces; ``share``: each of the two lanes doing the per-(t, d) work
-    (softplus, gate) for its half of the steps; ``ahead``: Δ computed a chunk ahead. With D = 14 (the last case) the groups of 7 channels cross
-    the 4-channel blocks (B and C then per channel) and the last block has channels past the end."""
+    (softplus, gate) for its half of the steps; ``ahead``: Δ computed a chunk ahead. With D = 14 (the two
+    cases of 2 segments and 2 groups) the groups of 7 channels cross the 4-channel blocks (B and C then per
+    channel) and the last block has channels past the end."""
     from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_fwd
 
     common = dict(block_d=block_d, chunk=2, bwd_block_d=4, bwd_chunk=2, save_every=4, n_segs=n_segs, local_split=2,
@@ -191,7 +192,7 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     D = 14 if n_segs == 2 and G == 2 else 16
     inp = make_inputs(gen, L=23, D=D, N=5, G=G)
     args = [inp[k].detach() for k in NAMES]
-    y1, h1, s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common))
+    s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common))[2]
     y, h, hsave = scan_fwd(*args, True, True, ScanKernelConfig(**common, lanes=lanes, share_td=share))
     ref_in = {k: inp[k].detach().cpu().double() for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)

@@ -618,7 +618,7 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     from ssmkit.ops.ssd import triton_launch
     from ssmkit.ops.ssd.triton_launch import make_plan
 
-    monkeypatch.setattr(triton_launch, "_sm_count", lambda device: 132)
+    monkeypatch.setattr(triton_launch, "sm_count", lambda device: 132)
     big = torch.empty(8, 4096, 32, 64, dtype=torch.bfloat16, device="meta")  # 1024 tiles of (64, 32)
     plan = make_plan(big, 128, 32, None)
     assert (plan.fwd_span, plan.n_segs, plan.state_block_n, plan.state_block_p) == (1, 1, 64, 32)
