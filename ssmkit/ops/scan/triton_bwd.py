@@ -43,7 +43,6 @@ from .triton_common import (
     _flat,
     _load_checkpoint,
     _load_tile,
-    _m_col3,
     _row,
     _row_at,
     _scan_chunk,
@@ -172,7 +171,7 @@ def selective_scan_bwd_kernel(
             t0 = seg * S + kb * T
             t0_64 = t0.to(tl.int64)
             m_tile = (t0 + tr < L) & m_col  # (T*BD,)
-            m_bc = (t0 + tB < L) & m_n
+            m_bc = (t0 + tB < L) & m_n  # (m_n also drops channels past DIM: ``_bc_offsets``)
             o_out = pid_b * L * DIM + t0_64 * DIM + o_o  # into the (B, L, D) outputs
             o_g = pid_b * s_gb + t0_64 * s_gl + o_G  # into the (B, L, G, N) accumulators
             Bv, Cv, zv, xv, uv, yv = Bn, Cn, zn, xn, un, yn
@@ -219,7 +218,7 @@ def selective_scan_bwd_kernel(
                                  DOT_REDUCE)  # fmt: skip
             else:  # the block's channels read different groups: add per channel
                 dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
-                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+                tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc, sem="relaxed")
             # The adjoint, backwards through the chunk: dh_t = g_t C_t + q, then the adjoint carried into
             # step t - 1, q = Ā_t dh_t, which times h_{t-1} is dh_t Ā_t h_{t-1}, the term of ∂A and ∂Δ
             # (h_{t-1}: the state entering the chunk, then the chunk's own states).
@@ -243,7 +242,7 @@ def selective_scan_bwd_kernel(
                                  DOT_REDUCE)  # fmt: skip
             else:
                 dB = tl.reshape(DH * dtu, (T * NP * BLOCK_D,))
-                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc & _m_col3(tB, BLOCK_D, d0, DIM), sem="relaxed")
+                tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc, sem="relaxed")
             sB = tl.sum(DH * Bt, axis=1, keep_dims=True)  # Σ_n dh_t B_t: (T, 1, BD)
             ddt += sB * u
             du = sB * dt

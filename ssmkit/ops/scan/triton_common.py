@@ -266,12 +266,6 @@ def _load_tile(ptr, offs, mask, T: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _m_col3(tB, BLOCK_D: tl.constexpr, d0, DIM):
-    """Channel mask of the flat (T*NP*BLOCK_D,) per-channel B/C layout (non-uniform groups)."""
-    return d0 + tl.arange(0, tB.shape[0]) % BLOCK_D < DIM
-
-
-@triton.jit
 def _col(x, n3, i: tl.constexpr):
     """Column ``i`` of a (T, NP, b) float32 tile held in-thread along NP -> (T, 1, b) (a register pick)."""
     bits = tl.where(n3 == i, x.to(tl.int32, bitcast=True), 0)
