@@ -38,8 +38,10 @@ from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, p
 @triton.jit
 def _ssd_dstates_kernel(
     dy_ptr, dt_ptr, A_ptr, dt_bias_ptr, C_ptr, dfinal_ptr, table_ptr, out_ptr, seg_in_ptr, dinit_ptr,
-    L, H, P, N, n_chunks, n_segs, seg_chunks, Q, heads_per_group,
-    stride_x_b, stride_x_l, stride_y_b, stride_y_l, stride_dt_b, stride_dt_l, stride_B_b, stride_B_l,
+    L, H: tl.constexpr, P: tl.constexpr, N: tl.constexpr, n_chunks, n_segs, seg_chunks, Q: tl.constexpr,
+    heads_per_group: tl.constexpr,
+    stride_x_b, stride_x_l: tl.constexpr, stride_y_b, stride_y_l: tl.constexpr, stride_dt_b, stride_dt_l: tl.constexpr,
+    stride_B_b, stride_B_l: tl.constexpr,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
     STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, HAS_DINIT: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr,
