@@ -18,7 +18,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from numerics import TOL, rel_err  # noqa: E402
+from numerics import TOL, projection_weights, rel_err  # noqa: E402
 
 from ssmkit.ops.scan import selective_scan, selective_scan_reference  # noqa: E402
 
@@ -73,7 +73,7 @@ def compare(case, inp, softplus=True, grads=True) -> list[list]:
         return rows
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     b, L, D = inp["u"].shape
-    wy = torch.randn(b, L, D, generator=g, device="cuda", dtype=torch.float64)
+    wy = projection_weights((b, L, D), g, "cuda")  # (bf16 values: the op's y receives them exactly)
     wh = torch.randn(b, D, inp["A"].shape[1], generator=g, device="cuda", dtype=torch.float64)
     y, h, gr = with_grads(selective_scan, inp, wy, wh, delta_softplus=softplus, backend="triton")
     y_ref, h_ref, g_ref = with_grads(selective_scan_reference, ref_in, wy, wh, delta_softplus=softplus)

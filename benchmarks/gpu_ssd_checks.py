@@ -20,7 +20,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
-from numerics import TOL, rel_err  # noqa: E402
+from numerics import TOL, projection_weights, rel_err  # noqa: E402
 
 from ssmkit.ops.ssd import ssd, ssd_reference  # noqa: E402
 from ssmkit.ops.ssd.triton import ssd_triton  # noqa: E402
@@ -129,7 +129,7 @@ def dense_case(g, name, dtype, L, Q, G, D_shape, softplus, drop, strong, seg, sp
         inp["dt_bias"] = 0.1 * torch.rand(H_, generator=g).cuda()
     for k in drop:
         inp[k] = None
-    wy = torch.randn(2, L, H_, P, generator=g, dtype=torch.float64).cuda()
+    wy = projection_weights((2, L, H_, P), g, "cuda")  # (bf16 values: the op's y receives them exactly)
     ws = torch.randn(2, H_, P, N_, generator=g, dtype=torch.float64).cuda()
     got = with_grads(_triton(seg, span), inp, wy, ws, dt_softplus=softplus, chunk_size=Q)
     ref = with_grads(ssd_reference, {k: None if v is None else v.double() for k, v in inp.items()}, wy, ws,
@@ -142,7 +142,7 @@ def packed_case(g, dtype) -> list[list]:
     cu = torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
     T, S = sum(lens), len(lens)
     inp = make_inputs(g, 1, T, H_, P_, N_, 2, dtype, "HP", n_states=S)
-    wy = torch.randn(1, T, H_, P_, generator=g, dtype=torch.float64).cuda()
+    wy = projection_weights((1, T, H_, P_), g, "cuda")
     ws = torch.randn(S, H_, P_, N_, generator=g, dtype=torch.float64).cuda()
     got = with_grads(ssd, inp, wy, ws, dt_softplus=True, chunk_size=64, backend="triton", cu_seqlens=cu)
     return compare(f"packed {S} seqs {str(dtype)[6:]}", dtype, got, _reference_varlen(inp, cu, wy, ws, True))

@@ -41,4 +41,5 @@ def projection_weights(shape, gen: torch.Generator, device="cpu") -> torch.Tenso
     the same loss. With unrounded weights they did not, and a gradient that sums with cancellation
     (the SSD's ∂A) missed its reference by up to 11-17% on about one draw in 150-1350: a difference in
     what the two received, not in how they computed."""
-    return torch.randn(shape, generator=gen, dtype=torch.float64).to(torch.bfloat16).double().to(device)
+    w = torch.randn(shape, generator=gen, dtype=torch.float64, device=gen.device)  # (on the generator's device)
+    return w.to(torch.bfloat16).double().to(device)
