@@ -37,6 +37,11 @@ tenth and eleventh sessions.)
   every chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
+- "head-loop": the chunk-parallel backward with one program per (chunk, group) walking the group's heads
+  (``triton_bwd_heads.py``; 4 or 8 warps, 1 or 2 stages) against one program per (chunk, head), at the op's
+  and the layer's shapes (bf16), the Mamba-2 layer, and their per-kernel profile at 64K tokens;
+  "head-loop-fp32": the same two in fp32 (B=2 and 8, L=4096, chunks 32 and 64; the one-head rows twice,
+  before and after).
 
 Writes ``gpu_ssd_backward.md`` / ``.json``.
 """
@@ -65,8 +70,12 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk 64": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64)),
     "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
-    "heads outer": ({}, dict(heads_inner=False)),
-    "head sums in kernel": (dict(REDUCE_HEADS=True), {}),
+    "heads outer": ({}, dict(heads_inner=False, head_loop=False)),
+    "head sums in kernel": (dict(REDUCE_HEADS=True), dict(head_loop=False)),
+    "one head per program": ({}, dict(head_loop=False)),
+    "head loop, 4 warps": ({}, dict(head_loop=True, bwd_warps=4)),
+    "head loop, 8 warps": ({}, dict(head_loop=True, bwd_warps=8)),
+    "head loop, 8 warps, 2 stages": ({}, dict(head_loop=True, bwd_warps=8, bwd_stages=2)),
     "state tiles (128, 32)": ({}, dict(state_tile=(128, 32))),
     "state tiles (64, 64)": ({}, dict(state_tile=(64, 64))),
     "state walks, 3 stages": ({}, dict(state_stages=3)),
@@ -181,9 +190,24 @@ def run(out_dir: str, parts) -> str:
         labels = ("default", "head sums in kernel", "heads outer")
         rows += op_rows(((8, 4096, 32), (1, 65536, 64)), labels)
         rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels])
+    if "head-loop" in parts:
+        labels = ("one head per program", "head loop, 4 warps", "head loop, 8 warps", "head loop, 8 warps, 2 stages")
+        rows += op_rows(((8, 4096, 32), (1, 16384, 64), (1, 65536, 64)), labels)
+        rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels[::2]])
+        rows += profile_rows(labels[::2], LAYER_SHAPES[-1])
+    if "head-loop-fp32" in parts:
+        for b in (2, 8):
+            checked = Checked(ssd_inputs(b, 4096, dtype=torch.float32))
+            for Q in (32, 64):
+                for label in ("one head per program", "head loop, 4 warps", "one head per program"):
+                    with variant(label):
+                        rows.append(checked.row(f"fp32 B={b} L=4096 H=32 chunk {Q}: {label}", Q))
+            del checked
+            torch.cuda.empty_cache()
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
     return table_report(out_dir, "gpu_ssd_backward", "SSD backward variants", head, rows)
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads"])
+    parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads",
+                              "head-loop", "head-loop-fp32"])

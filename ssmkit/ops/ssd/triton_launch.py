@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from .._triton import LAUNCH, sm_count
+from .triton_bwd_heads import _ssd_bwd_heads_kernel
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
@@ -133,6 +134,15 @@ HEADS_INNER = True
 # 64K tokens with 64 heads 10.72 against 10.31 with one share in flight at a time, 10.40 against 10.32 with
 # eight; B=8 L=4096 H=32 2.73 / 2.74 against 2.69 / 2.70. The last program's loop outlasts the sum it saves.
 REDUCE_HEADS = False
+# For fp32 inputs, the chunk-parallel backward's programs own a chunk and a group and walk the group's
+# heads (``triton_bwd_heads.py``), summing dB, dC in registers, rather than one (chunk, head) each.
+# Measured on the H200 (``benchmarks/gpu_ssd_backward.py --parts head-loop-fp32 head-loop``, P=64, N=128,
+# forward+backward ms, one head per program against the head loop): fp32 B=2 L=4096 H=32 chunk 64 (fp32's
+# chunk) 8.42-8.46 / 5.49, chunk 32 8.55-8.59 / 6.10; B=8 L=4096 chunk 64 29.49-29.51 / 18.05. In bf16
+# it is slower (the loop holds B, C, C B^T and the sums across heads: 440 bytes of spills at 4 warps, and
+# 8 warps fit one program per SM): B=8 L=4096 H=32 2.626 / 2.774 (4 warps) / 3.355 (8 warps); one sequence
+# of 64K tokens with 64 heads 10.26 / 11.12 / 13.23; the Mamba-2 layer at 64K 26.99 / 30.28 (8 warps).
+HEAD_LOOP = True
 # The forward keeps the state entering every chunk (``h_in``, in the dot dtype: N / Q times x's bytes,
 # 4x at N = 128 and chunk 32) for the backward when a gradient will be needed, and the backward then skips
 # its own state walk. The chunk-parallel forward writes those states anyway; the walking scan writes them as
@@ -192,6 +202,7 @@ class Plan:
     scan_regs: int = 0  # register cap of the forward scan (0: the compiler's choice, see ``register_cap``)
     walk_regs: int = 0  # ... of the state walks
     bwd_regs: int = 0  # ... of the fused backward
+    head_loop: bool = False  # chunk-parallel backward: one program per (chunk, group) walking its heads
 
     @property
     def tiled_walks(self) -> bool:
@@ -263,12 +274,13 @@ def make_plan(
     fwd_warps: int = 4, bwd_warps: int = 0, fwd_stages: int = 1, bwd_stages: int = 1, block_p_bwd: int = 0,
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
-    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0,
+    scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0, head_loop: Optional[bool] = None,
 ) -> Plan:  # fmt: skip
     """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
     ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
     ``state_tile`` () mean "choose for this GPU"; ``scan_regs`` / ``walk_regs`` / ``bwd_regs`` > 0 cap the
-    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower).
+    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower);
+    ``head_loop`` None: the chunk-parallel backward walks each group's heads for fp32 inputs (``HEAD_LOOP``).
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
@@ -306,6 +318,8 @@ def make_plan(
         block_p_bwd = min(_pow2(P), 32 if x.dtype == torch.float32 else 64)
     if bwd_span < 0:
         bwd_span = BWD_SPAN
+    if head_loop is None:
+        head_loop = HEAD_LOOP and x.element_size() == 4
     if bwd_warps <= 0:
         bwd_warps = 8 if bwd_span and Q > 32 and x.element_size() == 2 else 4
     # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
@@ -316,7 +330,7 @@ def make_plan(
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
-                walk_regs, bwd_regs)  # fmt: skip
+                walk_regs, bwd_regs, head_loop)  # fmt: skip
 
 
 def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
@@ -521,11 +535,15 @@ def ssd_bwd(
     n_pb = triton.cdiv(P, plan.block_p_bwd)
     dx = x.new_empty(x.shape) if dx_out is None else dx_out
     ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
+    dA = torch.empty(n_pb, rows * n_spans, H, **f32)
+    dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
+    if span == 1 and plan.head_loop:  # one program per (chunk, group), the heads' dB, dC summed in registers
+        dB, dC = _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA, dD, dB_out, dC_out,
+                            plan, base)  # fmt: skip
+        return _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit)
     share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
     dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
     dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
-    dA = torch.empty(n_pb, rows * n_spans, H, **f32)
-    dD = torch.empty(rows * n_spans, H, P, **f32) if D is not None else None
     heads_inner = span > 0 and plan.heads_inner
     outs = dB_out is not None and dC_out is not None
     outs_fit = (dB_out is None and dC_out is None) or (
@@ -556,9 +574,49 @@ def ssd_bwd(
         dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
                   else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
                   for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
-    ddt = ddt[0] if n_pb == 1 else ddt.sum(0)
+    return _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit)
+
+
+def _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit) -> tuple:
+    """``ssd_bwd``'s results from the fused backward's shares: ddt over the P blocks, dA and dD over the
+    P blocks and segments (or chunks), d dt_bias over the batch and the tokens."""
+    ddt = ddt[0] if ddt.shape[0] == 1 else ddt.sum(0)
     dD_sum = None
     if D is not None:
         dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum((0, 2))
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA.sum((0, 1)), dB, dC, dD_sum, ddt_bias, dinit
+
+
+def _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA, dD, dB_out, dC_out, plan: Plan,
+               base: dict) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The fused backward with one program per (chunk, group) walking the group's heads
+    (``triton_bwd_heads.py``); writes dx, ddt, dA, dD and returns dB, dC ((B, L, G, N): ``dB_out`` /
+    ``dC_out`` when given, else fp32)."""
+    rows, L, H, P = x.shape
+    G, N = B.shape[2], B.shape[3]
+    n_pb = triton.cdiv(P, plan.block_p_bwd)
+    f32 = dict(dtype=torch.float32, device=x.device)
+    given = dB_out is not None and dC_out is not None
+    direct = n_pb == 1 and given and dB_out.stride() == dC_out.stride() and dB_out.stride()[2:] == (N, 1)
+    if direct:
+        dB, dC = dB_out, dC_out
+    else:  # fp32, and with several P blocks one partial sum each
+        dB, dC = (torch.empty(n_pb, rows, L, G, N, **f32) for _ in range(2))
+    o = dB[0] if dB.dim() == 5 else dB
+    opt = lambda t: x if t is None else t  # noqa: E731
+    _ssd_bwd_heads_kernel[(plan.n_chunks, rows * G, n_pb)](
+        x, dt, A, opt(dt_bias), B, C, opt(D), dy, h_in, g_chunk, opt(table), dx, ddt, dB, dC, dA, opt(dD),
+        L, H, P, N, plan.n_chunks, plan.Q, H // G, x.stride(0), x.stride(1), L * H * P, H * P, dt.stride(0),
+        dt.stride(1), B.stride(0), B.stride(1), dx.stride(0), dx.stride(1), o.stride(0), o.stride(1),
+        o.numel(), ddt[0].numel(), dA[0].numel(),
+        HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **base,
+        BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
+        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
+    )  # fmt: skip
+    if direct:
+        return dB, dC
+    dB, dC = (dB[0], dC[0]) if n_pb == 1 else (dB.sum(0), dC.sum(0))
+    if not given:
+        return dB, dC
+    return dB_out.copy_(dB), dC_out.copy_(dC)

@@ -123,6 +123,7 @@ def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
 
     monkeypatch.setattr(triton_launch, "REDUCE_HEADS", reduce)
     monkeypatch.setattr(triton_launch, "HEADS_INNER", heads_inner)
+    monkeypatch.setattr(triton_launch, "HEAD_LOOP", False)  # (one program per chunk and head)
     flags, kernel = [], triton_launch._ssd_bwd_kernel
 
     class Spy:
@@ -141,6 +142,52 @@ def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
     assert flags == [(reduce and heads_inner, heads_inner)]
+
+
+@pytest.mark.parametrize("dtype, P, G, packed", [(torch.float32, 12, 2, False), (torch.bfloat16, 72, 1, False),
+                                                  (torch.float32, 8, 1, True)])  # fmt: skip
+def test_head_loop_and_one_head_per_program(gen, monkeypatch, dtype, P, G, packed):
+    """The chunk-parallel backward with one program per (chunk, group) walking its heads (``HEAD_LOOP``, the
+    plan's pick for fp32) and with one program per (chunk, head) (its pick for 16-bit inputs), each forced:
+    both against the float64 loop, and in float32 against each other to rounding (the heads' dB, dC summed in
+    registers or as shares afterwards). bf16 with P = 72 has two P blocks, one masked (partial sums added
+    afterwards); packed sequences read the chunk table. The kernel that ran is checked."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module
+    from ssmkit.ops.ssd import triton_launch
+
+    make_plan, ran = ssd_triton_module.make_plan, []
+    kernels = {"heads": triton_launch._ssd_bwd_heads_kernel, "one": triton_launch._ssd_bwd_kernel}
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                ran.append(self.name)
+                return kernels[self.name][grid](*args, **kw)
+
+            return launch
+
+    monkeypatch.setattr(triton_launch, "_ssd_bwd_heads_kernel", Spy("heads"))
+    monkeypatch.setattr(triton_launch, "_ssd_bwd_kernel", Spy("one"))
+    if packed:
+        _, cu, inp = _packed(gen, dtype)
+        extra, ref_fn = dict(cu_seqlens=cu.to(DEV)), _alone(inp, cu)
+    else:
+        inp, extra, ref_fn = make_inputs(gen, L=45, P=P, G=G, dtype=dtype), {}, ssd_reference
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    ref = run(ref_fn, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed), dt_softplus=True)
+    got = {}
+    for head_loop in (True, False):
+        monkeypatch.setattr(ssd_triton_module, "make_plan", lambda *a, _h=head_loop, **k: make_plan(*a, **k, head_loop=_h))
+        got[head_loop] = run(triton_with(0, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True,
+                             chunk_size=16, **extra)  # fmt: skip
+        assert_all_close(got[head_loop], ref, dtype, GRAD_NAMES)
+    assert ran == ["heads", "one"]
+    if dtype == torch.float32:
+        for name in GRAD_NAMES:
+            assert_close(got[True][2][name], got[False][2][name], 1e-5, f"grad {name}, head loop against one head")
 
 
 @pytest.mark.parametrize("keep, cap", [(True, None), (False, None), (True, 2 * 6 * 4 * 16 * 12 * 4 - 1)])
