@@ -40,8 +40,9 @@ tenth and eleventh sessions.)
 - "head-loop": the chunk-parallel backward with one program per (chunk, group) walking the group's heads
   (``triton_bwd_heads.py``; 4 or 8 warps, 1 or 2 stages) against one program per (chunk, head), at the op's
   and the layer's shapes (bf16), the Mamba-2 layer, and their per-kernel profile at 64K tokens;
-  "head-loop-fp32": the same two in fp32 (B=2 and 8, L=4096, chunks 32 and 64; the one-head rows twice,
-  before and after).
+  "head-loop-fp32": fp32 (B=2 and 8, L=4096, chunks 32 and 64): the default (the head loop) twice, before
+  and after, one program per (chunk, head), and the chunk-parallel forward; "fp32-forward": the default
+  and the chunk-parallel forward in fp32 where the plan walks (one sequence of 16K / 64K tokens, B=4).
 
 Writes ``gpu_ssd_backward.md`` / ``.json``.
 """
@@ -86,6 +87,8 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk-parallel, segments of 64 chunks": ({}, dict(fwd_span=1, seg_chunks=64)),
     "chunk-parallel, segments of 128 chunks": ({}, dict(fwd_span=1, seg_chunks=128)),
 }
+# fp32 rows of "head-loop-fp32" (the default, the head loop since the twentieth session, twice: before and after)
+FP32_LABELS = ("default", "one head per program", "chunk-parallel forward", "default")
 SDPA_SHAPE = (1, 16384, 32)  # the SSD core's shape in the comparison with attention at 16K tokens
 LAYER_VARIANTS = ("recompute states", "walking forward, tiled walks", "chunk-parallel forward")
 LAYER_SHAPES = ((1, 16384, 64), (1, 65536, 64))
@@ -199,9 +202,18 @@ def run(out_dir: str, parts) -> str:
         for b in (2, 8):
             checked = Checked(ssd_inputs(b, 4096, dtype=torch.float32))
             for Q in (32, 64):
-                for label in ("one head per program", "head loop, 4 warps", "one head per program"):
+                for label in FP32_LABELS:
                     with variant(label):
                         rows.append(checked.row(f"fp32 B={b} L=4096 H=32 chunk {Q}: {label}", Q))
+            del checked
+            torch.cuda.empty_cache()
+    if "fp32-forward" in parts:
+        for b, L, H in ((1, 16384, 32), (1, 65536, 64), (4, 4096, 32)):
+            checked = Checked(ssd_inputs(b, L, H=H, dtype=torch.float32))
+            for Q in (64,):
+                for label in ("default", "chunk-parallel forward", "default"):
+                    with variant(label):
+                        rows.append(checked.row(f"fp32 B={b} L={L} H={H} chunk {Q}: {label}", Q))
             del checked
             torch.cuda.empty_cache()
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
@@ -210,4 +222,4 @@ def run(out_dir: str, parts) -> str:
 
 if __name__ == "__main__":
     parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads",
-                              "head-loop", "head-loop-fp32"])
+                              "head-loop", "head-loop-fp32", "fp32-forward"])

@@ -40,7 +40,7 @@ def use(prec: str, cap: bool) -> None:
     """Make the launchers form fp32 products in ``prec``, with or without the register cap."""
     flags, regs = DEFAULTS
     launch._dot_flags = lambda x: dict(DT=tl.float32, PREC=prec) if x.dtype == torch.float32 else flags(x)
-    launch.register_cap = (lambda x: {"maxnreg": 255} if x.dtype == torch.float32 else {}) if cap else (lambda x: {})
+    launch.register_cap = (regs if cap else (lambda x, cap=0: {"maxnreg": cap} if cap > 0 else {}))
 
 
 def run(out_dir: str, ways=WAYS) -> str:

@@ -102,8 +102,16 @@ FWD_SPAN = 1
 # plan walks anyway (B=4 L=4096 H=32, one sequence of 16K / 64K tokens with 64 heads) the same, and the
 # chunk-parallel forward there 0.46 / 0.93 / 3.64 against 0.27-0.29 / 0.56 / 2.14. fp16 alike (chunk 64 asked, 32 run:
 # 0.545 against 0.627, 0.441 against 0.619, B=2 L=8192 0.282 against 0.464); fp32 the other way (chunk 64:
-# walking 4.16 / 3.60 / 2.13 against 2.43 / 2.42 / 1.65), so it keeps the plan's choice.
+# walking 4.16 / 3.60 / 2.13 against 2.43 / 2.42 / 1.65), so it keeps the plan's choice (FP32_CHUNK_PARALLEL).
 INFERENCE_FWD_SPAN = 0
+# On the GPU, fp32 inputs take the chunk-parallel forward whatever the program count (with or without a
+# backward to come). Measured on the H200 (``benchmarks/gpu_ssd_backward.py --parts fp32-forward
+# head-loop-fp32``, fp32, P=64, N=128, chunk 64, forward / forward+backward ms, walking against
+# chunk-parallel): one sequence of 16K tokens with 32 heads 2.95 / 10.72 against 1.62 / 9.92; 64K tokens with
+# 64 heads 22.23 / 84.49 against 11.43 / 75.77; B=4 L=4096 H=32 2.83 / 10.62 against 1.50 / 9.70; B=2
+# 1.49 / 5.43 against 0.79 / 4.91 (and without autograd, fourteenth session: 4.16 / 3.60 / 2.13 against
+# 2.43 / 2.42 / 1.65 at three shapes).
+FP32_CHUNK_PARALLEL = True
 STATE_TILE = (64, 32)
 STATE_WARPS = 4
 STATE_STAGES = 2
@@ -300,7 +308,8 @@ def make_plan(
     state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
     if fwd_span < 0:
-        fwd_span = FWD_SPAN if state_programs >= STATE_PROGRAMS_PER_SM * sm_count(x.device) else 0
+        fp32_gpu = FP32_CHUNK_PARALLEL and x.device.type == "cuda" and x.element_size() == 4
+        fwd_span = FWD_SPAN if fp32_gpu or state_programs >= STATE_PROGRAMS_PER_SM * sm_count(x.device) else 0
     if fwd_span or state_tile or WALKING_PLAN_TILES:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan

@@ -677,3 +677,17 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     half = torch.empty(1, 16384, 32, 64, dtype=torch.bfloat16, device="meta")
     assert make_plan(half, 128, 32, None).n_segs == 16  # 512 programs (17 would make 544)
     assert make_plan(one, 128, 32, None, fwd_span=1).n_segs == 4  # 1024 state-walk programs
+
+    class OnTheGPU:  # (what make_plan reads of x)
+        def __init__(self, t):
+            self.shape, self.dtype, self.device = t.shape, t.dtype, torch.device("cuda")
+
+        def element_size(self):
+            return self.dtype.itemsize
+
+    one_fp32 = torch.empty(1, 16384, 64, 64, device="meta")
+    assert make_plan(one_fp32, 128, 64, None).fwd_span == 0  # (by the program count off the GPU)
+    assert make_plan(OnTheGPU(one_fp32), 128, 64, None).fwd_span == 1  # fp32 on the GPU: chunk-parallel
+    assert make_plan(OnTheGPU(one), 128, 64, None).fwd_span == 0  # 16-bit there: by the program count
+    monkeypatch.setattr(triton_launch, "FP32_CHUNK_PARALLEL", False)
+    assert make_plan(OnTheGPU(one_fp32), 128, 64, None).fwd_span == 0
