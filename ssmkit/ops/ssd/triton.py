@@ -9,8 +9,9 @@ one file each, forward and backward: ``triton_cumsum.py`` (Δ and
 cumulative log decays, fused into the others), ``triton_states.py`` /
 ``triton_states_bwd.py`` (chunk states), ``triton_passing.py`` (passing
 states between segments of chunks) and ``triton_scan.py`` /
-``triton_scan_bwd.py`` (outputs, and every input gradient);
-``triton_launch.py`` chains them.
+``triton_scan_bwd.py`` (outputs, and every input gradient; for fp32 inputs
+the gradients come from ``triton_bwd_heads.py``, one program per chunk and
+group of heads); ``triton_launch.py`` chains them.
 
 Two custom ops, ``ssmkit::ssd_fwd`` and ``ssmkit::ssd_bwd``, with fake
 (meta) implementations and autograd registered, so the op composes with

@@ -21,7 +21,8 @@ its warps wait at the barriers of the products.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of
+from .triton_cumsum import chunk_bounds, chunk_decay, dt_grad, last_of
+from .triton_scan_bwd import chunk_head_grads
 
 
 @triton.jit
@@ -57,9 +58,6 @@ def _ssd_bwd_heads_kernel(
     mask_n = offs_n < N
     mask_np = mask_n[:, None] & mask_p[None, :]
     offs_np = offs_n[:, None] * P + offs_p[None, :]
-    causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
-    strict = offs_q[:, None] > offs_q[None, :]
-    diag = offs_p[:, None] == offs_p[None, :]
 
     start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
     t = start + offs_q
@@ -91,26 +89,8 @@ def _ssd_bwd_heads_kernel(
         h_in = tl.load(hin_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)  # (N, P)
         gd = tl.load(gchunk_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)
 
-        e_in = tl.exp(acum)  # decay from the chunk's start to i
-        e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
-        Lmat = decay_matrix(acum, causal)
-        xt = (xf * delta[:, None]).to(DT)  # x̃ (Q, P)
-        dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
-        dxt = tl.dot(tl.trans((CB * Lmat).to(DT)), dyv, input_precision=PREC) + dxt_state
-        Mp = tl.dot(dyv, tl.trans(xt), input_precision=PREC) * Lmat  # M'_ij = (dy_i · x̃_j) L_ij
-        dyh = tl.dot(dyv, tl.trans(h_in), input_precision=PREC)  # (Q, N): dC's state term and dy·Y_off
-        y_off_dot = e_in * tl.sum(Cv.to(tl.float32) * dyh, axis=1)
-
-        M = tl.where(strict, Mp * CB, 0.0)
-        before_t = tl.cumsum(M, axis=1) - M  # [i, t] = Σ_{j<t} M_ij
-        state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
-        da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
-        da += tl.cumsum(state_dot, axis=0) - state_dot
-        gTh = tl.dot(tl.trans(gd), h_in, input_precision=PREC)  # <g, h> as the trace of g^T h
-        da += tl.exp(acum_last) * tl.sum(tl.sum(tl.where(diag, gTh, 0.0), axis=1), axis=0)
-        da = tl.where(mask_q, da, 0.0)
-
-        ddelta = tl.sum(xf * dxt, axis=1) + A * da
+        e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta = chunk_head_grads(
+            xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, True, DT, PREC)
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
         tl.store(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask=mask_q)
         tl.store(dA_ptr + pid_p.to(tl.int64) * share_dA + row * H + head, tl.sum(delta * da, axis=0))

@@ -75,6 +75,53 @@ def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.con
 
 
 @triton.jit
+def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p,
+                     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+    """One chunk and head's share of the backward (module docstring) from its loaded tiles: x (Q, P) fp32, dy
+    (Q, P), B, C (Q, N), C B^T (Q, Q) fp32 (or None: formed here), h, g (N, P) in DT, Δ and the chunk-local log
+    decays. Returns (e_in, e_end, x̃, dx̃, M', C B^T, dy h^T or None, d a, dΔ): the decays from the chunk's start
+    to i and from j to its end, x̃ = Δ x in DT, dx̃ (Q, P), M'_ij = (dy_i · x̃_j) L_ij, dy h^T (Q, N) with
+    ``Y_OFF_FROM_DC``, the decay gradient d a (0 past the chunk's end) and dΔ."""
+    causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
+    strict = offs_q[:, None] > offs_q[None, :]
+    e_in = tl.exp(acum)  # decay from the chunk's start to i
+    e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
+    Lmat = decay_matrix(acum, causal)
+    if CB is None:
+        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q): C_i · B_j
+    xt = (xf * delta[:, None]).to(DT)  # x̃ (Q, P)
+
+    dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
+    dxt = tl.dot(tl.trans((CB * Lmat).to(DT)), dyv, input_precision=PREC) + dxt_state
+    Mp = tl.dot(dyv, tl.trans(xt), input_precision=PREC) * Lmat  # M'_ij = (dy_i · x̃_j) L_ij
+    # dy_i · Y_off_i, Y_off_i = e_in_i h C_i the carried state's output (Q, P). With Y_OFF_FROM_DC, as
+    # e_in_i C_i · (h^T dy_i): the (Q, N) product dy h^T also serves dC, and Y_off is never formed.
+    if Y_OFF_FROM_DC:
+        dyh = tl.dot(dyv, tl.trans(h_in), input_precision=PREC)  # (Q, N)
+        y_off_dot = e_in * tl.sum(Cv.to(tl.float32) * dyh, axis=1)
+    else:
+        dyh = None
+        y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
+        y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
+
+    # d a_t: sums of the contributions that cross t (see the module docstring).
+    M = tl.where(strict, Mp * CB, 0.0)
+    before_t = tl.cumsum(M, axis=1) - M  # [i, t] = Σ_{j<t} M_ij
+    state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
+    da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
+    da += tl.cumsum(state_dot, axis=0) - state_dot
+    # <g, h> as the diagonal of the (P, P) product g^T h, on tensor cores from the operands the products
+    # above already staged (an elementwise product of the two tiles needs them in one register layout).
+    gTh = tl.dot(tl.trans(gd), h_in, input_precision=PREC)
+    diag = offs_p[:, None] == offs_p[None, :]
+    da += tl.exp(acum_last) * tl.sum(tl.sum(tl.where(diag, gTh, 0.0), axis=1), axis=0)
+    da = tl.where(mask_q, da, 0.0)
+
+    ddelta = tl.sum(xf * dxt, axis=1) + A * da
+    return e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta
+
+
+@triton.jit
 def _ssd_bwd_kernel(
     x_ptr, dt_ptr, A_ptr, dt_bias_ptr, B_ptr, C_ptr, D_ptr, dy_ptr, hin_ptr, gseg_ptr, gchunk_ptr, dfinal_ptr,
     table_ptr,
@@ -107,9 +154,6 @@ def _ssd_bwd_kernel(
     n_pb = tl.num_programs(0)
     pid_p, pid_s, b, head, grp, b64, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, offs_np, api_np = \
         program_tile(H, P, N, heads_per_group, BLOCK_Q, BLOCK_P, BLOCK_N, HEADS_INNER)
-    causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
-    strict = offs_q[:, None] > offs_q[None, :]
-
     A = tl.load(A_ptr + head).to(tl.float32)
     bias = 0.0
     if HAS_BIAS:
@@ -166,38 +210,8 @@ def _ssd_bwd_kernel(
         else:
             gd = g.to(DT)
 
-        e_in = tl.exp(acum)  # decay from the chunk's start to i
-        e_end = tl.exp(acum_last - acum)  # decay from j to the chunk's end
-        Lmat = decay_matrix(acum, causal)
-        CB = tl.dot(Cv, tl.trans(Bv), input_precision=PREC)  # (Q, Q): C_i · B_j
-        xt = (xf * delta[:, None]).to(DT)  # x̃ (Q, P)
-
-        dxt_state = e_end[:, None] * tl.dot(Bv, gd, input_precision=PREC)  # (Q, P)
-        dxt = tl.dot(tl.trans((CB * Lmat).to(DT)), dyv, input_precision=PREC) + dxt_state
-        Mp = tl.dot(dyv, tl.trans(xt), input_precision=PREC) * Lmat  # M'_ij = (dy_i · x̃_j) L_ij
-        # dy_i · Y_off_i, Y_off_i = e_in_i h C_i the carried state's output (Q, P). With Y_OFF_FROM_DC, as
-        # e_in_i C_i · (h^T dy_i): the (Q, N) product dy h^T also serves dC, and Y_off is never formed.
-        if Y_OFF_FROM_DC:
-            dyh = tl.dot(dyv, tl.trans(h_in), input_precision=PREC)  # (Q, N)
-            y_off_dot = e_in * tl.sum(Cv.to(tl.float32) * dyh, axis=1)
-        else:
-            y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
-            y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
-
-        # d a_t: sums of the contributions that cross t (see the module docstring).
-        M = tl.where(strict, Mp * CB, 0.0)
-        before_t = tl.cumsum(M, axis=1) - M  # [i, t] = Σ_{j<t} M_ij
-        state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
-        da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
-        da += tl.cumsum(state_dot, axis=0) - state_dot
-        # <g, h> as the diagonal of the (P, P) product g^T h, on tensor cores from the operands the products
-        # above already staged (an elementwise product of the two tiles needs them in one register layout).
-        gTh = tl.dot(tl.trans(gd), h_in, input_precision=PREC)
-        diag = offs_p[:, None] == offs_p[None, :]
-        da += tl.exp(acum_last) * tl.sum(tl.sum(tl.where(diag, gTh, 0.0), axis=1), axis=0)
-        da = tl.where(mask_q, da, 0.0)
-
-        ddelta = tl.sum(xf * dxt, axis=1) + A * da
+        e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta = chunk_head_grads(
+            xf, dyv, Bv, Cv, None, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, Y_OFF_FROM_DC, DT, PREC)
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
         tl.store(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask=mask_q)
         dA_acc += tl.sum(delta * da, axis=0)
