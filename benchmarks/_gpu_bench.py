@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import statistics
 import sys
 import traceback
 import types
@@ -48,9 +49,25 @@ def parts_main(doc: str, run: Callable[[str, list], str], parts: list) -> None:
     print(run(args.out, args.parts))
 
 
+# Timed calls behind every median. ``do_bench`` sizes its repeats from a five-call estimate, so its 200 ms
+# of repeats are a single call of anything slower than 100 ms (attention at 64K tokens: ~135 ms), and
+# the median of that one call moved by 7% from one process to the next.
+MIN_SAMPLES = 10
+
+
+def samples(fn: Callable, grads=None, min_samples: int = MIN_SAMPLES) -> list:
+    """Milliseconds of each timed call of ``fn`` (CUDA events; 25 ms warmup, 200 ms of repeats, and
+    more repeats until there are ``min_samples``); ``grads`` are set to None before every call."""
+    times = list(do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="all"))
+    while len(times) < min_samples:
+        more = (min_samples - len(times)) * statistics.median(times)
+        times += do_bench(fn, warmup=0, rep=more, grad_to_none=grads, return_mode="all")
+    return times
+
+
 def ms(fn: Callable, grads=None) -> float:
-    """Median milliseconds of ``fn`` (CUDA events; 25 ms warmup, 200 ms of repeats)."""
-    return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+    """Median milliseconds of ``fn`` over at least ``MIN_SAMPLES`` timed calls (:func:`samples`)."""
+    return statistics.median(samples(fn, grads))
 
 
 def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
@@ -61,6 +78,17 @@ def fwd_and_fwdbwd(f: Callable, inp: dict) -> tuple[float, float]:
     dy = torch.randn_like(f(**leaves))
     t_fb = ms(lambda: f(**leaves).backward(dy), grads=[v for v in leaves.values() if v is not None])
     return t_f, t_fb
+
+
+def fwd_and_fwdbwd_rounds(fns: dict, rounds: int) -> dict:
+    """{name: (forward ms per round, forward+backward ms per round)} for fns = {name: (f, inp)}: each round
+    times every entry in turn (:func:`fwd_and_fwdbwd`), so that drifts of the GPU's clocks touch all alike."""
+    out = {n: ([], []) for n in fns}
+    for _ in range(rounds):
+        for n, (f, inp) in fns.items():
+            for times, t in zip(out[n], fwd_and_fwdbwd(f, inp)):
+                times.append(t)
+    return out
 
 
 def section(title: str, fn: Callable, report: list, results: dict) -> None:

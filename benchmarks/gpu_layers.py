@@ -6,8 +6,12 @@
 D = 2048: Mamba (N=16), Mamba-2 (N=128, P=64), causal attention (16 heads of 128, RoPE), each
 layer's default backend ("auto"). B * L = 16K tokens per call (B = 1 from 16K on). Each layer is
 first checked against the same weights with backend="torch" in float32 (output and dx, relative
-error). Times: ``triton.testing.do_bench`` medians (CUDA events), forward under no_grad and
-forward+backward (parameter and input gradients). "attention" is the layer's training path
+error). Times: medians of CUDA-event timings (``triton.testing.do_bench``, at least 10 timed calls
+per layer and round), forward under no_grad and forward+backward (parameter and input gradients).
+Each length runs ``ROUNDS`` rounds, timing every layer once per round in turn, so that drifts of the
+GPU's clocks touch all layers alike; a time is the median over all rounds' calls, and each ratio is
+given with its range over the rounds (the ratio of the two layers' medians within each round).
+"attention" is the layer's training path
 (projections, RoPE, SDPA, out projection; what ``forward(x)`` computes without filling the KV
 cache); "attn layer" is ``Attention.forward(x)`` as is, which also writes the KV cache.
 Ratios and crossovers use "attention" (the faster of the two, so the stricter baseline).
@@ -18,19 +22,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from _timing import markdown_table, median_time, save_report  # noqa: E402
+from _timing import markdown_table, median_time, ratio_over_rounds, save_report  # noqa: E402
 
 from ssmkit.layers import Attention, Mamba, Mamba2  # noqa: E402
 from ssmkit.ops.attention import attention  # noqa: E402
 
 LENGTHS = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
 TOKENS = 16384
+ROUNDS = 3
 
 
 def build(name: str, d: int, L: int, backend: str = "auto") -> torch.nn.Module:
@@ -71,21 +77,22 @@ def check(name: str, layer: torch.nn.Module, d: int, L: int, dtype: torch.dtype)
 
 
 def timer(device: str):
+    """``bench(fn, grads)``: the ms of each timed call of ``fn`` (a list; [nan] if it failed)."""
     if device == "cuda":
-        from triton.testing import do_bench
+        from _gpu_bench import samples
 
         def gpu(fn, grads):
-            return do_bench(fn, warmup=25, rep=200, grad_to_none=grads, return_mode="median")
+            return samples(fn, grads)
     else:
         def gpu(fn, grads):
-            return median_time(fn, reps=3, warmup=1) * 1e3
+            return [median_time(fn, reps=3, warmup=1) * 1e3]
 
     def safe(fn, grads):  # one failure (memory, a kernel limit) should not lose the other rows
         try:
             return gpu(fn, grads)
         except Exception as e:
             print(f"FAILED: {type(e).__name__}: {str(e)[:300]}", flush=True)
-            return float("nan")
+            return [float("nan")]
 
     return safe
 
@@ -123,36 +130,50 @@ def run(out_dir: str | None, quick: bool = False) -> str:
         x = torch.randn(B, L, d, device=device, dtype=dtype)
         rec = {"L": L, "B": B}
         for mode in ("fwd", "fwd+bwd"):
-            for n, f in fns.items():
-                m = layers["attention" if n == "attn layer" else n]
-                if mode == "fwd":
-                    with torch.no_grad():
-                        rec[f"{n} {mode}"] = bench(f, None)
-                else:
-                    x.requires_grad_(True)
-                    dy = torch.randn_like(f())
-                    rec[f"{n} {mode}"] = bench(lambda f=f: f().backward(dy), [x, *m.parameters()])
-                    x.requires_grad_(False)
-                    x.grad = None
+            calls = {n: [] for n in fns}  # every timed call, all rounds
+            rounds = {n: [] for n in fns}  # each round's median
+            if mode == "fwd+bwd":
+                x.requires_grad_(True)
+                dys = {n: torch.randn_like(f()) for n, f in fns.items()}
+            for _ in range(ROUNDS):
+                for n, f in fns.items():
+                    m = layers["attention" if n == "attn layer" else n]
+                    if mode == "fwd":
+                        with torch.no_grad():
+                            t = bench(f, None)
+                    else:
+                        t = bench(lambda f=f, dy=dys[n]: f().backward(dy), [x, *m.parameters()])
+                    calls[n] += t
+                    rounds[n].append(statistics.median(t))
+            if mode == "fwd+bwd":
+                x.requires_grad_(False)
+                x.grad = None
+                del dys
+            for n in fns:
+                rec[f"{n} {mode}"] = statistics.median(calls[n])
+                rec[f"{n} {mode} rounds"] = rounds[n]
             ms = [rec[f"{n} {mode}"] for n in (*names, "attn layer")]
             us_tok = [t * 1e3 / (B * L) for t in ms[:3]]
             rows[mode].append([L, B, *(f"{t:.3f}" for t in ms), *(f"{u:.4f}" for u in us_tok),
-                               f"{ms[2] / ms[0]:.2f}", f"{ms[2] / ms[1]:.2f}"])  # fmt: skip
+                               ratio_over_rounds(rounds["attention"], rounds["Mamba"]),
+                               ratio_over_rounds(rounds["attention"], rounds["Mamba-2"])])  # fmt: skip
             print(mode, rows[mode][-1], flush=True)
         data.append(rec)
         del layers, fns, x
         if device == "cuda":
             torch.cuda.empty_cache()
     head = ["L", "B", "Mamba ms", "Mamba-2 ms", "attention ms", "attn layer ms", "Mamba us/tok", "Mamba-2 us/tok",
-            "attention us/tok", "attn/Mamba", "attn/Mamba-2"]  # fmt: skip
+            "attention us/tok", "attn/Mamba (rounds)", "attn/Mamba-2 (rounds)"]  # fmt: skip
     summary = {}
     for mode in ("fwd+bwd", "fwd"):
         lines.append(f"### {mode}\n\n" + markdown_table(head, rows[mode]) + "\n")
         for i, n in enumerate(("Mamba", "Mamba-2")):
             r = [rec[f"attention {mode}"] / rec[f"{n} {mode}"] for rec in data]
-            summary[f"{n} {mode}"] = {"crossover": crossover(list(lengths), r), f"ratio at {lengths[-1]}": r[-1]}
+            last = ratio_over_rounds(data[-1][f"attention {mode} rounds"], data[-1][f"{n} {mode} rounds"])
+            summary[f"{n} {mode}"] = {"crossover": crossover(list(lengths), r), f"ratio at {lengths[-1]}": r[-1],
+                                      f"ratio at {lengths[-1]} (range over rounds)": last}  # fmt: skip
             lines.append(f"- {n} {mode}: crossover (layer faster than attention) at L {summary[f'{n} {mode}']['crossover']}"
-                         f"; attention/{n} at L={lengths[-1]}: {r[-1]:.2f}x")  # fmt: skip
+                         f"; attention/{n} at L={lengths[-1]}: {last}x over {ROUNDS} rounds")  # fmt: skip
         lines.append("")
     text = "\n".join(lines)
     if out_dir:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import statistics
 import sys
 import traceback
 from typing import Optional
@@ -25,8 +26,8 @@ from typing import Optional
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _gpu_bench import from_mamba_source, fwd_and_fwdbwd, ms, section  # noqa: E402
-from _timing import markdown_table, save_report  # noqa: E402
+from _gpu_bench import from_mamba_source, fwd_and_fwdbwd_rounds, ms, section  # noqa: E402
+from _timing import markdown_table, ratio_over_rounds, save_report  # noqa: E402
 from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
 from numerics import rel_err  # noqa: E402  (on the path through gpu_scan_checks)
 
@@ -50,13 +51,15 @@ def ours(**k):
                           backend="triton")  # fmt: skip
 
 
+ROUNDS = 3  # ours and mamba_ssm timed in turn, three times
+
+
 def bench_vs_mamba(mamba) -> str:
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     inp = make_inputs(g, **SHAPE)
     inp.pop("initial_state")
-    t_f, t_fb = fwd_and_fwdbwd(ours, inp)
-    exp_ms, byte_ms = floors_ms(**SHAPE)
-    rows = [["ssmkit triton", f"{t_f:.3f}", f"{t_fb:.3f}", "1.00", "1.00", f"{max(exp_ms, byte_ms) / t_f:.0%}"]]
+    fns = {"ours": (ours, inp)}
+    label = ""
     if mamba is not None:
         # mamba_ssm's layout: u, delta, z (B, D, L); B, C (B, N, L)
         m_inp = {k: (v.transpose(1, 2).contiguous() if k in ("u", "delta", "z", "B", "C") else v) for k, v in inp.items()}
@@ -66,12 +69,20 @@ def bench_vs_mamba(mamba) -> str:
 
         with torch.no_grad():
             diff = (theirs(**m_inp).transpose(1, 2).float() - ours(**inp).float()).norm() / ours(**inp).float().norm()
-        m_f, m_fb = fwd_and_fwdbwd(theirs, m_inp)
-        rows.append([f"mamba_ssm selective_scan_fn (rel diff to ours {diff:.1e})", f"{m_f:.3f}", f"{m_fb:.3f}",
-                     f"{t_f / m_f:.2f}", f"{t_fb / m_fb:.2f}", f"{max(exp_ms, byte_ms) / m_f:.0%}"])  # fmt: skip
-    head = ["B=8 L=4096 D=2048 N=16 bf16", "fwd ms", "fwd+bwd ms", "ours/mamba fwd", "ours/mamba fwd+bwd",
-            "fwd floor / time"]  # fmt: skip
-    note = f"\nforward floors: {exp_ms:.3f} ms (exp at 16/clk/SM), {byte_ms:.3f} ms (bytes at 4.16 TB/s)\n"
+        fns["theirs"] = (theirs, m_inp)
+        label = f"mamba_ssm selective_scan_fn (rel diff to ours {diff:.1e})"
+    t = fwd_and_fwdbwd_rounds(fns, ROUNDS)
+    (t_f, t_fb), floor = [statistics.median(r) for r in t["ours"]], max(floors_ms(**SHAPE))
+    rows = [["ssmkit triton", f"{t_f:.3f}", f"{t_fb:.3f}", "1.00", "1.00", f"{floor / t_f:.0%}"]]
+    if mamba is not None:
+        m_f, m_fb = [statistics.median(r) for r in t["theirs"]]
+        rows.append([label, f"{m_f:.3f}", f"{m_fb:.3f}", ratio_over_rounds(t["ours"][0], t["theirs"][0]),
+                     ratio_over_rounds(t["ours"][1], t["theirs"][1]), f"{floor / m_f:.0%}"])  # fmt: skip
+    head = ["B=8 L=4096 D=2048 N=16 bf16", "fwd ms", "fwd+bwd ms", "ours/mamba fwd (rounds)",
+            "ours/mamba fwd+bwd (rounds)", "fwd floor / time"]  # fmt: skip
+    exp_ms, byte_ms = floors_ms(**SHAPE)
+    note = (f"\nmedians over {ROUNDS} rounds (ours and mamba_ssm timed in turn; ratios: of the medians, and their range"
+            f" over the rounds)\nforward floors: {exp_ms:.3f} ms (exp at 16/clk/SM), {byte_ms:.3f} ms (bytes at 4.16 TB/s)\n")
     return markdown_table(head, rows) + note
 
 
