@@ -51,6 +51,7 @@ from .triton_common import (
     _halves,
     _lane_group_sum,
     _lane_states,
+    _load_in,
     _row,
     _scan_chunk,
     _sigmoid,
@@ -62,15 +63,17 @@ from .triton_common import (
 
 @triton.jit
 def _delta(x_raw, bias, mask, T: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-           SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr):  # fmt: skip
+           SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr, WHOLE: tl.constexpr = False):  # fmt: skip
     """Δ of one chunk from the flat delta tile: (T, 1, BLOCK_D) float32, 0 on padding steps
-    (Ā = 1 and Δ B u = 0 there: the state passes through)."""
+    (Ā = 1 and Δ B u = 0 there: the state passes through; ``WHOLE``: there are none)."""
     x = tl.reshape(x_raw, (T, 1, BLOCK_D)).to(tl.float32)
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
         x = _softplus(x, FAST_MATH)
-    return tl.where(tl.reshape(mask, (T, 1, BLOCK_D)), x, 0.0)
+    if not WHOLE:
+        x = tl.where(tl.reshape(mask, (T, 1, BLOCK_D)), x, 0.0)
+    return x
 
 
 @triton.jit(do_not_specialize=["ONE"])
@@ -85,6 +88,7 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
     VEC_SAVE: tl.constexpr = False, LANES: tl.constexpr = 1, SHARE_TD: tl.constexpr = False,
+    WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
     stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
@@ -100,7 +104,11 @@ def selective_scan_fwd_kernel(
 
     ONE = 1, passed at run time: channel offsets are multiplied by it so that the compiler
     cannot prove them contiguous and keeps one channel per lane (vectorized loads would put
-    several channels on a lane and spread the T steps of a tile over lanes)."""
+    several channels on a lane and spread the T steps of a tile over lanes).
+
+    ``WHOLE``: every chunk the loop visits is whole (L and the segments multiples of T) and every
+    channel and state exists (D a multiple of BLOCK_D, N a power of two): the loop's loads then have
+    one scalar predicate (the prefetch past a program's last chunk is skipped) and its stores none."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -188,35 +196,37 @@ def selective_scan_fwd_kernel(
             if (t0 // T) % SAVE_K == 0:
                 at = hsave_ptr + (pid_b * N_SAVES + t0 // (T * SAVE_K)) * DIM * N
                 _store_checkpoint(at, h, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE, LANES)
-        m_own = (t0 + o_t < t_end) & m_ocol  # (TO*CW,)
+        m_own = (t0 + o_t < t_end) & m_ocol  # (TO*CW,) (all true with WHOLE)
         Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
         u = tl.reshape(u_n, (T, 1, CW)).to(tl.float32)
         if DT_AHEAD:
             dt = _all_steps(dt_n, odd, SHARE_TD, FAST_MATH)
         else:
-            dt = _all_steps(_delta(x_n, bias, m_own, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH), odd, SHARE_TD, FAST_MATH)
+            dt = _all_steps(_delta(x_n, bias, m_own, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH, WHOLE), odd, SHARE_TD,
+                            FAST_MATH)  # fmt: skip
         if not LOCAL:
             Ct = _bc_tile(C_n, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
             if HAS_Z:
                 zz = tl.reshape(z_n, (TO, 1, CW)).to(tl.float32)
-        # prefetch chunk c + 1
+        # prefetch chunk c + 1 (WHOLE: whole or absent, one predicate for the tile)
         pB += T * s_Bl
         pu += T * s_ul
         px += T * s_dl
         t_next = t0 + T
-        B_n = tl.load(pB + o_B, mask=(t_next + tB < t_end) & m_n, other=0.0)
+        more = t_next < t_end
+        B_n = _load_in(pB + o_B, (t_next + tB < t_end) & m_n, WHOLE, more)
         if not LOCAL:
             pC += T * s_Cl
-            C_n = tl.load(pC + o_C, mask=(t_next + tB < t_end) & m_n, other=0.0)
+            C_n = _load_in(pC + o_C, (t_next + tB < t_end) & m_n, WHOLE, more)
             if HAS_Z:
                 pz += T * s_zl
-                z_n = tl.load(pz + o_z, mask=(t_next + o_t < t_end) & m_ocol, other=0.0)
-        u_n = tl.load(pu + o_u, mask=(t_next + tr < t_end) & m_col, other=0.0)
+                z_n = _load_in(pz + o_z, (t_next + o_t < t_end) & m_ocol, WHOLE, more)
+        u_n = _load_in(pu + o_u, (t_next + tr < t_end) & m_col, WHOLE, more)
         if DT_AHEAD:
-            dt_n = _delta(x_n, bias, (t_next + o_t < t_end) & m_ocol, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH)
-            x_n = tl.load(px + T * s_dl + o_x, mask=(t_next + T + o_t < t_end) & m_ocol, other=0.0)
+            dt_n = _delta(x_n, bias, (t_next + o_t < t_end) & m_ocol, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH, WHOLE)
+            x_n = _load_in(px + T * s_dl + o_x, (t_next + T + o_t < t_end) & m_ocol, WHOLE, t_next + T < t_end)
         else:
-            x_n = tl.load(px + o_x, mask=(t_next + o_t < t_end) & m_ocol, other=0.0)
+            x_n = _load_in(px + o_x, (t_next + o_t < t_end) & m_ocol, WHOLE, more)
 
         dtu = dt * u  # (T, 1, CW)
         dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NH, CW)
@@ -238,8 +248,12 @@ def selective_scan_fwd_kernel(
                     ys = ys + Dsk * u
             if HAS_Z:
                 ys = ys * zz * _sigmoid(zz, FAST_MATH)
-            m_y = m_own if SHARE_TD else m_own & (o_col % LANES == 0)  # (one lane of each channel stores)
-            tl.store(py + o_y, tl.reshape(ys, (TO * CW,)).to(y_ptr.dtype.element_ty), mask=m_y)
+            y_out = tl.reshape(ys, (TO * CW,)).to(y_ptr.dtype.element_ty)
+            if WHOLE and (SHARE_TD or LANES == 1):
+                tl.store(py + o_y, y_out)
+            else:
+                m_y = m_own if SHARE_TD else m_own & (o_col % LANES == 0)  # (one lane of each channel stores)
+                tl.store(py + o_y, y_out, mask=m_y)
             py += T * s_yl
     if LOCAL:  # (the local pass runs on the pieces of all segments but the last, whose end state nothing reads)
         o_seg = pid_b * n_segs + pid_s

@@ -202,6 +202,43 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     assert s1.abs().sum() > 0
 
 
+@pytest.mark.parametrize("lanes, share, ahead, n_segs, split",
+                         [(1, False, True, 3, 2), (1, False, False, 1, 1), (2, True, False, 3, 2), (2, False, True, 2, 1)])
+def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
+    """Where L is a multiple of the chunk, D of the channel block and N a power of two, the forward's loop runs
+    without element masks (``WHOLE``) and skips the prefetch after each program's last chunk (segments of 16
+    steps, their local passes in pieces of 8, Δ a chunk ahead or not, one or two lanes per channel): output,
+    final state and checkpoints equal those of the masked loop bit for bit and match the float64 loop."""
+    from ssmkit.ops.scan import triton_launch as launch
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_fwd
+
+    cfg = ScanKernelConfig(block_d=4, chunk=4, bwd_block_d=4, bwd_chunk=2, save_every=8, n_segs=n_segs,
+                           local_split=split, dt_ahead=ahead, lanes=lanes, share_td=share)  # fmt: skip
+    inp = make_inputs(gen, L=48, D=8, N=4)
+    args = [inp[k].detach() for k in NAMES]
+    kernel, seen = launch.selective_scan_fwd_kernel, []
+
+    class Spy:  # records the WHOLE each launch was given
+        def __getitem__(self, grid):
+            def launch_(*a, **kw):
+                seen.append(kw["WHOLE"])
+                return kernel[grid](*a, **kw)
+            return launch_
+
+    monkeypatch.setattr(launch, "selective_scan_fwd_kernel", Spy())
+    whole = scan_fwd(*args, True, True, cfg)
+    launches = len(seen)
+    monkeypatch.setattr(launch, "WHOLE_TILES", False)
+    masked = scan_fwd(*args, True, True, cfg)
+    assert seen == [True] * launches + [False] * launches and launches == (2 if n_segs > 1 else 1)
+    for name, a, b in zip(("output", "final state", "checkpoints"), whole, masked):
+        assert torch.equal(a, b), f"{name}: the unmasked loop differs from the masked one"
+    ref_in = {k: inp[k].detach().cpu().double() for k in NAMES}
+    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
+    assert_close(whole[0].cpu(), y_ref, 1e-4, "output")
+    assert_close(whole[1].cpu(), h_ref, 1e-4, "final state")
+
+
 def test_local_pieces_rule():
     """The local passes' pieces per segment: about the asked programs per multiprocessor (one on the
     CPU), never pieces under 64 steps nor more than one carried piece per 12 steps of a segment."""
