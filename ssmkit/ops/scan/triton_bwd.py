@@ -42,7 +42,7 @@ from .triton_common import (
     _dot_states,
     _flat,
     _load_checkpoint,
-    _load_tile,
+    _load_in,
     _row,
     _row_at,
     _scan_chunk,
@@ -52,21 +52,33 @@ from .triton_common import (
 
 
 @triton.jit
+def _store_in(ptr, v, mask, WHOLE: tl.constexpr):
+    """Store ``v`` in ptr's dtype, under ``mask`` unless every element is known to be in range."""
+    v = v.to(ptr.dtype.element_ty)
+    if WHOLE:
+        tl.store(ptr, v)
+    else:
+        tl.store(ptr, v, mask=mask)
+
+
+@triton.jit
 def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m_n,
              T: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
              SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr, GROUP_UNIFORM: tl.constexpr, n3,
-             FMA_EXP: tl.constexpr):  # fmt: skip
+             FMA_EXP: tl.constexpr, WHOLE: tl.constexpr):  # fmt: skip
     """The state after the T steps starting at ``t0`` (row pointers px, pu, pB already there),
-    from the state ``h`` before them."""
-    Bt = _bc_tile(tl.load(pB + o_B, mask=(t0 + tB < L) & m_n, other=0.0), T, NP, BLOCK_D, GROUP_UNIFORM)
+    from the state ``h`` before them (``WHOLE``: the steps are all there)."""
+    Bt = _bc_tile(_load_in(pB + o_B, (t0 + tB < L) & m_n, WHOLE, None), T, NP, BLOCK_D, GROUP_UNIFORM)
     m_tile = (t0 + tr < L) & m_col
-    x = _load_tile(px, o_x, m_tile, T, BLOCK_D)
-    u = _load_tile(pu, o_u, m_tile, T, BLOCK_D)
+    x = tl.reshape(_load_in(px + o_x, m_tile, WHOLE, None), (T, 1, BLOCK_D)).to(tl.float32)
+    u = tl.reshape(_load_in(pu + o_u, m_tile, WHOLE, None), (T, 1, BLOCK_D)).to(tl.float32)
     if HAS_BIAS:
         x = x + bias
     if SOFTPLUS:
         x = _softplus(x, FAST_MATH)
-    dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
+    dt = x
+    if not WHOLE:
+        dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
     dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
     return _row(_scan_chunk(dA, dt * u * Bt, h, t3), t3, T - 1)
 
@@ -82,7 +94,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_MATH: tl.constexpr,
     DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
-    VEC_SAVE: tl.constexpr = False,
+    VEC_SAVE: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
     (strides s_yb, s_yl), dhlast (B, N, D) float32, and the later segments' local adjoints
@@ -93,7 +105,9 @@ def selective_scan_bwd_kernel(
     per (batch, segment) partial sums dA (B, n_segs, N, D), dD, dbias (B, n_segs, D), float32.
     Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN); ONE = 1 at run
     time (see the forward kernel). ``SCATTER``: the channel sums of ∂B, ∂C by a reduce-scatter
-    across the lanes (``triton_common._channel_sum_add``; GPU only, BLOCK_D = 32 per warp)."""
+    across the lanes (``triton_common._channel_sum_add``; GPU only, BLOCK_D = 32 per warp).
+    ``WHOLE``: L a multiple of S, D of BLOCK_D and N a power of two: no element masks (each chunk's
+    loads take one scalar predicate, for the prefetch before the sequence's first chunk)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -150,7 +164,7 @@ def selective_scan_bwd_kernel(
     Bn, Cn, zn, xn, un, yn = _chunk_loads(
         (first + n_segs - 1) * S + (K - 1) * T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C,
         o_z, o_x, o_u, o_y, tr, tB, m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl,
-        HAS_Z, True,
+        HAS_Z, True, WHOLE,
     )  # fmt: skip
     for j in range(0, n_segs):
         seg = first + n_segs - 1 - j
@@ -164,7 +178,7 @@ def selective_scan_bwd_kernel(
             h = _advance(h, tf, L, t3, A2, bias, dl_ptr + pid_b * s_db + tf * s_dl, o_x,
                          u_ptr + pid_b * s_ub + tf * s_ul, o_u, B_ptr + pid_b * s_Bb + tf * s_Bl, o_B, tr, tB,
                          m_col, m_n, T, NP, BLOCK_D, HAS_BIAS, SOFTPLUS, FAST_MATH, GROUP_UNIFORM, n3,
-                         FMA_EXP)  # fmt: skip
+                         FMA_EXP, WHOLE)  # fmt: skip
         # pass 2: the chunks backwards
         for kk in range(0, K):
             kb = K - 1 - kk
@@ -180,6 +194,7 @@ def selective_scan_bwd_kernel(
             Bn, Cn, zn, xn, un, yn = _chunk_loads(
                 t0 - T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C, o_z, o_x, o_u, o_y, tr, tB,
                 m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl, HAS_Z, True,
+                WHOLE,
             )  # fmt: skip
             Bt = _bc_tile(Bv, T, NP, BLOCK_D, GROUP_UNIFORM)
             Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM)
@@ -195,7 +210,8 @@ def selective_scan_bwd_kernel(
                 dt = _softplus(x, FAST_MATH)
             else:
                 dt = x
-            dt = tl.where(mt3, dt, 0.0)
+            if not WHOLE:
+                dt = tl.where(mt3, dt, 0.0)
             dtu = dt * u  # (T, 1, BD)
             dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NP, BD)
             dBu = dtu * Bt  # (T, NP, BD)
@@ -208,14 +224,14 @@ def selective_scan_bwd_kernel(
                 sz = _sigmoid(zz, FAST_MATH)
                 g = dy * zz * sz
                 dz = dy * y * sz * (1.0 + zz * (1.0 - sz))
-                tl.store(dz_ptr + o_out, tl.reshape(dz, (T * BLOCK_D,)).to(dz_ptr.dtype.element_ty), mask=m_tile)
+                _store_in(dz_ptr + o_out, tl.reshape(dz, (T * BLOCK_D,)), m_tile, WHOLE)
             else:
                 g = dy
             if HAS_D:
                 dD_acc += tl.sum(g * u, axis=0, keep_dims=True)
             if GROUP_UNIFORM:  # Σ_d g_t h_t
                 _channel_sum_add(dC_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, hs * g, t0, L, s_gl, N, SCATTER,
-                                 DOT_REDUCE)  # fmt: skip
+                                 DOT_REDUCE, WHOLE)  # fmt: skip
             else:  # the block's channels read different groups: add per channel
                 dC = tl.reshape(hs * g, (T * NP * BLOCK_D,))
                 tl.atomic_add(dC_ptr + o_g, dC, mask=m_bc, sem="relaxed")
@@ -239,7 +255,7 @@ def selective_scan_bwd_kernel(
             ddt = _dot_states(ddA, A2, n3) * 0.6931471805599453
             if GROUP_UNIFORM:  # Σ_d dh_t Δ_t u_t
                 _channel_sum_add(dB_ptr + pid_b * s_gb + t0_64 * s_gl + g_row, DH * dtu, t0, L, s_gl, N, SCATTER,
-                                 DOT_REDUCE)  # fmt: skip
+                                 DOT_REDUCE, WHOLE)  # fmt: skip
             else:
                 dB = tl.reshape(DH * dtu, (T * NP * BLOCK_D,))
                 tl.atomic_add(dB_ptr + o_g, dB, mask=m_bc, sem="relaxed")
@@ -250,11 +266,12 @@ def selective_scan_bwd_kernel(
                 du += Dsk * g
             if SOFTPLUS:
                 ddt = ddt * _sigmoid(x, FAST_MATH)
-            ddt = tl.where(mt3, ddt, 0.0)
+            if not WHOLE:
+                ddt = tl.where(mt3, ddt, 0.0)
             if HAS_BIAS:
                 dbias_acc += tl.sum(ddt, axis=0, keep_dims=True)
-            tl.store(du_ptr + o_out, tl.reshape(du, (T * BLOCK_D,)).to(du_ptr.dtype.element_ty), mask=m_tile)
-            tl.store(ddl_ptr + o_out, tl.reshape(ddt, (T * BLOCK_D,)).to(ddl_ptr.dtype.element_ty), mask=m_tile)
+            _store_in(du_ptr + o_out, tl.reshape(du, (T * BLOCK_D,)), m_tile, WHOLE)
+            _store_in(ddl_ptr + o_out, tl.reshape(ddt, (T * BLOCK_D,)), m_tile, WHOLE)
     if pid_s == 0:
         tl.store(dh0_ptr + o_state, tl.reshape(q, (NP * BLOCK_D,)), mask=m_s)
     o_part = pid_b * n_ps + pid_s

@@ -262,19 +262,15 @@ def _sum_channels(x, DOT: tl.constexpr):
 @triton.jit
 def _load_in(ptr, mask, WHOLE: tl.constexpr, wanted):
     """tl.load(ptr, mask, other=0). With ``WHOLE`` the rows are whole, and whether they exist at all is the
-    scalar ``wanted`` (a prefetch past a program's last chunk): one predicate for the whole tile and no
-    zero-fill, where the element masks cost ~12% of the forward's loop instructions."""
-    if WHOLE:  # (``!= 0``: Triton 3.9's interpreter gives the broadcast scalar compare an int32 mask)
+    scalar ``wanted`` (a prefetch past a program's last chunk; None: they do): one predicate for the whole
+    tile and no zero-fill, where the element masks cost ~8% of the forward's loop instructions."""
+    if WHOLE and wanted is None:
+        v = tl.load(ptr)
+    elif WHOLE:  # (``!= 0``: Triton 3.9's interpreter gives the broadcast scalar compare an int32 mask)
         v = tl.load(ptr, mask=tl.broadcast_to(wanted, ptr.shape) != 0)
     else:
         v = tl.load(ptr, mask=mask, other=0.0)
     return v
-
-
-@triton.jit
-def _load_tile(ptr, offs, mask, T: tl.constexpr, BLOCK_D: tl.constexpr):
-    """A (T, 1, BLOCK_D) float32 tile from flat offsets (see ``triton_fwd._flat``)."""
-    return tl.reshape(tl.load(ptr + offs, mask=mask, other=0.0), (T, 1, BLOCK_D)).to(tl.float32)
 
 
 @triton.jit
@@ -375,9 +371,11 @@ def _halve(v, lane, BIT: tl.constexpr):
 
 
 @triton.jit
-def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr, DOT: tl.constexpr):
+def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr, DOT: tl.constexpr,
+                     WHOLE: tl.constexpr = False):  # fmt: skip
     """Add Σ_d x over the block's channels of a (T, NP, BD) float32 tile to the (T, N) rows at
-    ``ptr`` (row stride ``s_l``, unit stride along N; rows t0 + t >= L are skipped), atomically.
+    ``ptr`` (row stride ``s_l``, unit stride along N; rows t0 + t >= L are skipped; ``WHOLE``: there
+    are none, and N = NP), atomically.
 
     ``SCATTER`` (GPU only; BD = 32 channels of one warp, one per lane): a reduce-scatter
     across the lanes, after which each lane holds whole sums for T * NP / 32 of the
@@ -422,38 +420,45 @@ def _channel_sum_add(ptr, x, t0, L, s_l, N: tl.constexpr, SCATTER: tl.constexpr,
             ok = lane % SH == 0
         t = k // NP
         n = k % NP
-        tl.atomic_add(ptr + t * s_l + n, v, mask=ok & (t0 + t < L) & (n < N), sem="relaxed")
+        if not WHOLE:
+            ok = ok & (t0 + t < L) & (n < N)
+        tl.atomic_add(ptr + t * s_l + n, v, mask=ok, sem="relaxed")
     else:
         s = tl.reshape(_sum_channels(x, DOT), (T * NP,))
         tt = tl.arange(0, T * NP) // NP
         nn = tl.arange(0, T * NP) % NP
-        tl.atomic_add(ptr + tt * s_l + nn, s, mask=(t0 + tt < L) & (nn < N), sem="relaxed")
+        if WHOLE:
+            tl.atomic_add(ptr + tt * s_l + nn, s, sem="relaxed")
+        else:
+            tl.atomic_add(ptr + tt * s_l + nn, s, mask=(t0 + tt < L) & (nn < N), sem="relaxed")
 
 
 @triton.jit
 def _chunk_loads(t0, lo, hi, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C, o_z, o_x, o_u, o_y, tr, tB,
                  m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl,
-                 HAS_Z: tl.constexpr, WITH_BU: tl.constexpr):  # fmt: skip
+                 HAS_Z: tl.constexpr, WITH_BU: tl.constexpr, WHOLE: tl.constexpr = False):  # fmt: skip
     """The raw (flat, input dtype) B, C, z, delta, u, dy of the T steps from ``t0``, for the
     backward kernels, which issue them a chunk ahead of their use so that their latency
-    overlaps work. Rows outside [lo, hi) are not read (0); z without ``HAS_Z`` and B, u
+    overlaps work. Rows outside [lo, hi) are not read (0, or with ``WHOLE``, where chunks lie wholly
+    inside or outside and every channel and state exists, not defined); z without ``HAS_Z`` and B, u
     without ``WITH_BU`` are placeholders (not loaded)."""
     t64 = t0.to(tl.int64)
     m_bc = (t0 + tB < hi) & (t0 + tB >= lo) & m_n
     m_t = (t0 + tr < hi) & (t0 + tr >= lo) & m_col
+    there = (t0 < hi) & (t0 >= lo)
     # B, C before the (T, BD) tiles: the layout pass lets the last-issued loads' layouts win (triton_fwd.py)
     if WITH_BU:
-        Bv = tl.load(B_ptr + pid_b * s_Bb + t64 * s_Bl + o_B, mask=m_bc, other=0.0)
-    Cv = tl.load(C_ptr + pid_b * s_Cb + t64 * s_Cl + o_C, mask=m_bc, other=0.0)
-    xv = tl.load(dl_ptr + pid_b * s_db + t64 * s_dl + o_x, mask=m_t, other=0.0)
+        Bv = _load_in(B_ptr + pid_b * s_Bb + t64 * s_Bl + o_B, m_bc, WHOLE, there)
+    Cv = _load_in(C_ptr + pid_b * s_Cb + t64 * s_Cl + o_C, m_bc, WHOLE, there)
+    xv = _load_in(dl_ptr + pid_b * s_db + t64 * s_dl + o_x, m_t, WHOLE, there)
     if WITH_BU:
-        uv = tl.load(u_ptr + pid_b * s_ub + t64 * s_ul + o_u, mask=m_t, other=0.0)
+        uv = _load_in(u_ptr + pid_b * s_ub + t64 * s_ul + o_u, m_t, WHOLE, there)
     else:
         Bv = Cv
         uv = xv
-    yv = tl.load(dy_ptr + pid_b * s_yb + t64 * s_yl + o_y, mask=m_t, other=0.0)
+    yv = _load_in(dy_ptr + pid_b * s_yb + t64 * s_yl + o_y, m_t, WHOLE, there)
     if HAS_Z:
-        zv = tl.load(z_ptr + pid_b * s_zb + t64 * s_zl + o_z, mask=m_t, other=0.0)
+        zv = _load_in(z_ptr + pid_b * s_zb + t64 * s_zl + o_z, m_t, WHOLE, there)
     else:
         zv = yv
     return Bv, Cv, zv, xv, uv, yv

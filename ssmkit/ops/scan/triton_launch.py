@@ -330,7 +330,8 @@ def scan_bwd(
         HAS_DHLAST=dhl is not None, GROUP_UNIFORM=uniform, FAST_MATH=not interpret_mode(),
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
-        FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps, **LAUNCH,
+        FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps,
+        WHOLE=WHOLE_TILES and L % cfg.save_every == 0 and dim % cfg.bwd_block_d == 0 and N == next_pow2(N), **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

@@ -205,38 +205,59 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
 @pytest.mark.parametrize("lanes, share, ahead, n_segs, split",
                          [(1, False, True, 3, 2), (1, False, False, 1, 1), (2, True, False, 3, 2), (2, False, True, 2, 1)])
 def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
-    """Where L is a multiple of the chunk, D of the channel block and N a power of two, the forward's loop runs
-    without element masks (``WHOLE``) and skips the prefetch after each program's last chunk (segments of 16
-    steps, their local passes in pieces of 8, Δ a chunk ahead or not, one or two lanes per channel): output,
-    final state and checkpoints equal those of the masked loop bit for bit and match the float64 loop."""
+    """Where L is a multiple of the checkpoint span, D of the channel blocks and N a power of two, the loops of
+    the forward and the backward run without element masks (``WHOLE``); the forward skips the prefetch after
+    each program's last chunk, the backward the one before the sequence's first (segments of 16 steps, their
+    local passes in pieces of 8, Δ a chunk ahead or not, one or two lanes per channel in the forward). Output,
+    final state, checkpoints and every gradient equal those of the masked loops (bit for bit in the
+    interpreter) and match the float64 loop."""
     from ssmkit.ops.scan import triton_launch as launch
-    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_fwd
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
 
     cfg = ScanKernelConfig(block_d=4, chunk=4, bwd_block_d=4, bwd_chunk=2, save_every=8, n_segs=n_segs,
-                           local_split=split, dt_ahead=ahead, lanes=lanes, share_td=share)  # fmt: skip
+                           bwd_n_segs=n_segs, local_split=split, bwd_local_split=split, dt_ahead=ahead, lanes=lanes,
+                           share_td=share)  # fmt: skip
     inp = make_inputs(gen, L=48, D=8, N=4)
     args = [inp[k].detach() for k in NAMES]
-    kernel, seen = launch.selective_scan_fwd_kernel, []
+    dy, dh = randn(2, 48, 8, gen=gen).to(DEVICE), randn(2, 8, 4, gen=gen).to(DEVICE)
+    seen = []
 
-    class Spy:  # records the WHOLE each launch was given
+    class Spy:  # records the WHOLE each launch of ``kernel`` was given
+        def __init__(self, kernel):
+            self.kernel = kernel
+
         def __getitem__(self, grid):
             def launch_(*a, **kw):
                 seen.append(kw["WHOLE"])
-                return kernel[grid](*a, **kw)
+                return self.kernel[grid](*a, **kw)
             return launch_
 
-    monkeypatch.setattr(launch, "selective_scan_fwd_kernel", Spy())
-    whole = scan_fwd(*args, True, True, cfg)
+    for name in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
+        monkeypatch.setattr(launch, name, Spy(getattr(launch, name)))
+
+    def both():
+        y, h, hsave = scan_fwd(*args, True, True, cfg)
+        return (y, h, hsave), scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
+
+    (fwd, grads) = both()
     launches = len(seen)
     monkeypatch.setattr(launch, "WHOLE_TILES", False)
-    masked = scan_fwd(*args, True, True, cfg)
-    assert seen == [True] * launches + [False] * launches and launches == (2 if n_segs > 1 else 1)
-    for name, a, b in zip(("output", "final state", "checkpoints"), whole, masked):
-        assert torch.equal(a, b), f"{name}: the unmasked loop differs from the masked one"
-    ref_in = {k: inp[k].detach().cpu().double() for k in NAMES}
+    (fwd_m, grads_m) = both()
+    assert seen == [True] * launches + [False] * launches and launches == (3 if n_segs > 1 else 2)
+    for name, a, b in zip(("output", "final state", "checkpoints", *(f"gradient of `{k}`" for k in NAMES)),
+                          (*fwd, *grads), (*fwd_m, *grads_m)):  # fmt: skip
+        if DEVICE == "cpu":  # the interpreter runs the same float32 operations in the same order
+            assert torch.equal(a, b), f"{name}: the unmasked loop differs from the masked one"
+        else:  # two compiled kernels (contractions may differ) and ∂B, ∂C added atomically in any order
+            assert_close(a, b.double(), 1e-6, f"{name}: unmasked against masked loop")
+    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
-    assert_close(whole[0].cpu(), y_ref, 1e-4, "output")
-    assert_close(whole[1].cpu(), h_ref, 1e-4, "final state")
+    assert_close(fwd[0].cpu(), y_ref, 1e-4, "output")
+    assert_close(fwd[1].cpu(), h_ref, 1e-4, "final state")
+    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
+                                [ref_in[k] for k in NAMES])  # fmt: skip
+    for name, g, gr in zip(NAMES, grads, g_ref):
+        assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
 
 
 def test_local_pieces_rule():
