@@ -14,6 +14,7 @@ Prints one line per process: median forward+backward ms of each layer of ``gpu_l
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 
 import ssmkit  # (first: gpu_layers puts this checkout on sys.path, which must not shadow the version asked for)
@@ -35,7 +36,7 @@ if __name__ == "__main__":
         for name in LAYERS:
             layer = build(name, D_MODEL, L).to(device="cuda", dtype=torch.bfloat16)
             dy = torch.randn_like(x)
-            t = bench(lambda: layer(x)[0].backward(dy), [x, *layer.parameters()])
+            t = statistics.median(bench(lambda: layer(x)[0].backward(dy), [x, *layer.parameters()]))
             out.append(f"{name} {L // 1024}K {t:.2f}")
             del layer
     print(" | ".join(out), ssmkit.__file__)
