@@ -28,21 +28,23 @@ its initial state (or zero); chunk-parallel, the state walk did both.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
+from .triton_cumsum import (
+    chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, load_tile, mask_if, program_tile, store_tile,
+)
 
 
 @triton.jit
 def _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_l, stride_B_l, offs_q, offs_p, offs_n,
-                 mask_p, mask_n, VARLEN: tl.constexpr):  # fmt: skip
+                 mask_p, mask_n, VARLEN: tl.constexpr, WHOLE: tl.constexpr):  # fmt: skip
     """Chunk ``c``'s x (Q, BLOCK_P), B and C (Q, BLOCK_N) tiles as stored (zero past its end); a walk with
     TILES_AHEAD loads them a chunk ahead."""
     start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
     t = start + offs_q
     mask_q = t < end
-    xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask=mask_q[:, None] & mask_p[None, :], other=0.0)
+    xv = load_tile(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :], WHOLE)
     mask_qn = mask_q[:, None] & mask_n[None, :]
-    Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0)
-    Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask=mask_qn, other=0.0)
+    Bv = load_tile(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
+    Cv = load_tile(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
     return xv, Bv, Cv
 
 
@@ -58,10 +60,10 @@ def _ssd_scan_fwd_kernel(
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
     H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, TILES_AHEAD: tl.constexpr = False,
+    WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (cdiv(P, BLOCK_P), batch * H, n_segs);
-    with H_CHUNKS the segments are spans of
-    ``seg_chunks`` chunks.
+    with H_CHUNKS the segments are spans of ``seg_chunks`` chunks; ``WHOLE``: whole tiles (``triton_cumsum``).
 
     x, z, out, pre: (B, L, H, P), (H, P) contiguous in a token; x with its own batch / token strides,
     z, out, pre with stride_y_*; dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
@@ -100,28 +102,29 @@ def _ssd_scan_fwd_kernel(
             state = tl.where(pid_s == 0, h0, state)
     c0 = pid_s * seg_chunks
     if not H_CHUNKS:
-        dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+        dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN, WHOLE)
         if TILES_AHEAD:
             xv_next, Bv_next, Cv_next = _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c0, L, n_chunks, Q,
                                                      stride_x_l, stride_B_l, offs_q, offs_p, offs_n, mask_p, mask_n,
-                                                     VARLEN)  # fmt: skip
+                                                     VARLEN, WHOLE)  # fmt: skip
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
         if not H_CHUNKS:  # walking: the next chunk's dt (and with TILES_AHEAD its x, B, C) is loaded ahead
             dtv = dt_next
             dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l,
-                               offs_q, VARLEN)  # fmt: skip
+                               offs_q, VARLEN, WHOLE)  # fmt: skip
             if TILES_AHEAD:
                 xv, Bv, Cv = xv_next, Bv_next.to(DT), Cv_next.to(DT)
                 xv_next, Bv_next, Cv_next = _chunk_tiles(x_row, B_row, C_row, table_ptr, b,
                                                          tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_x_l,
-                                                         stride_B_l, offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN)  # fmt: skip
+                                                         stride_B_l, offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN,
+                                                         WHOLE)  # fmt: skip
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
         if H_CHUNKS:  # (reset where a sequence opens by triton_states.py already)
             at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            state = tl.load(hin_ptr + at_chunk, mask=mask_np, other=0.0)
+            state = load_tile(hin_ptr + at_chunk, mask_np, WHOLE)
         elif VARLEN:  # packed sequences open and close anywhere
             if HAS_INIT:
                 h0 = tl.load(init_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, opens), other=0.0)
@@ -130,17 +133,17 @@ def _ssd_scan_fwd_kernel(
                 state = tl.where(opens, 0.0, state)
         if STORE_H:  # (walking) kept for the backward, which then skips its state walk
             at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            tl.store(hin_ptr + at_chunk, state.to(hin_ptr.dtype.element_ty), mask=mask_np)
+            store_tile(hin_ptr + at_chunk, state.to(hin_ptr.dtype.element_ty), mask_np, WHOLE)
 
         if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
-            _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+            _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS, WHOLE)
         else:
-            _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
+            _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         mask_qp = mask_q[:, None] & mask_p[None, :]
         if H_CHUNKS or not TILES_AHEAD:
             xv, Bv, Cv = _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_l, stride_B_l,
-                                      offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN)  # fmt: skip
+                                      offs_q, offs_p, offs_n, mask_p, mask_n, VARLEN, WHOLE)  # fmt: skip
             Bv, Cv = Bv.to(DT), Cv.to(DT)
 
         # Intra-chunk: (C B^T ∘ decay ∘ Δ_j) @ x.
@@ -156,11 +159,11 @@ def _ssd_scan_fwd_kernel(
                 y += xv.to(tl.float32) * Dv
         io = t[:, None] * stride_y_l + offs_p[None, :]
         if STORE_PRE:
-            tl.store(pre_row + io, y.to(pre_ptr.dtype.element_ty), mask=mask_qp)
+            store_tile(pre_row + io, y.to(pre_ptr.dtype.element_ty), mask_qp, WHOLE)
         if HAS_Z:
-            zv = tl.load(z_row + io, mask=mask_qp, other=0.0).to(tl.float32)
+            zv = load_tile(z_row + io, mask_qp, WHOLE).to(tl.float32)
             y = y * zv * tl.sigmoid(zv)
-        tl.store(out_row + io, y.to(out_ptr.dtype.element_ty), mask=mask_qp)
+        store_tile(out_row + io, y.to(out_ptr.dtype.element_ty), mask_qp, WHOLE)
 
         if not H_CHUNKS:  # advance the state to the chunk's end (as in triton_states.py)
             w = delta * tl.exp(acum_last - acum)

@@ -38,7 +38,9 @@ dΔ_t = x_t·dx̃_t + A d a_t, d dt via the softplus, dA = Σ_t Δ_t d a_t.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of, mask_if, program_tile
+from .triton_cumsum import (
+    chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of, load_tile, mask_if, program_tile, store_tile,
+)
 
 
 @triton.jit
@@ -76,7 +78,7 @@ def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.con
 
 @triton.jit
 def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p,
-                     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):  # fmt: skip
+                     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, WHOLE: tl.constexpr = False):  # fmt: skip
     """One chunk and head's share of the backward (module docstring) from its loaded tiles: x (Q, P) fp32, dy
     (Q, P), B, C (Q, N), C B^T (Q, Q) fp32 (or None: formed here), h, g (N, P) in DT, Δ and the chunk-local log
     decays. Returns (e_in, e_end, x̃, dx̃, M', C B^T, dy h^T or None, d a, dΔ): the decays from the chunk's start
@@ -115,7 +117,8 @@ def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, m
     gTh = tl.dot(tl.trans(gd), h_in, input_precision=PREC)
     diag = offs_p[:, None] == offs_p[None, :]
     da += tl.exp(acum_last) * tl.sum(tl.sum(tl.where(diag, gTh, 0.0), axis=1), axis=0)
-    da = tl.where(mask_q, da, 0.0)
+    if not WHOLE:  # (with whole tiles every token is in the chunk)
+        da = tl.where(mask_q, da, 0.0)
 
     ddelta = tl.sum(xf * dxt, axis=1) + A * da
     return e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta
@@ -135,9 +138,10 @@ def _ssd_bwd_kernel(
     HAS_DFINAL: tl.constexpr, HAS_DINIT: tl.constexpr, VARLEN: tl.constexpr, G_CHUNKS: tl.constexpr,
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     REDUCE_HEADS: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs).
+    """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs);
+    ``WHOLE``: whole tiles (``triton_cumsum``).
 
     x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy: stride_y_*, dx: stride_dx_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
@@ -193,27 +197,28 @@ def _ssd_bwd_kernel(
                 g = tl.where(closes, g_final, g)
             else:
                 g = tl.where(closes, 0.0, g)
-        raw, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS)
+        raw, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
         io = x_row + t[:, None] * stride_x_l + offs_p[None, :]
         yo = y_row + t[:, None] * stride_y_l + offs_p[None, :]
         bc = B_row + t[:, None] * stride_B_l + offs_n[None, :]
-        xf = tl.load(x_ptr + io, mask=mask_qp, other=0.0).to(tl.float32)  # (Q, P)
-        dyv = tl.load(dy_ptr + yo, mask=mask_qp, other=0.0).to(DT)
-        Bv = tl.load(B_ptr + bc, mask=mask_qn, other=0.0).to(DT)  # (Q, N)
-        Cv = tl.load(C_ptr + bc, mask=mask_qn, other=0.0).to(DT)
+        xf = load_tile(x_ptr + io, mask_qp, WHOLE).to(tl.float32)  # (Q, P)
+        dyv = load_tile(dy_ptr + yo, mask_qp, WHOLE).to(DT)
+        Bv = load_tile(B_ptr + bc, mask_qn, WHOLE).to(DT)  # (Q, N)
+        Cv = load_tile(C_ptr + bc, mask_qn, WHOLE).to(DT)
         at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-        h_in = tl.load(hin_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)
+        h_in = load_tile(hin_ptr + at_chunk, mask_np, WHOLE).to(DT)
         if G_CHUNKS:
-            gd = tl.load(gchunk_ptr + at_chunk, mask=mask_np, other=0.0).to(DT)
+            gd = load_tile(gchunk_ptr + at_chunk, mask_np, WHOLE).to(DT)
             g = gd.to(tl.float32)
         else:
             gd = g.to(DT)
 
         e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta = chunk_head_grads(
-            xf, dyv, Bv, Cv, None, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, Y_OFF_FROM_DC, DT, PREC)
+            xf, dyv, Bv, Cv, None, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, Y_OFF_FROM_DC, DT, PREC,
+            WHOLE)  # fmt: skip
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
-        tl.store(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask=mask_q)
+        store_tile(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask_q, WHOLE)
         dA_acc += tl.sum(delta * da, axis=0)
         dx = delta[:, None] * dxt
         if HAS_D:
@@ -221,7 +226,7 @@ def _ssd_bwd_kernel(
             dx += dyf * Dv
             dD_acc += tl.sum(dyf * xf, axis=0)
         dxo = b64 * stride_dx_b + head * P + t[:, None] * stride_dx_l + offs_p[None, :]
-        tl.store(dx_ptr + dxo, dx.to(dx_ptr.dtype.element_ty), mask=mask_qp)
+        store_tile(dx_ptr + dxo, dx.to(dx_ptr.dtype.element_ty), mask_qp, WHOLE)
 
         # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)
@@ -232,8 +237,8 @@ def _ssd_bwd_kernel(
         else:
             dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
         share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
-        tl.store(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask=mask_qn)
-        tl.store(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask=mask_qn)
+        store_tile(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask_qn, WHOLE)
+        store_tile(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask_qn, WHOLE)
         if REDUCE_HEADS:  # the last of a chunk's (head, P block) programs in the group sums their shares
             _sum_shares(dB_ptr, dC_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, b64, c, grp, t, offs_n, mask_qn, L, H,
                         n_chunks, heads_per_group, n_pb, N, stride_sum_b, stride_sum_l, BLOCK_Q, BLOCK_N)

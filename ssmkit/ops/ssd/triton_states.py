@@ -34,7 +34,7 @@ initial state (or zero).
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, program_tile
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, load_tile, mask_if, program_tile, store_tile
 
 
 @triton.jit
@@ -48,9 +48,9 @@ def _ssd_states_kernel(
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_INIT: tl.constexpr,
     VARLEN: tl.constexpr, STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, STORE_FINAL: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H).
+    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H); ``WHOLE``: whole tiles (``triton_cumsum``).
 
     x: (B, L, H, P); dt: (B, L, H); B: (B, L, G, N); init: (S, H, P, N) fp32.
     out: (B, n_segs, H, N, P) fp32 segment states, or with STORE_CHUNKS
@@ -81,12 +81,12 @@ def _ssd_states_kernel(
             h0 = tl.load(init_ptr + (b64 * H + head) * P * N + api_np, mask=mask_if(mask_np, pid_s == 0), other=0.0)
             state = tl.where(pid_s == 0, h0, state)
     c0 = pid_s * seg_chunks
-    dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+    dt_next = chunk_dt(dt_row, table_ptr, b, c0, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN, WHOLE)
     for i in range(0, tl.minimum(seg_chunks, n_chunks - c0)):
         c = c0 + i
         dtv = dt_next
         dt_next = chunk_dt(dt_row, table_ptr, b, tl.minimum(c + 1, n_chunks - 1), L, n_chunks, Q, stride_dt_l, offs_q,
-                           VARLEN)  # fmt: skip
+                           VARLEN, WHOLE)  # fmt: skip
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -99,14 +99,14 @@ def _ssd_states_kernel(
             n_opens += opens.to(tl.int32)
         if STORE_CHUNKS:
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            tl.store(dst, state.to(out_ptr.dtype.element_ty), mask=mask_np)
+            store_tile(dst, state.to(out_ptr.dtype.element_ty), mask_np, WHOLE)
 
-        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
+        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
-        xv = tl.load(x_row + t[:, None] * stride_x_l + offs_p[None, :],
-                     mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)
-        Bv = tl.load(B_row + t[:, None] * stride_B_l + offs_n[None, :],
-                     mask=mask_q[:, None] & mask_n[None, :], other=0.0)  # (Q, BLOCK_N)
+        xv = load_tile(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
+                       WHOLE)  # (Q, BLOCK_P)
+        Bv = load_tile(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
+                       WHOLE)  # (Q, BLOCK_N)
         w = delta * tl.exp(acum_last - acum)  # Δ_j exp(acum_last - acum_j)
         xs = (xv.to(tl.float32) * w[:, None]).to(DT)  # (Q, BLOCK_P)
         state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv.to(DT)), xs, input_precision=PREC)  # (BLOCK_N, BLOCK_P)

@@ -32,7 +32,7 @@ Gradients are held transposed, g^T (N, P), like the states in
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, program_tile
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, load_tile, mask_if, program_tile, store_tile
 
 
 @triton.jit
@@ -45,9 +45,9 @@ def _ssd_dstates_kernel(
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_DFINAL: tl.constexpr, VARLEN: tl.constexpr,
     STORE_CHUNKS: tl.constexpr, SEG_IN: tl.constexpr, HAS_DINIT: tl.constexpr,
     DT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H).
+    """Grid (cdiv(P, BLOCK_P) * cdiv(N, BLOCK_N), n_segs, batch * H); ``WHOLE``: whole tiles (``triton_cumsum``).
 
     dy: (B, L, H, P) (strides stride_y_*); dt: (B, L, H); C: (B, L, G, N); dfinal: (S, H, P, N) fp32;
     out: (B, n_segs, H, N, P) fp32, each segment's contribution to the
@@ -79,12 +79,12 @@ def _ssd_dstates_kernel(
             grad = tl.where(last, g_final, grad)
     c0 = pid_s * seg_chunks
     n_here = tl.minimum(seg_chunks, n_chunks - c0)
-    dt_next = chunk_dt(dt_row, table_ptr, b, c0 + n_here - 1, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+    dt_next = chunk_dt(dt_row, table_ptr, b, c0 + n_here - 1, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN, WHOLE)
     for i in range(0, n_here):
         c = c0 + n_here - 1 - i
         c_after = tl.maximum(c - 1, 0)  # the chunk of the next iteration: its loads are issued now
         dtv = dt_next
-        dt_next = chunk_dt(dt_row, table_ptr, b, c_after, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN)
+        dt_next = chunk_dt(dt_row, table_ptr, b, c_after, L, n_chunks, Q, stride_dt_l, offs_q, VARLEN, WHOLE)
         start, end, seq, opens, closes = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
         t = start + offs_q
         mask_q = t < end
@@ -96,13 +96,13 @@ def _ssd_dstates_kernel(
                 grad = tl.where(closes, 0.0, grad)
         if STORE_CHUNKS:
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            tl.store(dst, grad.to(out_ptr.dtype.element_ty), mask=mask_np)
-        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS)
+            store_tile(dst, grad.to(out_ptr.dtype.element_ty), mask_np, WHOLE)
+        _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
-        dyv = tl.load(dy_row + t[:, None] * stride_y_l + offs_p[None, :],
-                      mask=mask_q[:, None] & mask_p[None, :], other=0.0)  # (Q, BLOCK_P)
-        Cv = tl.load(C_row + t[:, None] * stride_B_l + offs_n[None, :],
-                     mask=mask_q[:, None] & mask_n[None, :], other=0.0).to(DT)  # (Q, BLOCK_N)
+        dyv = load_tile(dy_row + t[:, None] * stride_y_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
+                        WHOLE)  # (Q, BLOCK_P)
+        Cv = load_tile(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
+                       WHOLE).to(DT)  # (Q, BLOCK_N)
         dys = (dyv.to(tl.float32) * tl.exp(acum)[:, None]).to(DT)
         grad = grad * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
         if VARLEN:  # the gradient at a sequence's start is its initial state's; nothing flows further back

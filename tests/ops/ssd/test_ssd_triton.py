@@ -190,6 +190,80 @@ def test_head_loop_and_one_head_per_program(gen, monkeypatch, dtype, P, G, packe
             assert_close(got[True][2][name], got[False][2][name], 1e-5, f"grad {name}, head loop against one head")
 
 
+WHOLE_KERNELS = ("_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_kernel", "_ssd_bwd_kernel")
+
+
+@pytest.mark.parametrize("dtype, seg, span, fwd_span, keep", [
+    (torch.bfloat16, 2, 1, 1, True),  # chunk-parallel both ways, the forward's states kept
+    (torch.bfloat16, 2, 0, 0, False),  # walks both ways, the states recomputed by the backward
+    (torch.float32, 3, 1, 0, True),  # the walking scan storing the states; chunk-parallel backward
+])  # fmt: skip
+def test_whole_tiles(gen, monkeypatch, dtype, seg, span, fwd_span, keep):
+    """Where every chunk is full and the tiles cover P and N (``WHOLE_TILES``), the chunk loops of the four
+    chunk kernels load and store without element masks. Output, final state and every gradient equal those of
+    the masked loops (bit for bit in the interpreter), with the forward without a gradient (tiles loaded a
+    chunk ahead) too, and match the float64 loop. Every launch was given the WHOLE asked for."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
+
+    make_plan, seen = ssd_triton_module.make_plan, []
+    monkeypatch.setattr(ssd_triton_module, "make_plan", lambda *a, **k: make_plan(*a, **k, head_loop=False))
+    monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
+
+    class Spy:  # records the WHOLE each launch of ``kernel`` was given
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*a, **kw):
+                seen.append(kw["WHOLE"])
+                return self.kernel[grid](*a, **kw)
+
+            return launch
+
+    for name in WHOLE_KERNELS:
+        monkeypatch.setattr(triton_launch, name, Spy(getattr(triton_launch, name)))
+    inp = make_inputs(gen, L=64, P=16, N=16, G=2, dtype=dtype, D_shape="HP")  # chunks of 16: four, all full
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    f = triton_with(seg, span, fwd_span)
+    got, calls = {}, {}
+    for whole in (True, False):
+        monkeypatch.setattr(triton_launch, "WHOLE_TILES", whole)
+        seen.clear()
+        got[whole] = run(f, inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16)
+        with torch.no_grad():
+            got[whole] += f(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=16)
+        calls[whole] = list(seen)
+    assert calls[True] == [True] * len(calls[True]) and calls[False] == [False] * len(calls[True])
+    assert len(calls[True]) >= 5  # (a forward and a backward: the scan, the fused kernel, the walks)
+    (y, s, g, y_ng, s_ng), (y_m, s_m, g_m, y_ng_m, s_ng_m) = got[True], got[False]
+    pairs = [("y", y, y_m), ("final state", s, s_m), ("y without a gradient", y_ng, y_ng_m),
+             ("final state without a gradient", s_ng, s_ng_m), *((f"grad {k}", g[k], g_m[k]) for k in GRAD_NAMES)]
+    for what, a, b in pairs:
+        if DEV == "cpu":  # the interpreter runs the same operations in the same order
+            assert torch.equal(a, b), f"{what}: whole tiles differ from the masked loops"
+        else:  # two compilations (contractions may differ)
+            assert_close(a, b, 1e-6 if dtype == torch.float32 else 1e-3, f"{what}: whole against masked")
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close((y, s, g), ref, dtype, GRAD_NAMES)
+    assert_close(y_ng, ref[0], TOL[dtype], "y without a gradient")
+
+
+def test_whole_tiles_rule():
+    """Whole tiles only where every chunk is full (not packed, L a multiple of a power-of-two chunk) and the
+    tiles cover P and N exactly."""
+    from ssmkit.ops.ssd.triton_launch import make_plan, whole_tiles
+
+    x = torch.empty(2, 64, 4, 16, device="meta")
+    plan = make_plan(x, 16, 16, None, seg_chunks=2, fwd_span=1)
+    assert whole_tiles(plan, 64, 16, 16, 16, 16)
+    assert not whole_tiles(plan, 60, 16, 16, 16, 16)  # the last chunk part-filled
+    assert not whole_tiles(plan, 64, 12, 16, 16, 16) and not whole_tiles(plan, 64, 16, 12, 16, 16)
+    assert not whole_tiles(make_plan(x, 16, 16, 1, seg_chunks=2, fwd_span=1), 64, 16, 16, 16, 16)  # packed
+    odd = make_plan(torch.empty(2, 48, 4, 16, device="meta"), 16, 12, None, seg_chunks=2, fwd_span=1)
+    assert odd.Q == 12 and not whole_tiles(odd, 48, 16, 16, 16, 16)  # chunks of 12 in tiles of 16
+
+
 @pytest.mark.parametrize("keep, cap", [(True, None), (False, None), (True, 2 * 6 * 4 * 16 * 12 * 4 - 1)])
 @pytest.mark.parametrize("fwd_span", [0, 1])
 def test_states_kept_or_recomputed(gen, monkeypatch, keep, cap, fwd_span):
