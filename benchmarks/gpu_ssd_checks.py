@@ -104,6 +104,10 @@ CASES = [  # (name, dtype, L, chunk, G, D shape, softplus, inputs left out, stro
     ("fp32 L=1000 Q=64 G=2 D(H,P) bwd walks segments", torch.float32, 1000, 64, 2, "HP", True, (), False, 0, 0),
     ("fp32 L=515 Q=32 bare", torch.float32, 515, 32, 2, "H", False, ("D", "z", "dt_bias", "initial_state"), False, 1, -1),
     ("fp32 strong decay Q=64", torch.float32, 600, 64, 2, "H", False, (), True, 2, -1),
+    # whole tiles (``triton_launch.WHOLE_TILES``: L a multiple of the chunk run, P and N of the tiles)
+    ("bf16 L=1024 Q=32 G=1 whole tiles", torch.bfloat16, 1024, 32, 1, "H", True, (), False, 0, -1),
+    ("bf16 L=1024 Q=32 G=2 whole tiles, both walk", torch.bfloat16, 1024, 32, 2, "HP", True, (), False, 4, 0),
+    ("fp32 L=1024 Q=64 G=2 whole tiles", torch.float32, 1024, 64, 2, "HP", True, (), False, 0, -1),
 ]  # fmt: skip
 H_, P_, N_ = 8, 64, 128
 # Other head dims (as CASES, the last field is P). P = 128 in 16-bit: the forward and the backward split

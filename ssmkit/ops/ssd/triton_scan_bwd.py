@@ -78,12 +78,14 @@ def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.con
 
 @triton.jit
 def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p,
-                     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, WHOLE: tl.constexpr = False):  # fmt: skip
+                     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                     WHOLE: tl.constexpr = False):  # fmt: skip
     """One chunk and head's share of the backward (module docstring) from its loaded tiles: x (Q, P) fp32, dy
     (Q, P), B, C (Q, N), C B^T (Q, Q) fp32 (or None: formed here), h, g (N, P) in DT, Δ and the chunk-local log
-    decays. Returns (e_in, e_end, x̃, dx̃, M', C B^T, dy h^T or None, d a, dΔ): the decays from the chunk's start
-    to i and from j to its end, x̃ = Δ x in DT, dx̃ (Q, P), M'_ij = (dy_i · x̃_j) L_ij, dy h^T (Q, N) with
-    ``Y_OFF_FROM_DC``, the decay gradient d a (0 past the chunk's end) and dΔ."""
+    decays. Returns (e_in, e_end, x̃, dx̃, M', C B^T, dy h^T, d a, dΔ): the decays from the chunk's start to i and
+    from j to its end, x̃ = Δ x in DT, dx̃ (Q, P), M'_ij = (dy_i · x̃_j) L_ij, dy h^T (Q, N) with ``Y_OFF_FROM_DC``
+    (else a placeholder), the decay gradient d a (0 past the chunk's end; ``WHOLE``: every token is in the chunk)
+    and dΔ."""
     causal = offs_q[:, None] >= offs_q[None, :]  # [i, j]: i >= j
     strict = offs_q[:, None] > offs_q[None, :]
     e_in = tl.exp(acum)  # decay from the chunk's start to i
@@ -102,7 +104,7 @@ def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, m
         dyh = tl.dot(dyv, tl.trans(h_in), input_precision=PREC)  # (Q, N)
         y_off_dot = e_in * tl.sum(Cv.to(tl.float32) * dyh, axis=1)
     else:
-        dyh = None
+        dyh = e_in  # (a placeholder, unused: Triton cannot compile a tuple holding None)
         y_off = e_in[:, None] * tl.dot(Cv, h_in, input_precision=PREC)  # carried-state output (Q, P)
         y_off_dot = tl.sum(dyv.to(tl.float32) * y_off, axis=1)  # dy_i · Y_off_i
 
