@@ -43,3 +43,22 @@ def assert_compiles_like_eager(f, args: tuple, tol: float = 1e-6) -> None:
     g_e = torch.autograd.grad(f(*args), args)
     for a, r in zip(g, g_e):
         assert_close(a, r, tol)
+
+
+def spy_launches(monkeypatch, module, names, record) -> None:
+    """Stand in for the Triton kernels ``names`` of ``module``: each launch ``kernel[grid](*args, **kw)``
+    first calls ``record(name, kw)``, then launches the kernel."""
+
+    class Spy:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(module, name)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kw):
+                record(self.name, kw)
+                return self.kernel[grid](*args, **kw)
+
+            return launch
+
+    for name in names:
+        monkeypatch.setattr(module, name, Spy(name))

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from numerics import TOL, assert_close, projection_weights, randn
-from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
+from triton_helpers import DEVICE, requires_triton, spy_launches  # first: skips this file without triton
 import triton
 import triton.language as tl
 from ssmkit.ops.backends import BackendUnavailableError
@@ -220,20 +220,9 @@ def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
     inp = make_inputs(gen, L=48, D=8, N=4)
     args = [inp[k].detach() for k in NAMES]
     dy, dh = randn(2, 48, 8, gen=gen).to(DEVICE), randn(2, 8, 4, gen=gen).to(DEVICE)
-    seen = []
-
-    class Spy:  # records the WHOLE each launch of ``kernel`` was given
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch_(*a, **kw):
-                seen.append(kw["WHOLE"])
-                return self.kernel[grid](*a, **kw)
-            return launch_
-
-    for name in ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"):
-        monkeypatch.setattr(launch, name, Spy(getattr(launch, name)))
+    seen = []  # the WHOLE each launch was given
+    spy_launches(monkeypatch, launch, ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"),
+                 lambda name, kw: seen.append(kw["WHOLE"]))  # fmt: skip
 
     def both():
         y, h, hsave = scan_fwd(*args, True, True, cfg)

@@ -23,6 +23,8 @@ from ssmkit.ops.ssd import SSD_BACKENDS, ssd, ssd_reference
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed: the Triton SSD kernels cannot run", allow_module_level=True)
 
+from triton_helpers import spy_launches  # noqa: E402
+
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
 GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")
@@ -124,17 +126,9 @@ def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
     monkeypatch.setattr(triton_launch, "REDUCE_HEADS", reduce)
     monkeypatch.setattr(triton_launch, "HEADS_INNER", heads_inner)
     monkeypatch.setattr(triton_launch, "HEAD_LOOP", False)  # (one program per chunk and head)
-    flags, kernel = [], triton_launch._ssd_bwd_kernel
-
-    class Spy:
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                flags.append((kw["REDUCE_HEADS"], kw["HEADS_INNER"]))
-                return kernel[grid](*args, **kw)
-
-            return launch
-
-    monkeypatch.setattr(triton_launch, "_ssd_bwd_kernel", Spy())
+    flags = []
+    spy_launches(monkeypatch, triton_launch, ["_ssd_bwd_kernel"],
+                 lambda name, kw: flags.append((kw["REDUCE_HEADS"], kw["HEADS_INNER"])))  # fmt: skip
     inp = make_inputs(gen, L=45, P=P, G=G, dtype=dtype)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     got = run(triton_with(0, 1), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=16)
@@ -156,21 +150,8 @@ def test_head_loop_and_one_head_per_program(gen, monkeypatch, dtype, P, G, packe
     from ssmkit.ops.ssd import triton_launch
 
     make_plan, ran = ssd_triton_module.make_plan, []
-    kernels = {"heads": triton_launch._ssd_bwd_heads_kernel, "one": triton_launch._ssd_bwd_kernel}
-
-    class Spy:
-        def __init__(self, name):
-            self.name = name
-
-        def __getitem__(self, grid):
-            def launch(*args, **kw):
-                ran.append(self.name)
-                return kernels[self.name][grid](*args, **kw)
-
-            return launch
-
-    monkeypatch.setattr(triton_launch, "_ssd_bwd_heads_kernel", Spy("heads"))
-    monkeypatch.setattr(triton_launch, "_ssd_bwd_kernel", Spy("one"))
+    spy_launches(monkeypatch, triton_launch, ["_ssd_bwd_heads_kernel", "_ssd_bwd_kernel"],
+                 lambda name, kw: ran.append("heads" if name == "_ssd_bwd_heads_kernel" else "one"))  # fmt: skip
     if packed:
         _, cu, inp = _packed(gen, dtype)
         extra, ref_fn = dict(cu_seqlens=cu.to(DEV)), _alone(inp, cu)
@@ -209,19 +190,7 @@ def test_whole_tiles(gen, monkeypatch, dtype, seg, span, fwd_span, keep):
     monkeypatch.setattr(ssd_triton_module, "make_plan", lambda *a, **k: make_plan(*a, **k, head_loop=False))
     monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
 
-    class Spy:  # records the WHOLE each launch of ``kernel`` was given
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*a, **kw):
-                seen.append(kw["WHOLE"])
-                return self.kernel[grid](*a, **kw)
-
-            return launch
-
-    for name in WHOLE_KERNELS:
-        monkeypatch.setattr(triton_launch, name, Spy(getattr(triton_launch, name)))
+    spy_launches(monkeypatch, triton_launch, WHOLE_KERNELS, lambda name, kw: seen.append(kw["WHOLE"]))
     inp = make_inputs(gen, L=64, P=16, N=16, G=2, dtype=dtype, D_shape="HP")  # chunks of 16: four, all full
     seed = int(torch.randint(2**62, (1,), generator=gen))
     f = triton_with(seg, span, fwd_span)
