@@ -182,14 +182,13 @@ WHOLE_KERNELS = ("_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_ker
 def test_whole_tiles(gen, monkeypatch, dtype, seg, span, fwd_span, keep):
     """Where every chunk is full and the tiles cover P and N (``WHOLE_TILES``), the chunk loops of the four
     chunk kernels load and store without element masks. Output, final state and every gradient equal those of
-    the masked loops (bit for bit in the interpreter), with the forward without a gradient (tiles loaded a
-    chunk ahead) too, and match the float64 loop. Every launch was given the WHOLE asked for."""
+    the masked loops (bit for bit in the interpreter), and so do those of the forward without a gradient (which,
+    walking, loads its tiles a chunk ahead), and match the float64 loop. Every launch got the WHOLE asked for."""
     from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
 
     make_plan, seen = ssd_triton_module.make_plan, []
     monkeypatch.setattr(ssd_triton_module, "make_plan", lambda *a, **k: make_plan(*a, **k, head_loop=False))
     monkeypatch.setattr(triton_launch, "KEEP_STATES", keep)
-
     spy_launches(monkeypatch, triton_launch, WHOLE_KERNELS, lambda name, kw: seen.append(kw["WHOLE"]))
     inp = make_inputs(gen, L=64, P=16, N=16, G=2, dtype=dtype, D_shape="HP")  # chunks of 16: four, all full
     seed = int(torch.randint(2**62, (1,), generator=gen))
