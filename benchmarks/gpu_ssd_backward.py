@@ -43,6 +43,9 @@ tenth and eleventh sessions.)
   "head-loop-fp32": fp32 (B=2 and 8, L=4096, chunks 32 and 64): the default (the head loop) twice, before
   and after, one program per (chunk, head), and the chunk-parallel forward; "fp32-forward": the default
   and the chunk-parallel forward in fp32 where the plan walks (one sequence of 16K / 64K tokens, B=4).
+- "whole-tiles": the chunk loops on whole tiles (the default where they apply, ``WHOLE_TILES``) against
+  masked ones ("masked tiles"), alternating three times, at the op's shape and the layer's two, then the
+  per-kernel profile of both at the op's shape.
 
 Writes ``gpu_ssd_backward.md`` / ``.json``.
 """
@@ -71,6 +74,7 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "chunk 64": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64)),
     "chunk 64, 4 warps, Y_off from dC": (dict(GPU_CHUNK_16BIT=64), dict(chunk_size=64, bwd_warps=4, y_off_from_dc=True)),
     "own Y_off": ({}, dict(y_off_from_dc=False)),
+    "masked tiles": (dict(WHOLE_TILES=False), {}),
     "heads outer": ({}, dict(heads_inner=False, head_loop=False)),
     "head sums in kernel": (dict(REDUCE_HEADS=True), dict(head_loop=False)),
     "one head per program": ({}, dict(head_loop=False)),
@@ -207,13 +211,15 @@ def run(out_dir: str, parts) -> str:
                         rows.append(checked.row(f"fp32 B={b} L=4096 H=32 chunk {Q}: {label}", Q))
             del checked
             torch.cuda.empty_cache()
+    if "whole-tiles" in parts:
+        rows += op_rows(((8, 4096, 32), (1, 16384, 64), (1, 65536, 64)), ("default", "masked tiles") * 3)
+        rows += profile_rows(("default", "masked tiles"))
     if "fp32-forward" in parts:
         for b, L, H in ((1, 16384, 32), (1, 65536, 64), (4, 4096, 32)):
             checked = Checked(ssd_inputs(b, L, H=H, dtype=torch.float32))
-            for Q in (64,):
-                for label in ("default", "chunk-parallel forward", "default"):
-                    with variant(label):
-                        rows.append(checked.row(f"fp32 B={b} L={L} H={H} chunk {Q}: {label}", Q))
+            for label in ("default", "chunk-parallel forward", "default"):
+                with variant(label):
+                    rows.append(checked.row(f"fp32 B={b} L={L} H={H} chunk 64: {label}", 64))
             del checked
             torch.cuda.empty_cache()
     head = ["variant (bf16, P=64, N=128, chunk 32)", "fwd ms", "fwd+bwd ms", "worst rel err", "ok"]
@@ -222,4 +228,4 @@ def run(out_dir: str, parts) -> str:
 
 if __name__ == "__main__":
     parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads",
-                              "head-loop", "head-loop-fp32", "fp32-forward"])
+                              "head-loop", "head-loop-fp32", "fp32-forward", "whole-tiles"])

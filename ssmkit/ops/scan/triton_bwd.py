@@ -48,17 +48,8 @@ from .triton_common import (
     _scan_chunk,
     _sigmoid,
     _softplus,
+    _store_in,
 )
-
-
-@triton.jit
-def _store_in(ptr, v, mask, WHOLE: tl.constexpr):
-    """Store ``v`` in ptr's dtype, under ``mask`` unless every element is known to be in range."""
-    v = v.to(ptr.dtype.element_ty)
-    if WHOLE:
-        tl.store(ptr, v)
-    else:
-        tl.store(ptr, v, mask=mask)
 
 
 @triton.jit

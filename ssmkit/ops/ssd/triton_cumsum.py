@@ -27,12 +27,15 @@ gradient -> dA) is fused into ``triton_scan_bwd.py`` via :func:`dt_grad`.
 
 Whole tiles. Where every chunk is full (no packed sequences, L a multiple of
 Q, Q a power of two) and the P and N blocks cover P and N exactly, the
-kernels' chunk loops load and store without element masks (``WHOLE``: see
-:func:`load_tile`), and Δ needs no zeroing past a chunk's end.
+kernels' chunk loops load and store without element masks (``WHOLE``: the
+scan's ``triton_common._load_in`` / ``_store_in``), and Δ needs no zeroing
+past a chunk's end.
 """
 
 import triton
 import triton.language as tl
+
+from ..scan.triton_common import _load_in
 
 
 @triton.jit
@@ -94,27 +97,6 @@ def chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN: tl.constexpr):
 
 
 @triton.jit
-def load_tile(ptr, mask, WHOLE: tl.constexpr):
-    """tl.load(ptr, mask, other=0); with ``WHOLE`` every element exists (module docstring) and the load takes
-    no mask: the masks' compares and selects were ~3% of the fused backward's instructions and 7-12% of
-    the walks' loops (sm_90, Triton 3.6)."""
-    if WHOLE:
-        v = tl.load(ptr)
-    else:
-        v = tl.load(ptr, mask=mask, other=0.0)
-    return v
-
-
-@triton.jit
-def store_tile(ptr, v, mask, WHOLE: tl.constexpr):
-    """tl.store(ptr, v, mask), without the mask with ``WHOLE`` (:func:`load_tile`)."""
-    if WHOLE:
-        tl.store(ptr, v)
-    else:
-        tl.store(ptr, v, mask=mask)
-
-
-@triton.jit
 def softplus(v):
     """log(1 + e^v) without overflow, accurate for very negative v."""
     u = tl.exp(-tl.abs(v))
@@ -131,12 +113,12 @@ def chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS: tl.constexpr,
     Args:
         dt_row: pointer to dt[b, 0, h];  t: (BLOCK_Q,) int64 token indices;
         mask_q: (BLOCK_Q,) valid tokens;  bias, A: fp32 scalars of this head;
-        WHOLE: every token of the chunk valid (:func:`load_tile`).
+        WHOLE: every token of the chunk valid (module docstring).
     Returns:
         (raw, delta, acum), each (BLOCK_Q,) fp32: raw = dt + dt_bias (the
         softplus argument), delta = Δ (0 where masked), acum = cumsum(Δ A).
     """
-    dtv = load_tile(dt_row + t * stride_dt_l, mask_q, WHOLE).to(tl.float32)
+    dtv = _load_in(dt_row + t * stride_dt_l, mask_q, WHOLE).to(tl.float32)
     return decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
 
 
@@ -148,7 +130,7 @@ def chunk_dt(dt_row, table_ptr, b, c, L, n_chunks, Q, stride_dt_l, offs_q, VARLE
     feed a product; this one feeds the decays, which every product of the chunk waits for)."""
     start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
     t = start + offs_q
-    return load_tile(dt_row + t * stride_dt_l, t < end, WHOLE).to(tl.float32)
+    return _load_in(dt_row + t * stride_dt_l, t < end, WHOLE).to(tl.float32)
 
 
 @triton.jit

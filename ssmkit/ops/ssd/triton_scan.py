@@ -28,9 +28,8 @@ its initial state (or zero); chunk-parallel, the state walk did both.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import (
-    chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, load_tile, mask_if, program_tile, store_tile,
-)
+from ..scan.triton_common import _load_in, _store_in
+from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -41,10 +40,10 @@ def _chunk_tiles(x_row, B_row, C_row, table_ptr, b, c, L, n_chunks, Q, stride_x_
     start, end, _, _, _ = chunk_bounds(table_ptr, b, c, L, n_chunks, Q, VARLEN)
     t = start + offs_q
     mask_q = t < end
-    xv = load_tile(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :], WHOLE)
+    xv = _load_in(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :], WHOLE)
     mask_qn = mask_q[:, None] & mask_n[None, :]
-    Bv = load_tile(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
-    Cv = load_tile(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
+    Bv = _load_in(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
+    Cv = _load_in(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_qn, WHOLE)
     return xv, Bv, Cv
 
 
@@ -124,7 +123,7 @@ def _ssd_scan_fwd_kernel(
         mask_q = t < end
         if H_CHUNKS:  # (reset where a sequence opens by triton_states.py already)
             at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            state = load_tile(hin_ptr + at_chunk, mask_np, WHOLE)
+            state = _load_in(hin_ptr + at_chunk, mask_np, WHOLE)
         elif VARLEN:  # packed sequences open and close anywhere
             if HAS_INIT:
                 h0 = tl.load(init_ptr + (seq * H + head) * P * N + api_np, mask=mask_if(mask_np, opens), other=0.0)
@@ -133,7 +132,7 @@ def _ssd_scan_fwd_kernel(
                 state = tl.where(opens, 0.0, state)
         if STORE_H:  # (walking) kept for the backward, which then skips its state walk
             at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            store_tile(hin_ptr + at_chunk, state.to(hin_ptr.dtype.element_ty), mask_np, WHOLE)
+            _store_in(hin_ptr + at_chunk, state, mask_np, WHOLE)
 
         if H_CHUNKS:  # (chunks are independent: nothing to wait for but the loads)
             _, delta, acum = chunk_decay(dt_row, t, mask_q, stride_dt_l, bias, A, SOFTPLUS, WHOLE)
@@ -159,11 +158,11 @@ def _ssd_scan_fwd_kernel(
                 y += xv.to(tl.float32) * Dv
         io = t[:, None] * stride_y_l + offs_p[None, :]
         if STORE_PRE:
-            store_tile(pre_row + io, y.to(pre_ptr.dtype.element_ty), mask_qp, WHOLE)
+            _store_in(pre_row + io, y, mask_qp, WHOLE)
         if HAS_Z:
-            zv = load_tile(z_row + io, mask_qp, WHOLE).to(tl.float32)
+            zv = _load_in(z_row + io, mask_qp, WHOLE).to(tl.float32)
             y = y * zv * tl.sigmoid(zv)
-        store_tile(out_row + io, y.to(out_ptr.dtype.element_ty), mask_qp, WHOLE)
+        _store_in(out_row + io, y, mask_qp, WHOLE)
 
         if not H_CHUNKS:  # advance the state to the chunk's end (as in triton_states.py)
             w = delta * tl.exp(acum_last - acum)

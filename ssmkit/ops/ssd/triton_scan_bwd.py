@@ -38,9 +38,8 @@ dΔ_t = x_t·dx̃_t + A d a_t, d dt via the softplus, dA = Σ_t Δ_t d a_t.
 import triton
 import triton.language as tl
 
-from .triton_cumsum import (
-    chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of, load_tile, mask_if, program_tile, store_tile,
-)
+from ..scan.triton_common import _load_in, _store_in
+from .triton_cumsum import chunk_bounds, chunk_decay, decay_matrix, dt_grad, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -204,14 +203,14 @@ def _ssd_bwd_kernel(
         io = x_row + t[:, None] * stride_x_l + offs_p[None, :]
         yo = y_row + t[:, None] * stride_y_l + offs_p[None, :]
         bc = B_row + t[:, None] * stride_B_l + offs_n[None, :]
-        xf = load_tile(x_ptr + io, mask_qp, WHOLE).to(tl.float32)  # (Q, P)
-        dyv = load_tile(dy_ptr + yo, mask_qp, WHOLE).to(DT)
-        Bv = load_tile(B_ptr + bc, mask_qn, WHOLE).to(DT)  # (Q, N)
-        Cv = load_tile(C_ptr + bc, mask_qn, WHOLE).to(DT)
+        xf = _load_in(x_ptr + io, mask_qp, WHOLE).to(tl.float32)  # (Q, P)
+        dyv = _load_in(dy_ptr + yo, mask_qp, WHOLE).to(DT)
+        Bv = _load_in(B_ptr + bc, mask_qn, WHOLE).to(DT)  # (Q, N)
+        Cv = _load_in(C_ptr + bc, mask_qn, WHOLE).to(DT)
         at_chunk = ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-        h_in = load_tile(hin_ptr + at_chunk, mask_np, WHOLE).to(DT)
+        h_in = _load_in(hin_ptr + at_chunk, mask_np, WHOLE).to(DT)
         if G_CHUNKS:
-            gd = load_tile(gchunk_ptr + at_chunk, mask_np, WHOLE).to(DT)
+            gd = _load_in(gchunk_ptr + at_chunk, mask_np, WHOLE).to(DT)
             g = gd.to(tl.float32)
         else:
             gd = g.to(DT)
@@ -220,7 +219,7 @@ def _ssd_bwd_kernel(
             xf, dyv, Bv, Cv, None, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, Y_OFF_FROM_DC, DT, PREC,
             WHOLE)  # fmt: skip
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
-        store_tile(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask_q, WHOLE)
+        _store_in(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask_q, WHOLE)
         dA_acc += tl.sum(delta * da, axis=0)
         dx = delta[:, None] * dxt
         if HAS_D:
@@ -228,7 +227,7 @@ def _ssd_bwd_kernel(
             dx += dyf * Dv
             dD_acc += tl.sum(dyf * xf, axis=0)
         dxo = b64 * stride_dx_b + head * P + t[:, None] * stride_dx_l + offs_p[None, :]
-        store_tile(dx_ptr + dxo, dx.to(dx_ptr.dtype.element_ty), mask_qp, WHOLE)
+        _store_in(dx_ptr + dxo, dx, mask_qp, WHOLE)
 
         # This (head, P block)'s share of dB, dC (layout (B, L, H, n_pb, N)).
         dB_h = tl.dot(tl.trans(Mp.to(DT)), Cv, input_precision=PREC)
@@ -239,8 +238,8 @@ def _ssd_bwd_kernel(
         else:
             dC_h += e_in[:, None] * tl.dot(dyv, tl.trans(h_in), input_precision=PREC)
         share = (((b64 * L + t[:, None]) * H + head) * n_pb + pid_p) * N + offs_n[None, :]
-        store_tile(dB_ptr + share, dB_h.to(dB_ptr.dtype.element_ty), mask_qn, WHOLE)
-        store_tile(dC_ptr + share, dC_h.to(dC_ptr.dtype.element_ty), mask_qn, WHOLE)
+        _store_in(dB_ptr + share, dB_h, mask_qn, WHOLE)
+        _store_in(dC_ptr + share, dC_h, mask_qn, WHOLE)
         if REDUCE_HEADS:  # the last of a chunk's (head, P block) programs in the group sums their shares
             _sum_shares(dB_ptr, dC_ptr, dB_sum_ptr, dC_sum_ptr, count_ptr, b64, c, grp, t, offs_n, mask_qn, L, H,
                         n_chunks, heads_per_group, n_pb, N, stride_sum_b, stride_sum_l, BLOCK_Q, BLOCK_N)

@@ -34,7 +34,8 @@ initial state (or zero).
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, load_tile, mask_if, program_tile, store_tile
+from ..scan.triton_common import _load_in, _store_in
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -99,13 +100,13 @@ def _ssd_states_kernel(
             n_opens += opens.to(tl.int32)
         if STORE_CHUNKS:
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            store_tile(dst, state.to(out_ptr.dtype.element_ty), mask_np, WHOLE)
+            _store_in(dst, state, mask_np, WHOLE)
 
         _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
-        xv = load_tile(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
+        xv = _load_in(x_row + t[:, None] * stride_x_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
                        WHOLE)  # (Q, BLOCK_P)
-        Bv = load_tile(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
+        Bv = _load_in(B_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
                        WHOLE)  # (Q, BLOCK_N)
         w = delta * tl.exp(acum_last - acum)  # Δ_j exp(acum_last - acum_j)
         xs = (xv.to(tl.float32) * w[:, None]).to(DT)  # (Q, BLOCK_P)

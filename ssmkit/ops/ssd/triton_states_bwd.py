@@ -32,7 +32,8 @@ Gradients are held transposed, g^T (N, P), like the states in
 import triton
 import triton.language as tl
 
-from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, load_tile, mask_if, program_tile, store_tile
+from ..scan.triton_common import _load_in, _store_in
+from .triton_cumsum import chunk_bounds, chunk_dt, decay_of, last_of, mask_if, program_tile
 
 
 @triton.jit
@@ -96,12 +97,12 @@ def _ssd_dstates_kernel(
                 grad = tl.where(closes, 0.0, grad)
         if STORE_CHUNKS:
             dst = out_ptr + ((b64 * n_chunks + c) * H + head) * P * N + offs_np
-            store_tile(dst, grad.to(out_ptr.dtype.element_ty), mask_np, WHOLE)
+            _store_in(dst, grad, mask_np, WHOLE)
         _, delta, acum = decay_of(dtv, mask_q, bias, A, SOFTPLUS, WHOLE)
         acum_last = last_of(acum, offs_q, BLOCK_Q)
-        dyv = load_tile(dy_row + t[:, None] * stride_y_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
+        dyv = _load_in(dy_row + t[:, None] * stride_y_l + offs_p[None, :], mask_q[:, None] & mask_p[None, :],
                         WHOLE)  # (Q, BLOCK_P)
-        Cv = load_tile(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
+        Cv = _load_in(C_row + t[:, None] * stride_B_l + offs_n[None, :], mask_q[:, None] & mask_n[None, :],
                        WHOLE).to(DT)  # (Q, BLOCK_N)
         dys = (dyv.to(tl.float32) * tl.exp(acum)[:, None]).to(DT)
         grad = grad * tl.exp(acum_last) + tl.dot(tl.trans(Cv), dys, input_precision=PREC)  # (BLOCK_N, BLOCK_P)
