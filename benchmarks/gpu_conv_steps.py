@@ -5,10 +5,11 @@ Called by ``gpu_scan.py``. Each check compares backend "triton" with the float64
 each timing is the median of CUDA-event timings against the "torch" path and, for
 the Mamba decode step, ``mamba_ssm``'s Triton ``selective_state_update``.
 
-Alone, ``python3 benchmarks/gpu_conv_steps.py --parts bwd switches [--out DIR]`` times the conv1d
-backward's channel blocks and programs per SM at the Mamba-2 layer's 64K shape (``bwd_rows``), and the
-kernels' instruction-saving switches and the forward's programs per SM at the Mamba and Mamba-2 layers'
-shapes (``switch_rows``), each setting checked against float64 first.
+Alone, ``python3 benchmarks/gpu_conv_steps.py --parts bwd switches lanes [--out DIR]`` times the conv1d
+backward's channel blocks and programs per SM at the Mamba-2 layer's 64K shape (``bwd_rows``), the
+kernels' instruction-saving switches and the forward's programs per SM (``SWITCHES``), and the channels per
+thread with the forward's switches (``LANES``) at the Mamba and Mamba-2 layers' shapes (``switch_rows``),
+each setting checked against float64 first.
 """
 
 from __future__ import annotations
@@ -176,18 +177,19 @@ def bwd_rows() -> list[list]:
     dy = torch.randn(x.shape, device="cuda", dtype=x.dtype)
     w, b = torch.randn(4352, 4, device="cuda", dtype=x.dtype), torch.randn(4352, device="cuda", dtype=x.dtype)
     tiles, per_sm = conv_triton._tiles, conv_triton.BWD_PROGRAMS_PER_SM
-    default = (tiles(4, 4352)[2], per_sm)
+    default = (tiles(4, 4352, conv_triton.BWD_LANE_CHANNELS)[2], per_sm)
     rows = []
-    for bd in (64, 128, 256):
+    for bd in (128, 256, 512):
         for n in (8, 16, 32, 64):
-            conv_triton._tiles = lambda K, D, bd=bd: (8, 4, bd, bd // 32)
+            conv_triton._tiles = lambda K, D, V, bd=bd: (8, 4, bd, bd // (32 * V))
             conv_triton.BWD_PROGRAMS_PER_SM = n
             try:
                 t = _ms(lambda: conv_triton.conv_bwd(dy, x, w, b, None, True, dx_out=dx))
             finally:
                 conv_triton._tiles, conv_triton.BWD_PROGRAMS_PER_SM = tiles, per_sm
             mark = " (default)" if (bd, n) == default else ""
-            rows.append([f"backward, 1 x 65536 x 4352: BLOCK_D={bd} warps={bd // 32} programs/SM={n}{mark}",
+            warps = bd // (32 * conv_triton.BWD_LANE_CHANNELS)
+            rows.append([f"backward, 1 x 65536 x 4352: BLOCK_D={bd} warps={warps} programs/SM={n}{mark}",
                          f"{t:.3f}", ""])  # fmt: skip
             print(rows[-1], flush=True)
     return rows
@@ -209,19 +211,32 @@ SWITCHES = {  # label: module constants of ssmkit.ops.conv.causal_conv1d_triton
 }
 
 
-def switch_rows() -> list[list]:
-    """conv1d forward / backward (silu, bias, bf16) under each of ``SWITCHES`` at the Mamba-2 layer's 64K shape
+LANES = {  # channels per thread (forward, backward) and the forward's switches with them, each setting twice
+    **{f"{label} ({i})": kw for i in (1, 2) for label, kw in (
+        ("one channel per thread", dict(FWD_LANE_CHANNELS=1, BWD_LANE_CHANNELS=1)),
+        ("default (two channels per thread)", {}),
+        ("forward: four channels per thread", dict(FWD_LANE_CHANNELS=4)),
+        ("forward: two channels, unmasked inside tiles", dict(FWD_UNMASKED_INSIDE=True)),
+        ("forward: two channels, constant strides", dict(FWD_CONST_STRIDES=True)),
+        ("forward: four channels, unmasked inside tiles", dict(FWD_LANE_CHANNELS=4, FWD_UNMASKED_INSIDE=True)),
+        ("backward: 16 programs per SM", dict(BWD_PROGRAMS_PER_SM=16)),
+        ("backward: 64 programs per SM", dict(BWD_PROGRAMS_PER_SM=64)))},
+}
+
+
+def switch_rows(switches: dict = SWITCHES) -> list[list]:
+    """conv1d forward / backward (silu, bias, bf16) under each of ``switches`` at the Mamba-2 layer's 64K shape
     (x a view of the projection, dx written into a view of another) and Mamba's B=8 L=4096 D=2048; each
     setting is first checked against the float64 reference on fresh inputs (B=2 L=1000 D=256 plus an odd
     shape with an initial state)."""
     import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
 
-    defaults = {name: getattr(conv_triton, name) for kw in SWITCHES.values() for name in kw}
+    defaults = {name: getattr(conv_triton, name) for kw in switches.values() for name in kw}
     proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)
     shapes = (("Mamba-2 1 x 65536 x 4352 view", proj[..., 4096:8448], torch.empty_like(proj)[..., 4096:8448]),
               ("Mamba 8 x 4096 x 2048", torch.randn(8, 4096, 2048, device="cuda", dtype=torch.bfloat16), None))  # fmt: skip
     rows = []
-    for label, consts in SWITCHES.items():
+    for label, consts in switches.items():
         for name, value in (defaults | consts).items():
             setattr(conv_triton, name, value)
         try:
@@ -262,6 +277,7 @@ def run(out_dir: str, parts) -> str:
     from _gpu_bench import table_report
 
     rows = (bwd_rows() if "bwd" in parts else []) + (switch_rows() if "switches" in parts else [])
+    rows += switch_rows(LANES) if "lanes" in parts else []
     head = ["case", "ms (switches: forward)", "(switches: backward ms)"]
     return table_report(out_dir, "gpu_conv_tiles", "causal conv1d tiles", head, rows)
 
@@ -270,5 +286,5 @@ if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(__file__))
     from _gpu_bench import parts_main
 
-    parts_main("GPU: causal conv1d launch settings (python3 benchmarks/gpu_conv_steps.py --parts bwd switches)", run,
-               ["bwd", "switches"])  # fmt: skip
+    parts_main("GPU: causal conv1d launch settings (python3 benchmarks/gpu_conv_steps.py --parts bwd switches lanes)",
+               run, ["bwd", "switches", "lanes"])  # fmt: skip

@@ -1,12 +1,14 @@
-"""The scan and SSD Triton kernels compile for the H200 (sm_90), without a GPU.
+"""The scan, SSD and conv1d Triton kernels compile for the H200 (sm_90), without a GPU.
 
 The interpreter tests run the kernels as Python, so they cannot see what only Triton's compiler
 rejects (a helper returning a tuple that holds None compiled nowhere, for example, yet ran in the
-interpreter). Here ``benchmarks/scan_codegen.py`` and ``benchmarks/ssd_codegen.py`` compile every
-launch of a forward and a backward, exactly as the launchers would make them, with Triton's own
-ptxas, in a process without ``TRITON_INTERPRET``: the scan's default configs, and SSD plans that
+interpreter). Here ``benchmarks/scan_codegen.py``, ``ssd_codegen.py`` and ``conv_codegen.py`` compile
+every launch of a forward and a backward, exactly as the launchers would make them, with Triton's own
+ptxas, in a process without ``TRITON_INTERPRET``: the scan's default configs, SSD plans that
 between them take each kernel's branches (whole tiles or masked ones, chunk-parallel or walking
-backward, dy·Y_off from the dC product or its own, 16-bit or fp32 products, the fp32 head loop).
+backward, dy·Y_off from the dC product or its own, 16-bit or fp32 products, the fp32 head loop), and
+the conv1d kernels at one, two and four channels per thread (bf16 at the Mamba-2 layer's shape, fp32
+with masked channel blocks).
 """
 
 from __future__ import annotations
@@ -64,3 +66,12 @@ def test_scan_kernels_compile(tmp_path):
     for config in ("forward, full pass", "forward, local pass", "forward, two lanes per channel saving checkpoints",
                    "backward, reduce-scatter sums"):  # fmt: skip
         assert f"{config}" in out and "registers" in out, f"the scan's {config} was not compiled"
+
+
+@pytest.mark.parametrize("args", [["--lanes", "1", "2", "4"],
+                                  ["--lanes", "2", "--dtype", "float32", "--shape", "100", "200", "300"]])
+def test_conv_kernels_compile(args, tmp_path):
+    out = _compile("conv_codegen.py", args, tmp_path)
+    for lanes in args[1:args.index("--dtype") if "--dtype" in args else None]:
+        for kernel in ("conv1d_fwd_kernel", "conv1d_bwd_kernel"):
+            assert f"[lanes={lanes}] {kernel}" in out, f"conv1d {kernel} at {lanes} channels per thread: not compiled"

@@ -27,7 +27,8 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 # (``gpu_conv_steps.py --parts bwd``). Forward, with all three switches below: 0.393-0.395 / 0.401-0.403 /
 # 0.410-0.412 ms at 64 / 32 / 16 per SM, against 0.433 for the earlier forward in (64, 128) tiles of (rows,
 # channels), which loaded every input row K times; B=8 L=4096 D=2048: 0.092 / 0.097 / 0.096 against 0.106
-# (``gpu_conv_steps.py --parts switches``).
+# (``gpu_conv_steps.py --parts switches``). With two channels per thread (below), the backward: 0.536 ms at 32
+# per SM in blocks of 256 channels (4 warps), 0.550-0.555 at 16 or 64; blocks of 128 0.535-0.579, of 512 0.633-0.717.
 BWD_PROGRAMS_PER_SM = 32
 FWD_PROGRAMS_PER_SM = 64
 # Instruction savings in both kernels (``causal_conv1d_triton_kernels.py``). The backward on the H200 at the
@@ -43,14 +44,23 @@ FAST_SIGMOID = True
 # unmasked tiles 0.397, all three 0.392-0.395; B=8 L=4096 D=2048 0.089 with the fast sigmoid alone.
 FWD_CONST_STRIDES = False
 FWD_UNMASKED_INSIDE = False
+# Adjacent channels per thread (V: each row of a tile is one V-element vector per thread): fewer loads, stores
+# and address computations per element. H200, the 64K shape above (``gpu_conv_steps.py --parts lanes``, ms in
+# two rounds): forward 0.327-0.328 / 0.317 at V = 2 / 4 against 0.368-0.369 at V = 1 (128 channels per
+# program, the earlier default; 0.353-0.354 with 256), backward 0.537 at V = 2 against 0.621-0.622 at V = 1
+# (0.614-0.616 with 256 channels; V = 4 takes 193 registers offline); B=8 L=4096 D=2048: forward 0.080 /
+# 0.078 against 0.089, backward 0.190-0.192 against 0.194-0.275. Offline (sm_90, ``conv_codegen.py``): the
+# forward's loop 25 / 18 / 15 instructions per element at V = 1 / 2 / 4, the backward 96 registers at V = 2.
+FWD_LANE_CHANNELS = 4
+BWD_LANE_CHANNELS = 2
 
 
-def _tiles(K: int, D: int) -> tuple[int, int, int, int]:
+def _tiles(K: int, D: int, V: int) -> tuple[int, int, int, int]:
     """Tiles of both kernels: (T rows per register tile, HP rows before it, channels per program, warps).
-    T covers the K - 1 rows a tap reaches; one channel per thread, up to 4 warps."""
+    T covers the K - 1 rows a tap reaches; V channels per thread, up to 4 warps and 256 channels per program."""
     HP = next_pow2(K - 1)
-    bd = min(128, max(32, next_pow2(D)))
-    return max(8, HP), HP, bd, bd // 32
+    bd = min(128 * V, 256, max(32 * V, next_pow2(D)))
+    return max(8, HP), HP, bd, bd // (32 * V)
 
 
 def _segments(L: int, T: int, n_d: int, batch: int, per_sm: int, device: torch.device) -> tuple[int, int]:
@@ -76,13 +86,13 @@ def conv_fwd(x: Tensor, weight: Tensor, bias: Optional[Tensor], initial_state: O
     y = torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
     if L == 0:
         return y
-    T, HP, bd, warps = _tiles(K, D)
+    T, HP, bd, warps = _tiles(K, D, FWD_LANE_CHANNELS)
     seg_len, n_segs = _segments(L, T, cdiv(D, bd), batch, FWD_PROGRAMS_PER_SM, x.device)
     ss = s if s is not None else x
     conv1d_fwd_kernel[(cdiv(D, bd), batch, n_segs)](
         x, weight.contiguous(), bias if bias is not None else weight, ss, y, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd,
-        HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, num_warps=warps,
+        HAS_BIAS=bias is not None, HAS_STATE=s is not None, SILU=silu, V=FWD_LANE_CHANNELS, num_warps=warps,
         **_switches(x, D, bd, FWD_CONST_STRIDES, FWD_UNMASKED_INSIDE, S_XL=x.stride(1)), **LAUNCH,
     )  # fmt: skip
     return y
@@ -105,7 +115,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
     batch, L, D = x.shape
     K = weight.shape[1]
     w = weight.contiguous()
-    T, HP, bd, warps = _tiles(K, D)
+    T, HP, bd, warps = _tiles(K, D, BWD_LANE_CHANNELS)
     seg_len, n_segs = _segments(L, T, cdiv(D, bd), batch, BWD_PROGRAMS_PER_SM, x.device)
     f32 = torch.float32
     dx = dx_out if dx_out is not None else torch.empty((batch, L, D), dtype=x.dtype, device=x.device)
@@ -117,7 +127,7 @@ def conv_bwd(dy: Tensor, x: Tensor, weight: Tensor, bias: Optional[Tensor], init
         x, w, bias if bias is not None else w, ss, dy, dx, dw, db, gh, L, D, seg_len, 1,
         x.stride(0), x.stride(1), ss.stride(0), ss.stride(1), dy.stride(0), dy.stride(1), dx.stride(0), dx.stride(1),
         K=K, KP=next_pow2(K), T=T, HP=HP, BLOCK_D=bd, HAS_BIAS=bias is not None, HAS_STATE=s is not None,
-        SILU=silu, num_warps=warps, **LAUNCH,
+        SILU=silu, V=BWD_LANE_CHANNELS, num_warps=warps, **LAUNCH,
         **_switches(x, D, bd, CONST_STRIDES, UNMASKED_INSIDE, S_XL=x.stride(1), S_YL=dy.stride(1), S_DXL=dx.stride(1)),
     )  # fmt: skip
     dstate = x.new_empty(0)

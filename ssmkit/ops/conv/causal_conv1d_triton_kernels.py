@@ -9,8 +9,9 @@ Backward, with g = ∂L/∂y · act'(p):
 
     ∂x~[i, d] = Σ_k w[d, k] g[i - k, d]     ∂w[d, k] = Σ_{b,t} g[t, d] x~[t + k, d]     ∂bias = Σ_{b,t} g
 
-Forward and backward walk segments of rows with one channel per thread and a tile of T rows
-in each thread's registers, so the shifted rows are register picks and x is read once.
+Forward and backward walk segments of rows with V adjacent channels per thread (one V-element
+vector per row) and a tile of T rows in each thread's registers, so the shifted rows are register
+picks and x is read once.
 They are bound by instruction issue at the Mamba layers' shapes; what saves instructions:
 row strides as compile-time constants (rows are immediate offsets from one address),
 tiles inside the sequence without masks, and the sigmoid from the GPU's approximate
@@ -21,7 +22,18 @@ along the sequence are int64 (B * L * D can pass 2^31).
 import triton
 import triton.language as tl
 
-from ..scan.triton_common import _flat, _row, _sigmoid
+from ..scan.triton_common import _row, _sigmoid
+
+
+@triton.jit
+def _lane_offsets(R: tl.constexpr, C: tl.constexpr, V: tl.constexpr, d0, ONE):
+    """Offsets of an R x C tile of channels d0 .. d0 + C - 1 in which each lane holds V adjacent channels of
+    all R rows: (row, channel) as (R * C // V, V) tensors, so that a load or store through them is one
+    V-element vector per lane and row; ``tl.reshape(tile, (R, 1, C))`` is the 3-D tile in registers. (As with
+    ``_flat``: channel offsets times the run-time ONE keep the compiler from widening the vectors, which
+    would spread a tile's rows across lanes.)"""
+    i = tl.arange(0, R * C // V)[:, None]
+    return i // (C // V), (d0 + (i % (C // V)) * V) * ONE + tl.arange(0, V)[None, :]
 
 
 @triton.jit
@@ -57,6 +69,13 @@ def _ahead(G, Gn, t3, j: tl.constexpr, T: tl.constexpr):
 
 
 @triton.jit
+def _state_rows(s_row, rh, hch, m_h, s_sl, K: tl.constexpr):
+    """The initial state's rows K - 1 + rh for the rows rh < 0 of an x~ tile (zeros elsewhere), float32."""
+    sv = tl.load(s_row + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_h, other=0.0)
+    return sv.to(tl.float32)
+
+
+@triton.jit
 def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t3, h3, k3, L, s_xl, s_sl, s_yl,
             K: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
             HAS_STATE: tl.constexpr, SILU: tl.constexpr, MASKED: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
@@ -72,8 +91,7 @@ def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t
         X = tl.load(xo, mask=(r < L) & m_col, other=0.0)
         Hh = tl.load(ho, mask=(rh >= 0) & m_hcol, other=0.0).to(tl.float32)
         if HAS_STATE:
-            sv = tl.load(s_row + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_hcol, other=0.0)
-            Hh += sv.to(tl.float32)
+            Hh += _state_rows(s_row, rh, hch, m_hcol, s_sl, K)
         dy = tl.load(yo, mask=(r < L) & m_col, other=0.0)
     else:
         X = tl.load(xo)
@@ -93,26 +111,26 @@ def _g_rows(x_row, s_row, dy_row, t0, W, bias, ch, m_col, tr, hch, m_hcol, hr, t
 
 @triton.jit
 def _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr,
-                   HP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
-    """What both kernels set up for the channels d0 .. d0 + BLOCK_D - 1: index tiles (t3, h3, k3) of the T rows,
-    HP rows before them and KP taps; the flat row / channel offsets of a (T, BLOCK_D) tile (tr, ch) and of an
-    (HP, BLOCK_D) one (hr, hch) with their channel masks; the taps W (KP, 1, BLOCK_D) and bias (1, 1, BLOCK_D)
-    in float32."""
+                   HP: tl.constexpr, BLOCK_D: tl.constexpr, V: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """What both kernels set up for the channels d0 .. d0 + BLOCK_D - 1 (V adjacent ones per lane): index
+    tiles (t3, h3, k3) of the T rows, HP rows before them and KP taps; the (row, channel) offsets of a
+    (T, BLOCK_D) tile (tr, ch) and of an (HP, BLOCK_D) one (hr, hch) with their channel masks
+    (``_lane_offsets``); the taps W (KP, 1, BLOCK_D) and bias (1, 1, BLOCK_D) in float32."""
     t3 = tl.arange(0, T)[:, None, None]
     h3 = tl.arange(0, HP)[:, None, None]
     k3 = tl.arange(0, KP)[:, None, None]
-    tr, tc = _flat(T, BLOCK_D)
-    hr, hc = _flat(HP, BLOCK_D)
-    kr, kc = _flat(KP, BLOCK_D)
-    W = tl.load(w_ptr + (d0 + kc) * ONE * K + kr, mask=(kr < K) & (d0 + kc < DIM), other=0.0)
+    tr, ch = _lane_offsets(T, BLOCK_D, V, d0, ONE)
+    hr, hch = _lane_offsets(HP, BLOCK_D, V, d0, ONE)
+    kr, kch = _lane_offsets(KP, BLOCK_D, V, d0, ONE)
+    W = tl.load(w_ptr + kch * K + kr, mask=(kr < K) & (kch < DIM), other=0.0)
     W = tl.reshape(W, (KP, 1, BLOCK_D)).to(tl.float32)
     if HAS_BIAS:
-        cc = tl.arange(0, BLOCK_D)
-        bias = tl.load(b_ptr + (d0 + cc) * ONE, mask=d0 + cc < DIM, other=0.0)
+        _, cch = _lane_offsets(1, BLOCK_D, V, d0, ONE)
+        bias = tl.load(b_ptr + cch, mask=cch < DIM, other=0.0)
         bias = tl.reshape(bias, (1, 1, BLOCK_D)).to(tl.float32)
     else:
         bias = tl.zeros((1, 1, BLOCK_D), dtype=tl.float32)
-    return t3, h3, k3, tr, (d0 + tc) * ONE, d0 + tc < DIM, hr, (d0 + hc) * ONE, d0 + hc < DIM, W, bias
+    return t3, h3, k3, tr, ch, ch < DIM, hr, hch, hch < DIM, W, bias
 
 
 @triton.jit(do_not_specialize=["ONE"])
@@ -120,12 +138,12 @@ def conv1d_fwd_kernel(
     x_ptr, w_ptr, b_ptr, s_ptr, y_ptr, L, DIM, SEG_LEN, ONE, s_xb, s_xl_run, s_sb, s_sl,
     K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
-    S_XL: tl.constexpr = 0, INTERIOR: tl.constexpr = False, FAST: tl.constexpr = False,
+    S_XL: tl.constexpr = 0, INTERIOR: tl.constexpr = False, FAST: tl.constexpr = False, V: tl.constexpr = 1,
 ):  # fmt: skip
     """The forward. Grid (cdiv(D, BLOCK_D), B, n_segs): program (d-block, b, s)
-    walks the rows [s SEG_LEN, (s+1) SEG_LEN) forwards T at a time, one channel per thread and the T rows
-    in its registers; the HP rows before a tile are carried from the tile before it (x is read once).
-    y (B, L, D) contiguous. S_XL, INTERIOR, FAST, ONE: as in ``conv1d_bwd_kernel``."""
+    walks the rows [s SEG_LEN, (s+1) SEG_LEN) forwards T at a time, V adjacent channels per thread and the
+    T rows in its registers; the HP rows before a tile are carried from the tile before it (x is read once).
+    y (B, L, D) contiguous. S_XL, INTERIOR, FAST, ONE, V: as in ``conv1d_bwd_kernel``."""
     if S_XL > 0:
         s_xl = S_XL
     else:
@@ -133,7 +151,7 @@ def conv1d_fwd_kernel(
     pid_b = tl.program_id(1).to(tl.int64)
     d0 = tl.program_id(0) * BLOCK_D
     t3, h3, k3, tr, ch, m_col, hr, hch, m_hcol, W, bias = _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K, KP, T, HP,
-                                                                         BLOCK_D, HAS_BIAS)  # fmt: skip
+                                                                         BLOCK_D, V, HAS_BIAS)  # fmt: skip
     x_row = x_ptr + pid_b * s_xb
     y_row = y_ptr + pid_b * L * DIM
     seg_start = tl.program_id(2) * SEG_LEN
@@ -142,9 +160,7 @@ def conv1d_fwd_kernel(
     Hh = tl.load(x_row + (seg_start - HP).to(tl.int64) * s_xl + hr * s_xl + hch, mask=(rh >= 0) & m_hcol, other=0.0)
     Hh = Hh.to(tl.float32)
     if HAS_STATE:
-        sv = tl.load(s_ptr + pid_b * s_sb + (rh + K - 1) * s_sl + hch, mask=(rh < 0) & (rh >= 1 - K) & m_hcol,
-                     other=0.0)  # fmt: skip
-        Hh += sv.to(tl.float32)
+        Hh += _state_rows(s_ptr + pid_b * s_sb, rh, hch, m_hcol, s_sl, K)
     Hh = tl.reshape(Hh, (HP, 1, BLOCK_D))
     for j in range(0, tl.cdiv(seg_end - seg_start, T)):
         t0 = seg_start + j * T
@@ -164,7 +180,7 @@ def conv1d_fwd_kernel(
             p = p + _row(W, k3, k) * _shifted(X, Hh, t3, h3, k - (K - 1), T, HP)
         if SILU:
             p, _ = _silu_grad(p, FAST)
-        out = tl.reshape(p, (T * BLOCK_D,)).to(y_ptr.dtype.element_ty)
+        out = tl.reshape(p, (T * BLOCK_D // V, V)).to(y_ptr.dtype.element_ty)
         if inside:
             tl.store(yo, out)
         else:
@@ -180,11 +196,11 @@ def conv1d_bwd_kernel(
     K: tl.constexpr, KP: tl.constexpr, T: tl.constexpr, HP: tl.constexpr, BLOCK_D: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
     S_XL: tl.constexpr = 0, S_YL: tl.constexpr = 0, S_DXL: tl.constexpr = 0, INTERIOR: tl.constexpr = False,
-    FAST: tl.constexpr = False,
+    FAST: tl.constexpr = False, V: tl.constexpr = 1,
 ):  # fmt: skip
     """The whole backward in one pass. Grid (cdiv(D, BLOCK_D), B, n_segs); program (d-block, b, s)
     walks the rows [s SEG_LEN, (s+1) SEG_LEN) backwards T at a time (SEG_LEN a multiple of T),
-    one channel per thread and the T rows in its registers, so the shifted rows of x~ and g are
+    V adjacent channels per thread and the T rows in its registers, so the shifted rows of x~ and g are
     register picks and the sums over rows stay in the thread:
 
         g[t] = dy[t] act'(p[t])    dx[t] = Σ_k w[k] g[t + K-1-k]    ∂w[k] += Σ_t g[t] x~[t + k]
@@ -193,8 +209,8 @@ def conv1d_bwd_kernel(
     own first visit computes them for the rows after the segment). Writes dx (B, L, D) in x's
     dtype (strides s_dxb, s_dxl; unit channel stride), per-program partial sums dw (B, n_segs, K, D) and db (B, n_segs, D) float32, and with
     an initial state the g of rows 0..K-2 to gh (B, K-1, D) float32 (for its gradient).
-    ONE = 1 at run time: channel offsets are multiplied by it so that each lane keeps one channel
-    (see ``ops/scan/triton_fwd.py``).
+    ONE = 1 at run time: channel offsets are multiplied by it so that each lane keeps its V channels
+    (see ``ops/scan/triton_fwd.py``); V: channels per lane (one V-element vector per row).
     S_XL, S_YL, S_DXL > 0: the row strides of x, dy, dx as compile-time constants (then the rows of a tile
     are immediate offsets from one address; s_*_run unused), else s_xl_run, ... at run time.
     INTERIOR: tiles whose rows and halo lie inside the sequence load and store without masks (D a
@@ -211,11 +227,9 @@ def conv1d_bwd_kernel(
     pid_s = tl.program_id(2)
     d0 = tl.program_id(0) * BLOCK_D
     t3, h3, k3, tr, ch, m_col, hr, hch, m_hcol, W, bias = _channel_tiles(w_ptr, b_ptr, d0, DIM, ONE, K, KP, T, HP,
-                                                                         BLOCK_D, HAS_BIAS)  # fmt: skip
-    kr, kc = _flat(KP, BLOCK_D)
-    cc = tl.arange(0, BLOCK_D)
-    m_c = d0 + cc < DIM
-    o_c = (d0 + cc) * ONE
+                                                                         BLOCK_D, V, HAS_BIAS)  # fmt: skip
+    kr, kch = _lane_offsets(KP, BLOCK_D, V, d0, ONE)
+    _, cch = _lane_offsets(1, BLOCK_D, V, d0, ONE)
     x_row = x_ptr + pid_b * s_xb
     s_row = s_ptr + pid_b * s_sb
     dy_row = dy_ptr + pid_b * s_yb
@@ -246,20 +260,20 @@ def conv1d_bwd_kernel(
             DW = tl.where(k3 == k, DW + tl.sum(G * _shifted(X, Hh, t3, h3, k - (K - 1), T, HP), axis=0,
                                                 keep_dims=True), DW)  # fmt: skip
             dx += wk * _ahead(G, Gn, t3, K - 1 - k, T)
-        dx_out = tl.reshape(dx, (T * BLOCK_D,)).to(dx_ptr.dtype.element_ty)
+        dx_out = tl.reshape(dx, (T * BLOCK_D // V, V)).to(dx_ptr.dtype.element_ty)
         if inside:
             tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out)
         else:
             tl.store(dx_row + t0.to(tl.int64) * s_dxl + tr * s_dxl + ch, dx_out, mask=(t0 + tr < L) & m_col)
         if HAS_STATE:
             if t0 == 0:  # the sequence's first rows: their g also reach the initial state
-                tl.store(gh_ptr + pid_b * (K - 1) * DIM + tr * DIM + ch, tl.reshape(G, (T * BLOCK_D,)),
+                tl.store(gh_ptr + pid_b * (K - 1) * DIM + tr * DIM + ch, tl.reshape(G, (T * BLOCK_D // V, V)),
                          mask=(tr < K - 1) & m_col)  # fmt: skip
         Gn = G
     part = pid_b * tl.num_programs(2) + pid_s
-    tl.store(dw_ptr + part * K * DIM + kr * DIM + (d0 + kc) * ONE, tl.reshape(DW, (KP * BLOCK_D,)),
-             mask=(kr < K) & (d0 + kc < DIM))  # fmt: skip
-    tl.store(db_ptr + part * DIM + o_c, tl.reshape(DB, (BLOCK_D,)), mask=m_c)
+    tl.store(dw_ptr + part * K * DIM + kr * DIM + kch, tl.reshape(DW, (KP * BLOCK_D // V, V)),
+             mask=(kr < K) & (kch < DIM))  # fmt: skip
+    tl.store(db_ptr + part * DIM + cch, tl.reshape(DB, (BLOCK_D // V, V)), mask=cch < DIM)
 
 
 @triton.jit
