@@ -3,6 +3,7 @@
     python benchmarks/kernels_gpu.py --only gpu_norm   # with the other GPU modules' driver
     python benchmarks/gpu_norm.py                      # alone; reports under $OUT when set
     python benchmarks/gpu_norm.py --quick              # tiny float32 smoke test on the CPU (Triton interpreter)
+    python benchmarks/gpu_norm.py --sweep-groups 256 1024   # only the tiling sweep (3.), at these group sizes
 
 Called by ``kernels_gpu.py`` (``run(out_dir)``), in one process:
   1. correctness at full shape: ``gated_rms_norm(backend="triton")`` and ``"torch"`` against the
@@ -161,7 +162,8 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
     fwd_variants = [None, T(4096, 16, 8192, 2048), T(4096, 8, 8192, 2048), T(16384, 16, 8192, 2048),
                     T(8192, 16, 2048, 1024)]  # fmt: skip
     bwd_variants = [None, T(2048, 8, 4096, 1024), T(4096, 8, 2048, 1024), T(4096, 8, 1024, 512), T(2048, 4, 4096, 1024),
-                    T(8192, 16, 4096, 1024), T(8192, 8, 4096, 1024, 32), T(16384, 16, 4096, 1024, 32)]  # fmt: skip
+                    T(8192, 16, 4096, 1024), T(8192, 8, 4096, 1024, 32), T(16384, 16, 4096, 1024, 32),
+                    T(4096, 32, 4096, 1024), T(4096, 16, 4096, 1024), T(8192, 32, 4096, 1024)]  # fmt: skip
     ms = timer(device)
     out = []
     for gs in groups:
@@ -223,7 +225,15 @@ def run(out_dir: str | None, quick: bool = False) -> str:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny float32 sizes on the CPU, in the Triton interpreter")
+    p.add_argument("--sweep-groups", type=int, nargs="+", help="only the tiling sweep, at these group sizes")
     a = p.parse_args()
+    if a.sweep_groups:
+        head = ["shape", "mode", "tiling (fwd for fwd, bwd for fwd+bwd)", "plan", "triton ms"]
+        text = markdown_table(head, sweep(new_seed(), "cuda", torch.bfloat16, D, ROWS[-1], tuple(a.sweep_groups)))
+        if os.environ.get("OUT"):
+            save_report(os.environ["OUT"], "gpu_norm_sweep", text, {"groups": a.sweep_groups, "table": text})
+        print(text)
+        sys.exit(0)
     if a.quick and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
         # the interpreter must be on before `triton` is first imported (importing torch imports it): start again
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, "TRITON_INTERPRET": "1"})

@@ -78,6 +78,20 @@ def test_many_programs_and_partial_tiles(gen, monkeypatch, norm_before_gate, gat
     check_against_reference(y, w, z, 20, norm_before_gate, gen, TOL[torch.float32])
 
 
+@pytest.mark.parametrize("D,group_size", [(1000, 200), (1024, 512)])
+def test_narrow_group_tiling(gen, monkeypatch, D, group_size):
+    """Groups of 256 to 2048 channels: the backward takes ``BWD_TILING_NARROW`` (4 warps, several rows per
+    tile; here 8 or 16, the last tile partial), z a slice of a wider projection; against float64."""
+    plans = []
+    plan = norm_triton._plan
+    monkeypatch.setattr(norm_triton, "_plan", lambda g, t: plans.append(t) or plan(g, t))
+    y = randn(41, D, gen=gen).to(DEVICE)
+    z = randn(41, D + 76, gen=gen).to(DEVICE)[:, 50 : D + 50]
+    w = (randn(D, gen=gen).abs() + 0.5).to(DEVICE)
+    check_against_reference(y, w, z, group_size, False, gen, TOL[torch.float32])
+    assert plans == [norm_triton.FWD_TILING, norm_triton.BWD_TILING_NARROW]
+
+
 def test_strided_inputs_and_leading_shapes(gen):
     """z a slice of a wider projection (row stride != D, no copy), y with channel stride 2 (copied),
     a 1-D input and a 4-D one; the gradient from out.sum() arrives expanded (stride 0)."""
