@@ -7,8 +7,10 @@ Same contract as ``causal_conv1d.py`` (x (B, L, D), weight (D, K), state (B, K-1
 in x's dtype). The forward, backward and one-token update run in Triton
 (``causal_conv1d_triton_kernels.py``) and are ``torch.library`` custom ops with a
 fake implementation and an autograd formula (``torch.compile(fullgraph=True)``
-traces through them). The final state (the last K-1 inputs) is a slice taken in
-PyTorch, so its gradient flows through autograd by itself.
+traces through them; outside compilation, plain tensors take the same functions
+through a plain autograd.Function, ``EAGER_FUNCTION``, without the ops' host
+time). The final state (the last K-1 inputs) is a slice taken in PyTorch, so its
+gradient flows through autograd by itself.
 """
 
 from typing import Optional
@@ -16,7 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import LAUNCH, cdiv, next_pow2, unit_last
+from .._triton import LAUNCH, cdiv, eager_call, eager_function, next_pow2, unit_last
 from .causal_conv1d_triton_kernels import conv1d_bwd_kernel, conv1d_fwd_kernel, conv1d_step_kernel
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -161,13 +163,19 @@ def _setup(ctx, inputs, output):
     ctx.silu = silu
 
 
-def _backward(ctx, dy):
+def _run_backward(ctx, dy, bwd):
+    """The forward's input gradients, by ``bwd`` (the backward op or its function); None for absent inputs."""
     x, weight, bias, initial_state = ctx.saved_tensors
-    dx, dw, db, ds = _bwd_op(dy, x, weight, bias, initial_state, ctx.silu)
+    dx, dw, db, ds = bwd(dy, x, weight, bias, initial_state, ctx.silu)
     return dx, dw, None if bias is None else db, None if initial_state is None else ds, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup)
+_fwd_op.register_autograd(lambda ctx, dy: _run_backward(ctx, dy, _bwd_op), setup_context=_setup)
+
+# Outside torch.compile, plain tensors run through _ConvEager (the same functions without the dispatcher:
+# ``ops._triton.eager_function``) rather than the custom ops (False: always the ops).
+EAGER_FUNCTION = True
+_ConvEager = eager_function("_ConvEager", conv_fwd, _setup, lambda ctx, dy: _run_backward(ctx, dy, conv_bwd))
 
 
 @torch.library.custom_op("ssmkit::causal_conv1d_step", mutates_args=())
@@ -232,7 +240,8 @@ def causal_conv1d_triton(x, weight, bias, initial_state, activation):
     """The "triton" implementation for ``CONV1D_BACKENDS``: (y, final_state), inputs validated."""
     _check_dtype("causal_conv1d", {"x": x, "weight": weight, "bias": bias, "initial_state": initial_state})
     K, L = weight.shape[1], x.shape[1]
-    y = _fwd_op(x, weight, bias, initial_state, activation == "silu")
+    fwd = _ConvEager.apply if EAGER_FUNCTION and eager_call(x) else _fwd_op
+    y = fwd(x, weight, bias, initial_state, activation == "silu")
     if L >= K - 1:  # the last K-1 inputs (a slice: autograd routes its gradient to x)
         final = x[:, L - (K - 1) :].contiguous()
     else:

@@ -9,7 +9,8 @@ kernel recomputes the gate and x̂ from y, z and rstd and writes dy, dz and
 per-program partial sums of dweight, summed afterwards in a fixed order
 (deterministic, no atomics). Both are ``torch.library`` custom ops with a fake
 implementation and an autograd formula, so ``torch.compile(fullgraph=True)``
-traces through them.
+traces through them; outside compilation, plain tensors take the same functions
+through a plain autograd.Function (``EAGER_FUNCTION``), without the ops' host time.
 """
 
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._triton import LAUNCH, TRITON_DTYPES, cdiv, next_pow2, unit_last
+from .._triton import LAUNCH, TRITON_DTYPES, cdiv, eager_call, eager_function, next_pow2, unit_last
 from .gated_rms_norm_triton_kernels import gated_rms_norm_bwd_kernel, gated_rms_norm_fwd_kernel
 
 
@@ -146,13 +147,20 @@ def _setup(ctx, inputs, output):
     ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
 
 
-def _backward(ctx, dout, _drstd):
+def _run_backward(ctx, dout, bwd):
+    """The forward's input gradients, by ``bwd`` (the backward op or its function); None for absent inputs."""
     y, z, weight, rstd = ctx.saved_tensors
-    dy, dz, dw = _bwd_op(dout, y, z, weight, rstd, ctx.group_size, ctx.norm_before_gate)
+    dy, dz, dw = bwd(dout, y, z, weight, rstd, ctx.group_size, ctx.norm_before_gate)
     return dy, None if z is None else dz, dw, None, None, None
 
 
-_fwd_op.register_autograd(_backward, setup_context=_setup)
+_fwd_op.register_autograd(lambda ctx, dout, _drstd: _run_backward(ctx, dout, _bwd_op), setup_context=_setup)
+
+# Outside torch.compile, plain tensors run through _NormEager (the same functions without the dispatcher:
+# ``ops._triton.eager_function``) rather than the custom ops (False: always the ops).
+EAGER_FUNCTION = True
+_NormEager = eager_function("_NormEager", norm_fwd, _setup,
+                            lambda ctx, dout, _drstd: _run_backward(ctx, dout, norm_bwd))  # fmt: skip
 
 
 def _check_dtypes(y: Tensor, weight: Tensor, z: Optional[Tensor]) -> None:
@@ -169,5 +177,6 @@ def gated_rms_norm_triton(y, weight, z, eps, group_size, norm_before_gate):
     D = y.shape[-1]
     y2 = y.reshape(-1, D)  # (M, D), a view where the strides allow
     z2 = z.reshape(-1, D) if z is not None else None  # (M, D)
-    out, _ = _fwd_op(y2, z2, weight, eps, group_size, norm_before_gate)
+    fwd = _NormEager.apply if EAGER_FUNCTION and eager_call(y2) else _fwd_op
+    out, _ = fwd(y2, z2, weight, eps, group_size, norm_before_gate)
     return out.reshape(y.shape)  # (..., D)

@@ -13,7 +13,9 @@ ever stored. Inputs float32, float16 or bfloat16; float64 is refused (use
 
 Both kernels are registered as custom ops (``ssmkit::selective_scan_fwd``,
 ``ssmkit::selective_scan_bwd``) with a fake (meta) implementation and the
-autograd formula, so ``torch.compile(fullgraph=True)`` traces through them.
+autograd formula, so ``torch.compile(fullgraph=True)`` traces through them;
+outside compilation, plain tensors take the same functions through a plain
+autograd.Function (``EAGER_FUNCTION``), without the ops' host time.
 """
 
 from typing import Optional
@@ -21,6 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._triton import eager_call, eager_function
 from .triton_launch import n_saves, default_config, scan_bwd, scan_fwd
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -76,20 +79,31 @@ def _setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
 
 
-def _backward(ctx, dy, dhlast, _dhsave):
+def _run_backward(ctx, dy, dhlast, bwd) -> tuple:
+    """The forward's input gradients, by ``bwd`` (the backward op or its function); None for absent inputs."""
     u, delta, A, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
     if hsave.shape[1] == 0 and u.shape[1] > 0:
         raise RuntimeError("selective_scan (backend 'triton'): the forward ran without saving states for backward")
     if dy is None:
         dy = torch.zeros_like(u)
-    du, ddl, dA, dB, dC, dD, dz, dbias, dh0 = _bwd_op(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave,
-                                                      ctx.delta_softplus)  # fmt: skip
+    du, ddl, dA, dB, dC, dD, dz, dbias, dh0 = bwd(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave,
+                                                  ctx.delta_softplus)  # fmt: skip
     dh0 = None if ctx.init_dtype is None else dh0.to(ctx.init_dtype)
     return (du, ddl, dA, dB, dC, None if D is None else dD, None if z is None else dz,
             None if delta_bias is None else dbias, dh0, None, None)  # fmt: skip
 
 
+def _backward(ctx, dy, dhlast, _dhsave):
+    return _run_backward(ctx, dy, dhlast, _bwd_op)
+
+
 _fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+# Outside torch.compile, plain tensors run through _ScanEager (the same functions without the dispatcher:
+# ``ops._triton.eager_function``) rather than the custom ops (False: always the ops).
+EAGER_FUNCTION = True
+_ScanEager = eager_function("_ScanEager", scan_fwd, _setup_context,
+                            lambda ctx, dy, dhlast, _dhsave: _run_backward(ctx, dy, dhlast, scan_bwd))  # fmt: skip
 
 
 def selective_scan_triton(
@@ -121,5 +135,6 @@ def selective_scan_triton(
             )
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    y, h, _ = _fwd_op(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), save)
+    fwd = _ScanEager.apply if EAGER_FUNCTION and eager_call(u) else _fwd_op
+    y, h, _ = fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), save)
     return (y, h) if return_final_state else y

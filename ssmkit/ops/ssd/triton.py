@@ -27,7 +27,7 @@ from typing import Optional
 
 import torch
 
-from .._triton import eager_call, f32
+from .._triton import eager_call, eager_function, f32
 from . import triton_launch
 from .triton_launch import dot_dtype, keeps_states, make_plan, ssd_bwd, ssd_fwd, varlen_chunk_table
 
@@ -195,21 +195,14 @@ torch.library.register_autograd("ssmkit::ssd_fwd", _backward, setup_context=_set
 EAGER_FUNCTION = True
 
 
-class _SSDEager(torch.autograd.Function):
-    """The same forward and backward as the custom ops, called without the dispatcher when
-    nothing is being compiled: the ops' Python dispatch, autograd wrapper and output checks
-    cost 0.4-0.8 ms of host time per forward+backward (H200 host, torch 2.11), which made
-    small calls host-bound (one 16K-token sequence with 32 heads: 1.6 ms of kernels)."""
+def _eager_backward(ctx, dout, dfinal, *_residual_grads):
+    return _run_backward(ctx, dout, dfinal, _bwd_impl)
 
-    @staticmethod
-    def forward(ctx, *inputs):
-        outputs = _fwd_impl(*inputs)
-        _setup_context(ctx, inputs, outputs)
-        return outputs
 
-    @staticmethod
-    def backward(ctx, dout, dfinal, *_residual_grads):
-        return _run_backward(ctx, dout, dfinal, _bwd_impl)
+# The same forward and backward as the custom ops, called without the dispatcher when nothing is being compiled
+# (``eager_function``): the ops' host time had made small calls host-bound (one 16K-token sequence with 32 heads:
+# 1.6 ms of kernels; 0.4-0.8 ms of host time per forward+backward through the ops on the H200's host).
+_SSDEager = eager_function("_SSDEager", _fwd_impl, _setup_context, _eager_backward)
 
 
 def ssd_triton(
