@@ -56,30 +56,32 @@ class _NoLaunch:
 
 
 def _cases() -> dict:
-    """op name -> (module with EAGER_FUNCTION, call(grad) returning a tensor to backpropagate from)."""
+    """op name -> (module with EAGER_FUNCTION, call(grad) returning a tensor to backpropagate from); the inputs are
+    made once, so that a call times the op alone."""
     g = torch.Generator().manual_seed(0)
 
-    def r(*shape, grad=False):
-        return torch.randn(*shape, generator=g).requires_grad_(grad)
+    def r(*shape):
+        return torch.randn(*shape, generator=g)
 
-    def scan(grad):
-        u, dl, z = (r(2, 64, 32, grad=grad) for _ in range(3))
-        A, B, C, D, bias = -r(32, 16).exp(), r(2, 64, 16, grad=grad), r(2, 64, 16, grad=grad), r(32), r(32)
-        return selective_scan(u, dl, A, B, C, D, z, bias, delta_softplus=True, backend="triton")
+    def op_call(fn, *args):
+        leaves = [a.requires_grad_(True) for a in args]
 
-    def ssd_call(grad):
-        x, dt = r(2, 64, 4, 16, grad=grad), r(2, 64, 4, grad=grad)
-        A, B, C, D, bias = -r(4).exp(), r(2, 64, 1, 32, grad=grad), r(2, 64, 1, 32, grad=grad), r(4), r(4)
-        return ssd(x, dt, A, B, C, D, dt_bias=bias, dt_softplus=True, chunk_size=16, backend="triton")[0]
+        def call(grad: bool):
+            for t in leaves:
+                t.grad = None
+            return fn(*(a if grad else a.detach() for a in leaves))
+        return call
 
-    def conv(grad):
-        return causal_conv1d(r(2, 64, 32, grad=grad), r(32, 4, grad=grad), r(32, grad=grad), activation="silu",
-                             backend="triton")  # fmt: skip
-
-    def norm(grad):
-        return gated_rms_norm(r(2, 64, 32, grad=grad), r(32, grad=grad), r(2, 64, 32, grad=grad), group_size=32,
-                              backend="triton")  # fmt: skip
-
+    scan = op_call(lambda u, dl, A, B, C, D, z, bias: selective_scan(u, dl, A, B, C, D, z, bias, delta_softplus=True,
+                                                                    backend="triton"),
+                   r(2, 64, 32), r(2, 64, 32), -r(32, 16).exp(), r(2, 64, 16), r(2, 64, 16), r(32), r(2, 64, 32), r(32))
+    ssd_call = op_call(lambda x, dt, A, B, C, D, bias: ssd(x, dt, A, B, C, D, dt_bias=bias, dt_softplus=True,
+                                                           chunk_size=16, backend="triton")[0],
+                       r(2, 64, 4, 16), r(2, 64, 4), -r(4).exp(), r(2, 64, 1, 32), r(2, 64, 1, 32), r(4), r(4))
+    conv = op_call(lambda x, w, b: causal_conv1d(x, w, b, activation="silu", backend="triton"),
+                   r(2, 64, 32), r(32, 4), r(32))
+    norm = op_call(lambda y, w, z: gated_rms_norm(y, w, z, group_size=32, backend="triton"),
+                   r(2, 64, 32), r(32), r(2, 64, 32))
     return {"selective scan": (scan_module, scan), "SSD": (ssd_module, ssd_call),
             "causal conv1d": (conv_module, conv), "gated RMSNorm": (norm_module, norm)}  # fmt: skip
 
