@@ -88,7 +88,7 @@ def eager_function(name: str, forward: Callable, setup_context: Callable, backwa
     for the calls ``eager_call`` admits: ``forward(*inputs)`` is the op's function, ``setup_context(ctx,
     inputs, output)`` and ``backward(ctx, *grads)`` its formula, with the backward op's function called
     directly. Outside ``torch.compile`` this skips the ops' Python dispatch, autograd wrapper and output
-    checks: 0.08-0.29 ms of host time per forward+backward of one op (a third of its Python path; the H200's
+    checks: 0.20-0.45 ms of host time per forward+backward of one op, a third of its Python path (the H200's
     host, ``benchmarks/host_overhead.py``), which counts where calls are small enough to be host-bound."""
 
     def fwd(ctx, *inputs):
