@@ -168,8 +168,9 @@ def timings(mamba_src) -> list[list]:
 
 def bwd_rows() -> list[list]:
     """The conv1d backward (silu, bias, bf16) at the Mamba-2 layer's 64K shape (x a view of the projection,
-    dx written into a view of another, as ``ops/ssd/triton_layer.py`` does) for channel blocks of 64 / 128
-    / 256 and 8 to 64 programs per SM (``BWD_PROGRAMS_PER_SM``), the default marked."""
+    dx written into a view of another, as ``ops/ssd/triton_layer.py`` does) for channel blocks of 128 / 256
+    / 512 (``BWD_LANE_CHANNELS`` per thread) and 8 to 64 programs per SM (``BWD_PROGRAMS_PER_SM``), the default
+    marked."""
     import ssmkit.ops.conv.causal_conv1d_triton as conv_triton
 
     proj = torch.randn(1, 65536, 8512, device="cuda", dtype=torch.bfloat16)

@@ -30,8 +30,8 @@ def _lane_offsets(R: tl.constexpr, C: tl.constexpr, V: tl.constexpr, d0, ONE):
     """Offsets of an R x C tile of channels d0 .. d0 + C - 1 in which each lane holds V adjacent channels of
     all R rows: (row, channel) as (R * C // V, V) tensors, so that a load or store through them is one
     V-element vector per lane and row; ``tl.reshape(tile, (R, 1, C))`` is the 3-D tile in registers. (As with
-    ``_flat``: channel offsets times the run-time ONE keep the compiler from widening the vectors, which
-    would spread a tile's rows across lanes.)"""
+    ``scan/triton_common._flat``: channel offsets times the run-time ONE keep the compiler from widening the
+    vectors, which would spread a tile's rows across lanes.)"""
     i = tl.arange(0, R * C // V)[:, None]
     return i // (C // V), (d0 + (i % (C // V)) * V) * ONE + tl.arange(0, V)[None, :]
 
