@@ -101,8 +101,10 @@ def softplus(v):
     """log(1 + e^v) without overflow, accurate for very negative v."""
     u = tl.exp(-tl.abs(v))
     w = 1.0 + u
-    # log1p(u) = u * log(w) / (w - 1): exact when 1 + u rounds (Goldberg's correction).
-    log1p_u = tl.where(w == 1.0, u, u * (tl.log(w) / (w - 1.0)))
+    # log1p(u) = u * log(w) / (w - 1): exact when 1 + u rounds (Goldberg's correction). Where w == 1 the
+    # quotient is not taken (0 / 0 there would put a NaN in the unused branch: a warning in the interpreter).
+    one = w == 1.0
+    log1p_u = tl.where(one, u, u * (tl.log(w) / tl.where(one, 1.0, w - 1.0)))
     return tl.maximum(v, 0.0) + log1p_u
 
 
