@@ -110,8 +110,8 @@ def rows() -> list[list]:
                         both = _us(lambda: call(True).sum().backward())
                     times.setdefault(eager, []).append((fwd, both))
             med = {e: [statistics.median(t[i] for t in ts) for i in (0, 1)] for e, ts in times.items()}
-            out.append([op, f"{med[False][0]:.0f}", f"{med[True][0]:.0f}", f"{med[False][1]:.0f}", f"{med[True][1]:.0f}",
-                        f"{med[False][1] / med[True][1]:.1f}x"])  # fmt: skip
+            (ops_f, ops_fb), (fn_f, fn_fb) = med[False], med[True]
+            out.append([op, f"{ops_f:.0f}", f"{fn_f:.0f}", f"{ops_fb:.0f}", f"{fn_fb:.0f}", f"{ops_fb / fn_fb:.1f}x"])
             print(out[-1], flush=True)
     return out
 

@@ -181,10 +181,11 @@ WALKING_PLAN_TILES = False
 TILES_AHEAD = True
 # Where every chunk is full (no packed sequences, L a multiple of the chunk, the chunk a power of two) and the
 # kernel's P and N tiles cover P and N exactly, its chunk loop loads and stores without element masks
-# (``scan.triton_common._load_in`` / ``_store_in``) and Δ and the decay gradient need no zeroing past the chunk's end. Offline
-# (``benchmarks/ssd_codegen.py --shape 1 65536 64 64``, sm_90, Triton 3.6, bf16, chunk 32, P=64, N=128): the fused
-# backward 2664 -> 2520 instructions and 56 -> 24 bytes of spills; the loops of the walking scan 907 -> 830, of the
-# state walk 335 -> 304 (416 -> 355 storing every chunk's state), of the dstates walk 328 -> 282 (415 -> 354).
+# (``scan.triton_common._load_in`` / ``_store_in``) and Δ and the decay gradient need no zeroing past the chunk's
+# end. Offline (``benchmarks/ssd_codegen.py --shape 1 65536 64 64``, sm_90, Triton 3.6, bf16, chunk 32, P=64,
+# N=128): the fused backward 2664 -> 2520 instructions and 56 -> 24 bytes of spills; the loops of the walking scan
+# 907 -> 830, of the state walk 335 -> 304 (416 -> 355 storing every chunk's state), of the dstates walk 328 -> 282
+# (415 -> 354).
 WHOLE_TILES = True
 
 
