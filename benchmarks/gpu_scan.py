@@ -31,8 +31,14 @@ from _timing import markdown_table, ratio_over_rounds, save_report  # noqa: E402
 from gpu_scan_checks import check_long, compiles_fullgraph, make_inputs, new_seed, run_checks  # noqa: E402
 from numerics import rel_err  # noqa: E402  (on the path through gpu_scan_checks)
 
-from ssmkit.ops.scan import selective_scan  # noqa: E402
-from ssmkit.ops.scan.triton_launch import ScanKernelConfig, default_config, scan_bwd, scan_fwd  # noqa: E402
+from ssmkit.ops.scan import selective_scan, selective_scan_reference  # noqa: E402
+from ssmkit.ops.scan.triton_launch import (  # noqa: E402
+    ScanKernelConfig,
+    default_config,
+    forward_config,
+    scan_bwd,
+    scan_fwd,
+)
 
 SHAPE = dict(b=8, L=4096, D=2048, N=16)
 
@@ -224,6 +230,58 @@ def segment_rows() -> list[list]:
     return rows
 
 
+def checkpoint_rows() -> list[list]:
+    """The checkpoints' spacing and dtype (float32 or bfloat16, every 8 or 4 steps) at three bf16 shapes: the
+    forward that saves them (the two-lane forward where ``forward_config`` picks it, its chunks of 8 then holding
+    two checkpoints each at 4 steps) and the backward, three rounds in turn; every variant's output and gradients
+    against the float64 loop at B=2 L=1024 D=256 first (the largest relative error over y and the gradients).
+
+        python3 benchmarks/gpu_scan.py --checkpoints
+    """
+    variants = [(f"{'bf16' if half else 'fp32'}, every {S}", S, half) for half in (False, True) for S in (8, 4)]
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    small = make_inputs(g, 2, 1024, 256, 16)
+    small.pop("initial_state")
+    names = [k for k, v in small.items() if v is not None]
+    ref_in = {k: small[k].double().requires_grad_(True) for k in names}
+    y_ref = selective_scan_reference(**{**small, **ref_in}, delta_softplus=True)
+    wy = torch.randn(y_ref.shape, generator=g, device="cuda").to(torch.bfloat16)  # (the kernels' dy: bf16)
+    g_ref = torch.autograd.grad((y_ref * wy.double()).sum(), [ref_in[k] for k in names])
+    args = [small[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+    for label, S, half in variants:
+        fcfg = dataclasses.replace(forward_config(16, 2, 256, wy.device, True, torch.bfloat16), save_every=S,
+                                   half_checkpoints=half)  # fmt: skip
+        bcfg = dataclasses.replace(default_config(16, torch.bfloat16), save_every=S, half_checkpoints=half)
+        y, _, hs = scan_fwd(*args, None, True, True, fcfg)
+        grads = scan_bwd(wy, None, *args, hs, True, bcfg)
+        errs = [rel_err(y, y_ref)] + [rel_err(grads[i], r) for i, r in zip((0, 1, 2, 3, 4, 5, 6, 7), g_ref)]
+        rows.append([f"B=2 L=1024 D=256, {label}: largest error against float64", f"{max(errs):.1e}", hs.dtype])
+        print(rows[-1], flush=True)
+    for shape in (SHAPE, dict(b=2, L=8192, D=4096, N=16), dict(b=1, L=65536, D=4096, N=16)):
+        inp = make_inputs(g, **shape)
+        inp.pop("initial_state")
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        dy = torch.randn_like(inp["u"])
+        times: dict = {label: [] for label, _, _ in variants}
+        for _ in range(3):
+            for label, S, half in variants:
+                fcfg = dataclasses.replace(forward_config(16, shape["b"], shape["D"], dy.device, True, torch.bfloat16),
+                                           save_every=S, half_checkpoints=half)  # fmt: skip
+                bcfg = dataclasses.replace(default_config(16, torch.bfloat16), save_every=S, half_checkpoints=half)
+                _, _, hs = scan_fwd(*args, None, True, True, fcfg)
+                times[label].append((ms(lambda c=fcfg: scan_fwd(*args, None, True, True, c)),
+                                     ms(lambda c=bcfg, hs=hs: scan_bwd(dy, None, *args, hs, True, c))))  # fmt: skip
+                del hs
+        for label, S, half in variants:
+            f, b = (statistics.median(t[i] for t in times[label]) for i in (0, 1))
+            gb = shape["b"] * shape["L"] // S * shape["D"] * 16 * (2 if half else 4) / 1e9
+            rows.append([f"B={shape['b']} L={shape['L']} D={shape['D']}, {label} ({gb:.2f} GB): forward saving + "
+                         f"backward ms", f"{f:.3f} + {b:.3f} = {f + b:.3f}", ""])  # fmt: skip
+            print(rows[-1], flush=True)
+    return rows
+
+
 def kernel_resources() -> str:
     import ssmkit.ops.scan.triton_launch as launch
 
@@ -301,6 +359,8 @@ if __name__ == "__main__":
     if "--retune" in sys.argv:
         print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
                              retune_rows()))  # fmt: skip
+    if "--checkpoints" in sys.argv:
+        print(markdown_table(["bf16, N=16", "value", "checkpoints"], checkpoint_rows()))
     if "--segments" in sys.argv:
         print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
                              segment_rows()))  # fmt: skip

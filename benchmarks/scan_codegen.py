@@ -37,14 +37,15 @@ COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True,
               FMA_EXP=0, VEC_SAVE=True)
 
 
-def compile_sm90(kernel, constexprs: dict, num_warps: int = 1):
-    """(cubin bytes, SASS text) of ``kernel`` for sm_90, with the JIT's divisibility hints."""
+def compile_sm90(kernel, constexprs: dict, num_warps: int = 1, bf16: frozenset = frozenset()):
+    """(cubin bytes, SASS text) of ``kernel`` for sm_90, with the JIT's divisibility hints (pointers named in
+    ``BF16`` or ``bf16`` to bfloat16, the others to float32)."""
     sig, attrs = {}, {}
     for i, p in enumerate(kernel.params):
         if p.is_constexpr:
             sig[p.name] = "constexpr"
         else:
-            sig[p.name] = ("*bf16" if p.name in BF16 else "*fp32") if p.name.endswith("_ptr") else "i32"
+            sig[p.name] = ("*bf16" if p.name in BF16 | bf16 else "*fp32") if p.name.endswith("_ptr") else "i32"
             if p.name != "ONE":  # ONE = 1 is passed unspecialized on purpose
                 attrs[(i,)] = [["tt.divisibility", 16]]
     src = ASTSource(fn=kernel, signature=sig, constexprs=constexprs, attrs=attrs)
@@ -92,8 +93,8 @@ def loops(sass: str) -> list[tuple[int, collections.Counter]]:
 
 
 def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, scoreboards: bool = False,
-           num_warps: int = 1) -> None:  # fmt: skip
-    res, sass = compile_sm90(kernel, constexprs, num_warps)
+           num_warps: int = 1, bf16: frozenset = frozenset()) -> None:  # fmt: skip
+    res, sass = compile_sm90(kernel, constexprs, num_warps, bf16)
     regs = re.search(r"REG:(\d+)", res)
     stack = re.search(r"STACK:(\d+)", res)
     print(f"{name}: registers {regs and regs.group(1)}, stack {stack and stack.group(1)} bytes")
@@ -111,22 +112,29 @@ def report(name: str, kernel, constexprs: dict, elements_per_iteration: int, sco
 def main() -> None:
     sb = "--scoreboards" in sys.argv
     print(f"triton {triton.__version__}")
-    fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, HAS_H0=True, DT_AHEAD=True, LANES=1, SHARE_TD=False)
+    fwd = dict(COMMON, BLOCK_D=32, T=4, SAVE_K=2, SAVE_SUB=1, HAS_H0=True, DT_AHEAD=True, LANES=1, SHARE_TD=False)
     for k in (0, 8):
         report(f"forward, full pass, fma_exp={k}", selective_scan_fwd_kernel,
                dict(fwd, SAVE_STATES=False, LOCAL=False, FMA_EXP=k), 64, sb)  # fmt: skip
     report("forward, full pass saving checkpoints", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=True, LOCAL=False), 64)
     report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
     # forward_config's pick where batch x channels fill the GPU: 16 channels x 2 lanes per warp, chunks of 8,
-    # each lane 8 states (per chunk and lane: 64 elements)
+    # each lane 8 states (per chunk and lane: 64 elements); bf16 inputs save bf16 checkpoints every 4 steps (two
+    # per chunk), float32 ones float32 checkpoints every 8
     two = dict(fwd, BLOCK_D=32, T=8, SAVE_K=1, DT_AHEAD=False, LANES=2, SHARE_TD=True, LOCAL=False)
-    for save in (False, True):
-        report(f"forward, two lanes per channel{' saving checkpoints' if save else ''}", selective_scan_fwd_kernel,
-               dict(two, SAVE_STATES=save), 64, num_warps=2)  # fmt: skip
-    bwd = dict(COMMON, BLOCK_D=32, T=2, K=4, HAS_DHLAST=True, DOT_REDUCE=False)
-    report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32)
-    report("backward, reduce-scatter sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,
-           dict(bwd, SCATTER=True), 32, sb)  # fmt: skip
+    report("forward, two lanes per channel", selective_scan_fwd_kernel, dict(two, SAVE_STATES=False), 64, num_warps=2)
+    report("forward, two lanes per channel saving bf16 checkpoints every 4 steps", selective_scan_fwd_kernel,
+           dict(two, SAVE_STATES=True, SAVE_SUB=2), 64, num_warps=2, bf16=frozenset({"hsave_ptr"}))  # fmt: skip
+    report("forward, two lanes per channel saving fp32 checkpoints every 8 steps", selective_scan_fwd_kernel,
+           dict(two, SAVE_STATES=True), 64, num_warps=2)  # fmt: skip
+    bwd = dict(COMMON, BLOCK_D=32, T=2, K=2, HAS_DHLAST=True, DOT_REDUCE=False)
+    half = frozenset({"hsave_ptr"})
+    report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32,
+           bf16=half)  # fmt: skip
+    report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps (chunk loop: per 32 elements)",
+           selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32, sb, bf16=half)  # fmt: skip
+    report("backward, reduce-scatter sums, fp32 checkpoints every 8 steps (chunk loop: per 32 elements)",
+           selective_scan_bwd_kernel, dict(bwd, SCATTER=True, K=4), 32)  # fmt: skip
 
 
 if __name__ == "__main__":

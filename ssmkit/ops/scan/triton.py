@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._triton import eager_call, eager_function
-from .triton_launch import n_saves, default_config, scan_bwd, scan_fwd
+from .triton_launch import checkpoint_dtype, default_config, n_saves, scan_bwd, scan_fwd
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -34,7 +34,8 @@ def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], initial_state: Optional[Tensor], delta_softplus: bool, save_states: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, D, N) float32)."""
+    """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, D, N): float32, or bfloat16 for
+    bfloat16 inputs (``triton_launch.checkpoint_dtype``))."""
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
 
@@ -42,10 +43,10 @@ def _fwd_op(
 def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states):
     batch, L, dim = u.shape
     N = A.shape[1]
-    ns = n_saves(L, default_config(N)) if save_states else 0
-    f32 = torch.float32
-    return (u.new_empty((batch, L, dim)), u.new_empty((batch, dim, N), dtype=f32),
-            u.new_empty((batch, ns, dim, N), dtype=f32))  # fmt: skip
+    cfg = default_config(N, u.dtype)
+    ns = n_saves(L, cfg) if save_states else 0
+    return (u.new_empty((batch, L, dim)), u.new_empty((batch, dim, N), dtype=torch.float32),
+            u.new_empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints)))  # fmt: skip
 
 
 @torch.library.custom_op("ssmkit::selective_scan_bwd", mutates_args=())

@@ -345,7 +345,7 @@ def _load_checkpoint(ptr, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.constex
     else:
         h = tl.reshape(tl.load(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), mask=mask, other=0.0),
                        (1, NP, BLOCK_D))  # fmt: skip
-    return h
+    return h.to(tl.float32)
 
 
 @triton.jit

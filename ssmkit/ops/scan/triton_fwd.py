@@ -30,10 +30,13 @@ carried through the earlier ones' pieces: h <- exp2(A2 Σ Δ) h + h_local). The
 local pass only has to cover the segments, so its own grid can be cut finer than
 the full pass's (more programs for the pass that has no output to write).
 
-With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K`` steps is
-written to ``hsave`` (B, n_saves, D, N) for the backward kernel, which
+With ``SAVE_STATES`` the state at the start of every ``T * SAVE_K / SAVE_SUB`` steps
+is written to ``hsave`` (B, n_saves, D, N) for the backward kernel, which
 recomputes the states from there instead of storing (B, L, D, N) (``VEC_SAVE``:
-as (channels, N) tiles, 128-bit stores: ``triton_common._store_checkpoint``).
+as (channels, N) tiles, 128-bit stores: ``triton_common._store_checkpoint``):
+every ``SAVE_K``-th chunk's starting state, or with ``SAVE_SUB`` > 1 (checkpoints
+closer than a chunk) also the states ``SAVE_SUB`` - 1 times inside each chunk. The
+stores cast to hsave's dtype (float32, or bfloat16 for bfloat16 inputs).
 
 All offsets that can pass 2^31 elements (batch and sequence position times
 strides) are computed in int64.
@@ -84,6 +87,7 @@ def selective_scan_fwd_kernel(
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr, SAVE_K: tl.constexpr,
+    SAVE_SUB: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
@@ -191,10 +195,11 @@ def selective_scan_fwd_kernel(
     if DT_AHEAD:
         dt_n = _delta(x_n, bias, m_own, TO, CW, HAS_BIAS, SOFTPLUS, FAST_MATH)
         x_n = tl.load(px + T * s_dl + o_x, mask=(t_begin + T + o_t < t_end) & m_ocol, other=0.0)
+    SPAN: tl.constexpr = T * SAVE_K // SAVE_SUB  # steps between checkpoints
     for t0 in range(t_begin, t_end, T):
         if SAVE_STATES:
             if (t0 // T) % SAVE_K == 0:
-                at = hsave_ptr + (pid_b * N_SAVES + t0 // (T * SAVE_K)) * DIM * N
+                at = hsave_ptr + (pid_b * N_SAVES + t0 // SPAN) * DIM * N
                 _store_checkpoint(at, h, sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE, VEC_SAVE, LANES)
         m_own = (t0 + o_t < t_end) & m_ocol  # (TO*CW,) (all true with WHOLE)
         Bt = _bc_tile(B_n, T, NP, BLOCK_D, GROUP_UNIFORM, LANES)
@@ -232,6 +237,15 @@ def selective_scan_fwd_kernel(
         dA = _decay(dt * A2, n3, FMA_EXP)  # Ā: (T, NH, CW)
         hs = _scan_chunk(dA, dtu * Bt, h, t3)  # h_t for the T steps: (T, NH, CW)
         h = _row(hs, t3, T - 1)  # (1, NH, CW)
+        if SAVE_STATES:  # the checkpoints inside the chunk (SAVE_SUB > 1): the states after steps SPAN - 1, ..
+            for j in tl.static_range(1, SAVE_SUB):
+                at = hsave_ptr + (pid_b * N_SAVES + t0 // SPAN + j) * DIM * N
+                if WHOLE:
+                    _store_checkpoint(at, _row(hs, t3, j * SPAN - 1), sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE,
+                                      VEC_SAVE, LANES)  # fmt: skip
+                elif t0 + j * SPAN < t_end:  # (segments are whole chunks: only L's last chunk can be cut)
+                    _store_checkpoint(at, _row(hs, t3, j * SPAN - 1), sn, sc, d0, DIM, m_s, N, NP, BLOCK_D, ONE,
+                                      VEC_SAVE, LANES)  # fmt: skip
         if LOCAL:
             dts += tl.sum(dt, axis=0, keep_dims=True)
         else:

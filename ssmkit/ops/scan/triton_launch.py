@@ -54,10 +54,13 @@ class ScanKernelConfig:
     lanes: int = 1
     share_td: bool = False  # forward, lanes = 2: each lane does the per-(t, d) work (softplus, gate) for half the steps
     maxnreg: int = 0  # forward: a cap on the registers per thread (``_triton.register_cap``); 0: none
+    # bfloat16 inputs: the checkpoints in bfloat16 (else float32; float16 and float32 inputs always float32)
+    half_checkpoints: bool = True
 
     def __post_init__(self) -> None:
-        if self.save_every % self.chunk or self.save_every % self.bwd_chunk:
-            raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of chunk and bwd_chunk")
+        if self.save_every % self.bwd_chunk or (self.save_every % self.chunk and self.chunk % self.save_every):
+            raise ValueError(f"ScanKernelConfig: save_every={self.save_every} must be a multiple of bwd_chunk, and a "
+                             f"multiple or a divisor of chunk (chunk={self.chunk}, bwd_chunk={self.bwd_chunk})")
         if self.lanes not in (1, 2, 4):
             raise ValueError(f"ScanKernelConfig: lanes must be 1, 2 or 4, got {self.lanes}")
         if self.share_td and (self.lanes != 2 or self.chunk % 2):
@@ -68,9 +71,9 @@ class ScanKernelConfig:
                 raise ValueError(f"ScanKernelConfig: {name} must be >= 0 (0: automatic), got {getattr(self, name)}")
 
 
-def default_config(N: int) -> ScanKernelConfig:
-    """Tile sizes chosen from the instruction counts of the compiled kernels (sm_90) and
-    timings on an H200 (see docs/kernels_gpu_notes_scan.md)."""
+def default_config(N: int, dtype: torch.dtype = torch.float32) -> ScanKernelConfig:
+    """Tile sizes for N states and inputs of ``dtype``, chosen from the instruction counts of the compiled
+    kernels (sm_90) and timings on an H200 (see docs/kernels_gpu_notes_scan.md)."""
     NP = next_pow2(N)
     block_d = max(1, 512 // NP)  # N <= 16: one channel and all its states per thread
     if NP == 16:
@@ -82,7 +85,11 @@ def default_config(N: int) -> ScanKernelConfig:
         # Segments for ~4 programs per SM (2 there), each segment's local pass in pieces for ~12 local programs
         # per SM (6 there): 0.704 ms against 0.802 with 8 segments whose local passes were not cut, 0.774
         # against 0.856 saving checkpoints (``python3 benchmarks/gpu_scan_split.py``).
-        return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8,
+        # bfloat16 checkpoints every 4 steps take the bytes of float32 ones every 8, and the backward then
+        # recomputes two chunks of a span instead of four (no tile of four chunk-start states to spill): at
+        # B=8 L=4096 D=2048 bf16 3.01 -> 2.53 ms (``python3 benchmarks/gpu_scan.py --checkpoints``).
+        save_every = 4 if checkpoint_dtype(dtype) == torch.bfloat16 else 8
+        return ScanKernelConfig(block_d=2 * block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=save_every,
                                 num_warps=2, dt_ahead=False, seg_programs_per_sm=4)  # fmt: skip
     return ScanKernelConfig(block_d=block_d, chunk=4, bwd_block_d=block_d, bwd_chunk=2, save_every=8)
 
@@ -96,7 +103,8 @@ LANES_MAXNREG = 168
 LANES_UNCAPPED_PER_SM = 4
 
 
-def forward_config(N: int, batch: int, dim: int, device: torch.device, save_states: bool = False) -> ScanKernelConfig:
+def forward_config(N: int, batch: int, dim: int, device: torch.device, save_states: bool = False,
+                   dtype: torch.dtype = torch.float32) -> ScanKernelConfig:  # fmt: skip
     """The forward's tiles for one call: :func:`default_config`, or for N = 16 where batch x channels fill the
     GPU without segments (~1.5 warps per scheduler or more), two lanes per channel with 8 states each, the
     per-(t, d) work shared between them, chunks of 8 steps and one pass: on the H200 at B=8 L=4096 D=2048
@@ -105,9 +113,9 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
     small (B=2 D=4096: two segments needed) 0.818 against 0.798, so the default stays there. Registers are
     capped (``LANES_MAXNREG``) saving checkpoints, and without where 4 programs per SM would leave a second,
     partial wave (B=16 L=2048 D=1536: 0.439 against 0.524 uncapped; at B=8, one wave, 0.579 uncapped against
-    0.606). The checkpoints are the same (``save_every``), so the backward takes :func:`default_config`
-    whatever this picks."""
-    cfg = default_config(N)
+    0.606). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
+    the backward takes :func:`default_config` whatever this picks."""
+    cfg = default_config(N, dtype)
     if next_pow2(N) == 16:
         wide = replace(cfg, lanes=2, share_td=True, chunk=8, block_d=32, num_warps=2, n_segs=1)
         programs = batch * cdiv(dim, wide.block_d)
@@ -137,6 +145,16 @@ def _grouped(x: torch.Tensor) -> torch.Tensor:
     return unit_last(x.unsqueeze(2) if x.dim() == 3 else x)
 
 
+def checkpoint_dtype(dtype: torch.dtype, half: bool = True) -> torch.dtype:
+    """The checkpoints' dtype for inputs of ``dtype``: bfloat16 for bfloat16 inputs (with ``half``:
+    ``ScanKernelConfig.half_checkpoints``), else
+    float32. The backward recomputes each state from the checkpoint before it, in float32; rounding that
+    starting state to bfloat16 is the precision the inputs already carry, and halves the checkpoints' bytes
+    (docs/kernels_gpu_notes_scan.md, twenty-fourth session). float16 keeps float32: its range (65504) could
+    not hold every state."""
+    return torch.bfloat16 if half and dtype == torch.bfloat16 else torch.float32
+
+
 def n_saves(L: int, cfg: ScanKernelConfig) -> int:
     return cdiv(L, cfg.save_every)
 
@@ -158,7 +176,7 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
         sms = sm_count(device)
         n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
         n = max(1, min(n, L // (4 * cfg.save_every)))
-    S = cfg.save_every * split
+    S = max(cfg.save_every, cfg.chunk) * split  # (whole chunks of the forward's and checkpoint spans)
     seg_len = cdiv(cdiv(L, n), S) * S
     return cdiv(L, seg_len), seg_len
 
@@ -225,8 +243,8 @@ def scan_fwd(
     cfg: Optional[ScanKernelConfig] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
-    (B, n_saves, N, D) float32 (an empty tensor unless ``save_states``)."""
-    cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device, save_states)
+    (B, n_saves, D, N) in ``checkpoint_dtype`` (an empty tensor unless ``save_states``)."""
+    cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device, save_states, u.dtype)
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
     u, delta = unit_last(u), unit_last(delta)
     z = None if z is None else unit_last(z)
@@ -235,7 +253,7 @@ def scan_fwd(
     y = torch.empty((batch, L, dim), dtype=u.dtype, device=u.device)
     hlast = torch.empty((batch, N, dim), dtype=torch.float32, device=u.device)
     ns = n_saves(L, cfg) if save_states else 0
-    hsave = torch.empty((batch, ns, dim, N), dtype=torch.float32, device=u.device)
+    hsave = torch.empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints), device=u.device)
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
@@ -255,7 +273,8 @@ def scan_fwd(
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             y.stride(0), y.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
             Cg.stride(2),
-            N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=cfg.save_every // cfg.chunk,
+            N=N, NP=next_pow2(N), BLOCK_D=cfg.block_d, T=cfg.chunk, SAVE_K=max(1, cfg.save_every // cfg.chunk),
+            SAVE_SUB=max(1, cfg.chunk // cfg.save_every),
             HAS_D=Dv is not None, HAS_Z=z is not None, HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus),
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
             FAST_MATH=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
@@ -287,7 +306,7 @@ def scan_bwd(
     input's dtype and shape (dD, dz, ddelta_bias: empty tensors when the input is absent;
     dinitial_state: (B, D, N) float32).
     """
-    cfg = cfg or default_config(A.shape[1])
+    cfg = cfg or default_config(A.shape[1], u.dtype)
     batch, L, dim, N, Bg, Cg, G, uniform, A2 = _common(u, delta, A, B, C, D, z, delta_bias, cfg.bwd_block_d)
     u, delta, dy = unit_last(u), unit_last(delta), unit_last(dy)
     z = None if z is None else unit_last(z)

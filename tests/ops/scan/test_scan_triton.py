@@ -202,6 +202,64 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     assert s1.abs().sum() > 0
 
 
+@pytest.mark.parametrize("save_every, lanes, L, n_segs",
+                         [(4, 2, 37, 1), (4, 1, 48, 3), (2, 2, 48, 2), (4, 2, 45, 3)])  # fmt: skip
+def test_checkpoints_inside_chunks(gen, save_every, lanes, L, n_segs):
+    """Checkpoints closer than the forward's chunk of 8 (every 4 or 2 steps: the states inside each chunk are
+    saved too), with one or two lanes per channel, whole chunks (L = 48) or not (L = 37, 45: the last chunk's
+    later checkpoints lie past the end), one segment or several (segments of whole chunks): the checkpoints equal
+    those of a forward whose chunks are the checkpoint span, and the backward from them matches the float64
+    loop."""
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
+
+    common = dict(block_d=4, bwd_block_d=4, bwd_chunk=2, save_every=save_every, n_segs=n_segs, bwd_n_segs=n_segs)
+    inp = make_inputs(gen, L=L, D=8, N=4)
+    args = [inp[k].detach() for k in NAMES]
+    y, h, hsave = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=8, lanes=lanes))
+    y1, h1, s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=save_every))
+    assert hsave.shape == s1.shape == (2, math.ceil(L / save_every), 8, 4) and s1[:, 1:].abs().min() > 0
+    assert_close(hsave.cpu(), s1.cpu().double(), 1e-6, "checkpoints inside chunks against chunk-start ones")
+    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
+    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
+    assert_close(y.cpu(), y_ref, 1e-4, "output")
+    dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
+    grads = scan_bwd(dy, dh, *args[:8], hsave, True, ScanKernelConfig(**common, chunk=8))
+    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
+                                [ref_in[k] for k in NAMES])  # fmt: skip
+    for name, g, gr in zip(NAMES, grads, g_ref):
+        assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
+
+
+def test_bfloat16_checkpoints(gen):
+    """bfloat16 inputs: the checkpoints are stored in bfloat16 (every 4 steps at N = 16, two per chunk of the
+    two-lane forward), and the backward recomputes the states from them in float32. Every gradient stays
+    within bfloat16's tolerance of the float64 loop, and close to the gradients from float32 checkpoints (the
+    rounding of the chunk-start states is all that differs)."""
+    import dataclasses
+
+    from ssmkit.ops.scan import triton_launch
+
+    cfg = triton_launch.forward_config(16, 2, 12, torch.device("cpu"), True, torch.bfloat16)
+    assert (cfg.chunk, cfg.save_every, triton_launch.default_config(16, torch.bfloat16).save_every) == (8, 4, 4)
+    assert triton_launch.default_config(16, torch.float16).save_every == 8
+    inp = make_inputs(gen, L=40, D=12, N=16, dtype=torch.bfloat16)
+    args = [inp[k].detach() for k in NAMES]
+    y, h, hsave = triton_launch.scan_fwd(*args, True, True)
+    assert hsave.dtype == torch.bfloat16 and hsave.shape == (2, 10, 12, 16)
+    y32, _, hsave32 = triton_launch.scan_fwd(*args, True, True, dataclasses.replace(cfg, half_checkpoints=False))
+    assert hsave32.dtype == torch.float32 and torch.equal(y, y32)
+    assert_close(hsave.cpu(), hsave32.cpu().double(), 2 ** -8, "bfloat16 checkpoints")
+    dy = randn(*y.shape, gen=gen, dtype=torch.bfloat16).to(DEVICE)
+    grads = triton_launch.scan_bwd(dy, None, *args[:8], hsave, True)
+    grads32 = triton_launch.scan_bwd(dy, None, *args[:8], hsave32, True, dataclasses.replace(cfg, half_checkpoints=False))
+    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
+    y_ref = selective_scan_reference(**ref_in, delta_softplus=True)
+    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum(), [ref_in[k] for k in NAMES])
+    for name, g, g32, gr in zip(NAMES, grads, grads32, g_ref):
+        assert_close(g.cpu(), gr, TOL[torch.bfloat16], f"gradient of `{name}`")
+        assert_close(g.cpu(), g32.cpu().double(), 1e-2, f"gradient of `{name}` against float32 checkpoints")
+
+
 @pytest.mark.parametrize("lanes, share, ahead, n_segs, split",
                          [(1, False, True, 3, 2), (1, False, False, 1, 1), (2, True, False, 3, 2), (2, False, True, 2, 1)])
 def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
@@ -334,8 +392,11 @@ def test_float64_is_refused(gen):
 def test_config_validation():
     from ssmkit.ops.scan.triton_launch import ScanKernelConfig
 
-    with pytest.raises(ValueError, match="save_every=6 must be a multiple of chunk and bwd_chunk"):
+    with pytest.raises(ValueError, match="save_every=6 must be a multiple of bwd_chunk, and a multiple or a divisor"):
         ScanKernelConfig(block_d=32, chunk=4, bwd_block_d=32, bwd_chunk=2, save_every=6)
+    with pytest.raises(ValueError, match="save_every=2 must be a multiple of bwd_chunk"):
+        ScanKernelConfig(block_d=32, chunk=8, bwd_block_d=32, bwd_chunk=4, save_every=2)
+    ScanKernelConfig(block_d=32, chunk=8, bwd_block_d=32, bwd_chunk=2, save_every=4)  # checkpoints inside chunks
 
 
 def test_table_entry_and_cpu_reason(monkeypatch):
