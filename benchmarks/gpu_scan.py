@@ -282,6 +282,50 @@ def checkpoint_rows() -> list[list]:
     return rows
 
 
+def backward_segment_rows() -> list[list]:
+    """The backward (bf16 checkpoints every 4 steps) over segment counts at seven bf16 shapes: the rule's count
+    (``triton_launch._backward_split``), the earlier rule's (~32 programs per SM) and the counts that fill 1-4
+    whole waves of ``BWD_RESIDENT_PER_SM`` programs per SM, with the local pass cut for 80 or 160 programs per
+    SM; each variant's gradients checked against the default's, timed twice in turn.
+
+        python3 benchmarks/gpu_scan.py --backward-segments
+    """
+    from ssmkit.ops.scan.triton_launch import BWD_RESIDENT_PER_SM, _backward_split
+    from ssmkit.ops._triton import sm_count
+
+    rows = []
+    shapes = [(8, 4096, 2048), (4, 4096, 4096), (2, 8192, 4096), (16, 2048, 1536), (1, 16384, 4096), (1, 65536, 4096),
+              (1, 65536, 1536)]  # fmt: skip
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    for b, L, D in shapes:
+        inp = make_inputs(g, b, L, D, 16)
+        inp.pop("initial_state")
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        dy = torch.randn_like(inp["u"])
+        base = default_config(16, torch.bfloat16)
+        _, _, hs = scan_fwd(*args, None, True, True, forward_config(16, b, D, dy.device, True, torch.bfloat16))
+        ref = scan_bwd(dy, None, *args, hs, True, base)
+        programs = b * D // base.bwd_block_d
+        wave = BWD_RESIDENT_PER_SM * sm_count(dy.device)
+        rule = _backward_split(L, programs, base, dy.device)[0]
+        counts = sorted({rule, round(32 * sm_count(dy.device) / programs), *(max(1, k * wave // programs) for k in range(1, 5))})
+        variants = [(n, lp) for n in counts for lp in ((80, 160) if n == rule else (80,))]
+        times: dict = {}
+        for _ in range(2):
+            for n, lp in variants:
+                cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
+                times.setdefault((n, lp), []).append(ms(lambda c=cfg: scan_bwd(dy, None, *args, hs, True, c)))
+        for n, lp in variants:
+            cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
+            segs, _, pieces = _backward_split(L, programs, cfg, dy.device)
+            err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, cfg), ref) if r.numel())
+            rows.append([f"B={b} L={L} D={D}", f"{segs}{' (rule)' if n == rule else ''}", f"{programs * segs / wave:.2f}",
+                         f"{lp} ({pieces} pieces)", " / ".join(f"{t:.3f}" for t in times[(n, lp)]), f"{err:.1e}"])  # fmt: skip
+            print(rows[-1], flush=True)
+        del hs
+    return rows
+
+
 def kernel_resources() -> str:
     import ssmkit.ops.scan.triton_launch as launch
 
@@ -361,6 +405,9 @@ if __name__ == "__main__":
                              retune_rows()))  # fmt: skip
     if "--checkpoints" in sys.argv:
         print(markdown_table(["bf16, N=16", "value", "checkpoints"], checkpoint_rows()))
+    if "--backward-segments" in sys.argv:
+        print(markdown_table(["bf16, N=16", "segments", "waves", "local programs per SM", "backward ms", "diff"],
+                             backward_segment_rows()))  # fmt: skip
     if "--segments" in sys.argv:
         print(markdown_table(["B=8 L=4096 D=2048 N=16 bf16", "ms", "rel. diff to the default's output"],
                              segment_rows()))  # fmt: skip

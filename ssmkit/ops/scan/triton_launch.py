@@ -48,7 +48,7 @@ class ScanKernelConfig:
     local_split: int = 0
     local_programs_per_sm: int = 12
     bwd_local_split: int = 0  # backward: the same for its local pass
-    bwd_local_programs_per_sm: int = 160
+    bwd_local_programs_per_sm: int = 80
     # forward: lanes per channel, each holding N / lanes of its states (1, 2 or 4); the program's
     # threads cover block_d * lanes lanes
     lanes: int = 1
@@ -192,10 +192,27 @@ def _forward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.d
     return _cut(L, programs, n, cfg.local_split, cfg.local_programs_per_sm, cfg, device)
 
 
+# The backward's main kernel holds this many of its one-warp programs per multiprocessor (255 registers of the
+# 65536 a multiprocessor has, on every NVIDIA GPU since Volta).
+BWD_RESIDENT_PER_SM = 8
+
+
 def _backward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.device) -> tuple[int, int, int]:
-    """The same for the backward: segments for ~32 programs per SM (the main kernel is latency-bound at 255
-    registers and one warp per program), its local pass cut finer."""
-    n = segments(L, programs, cfg.bwd_n_segs, float("inf"), 32, cfg, device)[0]
+    """The same for the backward, whose main kernel is latency-bound at 255 registers and one warp per program:
+    segments for whole waves of programs. Each segment but the first costs a local pass over it, so fewer segments
+    are better as long as the programs fill the GPU, but a last wave that is only partly full costs a whole wave's
+    time. The rule takes the fewest segments that fill k waves of ``BWD_RESIDENT_PER_SM`` programs per SM to at
+    least k - 0.15, for k = 1, 2, ...: on the H200, bf16 checkpoints every 4 steps (``python3
+    benchmarks/gpu_scan.py --backward-segments``), B=8 L=4096 D=2048 2 segments (0.97 waves) 2.36 ms against 2.44
+    with 4 (1.94 waves), 2.48 with 8 (3.9 waves, the earlier rule of ~32 programs per SM) and 2.94 with 3 (1.45
+    waves); B=16 L=2048 D=1536 4 segments (2.9 waves) 1.83 against 2.07 with 1 (0.73), 2.08 with 2 (1.45) and
+    2.00 with 6 (4.4)."""
+    n = cfg.bwd_n_segs
+    if n <= 0:
+        wave = BWD_RESIDENT_PER_SM * sm_count(device)
+        n = next((k * wave // programs for k in range(1, 9) if programs * (k * wave // programs) >= (k - 0.15) * wave),
+                 round(wave / programs))  # fmt: skip
+        n = max(1, min(n, L // (4 * cfg.save_every)))
     return _cut(L, programs, n, cfg.bwd_local_split, cfg.bwd_local_programs_per_sm, cfg, device)
 
 

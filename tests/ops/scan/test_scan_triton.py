@@ -320,6 +320,30 @@ def test_local_pieces_rule():
     assert _pieces(4096, 4, 64, 12, cpu) == 1
 
 
+def test_backward_segments_rule(monkeypatch):
+    """On a GPU of 132 multiprocessors (waves of 8 x 132 = 1056 backward programs) the backward takes the fewest
+    segments whose programs fill k = 1, 2, ... waves to at least k - 0.15: B=8 D=2048 (512 programs of 32
+    channels) 2 segments, 0.97 waves; B=16 D=1536 (768) neither 1 (0.73 waves) nor 2 (1.45) but 4 (2.9); one
+    sequence at D=4096 8, at D=1536 22; a batch that fills a wave alone, one segment. Asked counts are kept, and
+    short sequences cap the count (segments of at least 4 checkpoint spans)."""
+    import dataclasses
+    import types
+
+    from ssmkit.ops.scan import triton_launch
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: types.SimpleNamespace(multi_processor_count=132))
+    gpu = torch.device("cuda")
+    cfg = triton_launch.default_config(16, torch.bfloat16)
+
+    def segs(b, L, D, c=cfg):
+        return triton_launch._backward_split(L, b * math.ceil(D / c.bwd_block_d), c, gpu)[0]
+
+    assert [segs(8, 4096, 2048), segs(16, 2048, 1536), segs(2, 8192, 4096)] == [2, 4, 4]
+    assert [segs(1, 65536, 4096), segs(1, 65536, 1536), segs(32, 1024, 1024)] == [8, 22, 1]
+    assert segs(8, 4096, 2048, dataclasses.replace(cfg, bwd_n_segs=6)) == 6
+    assert segs(1, 64, 64) == 4  # 64 steps: at most 64 // (4 x 4) segments
+
+
 def test_forward_lanes_rule(monkeypatch):
     """On a GPU of 132 multiprocessors the N = 16 forward takes two lanes per channel from ~6 warps per
     multiprocessor in one pass (B=8 D=2048: 1024 warps), one lane below (B=2 D=4096: 512); N = 8 never.
