@@ -308,7 +308,8 @@ def backward_segment_rows() -> list[list]:
         programs = b * D // base.bwd_block_d
         wave = BWD_RESIDENT_PER_SM * sm_count(dy.device)
         rule = _backward_split(L, programs, base, dy.device)[0]
-        counts = sorted({rule, round(32 * sm_count(dy.device) / programs), *(max(1, k * wave // programs) for k in range(1, 5))})
+        earlier = round(32 * sm_count(dy.device) / programs)  # the rule before: ~32 programs per SM
+        counts = sorted({rule, earlier, *(max(1, k * wave // programs) for k in range(1, 5))})
         variants = [(n, lp) for n in counts for lp in ((80, 160) if n == rule else (80,))]
         times: dict = {}
         for _ in range(2):
@@ -319,8 +320,9 @@ def backward_segment_rows() -> list[list]:
             cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
             segs, _, pieces = _backward_split(L, programs, cfg, dy.device)
             err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, cfg), ref) if r.numel())
-            rows.append([f"B={b} L={L} D={D}", f"{segs}{' (rule)' if n == rule else ''}", f"{programs * segs / wave:.2f}",
-                         f"{lp} ({pieces} pieces)", " / ".join(f"{t:.3f}" for t in times[(n, lp)]), f"{err:.1e}"])  # fmt: skip
+            label = f"{segs}{' (rule)' if n == rule else ''}"
+            rows.append([f"B={b} L={L} D={D}", label, f"{programs * segs / wave:.2f}", f"{lp} ({pieces} pieces)",
+                         " / ".join(f"{t:.3f}" for t in times[(n, lp)]), f"{err:.1e}"])  # fmt: skip
             print(rows[-1], flush=True)
         del hs
     return rows

@@ -129,8 +129,8 @@ def main() -> None:
            dict(two, SAVE_STATES=True), 64, num_warps=2)  # fmt: skip
     bwd = dict(COMMON, BLOCK_D=32, T=2, K=2, HAS_DHLAST=True, DOT_REDUCE=False)
     half = frozenset({"hsave_ptr"})
-    report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=False), 32,
-           bf16=half)  # fmt: skip
+    report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,
+           dict(bwd, SCATTER=False), 32, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps (chunk loop: per 32 elements)",
            selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32, sb, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, fp32 checkpoints every 8 steps (chunk loop: per 32 elements)",

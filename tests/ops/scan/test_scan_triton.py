@@ -251,7 +251,8 @@ def test_bfloat16_checkpoints(gen):
     assert_close(hsave.cpu(), hsave32.cpu().double(), 2 ** -8, "bfloat16 checkpoints")
     dy = randn(*y.shape, gen=gen, dtype=torch.bfloat16).to(DEVICE)
     grads = triton_launch.scan_bwd(dy, None, *args[:8], hsave, True)
-    grads32 = triton_launch.scan_bwd(dy, None, *args[:8], hsave32, True, dataclasses.replace(cfg, half_checkpoints=False))
+    cfg32 = dataclasses.replace(cfg, half_checkpoints=False)
+    grads32 = triton_launch.scan_bwd(dy, None, *args[:8], hsave32, True, cfg32)
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref = selective_scan_reference(**ref_in, delta_softplus=True)
     g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum(), [ref_in[k] for k in NAMES])
