@@ -154,7 +154,7 @@ def retune_rows() -> list[list]:
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     inp = make_inputs(g, **SHAPE)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    base = default_config(16)
+    base = default_config(16, torch.bfloat16)
     y0 = scan_fwd(*args, None, True, False, base)[0].float()
     rows = [["default forward", f"{ms(lambda: scan_fwd(*args, None, True, False, base)):.3f}", ""]]
     for bd, nw in ((32, 1), (64, 2)):
@@ -198,7 +198,7 @@ def segment_rows() -> list[list]:
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     inp = make_inputs(g, **SHAPE)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    base = default_config(16)
+    base = default_config(16, torch.bfloat16)
     dy = torch.randn_like(inp["u"])
     y0, _, hsave = scan_fwd(*args, None, True, True, base)
     grads0 = scan_bwd(dy, None, *args, hsave, True, base)
@@ -240,6 +240,13 @@ def checkpoint_rows() -> list[list]:
     """
     variants = [(f"{'bf16' if half else 'fp32'}, every {S}", S, half) for half in (False, True) for S in (8, 4)]
     rows = []
+
+    def configs(b: int, D: int, S: int, half: bool) -> tuple[ScanKernelConfig, ScanKernelConfig]:
+        """(forward, backward) configs of the defaults with checkpoints every S steps, bfloat16 or not."""
+        fwd = forward_config(16, b, D, torch.device("cuda"), True, torch.bfloat16)
+        return tuple(dataclasses.replace(c, save_every=S, half_checkpoints=half)
+                     for c in (fwd, default_config(16, torch.bfloat16)))  # fmt: skip
+
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     small = make_inputs(g, 2, 1024, 256, 16)
     small.pop("initial_state")
@@ -250,12 +257,10 @@ def checkpoint_rows() -> list[list]:
     g_ref = torch.autograd.grad((y_ref * wy.double()).sum(), [ref_in[k] for k in names])
     args = [small[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     for label, S, half in variants:
-        fcfg = dataclasses.replace(forward_config(16, 2, 256, wy.device, True, torch.bfloat16), save_every=S,
-                                   half_checkpoints=half)  # fmt: skip
-        bcfg = dataclasses.replace(default_config(16, torch.bfloat16), save_every=S, half_checkpoints=half)
+        fcfg, bcfg = configs(2, 256, S, half)
         y, _, hs = scan_fwd(*args, None, True, True, fcfg)
         grads = scan_bwd(wy, None, *args, hs, True, bcfg)
-        errs = [rel_err(y, y_ref)] + [rel_err(grads[i], r) for i, r in zip((0, 1, 2, 3, 4, 5, 6, 7), g_ref)]
+        errs = [rel_err(y, y_ref)] + [rel_err(a, r) for a, r in zip(grads, g_ref)]  # (g_ref: u .. delta_bias)
         rows.append([f"B=2 L=1024 D=256, {label}: largest error against float64", f"{max(errs):.1e}", hs.dtype])
         print(rows[-1], flush=True)
     for shape in (SHAPE, dict(b=2, L=8192, D=4096, N=16), dict(b=1, L=65536, D=4096, N=16)):
@@ -266,9 +271,7 @@ def checkpoint_rows() -> list[list]:
         times: dict = {label: [] for label, _, _ in variants}
         for _ in range(3):
             for label, S, half in variants:
-                fcfg = dataclasses.replace(forward_config(16, shape["b"], shape["D"], dy.device, True, torch.bfloat16),
-                                           save_every=S, half_checkpoints=half)  # fmt: skip
-                bcfg = dataclasses.replace(default_config(16, torch.bfloat16), save_every=S, half_checkpoints=half)
+                fcfg, bcfg = configs(shape["b"], shape["D"], S, half)
                 _, _, hs = scan_fwd(*args, None, True, True, fcfg)
                 times[label].append((ms(lambda c=fcfg: scan_fwd(*args, None, True, True, c)),
                                      ms(lambda c=bcfg, hs=hs: scan_bwd(dy, None, *args, hs, True, c))))  # fmt: skip
@@ -325,6 +328,44 @@ def backward_segment_rows() -> list[list]:
                          " / ".join(f"{t:.3f}" for t in times[(n, lp)]), f"{err:.1e}"])  # fmt: skip
             print(rows[-1], flush=True)
         del hs
+    return rows
+
+
+def backward_variant_rows() -> list[list]:
+    """The backward's other settings against the default (bf16 checkpoints every 4 steps) at two bf16 shapes:
+    chunks of 4 (one per checkpoint span, no first pass), checkpoints every 2 steps, 2 or 4 of the 16 states'
+    exponentials on the FMA pipe, the channel sums by tensor-core products or by ``tl.sum``'s butterfly instead
+    of the reduce-scatter, the local pass cut for 10-40 programs per SM; each checked against the default's
+    gradients, timed twice in turn (forward saving + backward ms).
+
+        python3 benchmarks/gpu_scan.py --backward-variants
+    """
+    changes = [dict(), dict(bwd_chunk=4), dict(save_every=2), dict(bwd_fma_exp=2), dict(bwd_fma_exp=4),
+               dict(dot_reduce=True), dict(scatter=False), dict(bwd_local_programs_per_sm=40),
+               dict(bwd_local_programs_per_sm=20), dict(bwd_local_programs_per_sm=10)]  # fmt: skip
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(new_seed())
+    for b, L, D in ((8, 4096, 2048), (16, 2048, 1536)):
+        inp = make_inputs(g, b, L, D, 16)
+        inp.pop("initial_state")
+        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
+        dy = torch.randn_like(inp["u"])
+        fwd0, base = forward_config(16, b, D, dy.device, True, torch.bfloat16), default_config(16, torch.bfloat16)
+        ref = scan_bwd(dy, None, *args, scan_fwd(*args, None, True, True, fwd0)[2], True, base)
+        times: dict = {}
+        for _ in range(2):
+            for i, ch in enumerate(changes):
+                fwd = dataclasses.replace(fwd0, save_every=ch.get("save_every", fwd0.save_every))
+                bwd = dataclasses.replace(base, **ch)
+                hs = scan_fwd(*args, None, True, True, fwd)[2]
+                times.setdefault(i, []).append((ms(lambda c=fwd: scan_fwd(*args, None, True, True, c)),
+                                                ms(lambda c=bwd, hs=hs: scan_bwd(dy, None, *args, hs, True, c))))
+                if len(times[i]) == 2:
+                    err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, bwd), ref) if r.numel())
+                    rows.append([f"B={b} L={L} D={D}", ", ".join(f"{k}={v}" for k, v in ch.items()) or "default",
+                                 " / ".join(f"{f:.3f} + {t:.3f}" for f, t in times[i]), f"{err:.1e}"])  # fmt: skip
+                    print(rows[-1], flush=True)
+                del hs
     return rows
 
 
@@ -407,6 +448,8 @@ if __name__ == "__main__":
                              retune_rows()))  # fmt: skip
     if "--checkpoints" in sys.argv:
         print(markdown_table(["bf16, N=16", "value", "checkpoints"], checkpoint_rows()))
+    if "--backward-variants" in sys.argv:
+        print(markdown_table(["bf16, N=16", "change", "forward saving + backward ms", "diff"], backward_variant_rows()))
     if "--backward-segments" in sys.argv:
         print(markdown_table(["bf16, N=16", "segments", "waves", "local programs per SM", "backward ms", "diff"],
                              backward_segment_rows()))  # fmt: skip

@@ -56,7 +56,7 @@ def _name(changes: dict) -> str:
 def rows_for(b: int, L: int, D: int, dtype: torch.dtype = torch.bfloat16) -> list[list]:
     inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16, dtype=dtype)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-    base = default_config(16)
+    base = default_config(16, dtype)
     y0, _, s0 = scan_fwd(*args, None, True, True, base)
     rows = []
     for changes in CONFIGS:

@@ -49,7 +49,7 @@ def _args(b: int, L: int, D: int):
 
 def rows_for(b: int, L: int, D: int) -> list[list]:
     args = _args(b, L, D)
-    base = default_config(16)
+    base = default_config(16, torch.bfloat16)
     y0, _, hsave = scan_fwd(*args, None, True, True, base)
     rows = []
     for ns in FWD_SEGS[(b, L, D)]:

@@ -169,13 +169,14 @@ def segments(L: int, programs: int, n: int, single_pass_per_sm: float, per_sm: i
     state across segments, at the price of one more exponential per element. ``n`` <= 0:
     one segment when there are ``single_pass_per_sm`` programs per multiprocessor, else about
     ``per_sm`` programs per multiprocessor (rounded: whole waves matter). Segment lengths
-    are multiples of ``save_every`` times ``split`` (the pieces a local pass cuts each into).
+    are multiples of the larger of ``save_every`` and the forward's chunk, times ``split`` (the
+    pieces a local pass cuts each into): whole chunks and whole checkpoint spans.
     """
     if n <= 0:
         sms = sm_count(device)
         n = 1 if programs >= single_pass_per_sm * sms else round(per_sm * sms / max(programs, 1))
         n = max(1, min(n, L // (4 * cfg.save_every)))
-    S = max(cfg.save_every, cfg.chunk) * split  # (whole chunks of the forward's and checkpoint spans)
+    S = max(cfg.save_every, cfg.chunk) * split
     seg_len = cdiv(cdiv(L, n), S) * S
     return cdiv(L, seg_len), seg_len
 
@@ -218,7 +219,8 @@ def _backward_split(L: int, programs: int, cfg: ScanKernelConfig, device: torch.
 def _cut(L: int, programs: int, n: int, split: int, per_sm: int, cfg: ScanKernelConfig,
          device: torch.device) -> tuple[int, int, int]:  # fmt: skip
     """n segments (n >= 1) in ``split`` local pieces each (0: ``_pieces``): (segments, steps per segment, pieces),
-    segment lengths multiples of ``save_every`` x pieces (rounding up can leave fewer segments)."""
+    segment lengths multiples of a chunk and a checkpoint span x pieces (``segments``; rounding up can leave fewer
+    segments)."""
     k = max(1, split) if n == 1 or split > 0 else _pieces(L, n, programs, per_sm, device)
     return (*segments(L, programs, n, 0, 0, cfg, device, k), k)  # (n > 0: the rule's arguments are unused)
 
@@ -276,7 +278,7 @@ def scan_fwd(
     lanes = min(cfg.lanes, next_pow2(N))
     n_segs, seg_len, k = _forward_split(L, nd * batch, cfg, u.device)
     whole = WHOLE_TILES and L % cfg.chunk == 0 and dim % cfg.block_d == 0 and N == next_pow2(N)  # (segments and
-    # pieces are multiples of save_every, itself a multiple of the chunk)
+    # pieces are whole chunks: ``segments``)
     # the local end states and Σ Δ of the k pieces of every segment but the last (which nothing reads)
     n_pieces = (n_segs - 1) * k
     hloc = torch.empty((batch, n_pieces, N, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
