@@ -11,12 +11,22 @@ coming back from all later segments. Symbols as in ``triton_bwd.py``.
 import triton
 import triton.language as tl
 
-from .triton_common import _bc_offsets, _bc_tile, _chunk_loads, _decay, _flat, _row, _sigmoid, _softplus
+from .triton_common import (
+    _bc_offsets,
+    _bc_tile,
+    _chunk_loads,
+    _decay,
+    _flat,
+    _load_A2,
+    _row,
+    _sigmoid,
+    _softplus,
+)
 
 
 @triton.jit(do_not_specialize=["ONE"])
 def selective_scan_bwd_local_kernel(
-    dl_ptr, z_ptr, A2_ptr, C_ptr, bias_ptr, dy_ptr, qloc_ptr, dts_ptr,
+    dl_ptr, z_ptr, A_ptr, C_ptr, bias_ptr, dy_ptr, qloc_ptr, dts_ptr,
     L, DIM, CH_PER_GROUP, SEG_LEN, LOC_K, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
@@ -36,7 +46,7 @@ def selective_scan_bwd_local_kernel(
     sn, sc = _flat(NP, BLOCK_D)
     m_s = (sn < N) & (d0 + sc < DIM)
     o_s = sn * DIM + (d0 + sc) * ONE
-    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NP, BLOCK_D))
+    A2 = tl.reshape(_load_A2(A_ptr, sn, sc, d0, m_s, N, ONE), (1, NP, BLOCK_D))
     cc = tl.arange(0, BLOCK_D)
     m_c = d0 + cc < DIM
     if HAS_BIAS:

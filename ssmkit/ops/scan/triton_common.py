@@ -312,10 +312,18 @@ def _dot_states(a, b, n3):
 
 
 @triton.jit
-def _save_offsets(sn, sc, d0, N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, ONE):
-    """Offsets of a (NP, BD) state tile, flat as ``_flat(NP, BD)`` gives it, inside one checkpoint
-    of ``hsave`` (.., D, N): each channel's N states contiguous, so a thread's states are 16-byte runs."""
+def _dn_offsets(sn, sc, d0, N: tl.constexpr, ONE):
+    """Offsets of a flat state tile's elements (state ``sn`` of channel d0 + ``sc``, as ``_flat`` or
+    ``_lane_states`` give them) in a (D, N) array with each channel's N states contiguous: A, one batch
+    row of the (B, D, N) states and their gradients, one checkpoint of ``hsave`` (.., D, N)."""
     return (d0 + sc) * ONE * N + sn
+
+
+@triton.jit
+def _load_A2(A_ptr, sn, sc, d0, mask, N: tl.constexpr, ONE):
+    """A log2(e) for a flat state tile, from A (D, N) contiguous in any float dtype, in float32 (the product the
+    host would form: Ā = exp(Δ A) = exp2(Δ A2))."""
+    return tl.load(A_ptr + _dn_offsets(sn, sc, d0, N, ONE), mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
 
 
 @triton.jit
@@ -331,7 +339,7 @@ def _store_checkpoint(ptr, h, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.con
         offs = d0 * N + c[:, None] * NH + tl.arange(0, NH)[None, :]
         tl.store(ptr + offs, tl.trans(tl.reshape(h, (NH, CW))), mask=(d0 + c // LANES < DIM)[:, None])
     else:
-        tl.store(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), tl.reshape(h, (NH * CW,)), mask=mask)
+        tl.store(ptr + _dn_offsets(sn, sc, d0, N, ONE), tl.reshape(h, (NH * CW,)), mask=mask)
 
 
 @triton.jit
@@ -343,7 +351,7 @@ def _load_checkpoint(ptr, sn, sc, d0, DIM, mask, N: tl.constexpr, NP: tl.constex
         offs = cc[:, None] * N + tl.arange(0, NP)[None, :]
         h = tl.reshape(tl.trans(tl.load(ptr + offs, mask=(cc < DIM)[:, None], other=0.0)), (1, NP, BLOCK_D))
     else:
-        h = tl.reshape(tl.load(ptr + _save_offsets(sn, sc, d0, N, NP, BLOCK_D, ONE), mask=mask, other=0.0),
+        h = tl.reshape(tl.load(ptr + _dn_offsets(sn, sc, d0, N, ONE), mask=mask, other=0.0),
                        (1, NP, BLOCK_D))  # fmt: skip
     return h.to(tl.float32)
 
