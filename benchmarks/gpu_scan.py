@@ -120,9 +120,9 @@ def sweep_configs() -> str:
                                        (32, 2, 8, 1, 4, True), (32, 1, 8, 1, 16, True), (32, 4, 8, 1, 16, True),
                                        (32, 2, 16, 1, 16, True), (64, 2, 8, 2, 8, True)):  # fmt: skip
         cfg = ScanKernelConfig(32, 4 if S % 4 == 0 else 2, bbd, bch, S, bwd_num_warps=bnw, bwd_n_segs=ns, scatter=scat)
-        _, _, hsave, yp = scan_fwd(*args, None, True, True, cfg)
+        _, _, hsave = scan_fwd(*args, None, True, True, cfg)
         timed(f"bwd block_d={bbd} chunk={bch} save_every={S} warps={bnw} n_segs={ns or 'auto'} scatter={scat}",
-              lambda: scan_bwd(dy, None, *args, hsave, True, cfg, yp))  # fmt: skip
+              lambda: scan_bwd(dy, None, *args, hsave, True, cfg))  # fmt: skip
     # Ā on the FMA pipe for the first k states (fewer special-function operations, more
     # instructions); each output against fma_exp=0's as a check.
     y0 = scan_fwd(*args, None, True, False, dataclasses.replace(base, fma_exp=0))[0].float()
@@ -137,10 +137,10 @@ def sweep_configs() -> str:
         cfg = dataclasses.replace(base, chunk=ch, save_fma_exp=k)
         timed(f"fwd block_d={cfg.block_d} warps={cfg.num_warps} chunk={ch} saving states every 8, save_fma_exp={k}",
               lambda: scan_fwd(*args, None, True, True, cfg))  # fmt: skip
-    _, _, hsave, yp = scan_fwd(*args, None, True, True, base)
+    _, _, hsave = scan_fwd(*args, None, True, True, base)
     for k in (0, 8):
         cfg = dataclasses.replace(base, bwd_fma_exp=k)
-        timed(f"bwd (default) bwd_fma_exp={k}", lambda: scan_bwd(dy, None, *args, hsave, True, cfg, yp))
+        timed(f"bwd (default) bwd_fma_exp={k}", lambda: scan_bwd(dy, None, *args, hsave, True, cfg))
     return markdown_table(["config", "ms"], rows)
 
 
@@ -174,15 +174,15 @@ def retune_rows() -> list[list]:
             rows.append([f"forward saving checkpoints, block_d={bd} warps={nw} n_segs={ns or 'auto'}",
                          f"{ms(lambda cfg=cfg: scan_fwd(*args, None, True, True, cfg)):.3f}", ""])  # fmt: skip
             print(rows[-1], flush=True)
-    _, _, hsave, yp = scan_fwd(*args, None, True, True, base)
-    grads0 = scan_bwd(dy, None, *args, hsave, True, base, yp)
+    _, _, hsave = scan_fwd(*args, None, True, True, base)
+    grads0 = scan_bwd(dy, None, *args, hsave, True, base)
     for bd, nw in ((32, 1), (64, 2)):
         for ns in (0, 8, 16):
             cfg = dataclasses.replace(base, bwd_block_d=bd, bwd_num_warps=nw, bwd_n_segs=ns)
-            grads = scan_bwd(dy, None, *args, hsave, True, cfg, yp)
+            grads = scan_bwd(dy, None, *args, hsave, True, cfg)
             err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
             rows.append([f"backward block_d={bd} warps={nw} n_segs={ns or 'auto'}",
-                         f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg, yp)):.3f}", f"{err:.1e}"])  # fmt: skip
+                         f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
             print(rows[-1], flush=True)
     return rows
 
@@ -200,8 +200,8 @@ def segment_rows() -> list[list]:
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     base = default_config(16, torch.bfloat16)
     dy = torch.randn_like(inp["u"])
-    y0, _, hsave, yp = scan_fwd(*args, None, True, True, base)
-    grads0 = scan_bwd(dy, None, *args, hsave, True, base, yp)
+    y0, _, hsave = scan_fwd(*args, None, True, True, base)
+    grads0 = scan_bwd(dy, None, *args, hsave, True, base)
     rows = []
     for ns in (4, 6, 8, 12, 16):
         cfg = dataclasses.replace(base, n_segs=ns)
@@ -212,18 +212,18 @@ def segment_rows() -> list[list]:
             print(rows[-1], flush=True)
     for ns in (4, 6, 8, 12, 16, 24):
         cfg = dataclasses.replace(base, bwd_n_segs=ns)
-        grads = scan_bwd(dy, None, *args, hsave, True, cfg, yp)
+        grads = scan_bwd(dy, None, *args, hsave, True, cfg)
         err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
-        t = ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg, yp))
+        t = ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg))
         rows.append([f"backward, {ns} segments", f"{t:.3f}", f"{err:.1e}"])
         print(rows[-1], flush=True)
     for S in (8, 4):
         cfg = dataclasses.replace(base, save_every=S)
-        _, _, hs, yp = scan_fwd(*args, None, True, True, cfg)
-        grads = scan_bwd(dy, None, *args, hs, True, cfg, yp)
+        _, _, hs = scan_fwd(*args, None, True, True, cfg)
+        grads = scan_bwd(dy, None, *args, hs, True, cfg)
         err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
         t_f = ms(lambda cfg=cfg: scan_fwd(*args, None, True, True, cfg))
-        t_b = ms(lambda cfg=cfg, hs=hs: scan_bwd(dy, None, *args, hs, True, cfg, yp))
+        t_b = ms(lambda cfg=cfg, hs=hs: scan_bwd(dy, None, *args, hs, True, cfg))
         rows.append([f"checkpoint every {S} steps: forward saving them + backward", f"{t_f:.3f} + {t_b:.3f}",
                      f"{err:.1e}"])  # fmt: skip
         print(rows[-1], flush=True)
@@ -258,8 +258,8 @@ def checkpoint_rows() -> list[list]:
     args = [small[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     for label, S, half in variants:
         fcfg, bcfg = configs(2, 256, S, half)
-        y, _, hs, yp = scan_fwd(*args, None, True, True, fcfg)
-        grads = scan_bwd(wy, None, *args, hs, True, bcfg, yp)
+        y, _, hs = scan_fwd(*args, None, True, True, fcfg)
+        grads = scan_bwd(wy, None, *args, hs, True, bcfg)
         errs = [rel_err(y, y_ref)] + [rel_err(a, r) for a, r in zip(grads, g_ref)]  # (g_ref: u .. delta_bias)
         rows.append([f"B=2 L=1024 D=256, {label}: largest error against float64", f"{max(errs):.1e}", hs.dtype])
         print(rows[-1], flush=True)
@@ -272,10 +272,10 @@ def checkpoint_rows() -> list[list]:
         for _ in range(3):
             for label, S, half in variants:
                 fcfg, bcfg = configs(shape["b"], shape["D"], S, half)
-                _, _, hs, yp = scan_fwd(*args, None, True, True, fcfg)
+                _, _, hs = scan_fwd(*args, None, True, True, fcfg)
                 times[label].append((ms(lambda c=fcfg: scan_fwd(*args, None, True, True, c)),
-                                     ms(lambda c=bcfg, hs=hs: scan_bwd(dy, None, *args, hs, True, c, yp))))  # fmt: skip
-                del hs, yp
+                                     ms(lambda c=bcfg, hs=hs: scan_bwd(dy, None, *args, hs, True, c))))  # fmt: skip
+                del hs
         for label, S, half in variants:
             f, b = (statistics.median(t[i] for t in times[label]) for i in (0, 1))
             gb = shape["b"] * shape["L"] // S * shape["D"] * 16 * (2 if half else 4) / 1e9
@@ -306,8 +306,8 @@ def backward_segment_rows() -> list[list]:
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dy = torch.randn_like(inp["u"])
         base = default_config(16, torch.bfloat16)
-        _, _, hs, yp = scan_fwd(*args, None, True, True, forward_config(16, b, D, dy.device, True, torch.bfloat16))
-        ref = scan_bwd(dy, None, *args, hs, True, base, yp)
+        _, _, hs = scan_fwd(*args, None, True, True, forward_config(16, b, D, dy.device, True, torch.bfloat16))
+        ref = scan_bwd(dy, None, *args, hs, True, base)
         programs = b * D // base.bwd_block_d
         wave = BWD_RESIDENT_PER_SM * sm_count(dy.device)
         rule = _backward_split(L, programs, base, dy.device)[0]
@@ -318,11 +318,11 @@ def backward_segment_rows() -> list[list]:
         for _ in range(2):
             for n, lp in variants:
                 cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
-                times.setdefault((n, lp), []).append(ms(lambda c=cfg: scan_bwd(dy, None, *args, hs, True, c, yp)))
+                times.setdefault((n, lp), []).append(ms(lambda c=cfg: scan_bwd(dy, None, *args, hs, True, c)))
         for n, lp in variants:
             cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
             segs, _, pieces = _backward_split(L, programs, cfg, dy.device)
-            err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, cfg, yp), ref) if r.numel())
+            err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, cfg), ref) if r.numel())
             label = f"{segs}{' (rule)' if n == rule else ''}"
             rows.append([f"B={b} L={L} D={D}", label, f"{programs * segs / wave:.2f}", f"{lp} ({pieces} pieces)",
                          " / ".join(f"{t:.3f}" for t in times[(n, lp)]), f"{err:.1e}"])  # fmt: skip
@@ -333,15 +333,15 @@ def backward_segment_rows() -> list[list]:
 
 def backward_variant_rows() -> list[list]:
     """The backward's other settings against the default (bf16 checkpoints every 4 steps) at two bf16 shapes:
-    y before the gate recomputed instead of saved by the forward (``save_y``), chunks of 4 (one per checkpoint span, no first pass), checkpoints every 2 steps, 2 or 4 of the 16 states'
+    chunks of 4 (one per checkpoint span, no first pass), checkpoints every 2 steps, 2 or 4 of the 16 states'
     exponentials on the FMA pipe, the channel sums by tensor-core products or by ``tl.sum``'s butterfly instead
     of the reduce-scatter, the local pass cut for 10-40 programs per SM; each checked against the default's
     gradients, timed twice in turn (forward saving + backward ms).
 
         python3 benchmarks/gpu_scan.py --backward-variants
     """
-    changes = [dict(), dict(save_y=False), dict(bwd_chunk=4), dict(save_every=2), dict(bwd_fma_exp=2),
-               dict(bwd_fma_exp=4), dict(dot_reduce=True), dict(scatter=False), dict(bwd_local_programs_per_sm=40),
+    changes = [dict(), dict(bwd_chunk=4), dict(save_every=2), dict(bwd_fma_exp=2), dict(bwd_fma_exp=4),
+               dict(dot_reduce=True), dict(scatter=False), dict(bwd_local_programs_per_sm=40),
                dict(bwd_local_programs_per_sm=20), dict(bwd_local_programs_per_sm=10)]  # fmt: skip
     rows = []
     g = torch.Generator(device="cuda").manual_seed(new_seed())
@@ -351,26 +351,21 @@ def backward_variant_rows() -> list[list]:
         args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
         dy = torch.randn_like(inp["u"])
         fwd0, base = forward_config(16, b, D, dy.device, True, torch.bfloat16), default_config(16, torch.bfloat16)
-        saved = scan_fwd(*args, None, True, True, fwd0)
-        ref = scan_bwd(dy, None, *args, saved[2], True, base, saved[3])
+        ref = scan_bwd(dy, None, *args, scan_fwd(*args, None, True, True, fwd0)[2], True, base)
         times: dict = {}
         for _ in range(2):
             for i, ch in enumerate(changes):
-                fwd = dataclasses.replace(fwd0, save_every=ch.get("save_every", fwd0.save_every),
-                                          save_y=ch.get("save_y", fwd0.save_y))  # fmt: skip
+                fwd = dataclasses.replace(fwd0, save_every=ch.get("save_every", fwd0.save_every))
                 bwd = dataclasses.replace(base, **ch)
-                _, _, hs, yp = scan_fwd(*args, None, True, True, fwd)
-                times.setdefault(i, []).append((
-                    ms(lambda c=fwd: scan_fwd(*args, None, True, True, c)),
-                    ms(lambda c=bwd, hs=hs, yp=yp: scan_bwd(dy, None, *args, hs, True, c, yp)),
-                ))  # fmt: skip
+                hs = scan_fwd(*args, None, True, True, fwd)[2]
+                times.setdefault(i, []).append((ms(lambda c=fwd: scan_fwd(*args, None, True, True, c)),
+                                                ms(lambda c=bwd, hs=hs: scan_bwd(dy, None, *args, hs, True, c))))
                 if len(times[i]) == 2:
-                    grads = scan_bwd(dy, None, *args, hs, True, bwd, yp)
-                    err = max(rel_err(a, r) for a, r in zip(grads, ref) if r.numel())
+                    err = max(rel_err(a, r) for a, r in zip(scan_bwd(dy, None, *args, hs, True, bwd), ref) if r.numel())
                     rows.append([f"B={b} L={L} D={D}", ", ".join(f"{k}={v}" for k, v in ch.items()) or "default",
                                  " / ".join(f"{f:.3f} + {t:.3f}" for f, t in times[i]), f"{err:.1e}"])  # fmt: skip
                     print(rows[-1], flush=True)
-                del hs, yp
+                del hs
     return rows
 
 

@@ -57,11 +57,11 @@ def rows_for(b: int, L: int, D: int, dtype: torch.dtype = torch.bfloat16) -> lis
     inp = make_inputs(torch.Generator(device="cuda").manual_seed(new_seed()), b=b, L=L, D=D, N=16, dtype=dtype)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     base = default_config(16, dtype)
-    y0, _, s0, _ = scan_fwd(*args, None, True, True, base)
+    y0, _, s0 = scan_fwd(*args, None, True, True, base)
     rows = []
     for changes in CONFIGS:
         cfg, name = dataclasses.replace(base, **changes), _name(changes)
-        y, _, s, _ = scan_fwd(*args, None, True, True, cfg)
+        y, _, s = scan_fwd(*args, None, True, True, cfg)
         err = max(rel_err(y.float(), y0.float()), rel_err(s, s0))
         t = [ms(lambda cfg=cfg, save=save: scan_fwd(*args, None, True, save, cfg)) for save in (False, True)]
         rows.append([f"B={b} L={L} D={D} {str(dtype)[6:]}", name, f"{t[0]:.3f} / {t[1]:.3f}", f"{err:.1e}"])

@@ -50,7 +50,7 @@ def _args(b: int, L: int, D: int):
 def rows_for(b: int, L: int, D: int) -> list[list]:
     args = _args(b, L, D)
     base = default_config(16, torch.bfloat16)
-    y0, _, hsave, yp = scan_fwd(*args, None, True, True, base)
+    y0, _, hsave = scan_fwd(*args, None, True, True, base)
     rows = []
     for ns in FWD_SEGS[(b, L, D)]:
         cfg = dataclasses.replace(base, n_segs=ns)
@@ -60,13 +60,13 @@ def rows_for(b: int, L: int, D: int) -> list[list]:
                      f"{err:.1e}"])  # fmt: skip
         print(rows[-1], flush=True)
     dy = torch.randn_like(args[0])
-    grads0 = scan_bwd(dy, None, *args, hsave, True, base, yp)
+    grads0 = scan_bwd(dy, None, *args, hsave, True, base)
     for ns, k in BWD_SPLITS[(b, L, D)]:
         cfg = dataclasses.replace(base, bwd_n_segs=ns, bwd_local_split=k)
-        grads = scan_bwd(dy, None, *args, hsave, True, cfg, yp)
+        grads = scan_bwd(dy, None, *args, hsave, True, cfg)
         err = max(rel_err(a, b) for a, b in zip(grads, grads0) if b.numel() and bool(b.any()))
         rows.append([f"B={b} L={L} D={D}", f"backward, {ns or 'default'} segments, local pass in {k or 'default'} pieces",
-                     f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg, yp)):.3f}", f"{err:.1e}"])  # fmt: skip
+                     f"{ms(lambda cfg=cfg: scan_bwd(dy, None, *args, hsave, True, cfg)):.3f}", f"{err:.1e}"])  # fmt: skip
         print(rows[-1], flush=True)
     return rows
 

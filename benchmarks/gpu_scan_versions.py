@@ -33,18 +33,16 @@ if __name__ == "__main__":
     f, fb = fwd_and_fwdbwd(ours, inp)
     args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
     dy = torch.randn_like(inp["u"])
-    saved = scan_fwd(*args, None, True, True)
-    hsave = saved[2]
-    yp = {"ypre": saved[3]} if len(saved) > 3 else {}  # (versions before the forward saved y before the gate)
+    _, _, hsave = scan_fwd(*args, None, True, True)
     parts = [ms(lambda: scan_fwd(*args, None, True, False)), ms(lambda: scan_fwd(*args, None, True, True)),
-             ms(lambda: scan_bwd(dy, None, *args, hsave, True, **yp))]  # fmt: skip
+             ms(lambda: scan_bwd(dy, None, *args, hsave, True))]  # fmt: skip
     label = next((a for a in sys.argv[1:] if not a.startswith("--")), "ssmkit")
     print(f"{label}: op {f:.3f}/{fb:.3f} | launchers fwd {parts[0]:.3f} "
           f"fwd-saving {parts[1]:.3f} bwd {parts[2]:.3f}", ssmkit.__file__)  # fmt: skip
     if "--kernels" in sys.argv:  # per-kernel CUDA time of one backward (the local pass and the main kernel)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                scan_bwd(dy, None, *args, hsave, True, **yp)
+                scan_bwd(dy, None, *args, hsave, True)
             torch.cuda.synchronize()
         for e in prof.key_averages():
             if "selective_scan" in e.key:

@@ -31,7 +31,7 @@ from ssmkit.ops.scan.triton_bwd import selective_scan_bwd_kernel  # noqa: E402
 from ssmkit.ops.scan.triton_fwd import selective_scan_fwd_kernel  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr", "yp_ptr"}
+BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr"}
 KINDS = ("MUFU", "SHFL", "LDS", "STS", "BAR", "LDG", "STG", "RED", "FFMA", "FMUL", "FADD", "LDL", "STL")
 COMMON = dict(N=16, NP=16, HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True, GROUP_UNIFORM=True, FAST_MATH=True,
               FMA_EXP=0, VEC_SAVE=True)
@@ -123,19 +123,16 @@ def main() -> None:
     # per chunk), float32 ones float32 checkpoints every 8
     two = dict(fwd, BLOCK_D=32, T=8, SAVE_K=1, DT_AHEAD=False, LANES=2, SHARE_TD=True, LOCAL=False)
     report("forward, two lanes per channel", selective_scan_fwd_kernel, dict(two, SAVE_STATES=False), 64, num_warps=2)
-    report("forward, two lanes per channel saving bf16 checkpoints every 4 steps and y", selective_scan_fwd_kernel,
-           dict(two, SAVE_STATES=True, SAVE_SUB=2, SAVE_Y=True), 64, num_warps=2, bf16=frozenset({"hsave_ptr"}))  # fmt: skip
+    report("forward, two lanes per channel saving bf16 checkpoints every 4 steps", selective_scan_fwd_kernel,
+           dict(two, SAVE_STATES=True, SAVE_SUB=2), 64, num_warps=2, bf16=frozenset({"hsave_ptr"}))  # fmt: skip
     report("forward, two lanes per channel saving fp32 checkpoints every 8 steps", selective_scan_fwd_kernel,
            dict(two, SAVE_STATES=True), 64, num_warps=2)  # fmt: skip
-    # the defaults: whole tiles, y before the gate saved by the forward (``HAS_YP``)
-    bwd = dict(COMMON, BLOCK_D=32, T=2, K=2, HAS_DHLAST=True, DOT_REDUCE=False, WHOLE=True, HAS_YP=True)
+    bwd = dict(COMMON, BLOCK_D=32, T=2, K=2, HAS_DHLAST=True, DOT_REDUCE=False)
     half = frozenset({"hsave_ptr"})
     report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,
            dict(bwd, SCATTER=False), 32, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps (chunk loop: per 32 elements)",
            selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32, sb, bf16=half)  # fmt: skip
-    report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps, y recomputed (chunk loop: per 32 elements)",
-           selective_scan_bwd_kernel, dict(bwd, SCATTER=True, HAS_YP=False), 32, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, fp32 checkpoints every 8 steps (chunk loop: per 32 elements)",
            selective_scan_bwd_kernel, dict(bwd, SCATTER=True, K=4), 32)  # fmt: skip
 

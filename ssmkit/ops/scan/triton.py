@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .._triton import eager_call, eager_function
-from .triton_launch import checkpoint_dtype, default_config, n_saves, saved_y_dtype, scan_bwd, scan_fwd
+from .triton_launch import checkpoint_dtype, default_config, n_saves, scan_bwd, scan_fwd
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -33,10 +33,9 @@ _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], initial_state: Optional[Tensor], delta_softplus: bool, save_states: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, D, N): float32, or bfloat16 for
-    bfloat16 inputs (``triton_launch.checkpoint_dtype``), y before the gate (B, L, D) when saving with z, else
-    empty (``triton_launch.saved_y_dtype``))."""
+    bfloat16 inputs (``triton_launch.checkpoint_dtype``))."""
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
 
@@ -46,25 +45,22 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_s
     N = A.shape[1]
     cfg = default_config(N, u.dtype)
     ns = n_saves(L, cfg) if save_states else 0
-    ypre = (batch, L, dim) if save_states and z is not None and cfg.save_y else (0,)
     return (u.new_empty((batch, L, dim)), u.new_empty((batch, dim, N), dtype=torch.float32),
-            u.new_empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints)),
-            u.new_empty(ypre, dtype=saved_y_dtype(u.dtype)))  # fmt: skip
+            u.new_empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints)))  # fmt: skip
 
 
 @torch.library.custom_op("ssmkit::selective_scan_bwd", mutates_args=())
 def _bwd_op(
     dy: Tensor, dhlast: Optional[Tensor], u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor], hsave: Tensor, delta_softplus: bool,
-    ypre: Tensor,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # fmt: skip
     """Gradients (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state); absent inputs get
-    empty tensors. ``ypre``: the forward's y before the gate, or empty."""
-    return scan_bwd(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave, delta_softplus, ypre=ypre)
+    empty tensors."""
+    return scan_bwd(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave, delta_softplus)
 
 
 @_bwd_op.register_fake
-def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave, delta_softplus, ypre):
+def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave, delta_softplus):
     batch, _, dim = u.shape
     empty = u.new_empty(0)
     new = lambda t: t.new_empty(t.shape)  # noqa: E731  (the kernels return contiguous tensors)
@@ -75,10 +71,10 @@ def _(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave, delta_softplus, yp
 
 def _setup_context(ctx, inputs, output):
     u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, _ = inputs
-    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2], output[3])
+    ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, output[2])
     ctx.delta_softplus = delta_softplus
     ctx.init_dtype = None if initial_state is None else initial_state.dtype
-    ctx.mark_non_differentiable(output[2], output[3])
+    ctx.mark_non_differentiable(output[2])
     # Gradients of unused outputs arrive as None, not as zeros: the saved states (B, L/S, D, N)
     # would otherwise be zero-filled on every backward (0.1 ms at 16K x 4096 on an H200).
     ctx.set_materialize_grads(False)
@@ -86,19 +82,19 @@ def _setup_context(ctx, inputs, output):
 
 def _run_backward(ctx, dy, dhlast, bwd) -> tuple:
     """The forward's input gradients, by ``bwd`` (the backward op or its function); None for absent inputs."""
-    u, delta, A, B, C, D, z, delta_bias, hsave, ypre = ctx.saved_tensors
+    u, delta, A, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
     if hsave.shape[1] == 0 and u.shape[1] > 0:
         raise RuntimeError("selective_scan (backend 'triton'): the forward ran without saving states for backward")
     if dy is None:
         dy = torch.zeros_like(u)
     du, ddl, dA, dB, dC, dD, dz, dbias, dh0 = bwd(dy, dhlast, u, delta, A, B, C, D, z, delta_bias, hsave,
-                                                  ctx.delta_softplus, ypre=ypre)  # fmt: skip
+                                                  ctx.delta_softplus)  # fmt: skip
     dh0 = None if ctx.init_dtype is None else dh0.to(ctx.init_dtype)
     return (du, ddl, dA, dB, dC, None if D is None else dD, None if z is None else dz,
             None if delta_bias is None else dbias, dh0, None, None)  # fmt: skip
 
 
-def _backward(ctx, dy, dhlast, _dhsave, _dypre):  # (the saved states and y get no gradient)
+def _backward(ctx, dy, dhlast, _dhsave):
     return _run_backward(ctx, dy, dhlast, _bwd_op)
 
 
@@ -108,7 +104,7 @@ _fwd_op.register_autograd(_backward, setup_context=_setup_context)
 # ``ops._triton.eager_function``) rather than the custom ops (False: always the ops).
 EAGER_FUNCTION = True
 _ScanEager = eager_function("_ScanEager", scan_fwd, _setup_context,
-                            lambda ctx, dy, dhlast, *_unused: _run_backward(ctx, dy, dhlast, scan_bwd))  # fmt: skip
+                            lambda ctx, dy, dhlast, _dhsave: _run_backward(ctx, dy, dhlast, scan_bwd))  # fmt: skip
 
 
 def selective_scan_triton(
@@ -141,5 +137,5 @@ def selective_scan_triton(
     tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     fwd = _ScanEager.apply if EAGER_FUNCTION and eager_call(u) else _fwd_op
-    y, h, _, _ = fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), save)
+    y, h, _ = fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), save)
     return (y, h) if return_final_state else y

@@ -39,11 +39,11 @@ from .triton_common import (
     _channel_sum_add,
     _chunk_loads,
     _decay,
+    _dn_offsets,
     _dot_states,
     _flat,
-    _load_checkpoint,
-    _dn_offsets,
     _load_A2,
+    _load_checkpoint,
     _load_in,
     _row,
     _row_at,
@@ -79,7 +79,7 @@ def _advance(h, t0, L, t3, A2, bias, px, o_x, pu, o_u, pB, o_B, tr, tB, m_col, m
 @triton.jit(do_not_specialize=["ONE"])
 def selective_scan_bwd_kernel(
     u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, hsave_ptr, dy_ptr, dhlast_ptr,
-    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr, qloc_ptr, dts_ptr, yp_ptr,
+    du_ptr, ddl_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr, qloc_ptr, dts_ptr,
     L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, LOC_K, ONE,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg, s_gb, s_gl,
@@ -87,10 +87,10 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_DHLAST: tl.constexpr, GROUP_UNIFORM: tl.constexpr, FAST_MATH: tl.constexpr,
     DOT_REDUCE: tl.constexpr, SCATTER: tl.constexpr, FMA_EXP: tl.constexpr = 0,
-    VEC_SAVE: tl.constexpr = False, WHOLE: tl.constexpr = False, HAS_YP: tl.constexpr = False,
+    VEC_SAVE: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
-    """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel plus dy (B, L, D)
-    (strides s_yb, s_yl), dhlast (B, D, N) float32, and the later segments' local adjoints
+    """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel, but A (D, N) contiguous in any
+    float dtype (A log2(e) is formed here), plus dy (B, L, D) (strides s_yb, s_yl), dhlast (B, D, N) float32, and the later segments' local adjoints
     qloc (B, n_pieces, N, D) and Σ Δ dts (B, n_pieces, D) of the LOC_K pieces of each of segments
     1, 2, ... (n_pieces = (n_segs - 1) * LOC_K) from ``selective_scan_bwd_local_kernel``.
     Outputs: du, ddl, dz (B, L, D) contiguous; dB, dC (B, L, G, N) float32 accumulators
@@ -100,9 +100,7 @@ def selective_scan_bwd_kernel(
     time (see the forward kernel). ``SCATTER``: the channel sums of ∂B, ∂C by a reduce-scatter
     across the lanes (``triton_common._channel_sum_add``; GPU only, BLOCK_D = 32 per warp).
     ``WHOLE``: L a multiple of S, D of BLOCK_D and N a power of two: no element masks (each chunk's
-    loads take one scalar predicate, for the prefetch before the sequence's first chunk). ``HAS_YP``
-    (with z): yp (B, L, D) contiguous holds y before the gate, C · h + D u, saved by the forward; ∂z
-    takes it instead of the state sums, ~30 of the chunk loop's ~960 instructions."""
+    loads take one scalar predicate, for the prefetch before the sequence's first chunk)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2)
@@ -157,15 +155,11 @@ def selective_scan_bwd_kernel(
     first = t_begin // S
     n_segs = tl.cdiv(t_end, S) - first  # checkpoint segments of S steps in this program's range
     # the inputs of the first chunk pass 2 visits (the last of the range), loaded one chunk ahead from then on
-    t_last = (first + n_segs - 1) * S + (K - 1) * T
     Bn, Cn, zn, xn, un, yn = _chunk_loads(
-        t_last, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C,
+        (first + n_segs - 1) * S + (K - 1) * T, 0, L, pid_b, B_ptr, C_ptr, z_ptr, dl_ptr, u_ptr, dy_ptr, o_B, o_C,
         o_z, o_x, o_u, o_y, tr, tB, m_col, m_n, s_Bb, s_Bl, s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_ub, s_ul, s_yb, s_yl,
         HAS_Z, True, WHOLE,
     )  # fmt: skip
-    if HAS_YP:
-        ypn = _load_in(yp_ptr + pid_b * L * DIM + t_last.to(tl.int64) * DIM + o_o, (t_last + tr < L) & m_col, WHOLE,
-                       t_last < L)  # fmt: skip
     for j in range(0, n_segs):
         seg = first + n_segs - 1 - j
         # pass 1: the states at the start of the segment's K chunks
@@ -189,10 +183,6 @@ def selective_scan_bwd_kernel(
             o_out = pid_b * L * DIM + t0_64 * DIM + o_o  # into the (B, L, D) outputs
             o_g = pid_b * s_gb + t0_64 * s_gl + o_G  # into the (B, L, G, N) accumulators
             Bv, Cv, zv, xv, uv, yv = Bn, Cn, zn, xn, un, yn
-            if HAS_YP:
-                ypv = ypn
-                ypn = _load_in(yp_ptr + o_out - T * DIM, (t0 - T + tr < L) & (t0 - T + tr >= 0) & m_col, WHOLE,
-                               t0 >= T)  # fmt: skip
             # this chunk's inputs arrived during the previous one; ask for the next chunk's (t0 - T: the
             # chunk before, which after the last chunk of this segment is the first of the next one)
             Bn, Cn, zn, xn, un, yn = _chunk_loads(
@@ -221,13 +211,10 @@ def selective_scan_bwd_kernel(
             dBu = dtu * Bt  # (T, NP, BD)
             h_start = _row_at(H, k3, kb)  # (1, NP, BD)
             hs = _scan_chunk(dA, dBu, h_start, t3)  # (T, NP, BD)
+            y = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
+            if HAS_D:
+                y = y + Dsk * u
             if HAS_Z:
-                if HAS_YP:
-                    y = tl.reshape(ypv, (T, 1, BLOCK_D)).to(tl.float32)
-                else:
-                    y = tl.sum(hs * Ct, axis=1, keep_dims=True)  # C · h: (T, 1, BD)
-                    if HAS_D:
-                        y = y + Dsk * u
                 sz = _sigmoid(zz, FAST_MATH)
                 g = dy * zz * sz
                 dz = dy * y * sz * (1.0 + zz * (1.0 - sz))

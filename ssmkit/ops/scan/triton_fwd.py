@@ -54,8 +54,6 @@ from .triton_common import (
     _halves,
     _lane_group_sum,
     _lane_states,
-    _dn_offsets,
-    _load_A2,
     _load_in,
     _row,
     _scan_chunk,
@@ -81,24 +79,10 @@ def _delta(x_raw, bias, mask, T: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: 
     return x
 
 
-@triton.jit
-def _store_y(ptr, ys, m_own, o_col, TO: tl.constexpr, CW: tl.constexpr, LANES: tl.constexpr, SHARE_TD: tl.constexpr,
-             WHOLE: tl.constexpr):  # fmt: skip
-    """Store a chunk's (TO, 1, CW) owned tile of y at ``ptr`` (flat offsets added): every lane its own steps with
-    ``SHARE_TD``, else one lane of each channel."""
-    v = tl.reshape(ys, (TO * CW,)).to(ptr.dtype.element_ty)
-    if WHOLE and (SHARE_TD or LANES == 1):
-        tl.store(ptr, v)
-    elif SHARE_TD:
-        tl.store(ptr, v, mask=m_own)
-    else:
-        tl.store(ptr, v, mask=m_own & (o_col % LANES == 0))
-
-
 @triton.jit(do_not_specialize=["ONE"])
 def selective_scan_fwd_kernel(
-    u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, h0_ptr,
-    y_ptr, hlast_ptr, hsave_ptr, hloc_ptr, dts_ptr, yp_ptr,
+    u_ptr, dl_ptr, z_ptr, A2_ptr, B_ptr, C_ptr, Dsk_ptr, bias_ptr, h0_ptr,
+    y_ptr, hlast_ptr, hsave_ptr, hloc_ptr, dts_ptr,
     L, DIM, CH_PER_GROUP, N_SAVES, SEG_LEN, LOC_K, ONE,
     s_ub, s_ul, s_db, s_dl, s_zb, s_zl, s_yb, s_yl,
     s_Bb, s_Bl, s_Bg, s_Cb, s_Cl, s_Cg,
@@ -108,20 +92,19 @@ def selective_scan_fwd_kernel(
     HAS_H0: tl.constexpr, SAVE_STATES: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
     FAST_MATH: tl.constexpr, LOCAL: tl.constexpr, DT_AHEAD: tl.constexpr, FMA_EXP: tl.constexpr = 0,
     VEC_SAVE: tl.constexpr = False, LANES: tl.constexpr = 1, SHARE_TD: tl.constexpr = False,
-    WHOLE: tl.constexpr = False, SAVE_Y: tl.constexpr = False,
+    WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Shapes: u, delta, z, y (B, L, D) with unit channel
-    stride; A (D, N) contiguous, any float dtype (A2 = A log2(e) is formed here); B, C (B, L, G, N);
-    D, bias (D,); h0, hlast (B, D, N) float32; hsave (B, N_SAVES, D, N), hloc (B, n_pieces, N, D),
-    dts (B, n_pieces, D) float32 with n_pieces = (n_segs - 1) * LOC_K.
+    stride; A2 (N, D) = (A log2(e))^T; B, C (B, L, G, N); D, bias (D,); h0, hlast (B, N, D)
+    float32; hsave (B, N_SAVES, D, N), hloc (B, n_pieces, N, D), dts (B, n_pieces, D) float32 with
+    n_pieces = (n_segs - 1) * LOC_K.
 
     Program (d-block, b, s) covers the steps [s * SEG_LEN, (s+1) * SEG_LEN). ``LOCAL`` (grid
     (.., n_pieces), SEG_LEN the length of a piece: the segments but the last, whose end state is
     never read, cut into LOC_K pieces each): run the piece from a zero state and write its end state
     to hloc[s] and Σ Δ to dts[s] (Π Ā over the piece = exp2(A2 Σ Δ)); else start from h0 carried
     through the pieces of the earlier segments (LOC_K per segment), and write y (and the
-    checkpoints, and hlast from the last segment; with ``SAVE_Y`` also y before the gate, C · h + D u, to
-    yp, which has y's strides).
+    checkpoints, and hlast from the last segment).
 
     ONE = 1, passed at run time: channel offsets are multiplied by it so that the compiler
     cannot prove them contiguous and keeps one channel per lane (vectorized loads would put
@@ -143,7 +126,7 @@ def selective_scan_fwd_kernel(
     sn, sc = _lane_states(sr, scol, NH, LANES)  # state and channel (in the block) of each element
     m_s = (sn < N) & (d0 + sc < DIM)
     o_s = sn * DIM + (d0 + sc) * ONE  # into (N, D)
-    A2 = tl.reshape(_load_A2(A_ptr, sn, sc, d0, m_s, N, ONE), (1, NH, CW))
+    A2 = tl.reshape(tl.load(A2_ptr + o_s, mask=m_s, other=0.0), (1, NH, CW))
     ccol = tl.arange(0, CW)
     cc = ccol // LANES
     m_c = d0 + cc < DIM
@@ -154,7 +137,7 @@ def selective_scan_fwd_kernel(
         bias = tl.reshape(tl.load(bias_ptr + o_c, mask=m_c, other=0.0), (1, 1, CW))
     else:
         bias = tl.zeros((1, 1, CW), dtype=tl.float32)  # unused
-    o_state = pid_b * N * DIM + _dn_offsets(sn, sc, d0, N, ONE)  # into (B, D, N)
+    o_state = pid_b * N * DIM + o_s  # into (B, N, D)
     h = tl.zeros((1, NH, CW), dtype=tl.float32)
     dts = tl.zeros((1, 1, CW), dtype=tl.float32)
     if not LOCAL:
@@ -174,7 +157,6 @@ def selective_scan_fwd_kernel(
     px = dl_ptr + pid_b * s_db + tb64 * s_dl
     pz = z_ptr + pid_b * s_zb + tb64 * s_zl
     py = y_ptr + pid_b * s_yb + tb64 * s_yl
-    pyp = yp_ptr + pid_b * s_yb + tb64 * s_yl
     pB = B_ptr + pid_b * s_Bb + tb64 * s_Bl
     pC = C_ptr + pid_b * s_Cb + tb64 * s_Cl
     tr, tcol = _flat(T, CW)  # a (T, CW) tile, flat
@@ -278,12 +260,14 @@ def selective_scan_fwd_kernel(
                 ys = _lane_group_sum(ys, LANES, FAST_MATH)
                 if HAS_D:
                     ys = ys + Dsk * u
-            if SAVE_Y:  # y before the gate, for the backward's ∂z (it would otherwise recompute C · h)
-                _store_y(pyp + o_y, ys, m_own, o_col, TO, CW, LANES, SHARE_TD, WHOLE)
-                pyp += T * s_yl
             if HAS_Z:
                 ys = ys * zz * _sigmoid(zz, FAST_MATH)
-            _store_y(py + o_y, ys, m_own, o_col, TO, CW, LANES, SHARE_TD, WHOLE)
+            y_out = tl.reshape(ys, (TO * CW,)).to(y_ptr.dtype.element_ty)
+            if WHOLE and (SHARE_TD or LANES == 1):
+                tl.store(py + o_y, y_out)
+            else:
+                m_y = m_own if SHARE_TD else m_own & (o_col % LANES == 0)  # (one lane of each channel stores)
+                tl.store(py + o_y, y_out, mask=m_y)
             py += T * s_yl
     if LOCAL:  # (the local pass runs on the pieces of all segments but the last, whose end state nothing reads)
         o_seg = pid_b * n_segs + pid_s

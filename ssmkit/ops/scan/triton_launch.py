@@ -17,6 +17,7 @@ import torch
 from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, register_cap, sm_count, unit_last
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
+from .triton_common import LOG2E
 from .triton_fwd import selective_scan_fwd_kernel
 
 
@@ -55,9 +56,6 @@ class ScanKernelConfig:
     maxnreg: int = 0  # forward: a cap on the registers per thread (``_triton.register_cap``); 0: none
     # bfloat16 inputs: the checkpoints in bfloat16 (else float32; float16 and float32 inputs always float32)
     half_checkpoints: bool = True
-    # with z, a forward saving checkpoints also saves y before the gate (``saved_y_dtype``), which the backward's
-    # ∂z takes instead of recomputing C · h
-    save_y: bool = True
 
     def __post_init__(self) -> None:
         if self.save_every % self.bwd_chunk or (self.save_every % self.chunk and self.chunk % self.save_every):
@@ -156,13 +154,6 @@ def checkpoint_dtype(dtype: torch.dtype, half: bool = True) -> torch.dtype:
     return torch.bfloat16 if half and dtype == torch.bfloat16 else torch.float32
 
 
-def saved_y_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype of y before the gate as the forward saves it for the backward: the inputs' (the gradient
-    ∂z = ∂y (C·h + D u) silu'(z) needs no more than they carry), float32 for float16 (whose range the ungated y
-    could exceed where the gated one does not)."""
-    return torch.float32 if dtype == torch.float16 else dtype
-
-
 def n_saves(L: int, cfg: ScanKernelConfig) -> int:
     return cdiv(L, cfg.save_every)
 
@@ -251,8 +242,7 @@ def _common(u, delta, A, B, C, D, z, delta_bias, block_d: int):
     Bg, Cg = _grouped(B), _grouped(C)
     G = Bg.shape[2]
     uniform = G == 1 or (dim // G) % block_d == 0
-    Ac = A.detach().contiguous()  # (D, N); the kernels form A log2(e) in float32
-    return batch, L, dim, N, Bg, Cg, G, uniform, Ac
+    return batch, L, dim, N, Bg, Cg, G, uniform
 
 
 def scan_fwd(
@@ -268,22 +258,20 @@ def scan_fwd(
     delta_softplus: bool,
     save_states: bool,
     cfg: Optional[ScanKernelConfig] = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, the saved states
-    (B, n_saves, D, N) in ``checkpoint_dtype`` (an empty tensor unless ``save_states``), and y before the
-    gate (B, L, D) in ``saved_y_dtype`` (an empty tensor unless ``save_states`` with z and ``cfg.save_y``)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
+    (B, n_saves, D, N) in ``checkpoint_dtype`` (an empty tensor unless ``save_states``)."""
     cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device, save_states, u.dtype)
-    batch, L, dim, N, Bg, Cg, G, uniform, Ac = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
+    batch, L, dim, N, Bg, Cg, G, uniform = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
+    A2 = (A.detach().to(torch.float32) * LOG2E).t().contiguous()  # (N, D)
     u, delta = unit_last(u), unit_last(delta)
     z = None if z is None else unit_last(z)
     Dv, bias = f32(D), f32(delta_bias)
-    h0 = None if initial_state is None else initial_state.detach().to(torch.float32).contiguous()  # (B, D, N)
+    h0 = None if initial_state is None else initial_state.detach().to(torch.float32).transpose(1, 2).contiguous()
     y = torch.empty((batch, L, dim), dtype=u.dtype, device=u.device)
-    hlast = torch.empty((batch, dim, N), dtype=torch.float32, device=u.device)
+    hlast = torch.empty((batch, N, dim), dtype=torch.float32, device=u.device)
     ns = n_saves(L, cfg) if save_states else 0
     hsave = torch.empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints), device=u.device)
-    save_y = bool(save_states) and z is not None and cfg.save_y
-    ypre = torch.empty((batch, L, dim) if save_y else (0,), dtype=saved_y_dtype(u.dtype), device=u.device)
     dummy = hlast  # stands in for absent optional pointers (never read)
     zz = z if z is not None else u
     nd = cdiv(dim, cfg.block_d)
@@ -297,9 +285,8 @@ def scan_fwd(
     dts = torch.empty((batch, n_pieces, dim), dtype=torch.float32, device=u.device) if n_segs > 1 else dummy
     for local in ([True, False] if n_segs > 1 else [False]):
         selective_scan_fwd_kernel[(nd, batch, n_pieces if local else n_segs)](
-            u, delta, zz, Ac, Bg, Cg, Dv if Dv is not None else dummy, bias if bias is not None else dummy,
+            u, delta, zz, A2, Bg, Cg, Dv if Dv is not None else dummy, bias if bias is not None else dummy,
             h0 if h0 is not None else dummy, y, hlast, hsave if save_states else dummy, hloc, dts,
-            ypre if save_y else dummy,
             L, dim, dim // G, ns, seg_len // k if local else seg_len, k, 1,
             u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             y.stride(0), y.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
@@ -310,10 +297,10 @@ def scan_fwd(
             HAS_H0=h0 is not None, SAVE_STATES=bool(save_states) and not local, GROUP_UNIFORM=uniform,
             FAST_MATH=not interpret_mode(), LOCAL=local, DT_AHEAD=cfg.dt_ahead,
             FMA_EXP=cfg.save_fma_exp if save_states else cfg.fma_exp, VEC_SAVE=_vector_checkpoints(N),
-            LANES=lanes, SHARE_TD=cfg.share_td and lanes == 2, WHOLE=whole, SAVE_Y=save_y and not local,
-            num_warps=cfg.num_warps, **LAUNCH, **register_cap(cfg.maxnreg),
+            LANES=lanes, SHARE_TD=cfg.share_td and lanes == 2, WHOLE=whole, num_warps=cfg.num_warps, **LAUNCH,
+            **register_cap(cfg.maxnreg),
         )  # fmt: skip
-    return y, hlast, hsave, ypre
+    return y, hlast.transpose(1, 2).contiguous(), hsave
 
 
 def scan_bwd(
@@ -330,17 +317,16 @@ def scan_bwd(
     hsave: torch.Tensor,
     delta_softplus: bool,
     cfg: Optional[ScanKernelConfig] = None,
-    ypre: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, ...]:
-    """Backward from dy (B, L, D) and the final state's gradient dhlast (B, D, N) or None; ``ypre``: y before
-    the gate as ``scan_fwd`` saved it (None or empty: recomputed).
+    """Backward from dy (B, L, D) and the final state's gradient dhlast (B, D, N) or None.
 
     Returns du, ddelta, dA, dB, dC, dD, dz, ddelta_bias, dinitial_state, each in its
     input's dtype and shape (dD, dz, ddelta_bias: empty tensors when the input is absent;
     dinitial_state: (B, D, N) float32).
     """
     cfg = cfg or default_config(A.shape[1], u.dtype)
-    batch, L, dim, N, Bg, Cg, G, uniform, Ac = _common(u, delta, A, B, C, D, z, delta_bias, cfg.bwd_block_d)
+    batch, L, dim, N, Bg, Cg, G, uniform = _common(u, delta, A, B, C, D, z, delta_bias, cfg.bwd_block_d)
+    Ac = A.detach().contiguous()  # (D, N): the backward's kernels form A log2(e) themselves
     u, delta, dy = unit_last(u), unit_last(delta), unit_last(dy)
     z = None if z is None else unit_last(z)
     Dv, bias = f32(D), f32(delta_bias)
@@ -360,9 +346,6 @@ def scan_bwd(
     dbias = torch.empty((batch, n_segs, dim), dtype=fp32, device=dev)
     dhl = None if dhlast is None else dhlast.detach().to(fp32).contiguous()  # (B, D, N)
     zz = z if z is not None else u
-    has_yp = z is not None and ypre is not None and ypre.numel() > 0
-    if has_yp and (ypre.shape != u.shape or not ypre.is_contiguous()):
-        raise ValueError(f"scan_bwd: `ypre` must be a contiguous {tuple(u.shape)} tensor, got {tuple(ypre.shape)}")
     qloc, dts = dh0, dD  # placeholders when there is one segment (never read)
     if n_segs > 1:
         # the local adjoints of the k pieces of segments 1.. (the first segment's reach no earlier segment)
@@ -379,7 +362,7 @@ def scan_bwd(
     selective_scan_bwd_kernel[(nd, batch, n_segs)](
         u, delta, zz, Ac, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,
         hsave, dy, dhl if dhl is not None else dh0,
-        du, ddl, dz if z is not None else du, dB, dC, dA, dD, dbias, dh0, qloc, dts, ypre if has_yp else dy,
+        du, ddl, dz if z is not None else du, dB, dC, dA, dD, dbias, dh0, qloc, dts,
         L, dim, dim // G, hsave.shape[1], seg_len, k, 1,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
         dy.stride(0), dy.stride(1), Bg.stride(0), Bg.stride(1), Bg.stride(2), Cg.stride(0), Cg.stride(1),
@@ -390,8 +373,7 @@ def scan_bwd(
         DOT_REDUCE=cfg.dot_reduce and cfg.bwd_block_d >= 16 and cfg.bwd_chunk * next_pow2(N) >= 16,
         SCATTER=cfg.scatter and not cfg.dot_reduce and not interpret_mode() and cfg.bwd_block_d == 32 * cfg.bwd_num_warps,
         FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps,
-        WHOLE=WHOLE_TILES and L % cfg.save_every == 0 and dim % cfg.bwd_block_d == 0 and N == next_pow2(N),
-        HAS_YP=has_yp, **LAUNCH,
+        WHOLE=WHOLE_TILES and L % cfg.save_every == 0 and dim % cfg.bwd_block_d == 0 and N == next_pow2(N), **LAUNCH,
     )  # fmt: skip
     dB = dB.to(B.dtype).reshape(B.shape).contiguous()
     dC = dC.to(C.dtype).reshape(C.shape).contiguous()

@@ -161,15 +161,14 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp, split, L, s
     assert segments(L, 8, n_segs, 3, 8, cfg, torch.device("cpu"), split)[0] == segs_run
     inp = make_inputs(gen, L=L, D=16, N=4, G=2)
     args = [inp[k].detach() for k in NAMES]
-    y, h, hsave, ypre = scan_fwd(*args, True, True, cfg)
+    y, h, hsave = scan_fwd(*args, True, True, cfg)
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
     assert hsave.shape == (2, math.ceil(L / 4), 16, 4)  # (B, checkpoints, D, N)
-    assert ypre.shape == y.shape
     assert_close(y.cpu(), y_ref, 1e-4, "output")
     assert_close(h.cpu(), h_ref, 1e-4, "final state")
     dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
-    grads = scan_bwd(dy, dh, *args[:8], hsave, True, cfg, ypre)
+    grads = scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
     g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
                                 [ref_in[k] for k in NAMES])  # fmt: skip
     for name, g, gr in zip(NAMES, grads, g_ref):
@@ -194,7 +193,7 @@ def test_lanes_per_channel(gen, lanes, share, ahead, block_d, G, n_segs):
     inp = make_inputs(gen, L=23, D=D, N=5, G=G)
     args = [inp[k].detach() for k in NAMES]
     s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common))[2]
-    y, h, hsave, _ = scan_fwd(*args, True, True, ScanKernelConfig(**common, lanes=lanes, share_td=share))
+    y, h, hsave = scan_fwd(*args, True, True, ScanKernelConfig(**common, lanes=lanes, share_td=share))
     ref_in = {k: inp[k].detach().cpu().double() for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
     assert_close(y.cpu(), y_ref, 1e-4, "output")
@@ -216,15 +215,15 @@ def test_checkpoints_inside_chunks(gen, save_every, lanes, L, n_segs):
     common = dict(block_d=4, bwd_block_d=4, bwd_chunk=2, save_every=save_every, n_segs=n_segs, bwd_n_segs=n_segs)
     inp = make_inputs(gen, L=L, D=8, N=4)
     args = [inp[k].detach() for k in NAMES]
-    y, h, hsave, ypre = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=8, lanes=lanes))
-    y1, h1, s1, _ = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=save_every))
+    y, h, hsave = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=8, lanes=lanes))
+    y1, h1, s1 = scan_fwd(*args, True, True, ScanKernelConfig(**common, chunk=save_every))
     assert hsave.shape == s1.shape == (2, math.ceil(L / save_every), 8, 4) and s1[:, 1:].abs().min() > 0
     assert_close(hsave.cpu(), s1.cpu().double(), 1e-6, "checkpoints inside chunks against chunk-start ones")
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
     y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
     assert_close(y.cpu(), y_ref, 1e-4, "output")
     dy, dh = randn(*y.shape, gen=gen).to(DEVICE), randn(*h.shape, gen=gen).to(DEVICE)
-    grads = scan_bwd(dy, dh, *args[:8], hsave, True, ScanKernelConfig(**common, chunk=8), ypre)
+    grads = scan_bwd(dy, dh, *args[:8], hsave, True, ScanKernelConfig(**common, chunk=8))
     g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
                                 [ref_in[k] for k in NAMES])  # fmt: skip
     for name, g, gr in zip(NAMES, grads, g_ref):
@@ -245,13 +244,13 @@ def test_bfloat16_checkpoints(gen):
     assert triton_launch.default_config(16, torch.float16).save_every == 8
     inp = make_inputs(gen, L=40, D=12, N=16, dtype=torch.bfloat16)
     args = [inp[k].detach() for k in NAMES]
-    y, h, hsave, ypre = triton_launch.scan_fwd(*args, True, True)
+    y, h, hsave = triton_launch.scan_fwd(*args, True, True)
     assert hsave.dtype == torch.bfloat16 and hsave.shape == (2, 10, 12, 16)
-    y32, _, hsave32, _ = triton_launch.scan_fwd(*args, True, True, dataclasses.replace(cfg, half_checkpoints=False))
+    y32, _, hsave32 = triton_launch.scan_fwd(*args, True, True, dataclasses.replace(cfg, half_checkpoints=False))
     assert hsave32.dtype == torch.float32 and torch.equal(y, y32)
     assert_close(hsave.cpu(), hsave32.cpu().double(), 2 ** -8, "bfloat16 checkpoints")
     dy = randn(*y.shape, gen=gen, dtype=torch.bfloat16).to(DEVICE)
-    grads = triton_launch.scan_bwd(dy, None, *args[:8], hsave, True, ypre=ypre)
+    grads = triton_launch.scan_bwd(dy, None, *args[:8], hsave, True)
     cfg32 = dataclasses.replace(cfg, half_checkpoints=False)
     grads32 = triton_launch.scan_bwd(dy, None, *args[:8], hsave32, True, cfg32)
     ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
@@ -260,43 +259,6 @@ def test_bfloat16_checkpoints(gen):
     for name, g, g32, gr in zip(NAMES, grads, grads32, g_ref):
         assert_close(g.cpu(), gr, TOL[torch.bfloat16], f"gradient of `{name}`")
         assert_close(g.cpu(), g32.cpu().double(), 1e-2, f"gradient of `{name}` against float32 checkpoints")
-
-
-@pytest.mark.parametrize("lanes, share, n_segs, L, dtype",
-                         [(1, False, 1, 21, torch.float32), (2, True, 1, 40, torch.bfloat16),
-                          (2, False, 3, 45, torch.float16), (1, False, 2, 48, torch.float32)])  # fmt: skip
-def test_saved_y(gen, lanes, share, n_segs, L, dtype):
-    """With z, the forward that saves checkpoints also saves y before the gate, C · h + D u (float32 for float16
-    inputs), through one or two lanes per channel, cut or whole chunks and segments; the backward's ∂z takes it
-    instead of recomputing C · h, and every gradient matches the one from the recomputed y and the float64 loop.
-    Without z, without saving, or with ``save_y`` off nothing is saved; a saved y of the wrong shape is refused."""
-    import dataclasses
-
-    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, scan_bwd, scan_fwd
-
-    cfg = ScanKernelConfig(block_d=4, chunk=8, bwd_block_d=4, bwd_chunk=2, save_every=4, n_segs=n_segs,
-                           bwd_n_segs=n_segs, lanes=lanes, share_td=share)  # fmt: skip
-    inp = make_inputs(gen, L=L, D=8, N=5, dtype=dtype)
-    args = [inp[k].detach() for k in NAMES]
-    y, _, hsave, ypre = scan_fwd(*args, True, True, cfg)
-    assert ypre.shape == y.shape and ypre.dtype == (torch.float32 if dtype == torch.float16 else dtype)
-    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
-    ungated = selective_scan_reference(**{**ref_in, "z": None}, delta_softplus=True)
-    assert_close(ypre.cpu(), ungated, TOL[dtype], "y before the gate")
-    y_ref = selective_scan_reference(**ref_in, delta_softplus=True)
-    dy = randn(*y.shape, gen=gen, dtype=dtype).to(DEVICE)
-    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum(), [ref_in[k] for k in NAMES])
-    grads = scan_bwd(dy, None, *args[:8], hsave, True, cfg, ypre)
-    recomputed = scan_bwd(dy, None, *args[:8], hsave, True, cfg)
-    for name, g, g0, gr in zip(NAMES, grads, recomputed, g_ref):
-        assert_close(g.cpu(), gr, TOL[dtype], f"gradient of `{name}`")
-        assert_close(g.cpu(), g0.cpu().double(), 1e-5 if dtype == torch.float32 else 1e-2,
-                     f"gradient of `{name}` against the recomputed y")  # fmt: skip
-    assert scan_fwd(*args[:6], None, *args[7:], True, True, cfg)[3].numel() == 0  # no z
-    assert scan_fwd(*args, True, False, cfg)[3].numel() == 0
-    assert scan_fwd(*args, True, True, dataclasses.replace(cfg, save_y=False))[3].numel() == 0
-    with pytest.raises(ValueError, match=r"`ypre` must be a contiguous \(2, %d, 8\) tensor" % L):
-        scan_bwd(dy, None, *args[:8], hsave, True, cfg, ypre[:, 1:])
 
 
 @pytest.mark.parametrize("lanes, share, ahead, n_segs, split",
@@ -322,15 +284,15 @@ def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
                  lambda name, kw: seen.append(kw["WHOLE"]))  # fmt: skip
 
     def both():
-        y, h, hsave, ypre = scan_fwd(*args, True, True, cfg)
-        return (y, h, hsave, ypre), scan_bwd(dy, dh, *args[:8], hsave, True, cfg, ypre)
+        y, h, hsave = scan_fwd(*args, True, True, cfg)
+        return (y, h, hsave), scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
 
     (fwd, grads) = both()
     launches = len(seen)
     monkeypatch.setattr(launch, "WHOLE_TILES", False)
     (fwd_m, grads_m) = both()
     assert seen == [True] * launches + [False] * launches and launches == (3 if n_segs > 1 else 2)
-    for name, a, b in zip(("output", "final state", "checkpoints", "saved y", *(f"gradient of `{k}`" for k in NAMES)),
+    for name, a, b in zip(("output", "final state", "checkpoints", *(f"gradient of `{k}`" for k in NAMES)),
                           (*fwd, *grads), (*fwd_m, *grads_m)):  # fmt: skip
         if DEVICE == "cpu":  # the interpreter runs the same float32 operations in the same order
             assert torch.equal(a, b), f"{name}: the unmasked loop differs from the masked one"
@@ -442,8 +404,8 @@ def test_no_grad_saves_nothing(gen):
         y0 = selective_scan(**inp, delta_softplus=True, backend="triton")
     y1 = selective_scan(**inp, delta_softplus=True, backend="triton")
     assert torch.equal(y0, y1.detach())
-    _, _, hsave, ypre = torch.ops.ssmkit.selective_scan_fwd(*[inp[k].detach() for k in NAMES], True, False)
-    assert hsave.numel() == 0 and ypre.numel() == 0
+    _, _, hsave = torch.ops.ssmkit.selective_scan_fwd(*[inp[k].detach() for k in NAMES], True, False)
+    assert hsave.numel() == 0
 
 
 def test_float64_is_refused(gen):
@@ -497,6 +459,6 @@ def test_custom_ops_opcheck(gen):
     utils = ("test_schema", "test_autograd_registration", "test_faketensor")
     torch.library.opcheck(torch.ops.ssmkit.selective_scan_fwd.default, args, test_utils=utils)
     plain = [inp[k].detach() for k in NAMES]
-    y, h, hsave, ypre = scan_fwd(*plain, True, True)
-    bwd_args = (torch.randn_like(y), torch.randn_like(h), *plain[:8], hsave, True, ypre)
+    y, h, hsave = scan_fwd(*plain, True, True)
+    bwd_args = (torch.randn_like(y), torch.randn_like(h), *plain[:8], hsave, True)
     torch.library.opcheck(torch.ops.ssmkit.selective_scan_bwd.default, bwd_args, test_utils=utils[::2])
