@@ -90,9 +90,9 @@ def selective_scan_bwd_kernel(
     VEC_SAVE: tl.constexpr = False, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, n_segs). Inputs as in the forward kernel, but A (D, N) contiguous in any
-    float dtype (A log2(e) is formed here), plus dy (B, L, D) (strides s_yb, s_yl), dhlast (B, D, N) float32, and the later segments' local adjoints
-    qloc (B, n_pieces, N, D) and Σ Δ dts (B, n_pieces, D) of the LOC_K pieces of each of segments
-    1, 2, ... (n_pieces = (n_segs - 1) * LOC_K) from ``selective_scan_bwd_local_kernel``.
+    float dtype (A log2(e) is formed here), plus dy (B, L, D) (strides s_yb, s_yl), dhlast (B, D, N) float32,
+    and the later segments' local adjoints qloc (B, n_pieces, N, D) and Σ Δ dts (B, n_pieces, D) of the LOC_K
+    pieces of each of segments 1, 2, ... (n_pieces = (n_segs - 1) * LOC_K) from ``selective_scan_bwd_local_kernel``.
     Outputs: du, ddl, dz (B, L, D) contiguous; dB, dC (B, L, G, N) float32 accumulators
     (strides s_gb, s_gl, N, 1), zero-filled by the caller; dh0 (B, D, N) (from segment 0);
     per (batch, segment) partial sums dA (B, n_segs, D, N), dD, dbias (B, n_segs, D), float32.

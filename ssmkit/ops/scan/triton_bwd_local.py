@@ -36,7 +36,8 @@ def selective_scan_bwd_local_kernel(
     each of segments 1, 2, ...: the adjoint each piece sends back to the state before it when nothing
     comes in from after it, q = Ā_first dh_first (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1}
     does not involve h), and Σ Δ over the piece. Written to qloc (B, n_pieces, N, D) and dts
-    (B, n_pieces, D) float32 (piece p of the sequence at p - LOC_K) for ``selective_scan_bwd_kernel``."""
+    (B, n_pieces, D) float32 (piece p of the sequence at p - LOC_K) for ``selective_scan_bwd_kernel``. A (D, N)
+    contiguous, as that kernel reads it."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2) + LOC_K  # the piece (segment 0's local adjoint reaches no earlier segment)
