@@ -230,6 +230,12 @@ def segment_rows() -> list[list]:
     return rows
 
 
+def _args_and_dy(g: torch.Generator, b: int, L: int, D: int) -> tuple[list, torch.Tensor]:
+    """The launchers' positional inputs (u .. delta_bias, no initial state) at N = 16, bf16, and a gradient of y."""
+    inp = make_inputs(g, b, L, D, 16)
+    return [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")], torch.randn_like(inp["u"])
+
+
 def checkpoint_rows() -> list[list]:
     """The checkpoints' spacing and dtype (float32 or bfloat16, every 8 or 4 steps) at three bf16 shapes: the
     forward that saves them (the two-lane forward where ``forward_config`` picks it, its chunks of 8 then holding
@@ -264,10 +270,7 @@ def checkpoint_rows() -> list[list]:
         rows.append([f"B=2 L=1024 D=256, {label}: largest error against float64", f"{max(errs):.1e}", hs.dtype])
         print(rows[-1], flush=True)
     for shape in (SHAPE, dict(b=2, L=8192, D=4096, N=16), dict(b=1, L=65536, D=4096, N=16)):
-        inp = make_inputs(g, **shape)
-        inp.pop("initial_state")
-        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        dy = torch.randn_like(inp["u"])
+        args, dy = _args_and_dy(g, shape["b"], shape["L"], shape["D"])
         times: dict = {label: [] for label, _, _ in variants}
         for _ in range(3):
             for label, S, half in variants:
@@ -301,10 +304,7 @@ def backward_segment_rows() -> list[list]:
               (1, 65536, 1536)]  # fmt: skip
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     for b, L, D in shapes:
-        inp = make_inputs(g, b, L, D, 16)
-        inp.pop("initial_state")
-        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        dy = torch.randn_like(inp["u"])
+        args, dy = _args_and_dy(g, b, L, D)
         base = default_config(16, torch.bfloat16)
         _, _, hs = scan_fwd(*args, None, True, True, forward_config(16, b, D, dy.device, True, torch.bfloat16))
         ref = scan_bwd(dy, None, *args, hs, True, base)
@@ -318,7 +318,7 @@ def backward_segment_rows() -> list[list]:
         for _ in range(2):
             for n, lp in variants:
                 cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
-                times.setdefault((n, lp), []).append(ms(lambda c=cfg: scan_bwd(dy, None, *args, hs, True, c)))
+                times.setdefault((n, lp), []).append(ms(lambda c=cfg, hs=hs: scan_bwd(dy, None, *args, hs, True, c)))
         for n, lp in variants:
             cfg = dataclasses.replace(base, bwd_n_segs=n, bwd_local_programs_per_sm=lp)
             segs, _, pieces = _backward_split(L, programs, cfg, dy.device)
@@ -346,10 +346,7 @@ def backward_variant_rows() -> list[list]:
     rows = []
     g = torch.Generator(device="cuda").manual_seed(new_seed())
     for b, L, D in ((8, 4096, 2048), (16, 2048, 1536)):
-        inp = make_inputs(g, b, L, D, 16)
-        inp.pop("initial_state")
-        args = [inp[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")]
-        dy = torch.randn_like(inp["u"])
+        args, dy = _args_and_dy(g, b, L, D)
         fwd0, base = forward_config(16, b, D, dy.device, True, torch.bfloat16), default_config(16, torch.bfloat16)
         ref = scan_bwd(dy, None, *args, scan_fwd(*args, None, True, True, fwd0)[2], True, base)
         times: dict = {}

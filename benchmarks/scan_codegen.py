@@ -120,19 +120,21 @@ def main() -> None:
     report("forward, local pass", selective_scan_fwd_kernel, dict(fwd, SAVE_STATES=False, LOCAL=True), 64)
     # forward_config's pick where batch x channels fill the GPU: 16 channels x 2 lanes per warp, chunks of 8,
     # each lane 8 states (per chunk and lane: 64 elements); bf16 inputs save bf16 checkpoints every 4 steps (two
-    # per chunk), float32 ones float32 checkpoints every 8
+    # per chunk), float32 ones float32 checkpoints every 8. The bf16 defaults compile as at the benchmark shape,
+    # with whole tiles (``WHOLE``); the float32 ones with the element masks
     two = dict(fwd, BLOCK_D=32, T=8, SAVE_K=1, DT_AHEAD=False, LANES=2, SHARE_TD=True, LOCAL=False)
     report("forward, two lanes per channel", selective_scan_fwd_kernel, dict(two, SAVE_STATES=False), 64, num_warps=2)
-    report("forward, two lanes per channel saving bf16 checkpoints every 4 steps", selective_scan_fwd_kernel,
-           dict(two, SAVE_STATES=True, SAVE_SUB=2), 64, num_warps=2, bf16=frozenset({"hsave_ptr"}))  # fmt: skip
+    report("forward, two lanes per channel saving bf16 checkpoints every 4 steps, whole tiles",
+           selective_scan_fwd_kernel, dict(two, SAVE_STATES=True, SAVE_SUB=2, WHOLE=True), 64, num_warps=2,
+           bf16=frozenset({"hsave_ptr"}))  # fmt: skip
     report("forward, two lanes per channel saving fp32 checkpoints every 8 steps", selective_scan_fwd_kernel,
            dict(two, SAVE_STATES=True), 64, num_warps=2)  # fmt: skip
     bwd = dict(COMMON, BLOCK_D=32, T=2, K=2, HAS_DHLAST=True, DOT_REDUCE=False)
     half = frozenset({"hsave_ptr"})
     report("backward, butterfly sums (chunk loop: per 32 elements)", selective_scan_bwd_kernel,
            dict(bwd, SCATTER=False), 32, bf16=half)  # fmt: skip
-    report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps (chunk loop: per 32 elements)",
-           selective_scan_bwd_kernel, dict(bwd, SCATTER=True), 32, sb, bf16=half)  # fmt: skip
+    report("backward, reduce-scatter sums, bf16 checkpoints every 4 steps, whole tiles (chunk loop: per 32 "
+           "elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=True, WHOLE=True), 32, sb, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, fp32 checkpoints every 8 steps (chunk loop: per 32 elements)",
            selective_scan_bwd_kernel, dict(bwd, SCATTER=True, K=4), 32)  # fmt: skip
 

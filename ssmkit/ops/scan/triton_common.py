@@ -323,7 +323,8 @@ def _dn_offsets(sn, sc, d0, N: tl.constexpr, ONE):
 def _load_A2(A_ptr, sn, sc, d0, mask, N: tl.constexpr, ONE):
     """A log2(e) for a flat state tile, from A (D, N) contiguous in any float dtype, in float32 (the product the
     host would form: Ā = exp(Δ A) = exp2(Δ A2))."""
-    return tl.load(A_ptr + _dn_offsets(sn, sc, d0, N, ONE), mask=mask, other=0.0).to(tl.float32) * 1.4426950408889634
+    A = tl.load(A_ptr + _dn_offsets(sn, sc, d0, N, ONE), mask=mask, other=0.0)
+    return A.to(tl.float32) * 1.4426950408889634
 
 
 @triton.jit

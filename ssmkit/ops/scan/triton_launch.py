@@ -147,10 +147,10 @@ def _grouped(x: torch.Tensor) -> torch.Tensor:
 
 def checkpoint_dtype(dtype: torch.dtype, half: bool = True) -> torch.dtype:
     """The checkpoints' dtype for inputs of ``dtype``: bfloat16 for bfloat16 inputs (with ``half``:
-    ``ScanKernelConfig.half_checkpoints``), else float32. The backward recomputes each state from the checkpoint before it, in float32; rounding that
-    starting state to bfloat16 is the precision the inputs already carry, and halves the checkpoints' bytes
-    (docs/kernels_gpu_notes_scan.md, twenty-fourth session). float16 keeps float32: its range (65504) could
-    not hold every state."""
+    ``ScanKernelConfig.half_checkpoints``), else float32. The backward recomputes each state from the checkpoint
+    before it, in float32; rounding that starting state to bfloat16 is the precision the inputs already carry, and
+    halves the checkpoints' bytes (docs/kernels_gpu_notes_scan.md, twenty-fourth session). float16 keeps float32:
+    its range (65504) could not hold every state."""
     return torch.bfloat16 if half and dtype == torch.bfloat16 else torch.float32
 
 
