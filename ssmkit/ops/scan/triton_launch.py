@@ -3,8 +3,10 @@
 Plain functions over tensors (no autograd); ``triton.py`` wraps them as
 ``torch.library`` custom ops. Shapes follow the op's contract (``reference.py``):
 u, delta, z (B, L, D); A (D, N); B, C (B, L, N) or (B, L, G, N); D, delta_bias
-(D,); states (B, D, N). Inside, the kernels use the state transposed, (B, N, D),
-so that a warp's lanes read and write consecutive channels.
+(D,); states (B, D, N). The forward kernel takes A log2(e) and its initial and final
+states transposed, (N, D) and (B, N, D), so that a warp's lanes read and write
+consecutive channels (the launcher transposes); the backward's kernels read A (D, N)
+and the states and their gradients in (B, D, N) as they are.
 """
 
 from __future__ import annotations
