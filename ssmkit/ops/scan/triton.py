@@ -34,7 +34,7 @@ def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], initial_state: Optional[Tensor], delta_softplus: bool, save_states: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y (B, L, D), final state (B, D, N) float32, saved states (B, S, D, N): float32, or bfloat16 for
+    """(y (B, L, D), final state (B, D, N) float32 (a transposed view), saved states (B, S, D, N): float32, or bfloat16 for
     bfloat16 inputs (``triton_launch.checkpoint_dtype``))."""
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
@@ -45,7 +45,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_s
     N = A.shape[1]
     cfg = default_config(N, u.dtype)
     ns = n_saves(L, cfg) if save_states else 0
-    return (u.new_empty((batch, L, dim)), u.new_empty((batch, dim, N), dtype=torch.float32),
+    return (u.new_empty((batch, L, dim)), u.new_empty((batch, N, dim), dtype=torch.float32).transpose(1, 2),
             u.new_empty((batch, ns, dim, N), dtype=checkpoint_dtype(u.dtype, cfg.half_checkpoints)))  # fmt: skip
 
 
@@ -138,4 +138,4 @@ def selective_scan_triton(
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     fwd = _ScanEager.apply if EAGER_FUNCTION and eager_call(u) else _fwd_op
     y, h, _ = fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus), save)
-    return (y, h) if return_final_state else y
+    return (y, h.contiguous()) if return_final_state else y

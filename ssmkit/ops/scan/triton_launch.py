@@ -19,6 +19,7 @@ import torch
 from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, register_cap, sm_count, unit_last
 from .triton_bwd import selective_scan_bwd_kernel
 from .triton_bwd_local import selective_scan_bwd_local_kernel
+from .triton_bwd_sums import selective_scan_bwd_sums_kernel
 from .triton_common import LOG2E
 from .triton_fwd import selective_scan_fwd_kernel
 
@@ -100,9 +101,12 @@ def default_config(N: int, dtype: torch.dtype = torch.float32) -> ScanKernelConf
 # multiprocessor in one pass (``forward_config``).
 LANES_WARPS_PER_SM = 6
 # Registers of that forward on the H200 (Triton 3.6): 198 without checkpoints (4 programs of two warps per
-# SM), 168 saving them (6). Capped at 168 where the uncapped one would not fit in one wave.
+# SM), 168 saving them (6). Capped at 168 saving checkpoints and where 4 programs per SM would not fit in one
+# wave; else at 204, where ptxas schedules the forward without checkpoints better than uncapped (B=8 L=4096
+# D=2048: 0.532 ms against 0.574; docs/kernels_gpu_notes_scan.md, twenty-seventh session).
 LANES_MAXNREG = 168
 LANES_UNCAPPED_PER_SM = 4
+LANES_ONE_WAVE_MAXNREG = 204
 
 
 def forward_config(N: int, batch: int, dim: int, device: torch.device, save_states: bool = False,
@@ -114,8 +118,8 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
     half the sequence again), 0.671 against 0.763 saving checkpoints (with the register cap); where the batch is
     small (B=2 D=4096: two segments needed) 0.818 against 0.798, so the default stays there. Registers are
     capped (``LANES_MAXNREG``) saving checkpoints, and without where 4 programs per SM would leave a second,
-    partial wave (B=16 L=2048 D=1536: 0.439 against 0.524 uncapped; at B=8, one wave, 0.579 uncapped against
-    0.606). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
+    partial wave (B=16 L=2048 D=1536: 0.439 against 0.524 uncapped); in one wave without checkpoints at
+    ``LANES_ONE_WAVE_MAXNREG`` (B=8: 0.532 against 0.574 uncapped and 0.552 at 168). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
     the backward takes :func:`default_config` whatever this picks."""
     cfg = default_config(N, dtype)
     if next_pow2(N) == 16:
@@ -126,7 +130,7 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
         sms = sm_count(device)
         if programs * wide.num_warps >= LANES_WARPS_PER_SM * sms:
             capped = save_states or programs > LANES_UNCAPPED_PER_SM * sms
-            return replace(wide, maxnreg=LANES_MAXNREG) if capped else wide
+            return replace(wide, maxnreg=LANES_MAXNREG if capped else LANES_ONE_WAVE_MAXNREG)
     return cfg
 
 
@@ -261,11 +265,13 @@ def scan_fwd(
     save_states: bool,
     cfg: Optional[ScanKernelConfig] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32, and the saved states
-    (B, n_saves, D, N) in ``checkpoint_dtype`` (an empty tensor unless ``save_states``)."""
+    """Forward: y (B, L, D) in u's dtype, final state (B, D, N) float32 (a transposed view of the kernel's
+    (B, N, D) buffer), and the saved states (B, n_saves, D, N) in ``checkpoint_dtype`` (an empty tensor unless
+    ``save_states``)."""
     cfg = cfg or forward_config(A.shape[1], u.shape[0], u.shape[2], u.device, save_states, u.dtype)
     batch, L, dim, N, Bg, Cg, G, uniform = _common(u, delta, A, B, C, D, z, delta_bias, cfg.block_d)
-    A2 = (A.detach().to(torch.float32) * LOG2E).t().contiguous()  # (N, D)
+    A2 = torch.empty((N, dim), dtype=torch.float32, device=u.device)  # A log2(e) as (N, D), in one launch
+    torch.mul(A.detach().t().to(torch.float32), LOG2E, out=A2)
     u, delta = unit_last(u), unit_last(delta)
     z = None if z is None else unit_last(z)
     Dv, bias = f32(D), f32(delta_bias)
@@ -302,7 +308,7 @@ def scan_fwd(
             LANES=lanes, SHARE_TD=cfg.share_td and lanes == 2, WHOLE=whole, num_warps=cfg.num_warps, **LAUNCH,
             **register_cap(cfg.maxnreg),
         )  # fmt: skip
-    return y, hlast.transpose(1, 2).contiguous(), hsave
+    return y, hlast.transpose(1, 2), hsave  # (the final state as a view: a copy only where it is asked for)
 
 
 def scan_bwd(
@@ -338,8 +344,10 @@ def scan_bwd(
     dz = torch.empty((batch, L, dim), dtype=z.dtype, device=dev) if z is not None else du.new_empty(0)
     if B.dtype == fp32 or C.dtype == fp32:  # (the float32 accumulators are returned as they are: two tensors)
         dB, dC = (torch.zeros((batch, L, G, N), dtype=fp32, device=dev) for _ in range(2))
-    else:  # one zero fill for both (the casts below make the gradients separate tensors)
-        dB, dC = torch.zeros((2, batch, L, G, N), dtype=fp32, device=dev).unbind(0)
+        dBC = None
+    else:  # one zero fill for both (the casts in ``_finish_sums`` make the gradients separate tensors)
+        dBC = torch.zeros((2, batch, L, G, N), dtype=fp32, device=dev)
+        dB, dC = dBC.unbind(0)
     nd = cdiv(dim, cfg.bwd_block_d)
     n_segs, seg_len, k = _backward_split(L, nd * batch, cfg, dev)
     dA = torch.empty((batch, n_segs, dim, N), dtype=fp32, device=dev)
@@ -377,9 +385,32 @@ def scan_bwd(
         FMA_EXP=cfg.bwd_fma_exp, VEC_SAVE=_vector_checkpoints(N), num_warps=cfg.bwd_num_warps,
         WHOLE=WHOLE_TILES and L % cfg.save_every == 0 and dim % cfg.bwd_block_d == 0 and N == next_pow2(N), **LAUNCH,
     )  # fmt: skip
-    dB = dB.to(B.dtype).reshape(B.shape).contiguous()
-    dC = dC.to(C.dtype).reshape(C.shape).contiguous()
-    dA = dA.sum((0, 1)).to(A.dtype)
-    dDo = dD.sum((0, 1)).to(D.dtype) if D is not None else dD.new_empty(0)
-    dbo = dbias.sum((0, 1)).to(delta_bias.dtype) if delta_bias is not None else dbias.new_empty(0)
-    return du, ddl, dA, dB, dC, dDo, dz, dbo, dh0
+    dA, dB, dC, dD, dbias = _finish_sums(dBC, dB, dC, dA, dD, dbias, A, B, C, D, delta_bias)
+    return du, ddl, dA, dB, dC, dD, dz, dbias, dh0
+
+
+# The last launch's tiles: elements per program of the dB / dC casts, and columns per program of the sums.
+SUMS_BLOCK, SUMS_BLOCK_R = 4096, 512
+
+
+def _finish_sums(dBC, dB, dC, dA, dD, dbias, A, B, C, D, delta_bias) -> tuple:
+    """dA, dB, dC, dD, ddelta_bias in their inputs' dtypes and shapes (empty where absent) from the main
+    kernel's float32 buffers: dBC (2, B, L, G, N) holding dB and dC for 16-bit B and C (else None, and dB, dC
+    (B, L, G, N) are returned as they are, cast where only one of B, C is float32); the partials dA (B, n_segs, D, N), dD and dbias (B, n_segs, D).
+    One launch: ``selective_scan_bwd_sums_kernel``."""
+    rows, dim, N = dA.shape[0] * dA.shape[1], dA.shape[2], dA.shape[3]
+    dev = dA.device
+    dAo = torch.empty((dim, N), dtype=A.dtype, device=dev)
+    dDo = torch.empty((dim,), dtype=D.dtype, device=dev) if D is not None else dD.new_empty(0)
+    dbo = torch.empty((dim,), dtype=delta_bias.dtype, device=dev) if delta_bias is not None else dbias.new_empty(0)
+    if dBC is not None:
+        dB, dC = torch.empty(B.shape, dtype=B.dtype, device=dev), torch.empty(C.shape, dtype=C.dtype, device=dev)
+    M = dB.numel() if dBC is not None else 0
+    n_cast, n_a, n_d = cdiv(M, SUMS_BLOCK), cdiv(dim * N, SUMS_BLOCK_R), cdiv(dim, SUMS_BLOCK_R)
+    grid = 2 * n_cast + n_a + n_d * ((D is not None) + (delta_bias is not None))
+    selective_scan_bwd_sums_kernel[(grid,)](
+        dBC if dBC is not None else dA, dB, dC, dA, dAo, dD, dDo if D is not None else dD,
+        dbias, dbo if delta_bias is not None else dbias, M, dim * N, dim, rows, n_cast, n_a, n_d,
+        HAS_D=D is not None, HAS_BIAS=delta_bias is not None, BLOCK=SUMS_BLOCK, BLOCK_R=SUMS_BLOCK_R, **LAUNCH,
+    )  # fmt: skip
+    return dAo, dB.to(B.dtype).reshape(B.shape), dC.to(C.dtype).reshape(C.shape), dDo, dbo
