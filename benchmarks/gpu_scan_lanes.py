@@ -36,8 +36,10 @@ _TWO = dict(lanes=2, share_td=True)
 CONFIGS = (
     {},
     dict(_TWO, block_d=32, num_warps=2),
-    dict(_TWO, block_d=32, num_warps=2, chunk=8),  # forward_config's pick where batch x channels fill the GPU
+    dict(_TWO, block_d=32, num_warps=2, chunk=8),  # forward_config's tiles where batch x channels fill the GPU
     dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=168),
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=184),  # forward_config's cap in one wave, saving
+    dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=204),  # the same without checkpoints
     dict(_TWO, block_d=32, num_warps=2, chunk=8, maxnreg=128),
     dict(_TWO, block_d=16, num_warps=1, chunk=8, maxnreg=168),
     dict(_TWO, block_d=32, num_warps=2, chunk=8, fma_exp=1, save_fma_exp=1),

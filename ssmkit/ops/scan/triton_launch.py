@@ -101,12 +101,13 @@ def default_config(N: int, dtype: torch.dtype = torch.float32) -> ScanKernelConf
 # multiprocessor in one pass (``forward_config``).
 LANES_WARPS_PER_SM = 6
 # Registers of that forward on the H200 (Triton 3.6): 198 without checkpoints (4 programs of two warps per
-# SM), 168 saving them (6). Capped at 168 saving checkpoints and where 4 programs per SM would not fit in one
-# wave; else at 204, where ptxas schedules the forward without checkpoints better than uncapped (B=8 L=4096
-# D=2048: 0.532 ms against 0.574; docs/kernels_gpu_notes_scan.md, twenty-seventh session).
+# SM), 168 saving them (6). Capped at 168 where 4 programs per SM would not fit in one wave; in one wave at
+# 204 without checkpoints and 184 saving them, where ptxas schedules the loop better than uncapped or at 168
+# (B=8 L=4096 D=2048: 0.533 ms against 0.576 / 0.553, and 0.632 against 0.640 / 0.634;
+# docs/kernels_gpu_notes_scan.md, twenty-seventh session).
 LANES_MAXNREG = 168
 LANES_UNCAPPED_PER_SM = 4
-LANES_ONE_WAVE_MAXNREG = 204
+LANES_ONE_WAVE_MAXNREG = (204, 184)  # (without checkpoints, saving them)
 
 
 def forward_config(N: int, batch: int, dim: int, device: torch.device, save_states: bool = False,
@@ -117,9 +118,9 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
     (``python3 benchmarks/gpu_scan_lanes.py``) 0.579 ms against 0.704 (two segments, their local pass walking
     half the sequence again), 0.671 against 0.763 saving checkpoints (with the register cap); where the batch is
     small (B=2 D=4096: two segments needed) 0.818 against 0.798, so the default stays there. Registers are
-    capped (``LANES_MAXNREG``) saving checkpoints, and without where 4 programs per SM would leave a second,
-    partial wave (B=16 L=2048 D=1536: 0.439 against 0.524 uncapped); in one wave without checkpoints at
-    ``LANES_ONE_WAVE_MAXNREG`` (B=8: 0.532 against 0.574 uncapped and 0.552 at 168). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
+    capped (``LANES_MAXNREG``) where 4 programs per SM would leave a second, partial wave (B=16 L=2048 D=1536:
+    0.439 against 0.524 uncapped), and in one wave at ``LANES_ONE_WAVE_MAXNREG`` (B=8: 0.533 against 0.576
+    uncapped and 0.553 at 168 without checkpoints). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
     the backward takes :func:`default_config` whatever this picks."""
     cfg = default_config(N, dtype)
     if next_pow2(N) == 16:
@@ -129,8 +130,8 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
             return wide
         sms = sm_count(device)
         if programs * wide.num_warps >= LANES_WARPS_PER_SM * sms:
-            capped = save_states or programs > LANES_UNCAPPED_PER_SM * sms
-            return replace(wide, maxnreg=LANES_MAXNREG if capped else LANES_ONE_WAVE_MAXNREG)
+            one_wave = programs <= LANES_UNCAPPED_PER_SM * sms
+            return replace(wide, maxnreg=LANES_ONE_WAVE_MAXNREG[save_states] if one_wave else LANES_MAXNREG)
     return cfg
 
 
