@@ -28,7 +28,9 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ssmkit.ops.scan.triton_bwd import selective_scan_bwd_kernel  # noqa: E402
+from ssmkit.ops.scan.triton_bwd_sums import selective_scan_bwd_sums_kernel  # noqa: E402
 from ssmkit.ops.scan.triton_fwd import selective_scan_fwd_kernel  # noqa: E402
+from ssmkit.ops.scan.triton_launch import SUMS_BLOCK, SUMS_BLOCK_R  # noqa: E402
 
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 BF16 = {"u_ptr", "dl_ptr", "z_ptr", "B_ptr", "C_ptr", "y_ptr", "dy_ptr", "du_ptr", "ddl_ptr", "dz_ptr"}
@@ -137,6 +139,9 @@ def main() -> None:
            "elements)", selective_scan_bwd_kernel, dict(bwd, SCATTER=True, WHOLE=True), 32, sb, bf16=half)  # fmt: skip
     report("backward, reduce-scatter sums, fp32 checkpoints every 8 steps (chunk loop: per 32 elements)",
            selective_scan_bwd_kernel, dict(bwd, SCATTER=True, K=4), 32)  # fmt: skip
+    report("backward's last launch (dB, dC casts; dA, dD, Δ bias sums)", selective_scan_bwd_sums_kernel,
+           dict(HAS_D=True, HAS_BIAS=True, BLOCK=SUMS_BLOCK, BLOCK_R=SUMS_BLOCK_R), SUMS_BLOCK_R, num_warps=4,
+           bf16=frozenset({"dB_ptr", "dC_ptr"}))  # fmt: skip
 
 
 if __name__ == "__main__":
