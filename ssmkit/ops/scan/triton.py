@@ -34,8 +34,8 @@ def _fwd_op(
     u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor], z: Optional[Tensor],
     delta_bias: Optional[Tensor], initial_state: Optional[Tensor], delta_softplus: bool, save_states: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-    """(y (B, L, D), final state (B, D, N) float32 (a transposed view), saved states (B, S, D, N): float32, or bfloat16 for
-    bfloat16 inputs (``triton_launch.checkpoint_dtype``))."""
+    """(y (B, L, D), final state (B, D, N) float32 (a transposed view), saved states (B, S, D, N): float32,
+    or bfloat16 for bfloat16 inputs (``triton_launch.checkpoint_dtype``))."""
     return scan_fwd(u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus, save_states)
 
 

@@ -120,8 +120,9 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
     small (B=2 D=4096: two segments needed) 0.818 against 0.798, so the default stays there. Registers are
     capped (``LANES_MAXNREG``) where 4 programs per SM would leave a second, partial wave (B=16 L=2048 D=1536:
     0.439 against 0.524 uncapped), and in one wave at ``LANES_ONE_WAVE_MAXNREG`` (B=8: 0.533 against 0.576
-    uncapped and 0.553 at 168 without checkpoints). The checkpoints are the same (``save_every``: with checkpoints every 4 steps, two per chunk of 8), so
-    the backward takes :func:`default_config` whatever this picks."""
+    uncapped and 0.553 at 168 without checkpoints). The checkpoints are the same (``save_every``: with
+    checkpoints every 4 steps, two per chunk of 8), so the backward takes :func:`default_config` whatever this
+    picks."""
     cfg = default_config(N, dtype)
     if next_pow2(N) == 16:
         wide = replace(cfg, lanes=2, share_td=True, chunk=8, block_d=32, num_warps=2, n_segs=1)
@@ -397,8 +398,8 @@ SUMS_BLOCK, SUMS_BLOCK_R = 4096, 512
 def _finish_sums(dBC, dB, dC, dA, dD, dbias, A, B, C, D, delta_bias) -> tuple:
     """dA, dB, dC, dD, ddelta_bias in their inputs' dtypes and shapes (empty where absent) from the main
     kernel's float32 buffers: dBC (2, B, L, G, N) holding dB and dC for 16-bit B and C (else None, and dB, dC
-    (B, L, G, N) are returned as they are, cast where only one of B, C is float32); the partials dA (B, n_segs, D, N), dD and dbias (B, n_segs, D).
-    One launch: ``selective_scan_bwd_sums_kernel``."""
+    (B, L, G, N) are returned as they are, cast where only one of B, C is float32); the partials dA
+    (B, n_segs, D, N), dD and dbias (B, n_segs, D). One launch: ``selective_scan_bwd_sums_kernel``."""
     rows, dim, N = dA.shape[0] * dA.shape[1], dA.shape[2], dA.shape[3]
     dev = dA.device
     dAo = torch.empty((dim, N), dtype=A.dtype, device=dev)

@@ -76,7 +76,8 @@ def test_all_inputs_match_reference(gen, dtype):
 def test_mixed_dtypes(gen, b_dtype, c_dtype):
     """B and C in different dtypes, A / D / Δ bias in 16-bit: every gradient in its input's dtype and shape.
     With both B and C 16-bit the backward's last launch casts dB and dC from one float32 buffer into two
-    tensors of their own dtypes, and sums the partials of dA, dD and Δ bias over batch rows and segments."""
+    tensors of their own dtypes; it sums the partials of dA, dD and Δ bias (here over three batch rows;
+    ``test_kernel_configs_and_segments`` has several segments) into each parameter's dtype."""
     inp = make_inputs(gen, b=3, L=21, D=12, N=4, dtype=torch.bfloat16)
     for name, dt in (("B", b_dtype), ("C", c_dtype), ("A", torch.bfloat16), ("D", torch.float16),
                      ("delta_bias", torch.bfloat16)):  # fmt: skip
