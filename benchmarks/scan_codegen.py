@@ -7,7 +7,7 @@ docs/kernels_gpu_notes_scan.md). Per kernel: registers, spills, and per loop of
 the SASS the instructions by kind; the forward's main loop should show no SHFL
 and no local memory (LDL/STL).
 
-    python benchmarks/scan_codegen.py            # forward (full and local pass), backward
+    python benchmarks/scan_codegen.py            # forward (full and local pass), backward (main kernel, last launch)
     python benchmarks/scan_codegen.py --scoreboards   # also: main loops' waits on global loads
     PYTHONPATH=<other triton> python benchmarks/scan_codegen.py   # another Triton version
 """
