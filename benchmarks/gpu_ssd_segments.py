@@ -1,6 +1,7 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
-    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel tiles-ahead]
+    python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel tiles-ahead
+                                                                one-walk walk-stages]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -28,6 +29,14 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   (``triton_launch.TILES_AHEAD``) against loading them where they are used (``AHEAD_VARIANTS``; each twice,
   alternating), at ``VARIANT_SHAPES`` and two shapes where a forward without a gradient walks (each checked),
   and in the layer.
+- "one-walk": where one segment per row fills the walking scan's waves (``triton_launch.WALK_FILL``), 16-bit
+  forwards walk with one segment, with or without a gradient to come. At ``ONE_WALK_SHAPES`` (each checked), the
+  plan against the rule before (``WALK_FILL`` above 1) and one segment forced everywhere (``WALK_FILL`` 0),
+  each twice, alternating.
+- "walk-stages": the walking scan that stores every chunk's state for the backward with its tiles loaded a chunk
+  ahead (``triton_launch.STORE_H_TILES_AHEAD``) and the walking plan's state walks at 3 pipelining stages
+  (``WALK_STATE_STAGES``), against either alone and neither (``WALK_STAGES_VARIANTS``, each twice, alternating),
+  at ``WALK_STAGES_SHAPES`` (each checked) and in the layer (neither against both).
 
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
 walk-sub`` there) and reading each chunk's C B^T formed once per group (rev 2bc82ba, ``--parts cb`` there)
@@ -87,6 +96,21 @@ SPAN_VARIANTS = {  # label: plan_keywords keywords
 AHEAD_VARIANTS = {  # label: plan_keywords keywords, with "constants" for ``plan_constants``
     f"{label} ({k})": dict(constants=dict(TILES_AHEAD=on))
     for k in (1, 2) for label, on in (("tiles loaded where used", False), ("tiles loaded a chunk ahead", True))
+}
+ONE_WALK_SHAPES = ((8, 4096, 32), (4, 4096, 32), (16, 2048, 32), (6, 4096, 32), (2, 8192, 64), (1, 16384, 128),
+                   (2, 8192, 32))  # fmt: skip
+ONE_WALK_VARIANTS = {  # label: plan_keywords keywords, with "constants" for ``plan_constants``; each twice, alternating
+    f"{label} ({k})": dict(constants=constants)
+    for k in (1, 2) for label, constants in (("rule before: no one-segment walk", dict(WALK_FILL=2.0)), ("plan", {}),
+                                             ("one segment forced", dict(WALK_FILL=0.0)))
+}  # fmt: skip
+WALK_STAGES_SHAPES = ((8, 4096, 32), (1, 16384, 64), (1, 65536, 64), (2, 8192, 32))
+WALK_STAGES = (("storing scan's tiles where used, walks 2 stages (before)", False, 2),
+               ("tiles ahead, walks 2 stages", True, 2), ("tiles where used, walks 3 stages", False, 3),
+               ("tiles ahead, walks 3 stages (plan)", True, 3))  # fmt: skip
+WALK_STAGES_VARIANTS = {  # label: plan_keywords keywords with "constants"; each twice, alternating
+    f"{label} ({k})": dict(constants=dict(STORE_H_TILES_AHEAD=ahead, WALK_STATE_STAGES=stages))
+    for k in (1, 2) for label, ahead, stages in WALK_STAGES
 }
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
@@ -161,6 +185,11 @@ def run(out_dir: str, parts) -> str:
     rows += variant_rows(REGISTER_VARIANTS) + layer_rows(REGISTER_VARIANTS) if "registers" in parts else []
     if "chunk-parallel" in parts:
         rows += variant_rows(SPAN_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES) + layer_rows(SPAN_VARIANTS)
+    if "one-walk" in parts:
+        rows += variant_rows(ONE_WALK_VARIANTS, ONE_WALK_SHAPES)
+    if "walk-stages" in parts:
+        rows += variant_rows(WALK_STAGES_VARIANTS, WALK_STAGES_SHAPES)
+        rows += layer_rows({k: v for k, v in WALK_STAGES_VARIANTS.items() if "before" in k or "plan" in k})
     if "tiles-ahead" in parts:
         rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES)
         rows += layer_rows(AHEAD_VARIANTS)
@@ -169,4 +198,5 @@ def run(out_dir: str, parts) -> str:
 
 
 if __name__ == "__main__":
-    parts_main(__doc__, run, ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead"])
+    parts = ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead", "one-walk", "walk-stages"]
+    parts_main(__doc__, run, parts)

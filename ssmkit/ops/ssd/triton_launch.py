@@ -112,6 +112,23 @@ INFERENCE_FWD_SPAN = 0
 # 1.49 / 5.43 against 0.79 / 4.91 (and without autograd, fourteenth session: 4.16 / 3.60 / 2.13 against
 # 2.43 / 2.42 / 1.65 at three shapes).
 FP32_CHUNK_PARALLEL = True
+# ... except where one segment per row gives the walking scan's programs the whole GPU (``walk_fill`` at least
+# WALK_FILL: every SM given a program, or, past one wave of WALK_RESIDENT_PER_SM per SM at its 244 registers, whole
+# waves): then a 16-bit forward on the GPU walks with one segment, with or without a gradient to come. One segment
+# needs no state walk before the scan and no segment passing, forward or backward, and the walking scan reads no
+# per-chunk state from memory. Measured on the H200 (``benchmarks/gpu_ssd_segments.py --parts one-walk``, bf16,
+# P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds; forward without
+# autograd / forward+backward, the rule before against one segment):
+#   B=8 L=4096 H=32 (256 programs)  2 segments, chunk-parallel 0.442-0.444 / 2.554-2.564; one 0.335-0.337 / 2.309-2.320
+#   B=16 L=2048 H=32 (512)          1 segment, chunk-parallel 0.341-0.342 / 2.546-2.549; one 0.340-0.341 / 2.361
+#   B=6 L=4096 H=32 (192)           3 segments, chunk-parallel 0.428-0.429 / 1.964-1.967; one 0.333-0.334 / 1.879
+#   B=2 L=8192 H=64 (128)           4 segments, walking 0.558-0.562 / 2.578-2.590; one 0.452-0.454 / 2.593-2.600
+#   B=1 L=16384 H=128 (128)         4 segments, walking 0.877-0.879 / 5.074-5.105; one 0.891-0.898 / 5.088-5.114
+# (B=4 L=4096 H=32, 128 programs: 0.318-0.327 against 0.229-0.230 forward; its forward+backward is host-bound,
+# 1.4-1.8 ms either way.) Where one segment leaves SMs idle the rules above stay: at B=2 L=8192 H=32 (64 programs)
+# one segment forward took 0.447 against the rule's 8 segments 0.376-0.398 in the probe before this comparison.
+WALK_FILL = 0.9
+WALK_RESIDENT_PER_SM = 2
 STATE_TILE = (64, 32)
 STATE_WARPS = 4
 STATE_STAGES = 2
@@ -121,8 +138,13 @@ STATE_PROGRAMS_PER_SM = 6
 # H200 (``benchmarks/gpu_ssd_segments.py``, bf16, P=64, N=128, chunk 32, forward+backward ms, against 1
 # stage): one sequence of 64K tokens with 64 heads, walks 11.21 / 11.46, then the storing scan too
 # 10.76 / 11.20 (twice); 16K tokens with 64 heads 2.79 / 2.87. The forward that stores nothing is no faster
-# with 2 stages (64K: 2.16 / 2.12 ms).
-WALK_STATE_STAGES = 2
+# with 2 stages (64K: 2.16 / 2.12 ms). Three stages for the walks since the twenty-eighth session (with the storing
+# scan's tiles ahead, ``STORE_H_TILES_AHEAD``; ``benchmarks/gpu_ssd_segments.py --parts walk-stages``, forward+backward
+# ms, two rounds, 2 stages against 3): one sequence with 64 heads, 64K tokens 9.699-9.704 -> 9.535-9.540, 16K
+# 2.530-2.531 -> 2.492-2.504; B=2 L=8192 H=32 1.66-1.86 -> 1.43-1.47 (host-bound, noisy); B=8 L=4096 H=32 (one
+# walk) 2.221-2.230 -> 2.204-2.207. The walks alone at 3 stages (scan without its tiles ahead): 9.640-9.642 at
+# 64K against 9.807-9.812.
+WALK_STATE_STAGES = 3
 STORE_H_STAGES = 2
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
@@ -176,9 +198,13 @@ WALKING_PLAN_TILES = False
 # (``benchmarks/gpu_ssd_segments.py --parts tiles-ahead``, bf16, P=64, N=128, chunk 32, forward without
 # autograd, ms, two runs each): B=8 L=4096 H=32 0.549 -> 0.503-0.506; B=16 L=2048 H=32 0.446 -> 0.390-0.392;
 # one sequence with 64 heads, 16K tokens 0.550-0.552 -> 0.510, 64K 2.111-2.117 -> 1.935. With the states
-# stored (a gradient to come) it was slower: forward+backward at 16K / 64K tokens, 64 heads, 2.664-2.670 ->
-# 2.698-2.710 and 10.198-10.201 -> 10.381.
+# stored (a gradient to come) it was slower then: forward+backward at 16K / 64K tokens, 64 heads, 2.664-2.670 ->
+# 2.698-2.710 and 10.198-10.201 -> 10.381. On the twenty-eighth session's code (whole tiles, one walk where it
+# fills the GPU) the storing scan gains too (STORE_H_TILES_AHEAD; same script, ``--parts walk-stages``, walks at 2
+# stages, forward+backward ms, two rounds): 64K tokens 9.807-9.812 -> 9.699-9.704, 16K 2.557-2.569 -> 2.530-2.531,
+# B=8 L=4096 H=32 2.244-2.255 -> 2.221-2.230.
 TILES_AHEAD = True
+STORE_H_TILES_AHEAD = True
 # Where every chunk is full (no packed sequences, L a multiple of the chunk, the chunk a power of two) and the
 # kernel's P and N tiles cover P and N exactly, its chunk loop loads and stores without element masks
 # (``scan.triton_common._load_in`` / ``_store_in``) and Δ and the decay gradient need no zeroing past the chunk's
@@ -315,9 +341,13 @@ def make_plan(
     state_n, state_p = state_tile or STATE_TILE
     state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
     state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
+    scan_programs = rows * H * triton.cdiv(P, block_p)  # the walking scan's, per segment
+    one_walk = lambda: (  # noqa: E731  (16-bit on the GPU, one segment per row filling it: see WALK_FILL)
+        x.device.type == "cuda" and x.element_size() == 2 and walk_fill(scan_programs, sm_count(x.device)) >= WALK_FILL)
     if fwd_span < 0:
         fp32_gpu = FP32_CHUNK_PARALLEL and x.device.type == "cuda" and x.element_size() == 4
-        fwd_span = FWD_SPAN if fp32_gpu or state_programs >= STATE_PROGRAMS_PER_SM * sm_count(x.device) else 0
+        many = state_programs >= STATE_PROGRAMS_PER_SM * sm_count(x.device)
+        fwd_span = FWD_SPAN if fp32_gpu or (many and not one_walk()) else 0
     if fwd_span or state_tile or WALKING_PLAN_TILES:
         state_warps, state_stages = state_warps or STATE_WARPS, state_stages or STATE_STAGES
     else:  # the state walks take whole states, like the walking scan
@@ -326,8 +356,10 @@ def make_plan(
     if seg_chunks <= 0:  # enough programs to fill the GPU
         if fwd_span:  # (the state walks walk)
             n_segs = triton.cdiv(STATE_PROGRAMS_PER_SM * sm_count(x.device), state_programs)
+        elif one_walk():  # (one segment per row fills the GPU)
+            n_segs = 1
         else:  # (the scan walks: as many segments as fit in whole waves of its programs)
-            n_segs = SEG_PROGRAMS_PER_SM * sm_count(x.device) // (rows * H * triton.cdiv(P, block_p))
+            n_segs = SEG_PROGRAMS_PER_SM * sm_count(x.device) // scan_programs
         n_segs = max(1, min(n_chunks, n_segs))
         seg_chunks = triton.cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)
@@ -348,6 +380,16 @@ def make_plan(
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
                 walk_regs, bwd_regs, head_loop)  # fmt: skip
+
+
+def walk_fill(programs: int, sms: int) -> float:
+    """How well ``programs`` equally long walks fill the GPU. Within one wave (up to ``WALK_RESIDENT_PER_SM``
+    per SM): the share of SMs given a program, since a second program on an SM runs beside the first and
+    lengthens nothing. Past one wave: the share of the program slots that their whole waves keep busy."""
+    wave = WALK_RESIDENT_PER_SM * sms
+    if programs <= wave:
+        return min(1.0, programs / sms)
+    return programs / (triton.cdiv(programs, wave) * wave)
 
 
 def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
@@ -496,7 +538,7 @@ def ssd_fwd(
         y_pre if save_pre else y, final, *sizes, *strides, HAS_D=D is not None,
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
         H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner,
-        TILES_AHEAD=TILES_AHEAD and not plan.fwd_span and not store_h, **flags,
+        TILES_AHEAD=TILES_AHEAD and not plan.fwd_span and (not store_h or STORE_H_TILES_AHEAD), **flags,
         **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
@@ -511,7 +553,7 @@ def ssd_bwd(
     ``dfinal``: (S, H, P, N) fp32 or None; ``seg_in``, ``seg_decay`` and (if it kept them, else
     None or empty) the per-chunk states ``h_kept`` from :func:`ssd_fwd`.
 
-    Returns dx, ddt (fp32), dA (H,) fp32, dB, dC (fp32, (B, L, G, N)),
+    Returns dx, ddt (fp32), dA (H,) fp32, dB, dC ((B, L, G, N), in B's and C's dtypes, or fp32),
     dD (fp32, D's shape) or None, d dt_bias (fp32) or None, d initial state (fp32) or None.
     ``dx_out`` (B, L, H, P) in x's dtype with (H, P) contiguous in a token, ``dB_out`` / ``dC_out``
     (B, L, G, N): tensors (e.g. slices of one larger gradient) that dx, dB and dC are written into and
@@ -590,15 +632,15 @@ def ssd_bwd(
         WHOLE=whole_tiles(plan, L, P, N, plan.block_p_bwd, plan.block_n), num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
-    # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32).
-    # (into the given slices directly: torch.sum accumulates 16-bit inputs in fp32 and rounds once, as a sum
-    # in fp32 followed by a cast would)
+    # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
+    # slices or tensors of B's and C's dtypes directly: torch.sum accumulates 16-bit inputs in fp32 and rounds
+    # once, as a sum in fp32 followed by a cast would (the casts took 2 x 5 us at B=8 L=4096 on the H200).
     if reduce_heads:
         dB, dC = dB_sum, dC_sum
     else:
-        dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=torch.float32) if out is None  # (B, L, G, N)
+        dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=like.dtype) if out is None  # (B, L, G, N)
                   else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
-                  for shares, out in ((dB_h, dB_out), (dC_h, dC_out))]  # fmt: skip
+                  for shares, out, like in ((dB_h, dB_out, B), (dC_h, dC_out, C))]  # fmt: skip
     return _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit)
 
 
@@ -607,8 +649,8 @@ def _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit) -> tuple:
     P blocks and segments (or chunks), d dt_bias over the batch and the tokens."""
     ddt = ddt[0] if ddt.shape[0] == 1 else ddt.sum(0)
     dD_sum = None
-    if D is not None:
-        dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum((0, 2))
+    if D is not None:  # (over the rows first: H x P columns to spread the sums over)
+        dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum(0).sum(1)
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA.sum((0, 1)), dB, dC, dD_sum, ddt_bias, dinit
 

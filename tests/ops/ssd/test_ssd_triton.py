@@ -324,6 +324,36 @@ def test_walking_forward_tiles_ahead(gen, monkeypatch, ahead, packed):
     assert_close(s, ref_s, TOL[torch.float32], "final state")
 
 
+
+@pytest.mark.parametrize("ahead", [True, False])
+@pytest.mark.parametrize("packed", [False, True])
+def test_storing_scan_tiles_ahead(gen, monkeypatch, ahead, packed):
+    """The walking scan that stores every chunk's entering state for the backward (a gradient to come), with
+    its tiles loaded a chunk ahead or where used (``STORE_H_TILES_AHEAD``): output, final state and every
+    gradient against the float64 loop, over two segments, plain and packed; the backward read the kept states."""
+    from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
+
+    monkeypatch.setattr(triton_launch, "STORE_H_TILES_AHEAD", ahead)
+    kept = []
+
+    def spy_bwd(*args, **kw):
+        kept.append(args[16].numel() > 0)  # (h_kept)
+        return triton_launch.ssd_bwd(*args, **kw)
+
+    monkeypatch.setattr(ssd_triton_module, "ssd_bwd", spy_bwd)
+    if packed:
+        _, cu, inp = _packed(gen, torch.float32)
+        ref_fn, extra = _alone(inp, cu), dict(cu_seqlens=cu.to(DEV))
+    else:
+        inp = make_inputs(gen, L=45, P=12, G=2, dtype=torch.float32)
+        ref_fn, extra = ssd_reference, {}
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(2, -1, 0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8,
+              **extra)  # fmt: skip
+    ref = run(ref_fn, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed), dt_softplus=True)
+    assert_all_close(got, ref, torch.float32, GRAD_NAMES)
+    assert kept == [True]
+
 def test_optional_inputs_absent_and_strong_decay(gen):
     """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
     full = make_inputs(gen, L=40, G=2, strong_decay=True)
@@ -715,7 +745,7 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     plan = make_plan(one, 128, 32, None)
     assert (plan.fwd_span, plan.n_segs) == (0, 8)  # 512 programs <= 4 x 132 (9 would make 576)
     assert (plan.state_block_n, plan.state_block_p) == (128, 64)  # whole states, like the walking scan
-    assert (plan.state_stages, plan.fwd_stages, plan.store_stages) == (2, 1, 2)
+    assert (plan.state_stages, plan.fwd_stages, plan.store_stages) == (3, 1, 2)
     half = torch.empty(1, 16384, 32, 64, dtype=torch.bfloat16, device="meta")
     assert make_plan(half, 128, 32, None).n_segs == 16  # 512 programs (17 would make 544)
     assert make_plan(one, 128, 32, None, fwd_span=1).n_segs == 4  # 1024 state-walk programs
@@ -733,3 +763,37 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
     assert make_plan(OnTheGPU(one), 128, 64, None).fwd_span == 0  # 16-bit there: by the program count
     monkeypatch.setattr(triton_launch, "FP32_CHUNK_PARALLEL", False)
     assert make_plan(OnTheGPU(one_fp32), 128, 64, None).fwd_span == 0
+
+
+def test_one_walk_where_it_fills_the_gpu(monkeypatch):
+    """On a 132-SM GPU, 16-bit inputs whose rows x heads give every SM a walking-scan program (or whole waves
+    of two per SM) walk with one segment, with or without a gradient to come (``WALK_FILL``); short of that,
+    and for fp32 or off the GPU, the rules before hold."""
+    from ssmkit.ops.ssd import triton_launch
+    from ssmkit.ops.ssd.triton_launch import forward_span, make_plan, walk_fill
+
+    monkeypatch.setattr(triton_launch, "sm_count", lambda device: 132)
+
+    class OnTheGPU:  # (what make_plan reads of x)
+        def __init__(self, *shape, dtype=torch.bfloat16):
+            self.shape, self.dtype, self.device = torch.Size(shape), dtype, torch.device("cuda")
+
+        def element_size(self):
+            return self.dtype.itemsize
+
+    assert walk_fill(128, 132) == pytest.approx(128 / 132) and walk_fill(192, 132) == walk_fill(264, 132) == 1.0
+    assert walk_fill(300, 132) == pytest.approx(300 / 528) and walk_fill(512, 132) == pytest.approx(512 / 528)
+    for rows, L, H in ((8, 4096, 32), (6, 4096, 32), (4, 4096, 32), (16, 2048, 32), (2, 8192, 64)):
+        x = OnTheGPU(rows, L, H, 64)
+        for grad in (True, False):
+            plan = make_plan(x, 128, 32, None, fwd_span=forward_span(x, -1, grad))
+            assert (plan.fwd_span, plan.n_segs) == (0, 1), (rows, L, H, grad)
+            assert (plan.state_block_n, plan.state_block_p) == (128, 64)  # the backward's walk: whole states
+    assert make_plan(OnTheGPU(10, 4096, 32, 64), 128, 32, None).fwd_span == 1  # 320 programs: 0.61 of two waves
+    assert make_plan(OnTheGPU(3, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 5  # 96 programs: 528 // 96
+    assert make_plan(OnTheGPU(8, 4096, 32, 64, dtype=torch.float32), 128, 32, None).fwd_span == 1  # fp32
+    assert make_plan(torch.empty(8, 4096, 32, 64, dtype=torch.bfloat16, device="meta"), 128, 32, None).fwd_span == 1
+    monkeypatch.setattr(triton_launch, "WALK_FILL", 2.0)  # (the rule off)
+    plan = make_plan(OnTheGPU(8, 4096, 32, 64), 128, 32, None)
+    assert (plan.fwd_span, plan.n_segs) == (1, 1)
+    assert make_plan(OnTheGPU(8, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 2
