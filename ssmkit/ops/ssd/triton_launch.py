@@ -118,15 +118,17 @@ FP32_CHUNK_PARALLEL = True
 # needs no state walk before the scan and no segment passing, forward or backward, and the walking scan reads no
 # per-chunk state from memory. Measured on the H200 (``benchmarks/gpu_ssd_segments.py --parts one-walk``, bf16,
 # P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds; forward without
-# autograd / forward+backward, the rule before against one segment):
-#   B=8 L=4096 H=32 (256 programs)  2 segments, chunk-parallel 0.442-0.444 / 2.554-2.564; one 0.335-0.337 / 2.309-2.320
-#   B=16 L=2048 H=32 (512)          1 segment, chunk-parallel 0.341-0.342 / 2.546-2.549; one 0.340-0.341 / 2.361
-#   B=6 L=4096 H=32 (192)           3 segments, chunk-parallel 0.428-0.429 / 1.964-1.967; one 0.333-0.334 / 1.879
-#   B=2 L=8192 H=64 (128)           4 segments, walking 0.558-0.562 / 2.578-2.590; one 0.452-0.454 / 2.593-2.600
-#   B=1 L=16384 H=128 (128)         4 segments, walking 0.877-0.879 / 5.074-5.105; one 0.891-0.898 / 5.088-5.114
-# (B=4 L=4096 H=32, 128 programs: 0.318-0.327 against 0.229-0.230 forward; its forward+backward is host-bound,
-# 1.4-1.8 ms either way.) Where one segment leaves SMs idle the rules above stay: at B=2 L=8192 H=32 (64 programs)
-# one segment forward took 0.447 against the rule's 8 segments 0.376-0.398 in the probe before this comparison.
+# autograd / forward+backward, the rule before against one segment; before STORE_H_TILES_AHEAD and 3-stage walks):
+#   B=8 L=4096 H=32 (256 programs)  2 segments, chunk-parallel 0.443-0.588 / 2.510-2.512; one 0.335-0.336 / 2.266-2.268
+#   B=16 L=2048 H=32 (512)          1 segment, chunk-parallel 0.341-0.342 / 2.511; one 0.341-0.342 / 2.317-2.318
+#   B=6 L=4096 H=32 (192)           3 segments, chunk-parallel 0.428-0.430 / 1.935-1.936; one 0.333-0.334 / 1.849-1.851
+#   B=2 L=8192 H=64 (128)           4 segments, walking 0.454-0.455 / 2.537-2.558; one 0.451-0.452 / 2.550
+#   B=1 L=16384 H=128 (128)         4 segments, walking 0.878-0.880 / 5.001-5.004; one 0.897-0.898 / 5.011-5.017
+# (B=4 L=4096 H=32, 128 programs: forward 0.240 -> 0.228-0.229; its forward+backward is host-bound, 1.3-2.0 ms either
+# way.) Where one segment leaves SMs idle the rules above stay: at B=2 L=8192 H=32 (64 programs) one segment took
+# 0.446-0.447 ms forward against the rule's 8 segments 0.262-0.280 in the same run. At long sequences with about one
+# program per SM, segments can still win a little: B=2 L=16384 H=64 (128 programs, 512 chunks) one segment 0.895 /
+# 4.933 against 2 segments 0.894 / 4.833 (``--parts op``, one round).
 WALK_FILL = 0.9
 WALK_RESIDENT_PER_SM = 2
 STATE_TILE = (64, 32)
@@ -138,12 +140,13 @@ STATE_PROGRAMS_PER_SM = 6
 # H200 (``benchmarks/gpu_ssd_segments.py``, bf16, P=64, N=128, chunk 32, forward+backward ms, against 1
 # stage): one sequence of 64K tokens with 64 heads, walks 11.21 / 11.46, then the storing scan too
 # 10.76 / 11.20 (twice); 16K tokens with 64 heads 2.79 / 2.87. The forward that stores nothing is no faster
-# with 2 stages (64K: 2.16 / 2.12 ms). Three stages for the walks since the twenty-eighth session (with the storing
-# scan's tiles ahead, ``STORE_H_TILES_AHEAD``; ``benchmarks/gpu_ssd_segments.py --parts walk-stages``, forward+backward
-# ms, two rounds, 2 stages against 3): one sequence with 64 heads, 64K tokens 9.699-9.704 -> 9.535-9.540, 16K
-# 2.530-2.531 -> 2.492-2.504; B=2 L=8192 H=32 1.66-1.86 -> 1.43-1.47 (host-bound, noisy); B=8 L=4096 H=32 (one
-# walk) 2.221-2.230 -> 2.204-2.207. The walks alone at 3 stages (scan without its tiles ahead): 9.640-9.642 at
-# 64K against 9.807-9.812.
+# with 2 stages (64K: 2.16 / 2.12 ms). Three stages for the walks since the twenty-eighth session
+# (``benchmarks/gpu_ssd_segments.py --parts walk-stages``, forward+backward ms, two rounds, the storing scan's tiles
+# where used / ahead (``STORE_H_TILES_AHEAD``), walks at 2 / 3 stages):
+#   one sequence with 64 heads, 64K tokens  9.867-9.870 / ahead 9.757-9.763 / 3 stages 9.600-9.604 / both 9.601-9.609
+#   16K tokens                              2.574-2.587 / 2.548 / 2.534-2.546 / both 2.505-2.506
+#   B=8 L=4096 H=32 (one walk)              2.263-2.273 / 2.240-2.249 / 2.243-2.245 / both 2.218-2.219
+# and the Mamba-2 layer at 64K 26.20-26.30 with neither against 25.78-26.01 with both.
 WALK_STATE_STAGES = 3
 STORE_H_STAGES = 2
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
@@ -200,9 +203,7 @@ WALKING_PLAN_TILES = False
 # one sequence with 64 heads, 16K tokens 0.550-0.552 -> 0.510, 64K 2.111-2.117 -> 1.935. With the states
 # stored (a gradient to come) it was slower then: forward+backward at 16K / 64K tokens, 64 heads, 2.664-2.670 ->
 # 2.698-2.710 and 10.198-10.201 -> 10.381. On the twenty-eighth session's code (whole tiles, one walk where it
-# fills the GPU) the storing scan gains too (STORE_H_TILES_AHEAD; same script, ``--parts walk-stages``, walks at 2
-# stages, forward+backward ms, two rounds): 64K tokens 9.807-9.812 -> 9.699-9.704, 16K 2.557-2.569 -> 2.530-2.531,
-# B=8 L=4096 H=32 2.244-2.255 -> 2.221-2.230.
+# fills the GPU) the storing scan gains too (STORE_H_TILES_AHEAD; the figures under WALK_STATE_STAGES).
 TILES_AHEAD = True
 STORE_H_TILES_AHEAD = True
 # Where every chunk is full (no packed sequences, L a multiple of the chunk, the chunk a power of two) and the
