@@ -327,10 +327,12 @@ def test_walking_forward_tiles_ahead(gen, monkeypatch, ahead, packed):
 
 @pytest.mark.parametrize("ahead", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
-def test_storing_scan_tiles_ahead(gen, monkeypatch, ahead, packed):
+@pytest.mark.parametrize("seg", [2, 64])
+def test_storing_scan_tiles_ahead(gen, monkeypatch, ahead, packed, seg):
     """The walking scan that stores every chunk's entering state for the backward (a gradient to come), with
     its tiles loaded a chunk ahead or where used (``STORE_H_TILES_AHEAD``): output, final state and every
-    gradient against the float64 loop, over two segments, plain and packed; the backward read the kept states."""
+    gradient against the float64 loop, over segments of two chunks or in one walk (the GPU's plan where one
+    segment per row fills it), plain and packed; the backward read the kept states."""
     from ssmkit.ops.ssd import triton as ssd_triton_module, triton_launch
 
     monkeypatch.setattr(triton_launch, "STORE_H_TILES_AHEAD", ahead)
@@ -348,7 +350,7 @@ def test_storing_scan_tiles_ahead(gen, monkeypatch, ahead, packed):
         inp = make_inputs(gen, L=45, P=12, G=2, dtype=torch.float32)
         ref_fn, extra = ssd_reference, {}
     seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(2, -1, 0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8,
+    got = run(triton_with(seg, -1, 0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=8,
               **extra)  # fmt: skip
     ref = run(ref_fn, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed), dt_softplus=True)
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
