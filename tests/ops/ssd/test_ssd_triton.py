@@ -324,7 +324,6 @@ def test_walking_forward_tiles_ahead(gen, monkeypatch, ahead, packed):
     assert_close(s, ref_s, TOL[torch.float32], "final state")
 
 
-
 @pytest.mark.parametrize("ahead", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("seg", [2, 64])
@@ -355,6 +354,7 @@ def test_storing_scan_tiles_ahead(gen, monkeypatch, ahead, packed, seg):
     ref = run(ref_fn, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed), dt_softplus=True)
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
     assert kept == [True]
+
 
 def test_optional_inputs_absent_and_strong_decay(gen):
     """No D, z, dt_bias, initial state; dt|A| up to ~160 per step stays finite and exact."""
