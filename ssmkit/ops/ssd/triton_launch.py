@@ -112,12 +112,13 @@ INFERENCE_FWD_SPAN = 0
 # 1.49 / 5.43 against 0.79 / 4.91 (and without autograd, fourteenth session: 4.16 / 3.60 / 2.13 against
 # 2.43 / 2.42 / 1.65 at three shapes).
 FP32_CHUNK_PARALLEL = True
-# ... except where one segment per row gives the walking scan's programs the whole GPU (``walk_fill`` at least
-# WALK_FILL: every SM given a program, or, past one wave of WALK_RESIDENT_PER_SM per SM at its 244 registers, whole
-# waves): then a 16-bit forward on the GPU walks with one segment, with or without a gradient to come. One segment
-# needs no state walk before the scan and no segment passing, forward or backward, and the walking scan reads no
-# per-chunk state from memory. Measured on the H200 (``benchmarks/gpu_ssd_segments.py --parts one-walk``, bf16,
-# P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds; forward without
+# 16-bit inputs on the GPU, where one segment per row gives the walking scan's programs the whole GPU (``walk_fill``
+# at least WALK_FILL: every SM given a program, or, past one wave of WALK_RESIDENT_PER_SM per SM at its 244
+# registers, whole waves), walk with one segment, with or without a gradient to come: this overrides the
+# chunk-parallel rule (FWD_SPAN, STATE_PROGRAMS_PER_SM) and the walking plan's segment count (SEG_PROGRAMS_PER_SM).
+# One segment needs no state walk before the scan and no segment passing, forward or backward, and the walking
+# scan reads no per-chunk state from memory. Measured on the H200 (``benchmarks/gpu_ssd_segments.py --parts
+# one-walk``, bf16, P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds; forward without
 # autograd / forward+backward, the rule before against one segment; before STORE_H_TILES_AHEAD and 3-stage walks):
 #   B=8 L=4096 H=32 (256 programs)  2 segments, chunk-parallel 0.443-0.588 / 2.510-2.512; one 0.335-0.336 / 2.266-2.268
 #   B=16 L=2048 H=32 (512)          1 segment, chunk-parallel 0.341-0.342 / 2.511; one 0.341-0.342 / 2.317-2.318
@@ -635,7 +636,7 @@ def ssd_bwd(
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
     # slices or tensors of B's and C's dtypes directly: torch.sum accumulates 16-bit inputs in fp32 and rounds
-    # once, as a sum in fp32 followed by a cast would (the casts took 2 x 5 us at B=8 L=4096 on the H200).
+    # once, as a sum in fp32 followed by a cast would (the casts took 2 x 5 us at B=8 L=4096 in an H200 profile).
     if reduce_heads:
         dB, dC = dB_sum, dC_sum
     else:
