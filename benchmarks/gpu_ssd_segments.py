@@ -1,7 +1,7 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
     python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel tiles-ahead
-                                                                one-walk walk-stages]
+                                                                one-walk walk-stages fused-knobs]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -37,6 +37,10 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   ahead (``triton_launch.STORE_H_TILES_AHEAD``) and the walking plan's state walks at 3 pipelining stages
   (``WALK_STATE_STAGES``), against either alone and neither (``WALK_STAGES_VARIANTS``, each twice, alternating),
   at ``WALK_STAGES_SHAPES`` (each checked) and in the layer (neither against both).
+- "fused-knobs": the fused backward's pipelining stages and warps, spans of two chunks per program, and the walking
+  scan at 8 warps under register caps (two programs per SM), against the plan (``FUSED_KNOBS``, each twice,
+  alternating); then register caps of the fused backward and the walking scan that keep two programs per SM
+  (once each), at ``FUSED_KNOBS_SHAPES`` (each checked).
 
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
 walk-sub`` there) and reading each chunk's C B^T formed once per group (rev 2bc82ba, ``--parts cb`` there)
@@ -112,6 +116,18 @@ WALK_STAGES_VARIANTS = {  # label: plan_keywords keywords with "constants"; each
     f"{label} ({k})": dict(constants=dict(STORE_H_TILES_AHEAD=ahead, WALK_STATE_STAGES=stages))
     for k in (1, 2) for label, ahead, stages in WALK_STAGES
 }
+FUSED_KNOBS_SHAPES = ((8, 4096, 32), (1, 65536, 64))
+FUSED_KNOBS = {  # label: plan_keywords keywords; each twice, alternating
+    f"{label} ({k})": keywords
+    for k in (1, 2) for label, keywords in (
+        ("plan", {}), ("fused backward 2 stages", dict(bwd_stages=2)), ("fused backward 3 stages", dict(bwd_stages=3)),
+        ("fused backward 8 warps", dict(bwd_warps=8)),
+        ("fused backward spans of 2 chunks, 2 stages, 8 warps", dict(bwd_span=2, bwd_stages=2, bwd_warps=8)),
+        ("scan 8 warps <= 128 registers, walks 4 warps", dict(fwd_warps=8, scan_regs=128, state_warps=4)),
+        ("scan 8 warps <= 120 registers, walks 4 warps", dict(fwd_warps=8, scan_regs=120, state_warps=4)))
+} | {  # register caps that keep two programs per SM (they change only the schedule ptxas picks); once each
+    f"fused backward <= {n} registers": dict(bwd_regs=n) for n in (192, 208, 224, 240)
+} | {f"walking scan <= {n} registers": dict(scan_regs=n) for n in (208, 224, 240)}  # fmt: skip
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
 
@@ -190,6 +206,8 @@ def run(out_dir: str, parts) -> str:
     if "walk-stages" in parts:
         rows += variant_rows(WALK_STAGES_VARIANTS, WALK_STAGES_SHAPES)
         rows += layer_rows({k: v for k, v in WALK_STAGES_VARIANTS.items() if "before" in k or "plan" in k})
+    if "fused-knobs" in parts:
+        rows += variant_rows(FUSED_KNOBS, FUSED_KNOBS_SHAPES)
     if "tiles-ahead" in parts:
         rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES)
         rows += layer_rows(AHEAD_VARIANTS)
@@ -198,5 +216,6 @@ def run(out_dir: str, parts) -> str:
 
 
 if __name__ == "__main__":
-    parts = ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead", "one-walk", "walk-stages"]
+    parts = ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead", "one-walk", "walk-stages",
+             "fused-knobs"]
     parts_main(__doc__, run, parts)

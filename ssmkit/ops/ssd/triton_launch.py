@@ -153,7 +153,9 @@ STORE_H_STAGES = 2
 # Default chunks per program of the fused backward: one. Measured on the H200 (B=8 L=4096 H=32 P=64
 # N=128 bf16, whole backward): Q=64 2.97 ms (8 warps) against 4.11 walking the segments; spans of 2
 # or 4 chunks spill (4.2-4.7 ms). 8 warps pay off from Q=64 (2.97 vs 3.08 with 4), not at Q=32
-# (3.69 vs 3.24).
+# (3.69 vs 3.24). Re-measured on the twenty-ninth session's code (``benchmarks/gpu_ssd_segments.py --parts
+# fused-knobs``, B=8 L=4096 H=32, forward+backward ms): the plan 2.20-2.21; 2 / 3 stages 2.30 / 3.20; 8 warps 3.22;
+# spans of 2 at 2 stages and 8 warps 3.34; register caps of 240 down to 192 2.27 to 2.56.
 BWD_SPAN = 1
 # The chunk-parallel kernels (the fused backward, and the forward scan of the chunk-parallel plan) launch the
 # programs of one chunk for every head before those of the next chunk (``program_tile``'s HEADS_INNER), so
