@@ -118,8 +118,9 @@ FP32_CHUNK_PARALLEL = True
 # chunk-parallel rule (FWD_SPAN, STATE_PROGRAMS_PER_SM) and the walking plan's segment count (SEG_PROGRAMS_PER_SM).
 # One segment needs no state walk before the scan and no segment passing, forward or backward, and the walking
 # scan reads no per-chunk state from memory. Measured on the H200 (``benchmarks/gpu_ssd_segments.py --parts
-# one-walk``, bf16, P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds; forward without
-# autograd / forward+backward, the rule before against one segment; before STORE_H_TILES_AHEAD and 3-stage walks):
+# one-walk``, bf16, P=64, N=128, chunk 32, ms, each row checked against the float32 "torch" path, two rounds;
+# forward without autograd / forward+backward, the rule before against one segment; before STORE_H_TILES_AHEAD and
+# 3-stage walks):
 #   B=8 L=4096 H=32 (256 programs)  2 segments, chunk-parallel 0.443-0.588 / 2.510-2.512; one 0.335-0.336 / 2.266-2.268
 #   B=16 L=2048 H=32 (512)          1 segment, chunk-parallel 0.341-0.342 / 2.511; one 0.341-0.342 / 2.317-2.318
 #   B=6 L=4096 H=32 (192)           3 segments, chunk-parallel 0.428-0.430 / 1.935-1.936; one 0.333-0.334 / 1.849-1.851

@@ -741,6 +741,7 @@ class _OnTheGPU:
     def element_size(self):
         return self.dtype.itemsize
 
+
 def test_plan_picks_the_forward_by_programs(monkeypatch):
     """The chunk-parallel forward with one segment per row where rows x heads x state tiles fill an
     H200 (132 SMs) STATE_PROGRAMS_PER_SM times over; else the walking scan with as many segments as keep
