@@ -12,6 +12,7 @@ import torch
 from numerics import TOL, assert_close, randn
 from triton_helpers import DEVICE, assert_compiles_like_eager, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
+import ssmkit.ops.conv.causal_conv1d_triton  # noqa: F401  (registers the ssmkit:: custom ops that opcheck names)
 from ssmkit.ops.conv.causal_conv1d import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
 
 pytestmark = requires_triton

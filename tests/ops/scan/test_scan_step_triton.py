@@ -12,6 +12,7 @@ import torch
 from numerics import assert_close, randn
 from triton_helpers import DEVICE, assert_step_matches, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
+import ssmkit.ops.scan.triton_step  # noqa: F401  (registers the ssmkit:: custom op that opcheck names)
 from ssmkit.ops.scan import SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
 
 NAMES = ("state", "u", "delta", "A", "B", "C", "D", "z", "delta_bias")

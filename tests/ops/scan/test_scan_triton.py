@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 from ssmkit.ops.backends import BackendUnavailableError
 from ssmkit.ops._triton import triton_unavailable_reason
+import ssmkit.ops.scan.triton  # noqa: F401  (registers the ssmkit:: custom ops that the tests name)
 from ssmkit.ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_reference
 from ssmkit.ops.scan.triton_common import _exp2_fma
 

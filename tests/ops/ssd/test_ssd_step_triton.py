@@ -12,6 +12,7 @@ import torch
 from numerics import assert_close, randn
 from triton_helpers import DEVICE, assert_step_matches, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
+import ssmkit.ops.ssd.triton_step  # noqa: F401  (registers the ssmkit:: custom op that opcheck names)
 from ssmkit.ops.ssd import SSD_STEP_BACKENDS, ssd_step
 
 NAMES = ("state", "x", "dt", "A", "B", "C", "D", "z", "dt_bias")
