@@ -48,6 +48,7 @@ from .triton_bwd_heads import _ssd_bwd_heads_kernel
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
+from .triton_segment_sums import _ssd_segment_sums_kernel
 from .triton_states import _ssd_states_kernel
 from .triton_states_bwd import _ssd_dstates_kernel
 
@@ -171,6 +172,12 @@ HEADS_INNER = True
 # 64K tokens with 64 heads 10.72 against 10.31 with one share in flight at a time, 10.40 against 10.32 with
 # eight; B=8 L=4096 H=32 2.73 / 2.74 against 2.69 / 2.70. The last program's loop outlasts the sum it saves.
 REDUCE_HEADS = False
+# Where rows are cut into segments (batch rows, not packed sequences), each segment's own sum before the
+# passing (the state at its end, the gradient at its start) is one chained product per segment, each
+# chunk's operand scaled by its decay to the segment's edge (``triton_segment_sums.py``), rather than the
+# state walks' recurrence, whose products wait for each other.
+CHAINED_SEGMENT_SUMS = True
+SEGMENT_BLOCK_T = 32  # tokens per product of the chained segment sums
 # For fp32 inputs, the chunk-parallel backward's programs own a chunk and a group and walk the group's
 # heads (``triton_bwd_heads.py``), summing dB, dC in registers, rather than one (chunk, head) each.
 # Measured on the H200 (``benchmarks/gpu_ssd_backward.py --parts head-loop-fp32 head-loop``, P=64, N=128,
@@ -438,6 +445,28 @@ def _state_like(init: Optional[torch.Tensor], n_seqs: int, H: int, P: int, N: in
     return init.clone()
 
 
+def _segment_sums_args(x, N: int, plan: Plan):
+    """Grid and launch options of the chained segment sums (``triton_segment_sums.py``): the walks' (N, P)
+    tiles, warps and stages, and ``SEGMENT_BLOCK_T`` tokens per product (fewer in shorter segments)."""
+    rows, L, H, P = x.shape
+    bn, bp = plan.state_block_n, plan.state_block_p
+    seg_len = plan.seg_chunks * plan.Q
+    bt = min(SEGMENT_BLOCK_T, seg_len & -seg_len)  # blocks that tile the segment where they can
+    if bt < 16:  # (tl.dot: K >= 16)
+        bt = max(16, min(SEGMENT_BLOCK_T, triton.next_power_of_2(seg_len)))
+    whole = (WHOLE_TILES and not plan.varlen and L % bt == 0 and plan.seg_chunks * plan.Q % bt == 0 and P % bp == 0
+             and N % bn == 0)  # fmt: skip
+    blocks = dict(BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn, WHOLE=whole, num_warps=plan.state_warps,
+                  num_stages=plan.state_stages, **register_cap(x, plan.walk_regs))  # fmt: skip
+    return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
+
+
+def chains_segments(plan: Plan) -> bool:
+    """Whether the segments' own sums (before the passing) are one chained product per segment
+    (``triton_segment_sums.py``, ``CHAINED_SEGMENT_SUMS``) rather than the walks' recurrence: batch rows only."""
+    return CHAINED_SEGMENT_SUMS and not plan.varlen
+
+
 def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
     """Chain segments in place: states (rows, n_segs, H, N, P) fp32, decay (rows, n_segs, H)."""
     rows, n_segs, H, N, P = states.shape
@@ -515,7 +544,15 @@ def ssd_fwd(
     # (one segment per row: nothing enters it but the initial state, which the kernels read themselves)
     seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     seg_decay = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, **f32)
-    if several:
+    if several and chains_segments(plan):
+        sums_grid, sums_blocks = _segment_sums_args(x, N, plan)
+        _ssd_segment_sums_kernel[sums_grid](
+            x, dt, A, opt(dt_bias), B, opt(init), seg, seg_decay, *sizes, *strides, SOFTPLUS=dt_softplus,
+            HAS_BIAS=dt_bias is not None, HAS_EDGE=init is not None, BACKWARD=False, **_dot_flags(x),
+            **sums_blocks, **LAUNCH,
+        )  # fmt: skip
+        passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
+    elif several:
         _ssd_states_kernel[walk_grid](
             x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *sizes, *strides,
             STORE_CHUNKS=False, SEG_IN=False, STORE_FINAL=False, **flags, **walk_blocks, **LAUNCH,
@@ -586,7 +623,15 @@ def ssd_bwd(
     g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
-    if several:
+    if several and chains_segments(plan):
+        sums_grid, sums_blocks = _segment_sums_args(x, N, plan)
+        _ssd_segment_sums_kernel[sums_grid](
+            dy, dt, A, opt(dt_bias), C, opt(dfinal), g_seg, g_seg, *sizes, *strides, SOFTPLUS=dt_softplus,
+            HAS_BIAS=dt_bias is not None, HAS_EDGE=dfinal is not None, BACKWARD=True, **_dot_flags(x),
+            **sums_blocks, **LAUNCH,
+        )  # fmt: skip
+        passing(g_seg, seg_decay, reverse=True)
+    elif several:
         _ssd_dstates_kernel[walk_grid](
             dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
             STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,

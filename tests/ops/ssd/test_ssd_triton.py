@@ -172,7 +172,8 @@ def test_head_loop_and_one_head_per_program(gen, monkeypatch, dtype, P, G, packe
             assert_close(got[True][2][name], got[False][2][name], 1e-5, f"grad {name}, head loop against one head")
 
 
-WHOLE_KERNELS = ("_ssd_states_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_kernel", "_ssd_bwd_kernel")
+WHOLE_KERNELS = ("_ssd_states_kernel", "_ssd_segment_sums_kernel", "_ssd_scan_fwd_kernel", "_ssd_dstates_kernel",
+                 "_ssd_bwd_kernel")
 
 
 @pytest.mark.parametrize("dtype, seg, span, fwd_span, keep", [
@@ -324,6 +325,46 @@ def test_walking_forward_tiles_ahead(gen, monkeypatch, ahead, packed):
         y, s = triton_with(2, -1, 0)(**{k: v.to(DEV) for k, v in inp.items()}, dt_softplus=True, chunk_size=8, **extra)
     assert_close(y, ref_y, TOL[torch.float32], "y")
     assert_close(s, ref_s, TOL[torch.float32], "final state")
+
+
+@pytest.mark.parametrize("chained", [True, False])
+@pytest.mark.parametrize("dtype, L, chunk, seg, init, strong", [
+    (torch.float32, 45, 8, 2, True, False),  # L not a multiple of the chunk; the initial state enters segment 0
+    (torch.bfloat16, 64, 16, 1, False, False),  # one chunk per segment
+    (torch.float32, 41, 7, 3, True, True),  # odd chunk; chunk log decays near -1e4 (terms below the range)
+])  # fmt: skip
+def test_chained_segment_sums(gen, monkeypatch, chained, dtype, L, chunk, seg, init, strong):
+    """Each segment's own state at its end (forward) and gradient at its start (backward) as one chained
+    product per segment (``CHAINED_SEGMENT_SUMS``: each chunk's operand scaled to the segment's edge) or by
+    the walks' recurrence: output, final state and every gradient (the final state in the loss) against the
+    float64 loop, with the chained kernel launched once each way, or not at all."""
+    from ssmkit.ops.ssd import triton_launch
+
+    monkeypatch.setattr(triton_launch, "CHAINED_SEGMENT_SUMS", chained)
+    launches = []
+    spy_launches(monkeypatch, triton_launch, ["_ssd_segment_sums_kernel"],
+                 lambda name, kw: launches.append(kw["BACKWARD"]))  # fmt: skip
+    inp = make_inputs(gen, L=L, dtype=dtype, strong_decay=strong)
+    if not init:
+        inp["initial_state"] = None
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(seg, 1, 0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=chunk)
+    ref = run(ssd_reference, {k: None if v is None else v.double() for k, v in inp.items()},
+              torch.Generator().manual_seed(seed), dt_softplus=True)  # fmt: skip
+    for t in (got[0], got[1], *got[2].values()):
+        assert torch.isfinite(t).all()
+    assert_all_close(got, ref, dtype, [k for k in GRAD_NAMES if inp[k] is not None])
+    assert launches == ([False, True] if chained else [])
+
+
+def test_chained_segment_sums_rule():
+    """Batch rows take the chained segment sums; packed sequences (which open and close inside a segment)
+    take the walks."""
+    from ssmkit.ops.ssd.triton_launch import chains_segments, make_plan
+
+    x = torch.empty(1, 64, 4, 16, device="meta")
+    assert chains_segments(make_plan(x, 16, 16, None, seg_chunks=2))
+    assert not chains_segments(make_plan(x, 16, 16, 3, seg_chunks=2))
 
 
 @pytest.mark.parametrize("ahead", [True, False])
