@@ -175,9 +175,14 @@ REDUCE_HEADS = False
 # Where rows are cut into segments (batch rows, not packed sequences), each segment's own sum before the
 # passing (the state at its end, the gradient at its start) is one chained product per segment, each
 # chunk's operand scaled by its decay to the segment's edge (``triton_segment_sums.py``), rather than the
-# state walks' recurrence, whose products wait for each other.
+# state walks' recurrence, which rescales its running sum between the chunks' products. Measured on the H200
+# (``benchmarks/gpu_ssd_versions.py``, the commit before against the change in alternating processes, bf16,
+# P=64, N=128, forward / forward+backward ms): one sequence of 64K tokens with 64 heads 1.668-1.681 /
+# 9.545-9.601 -> 1.639-1.653 / 9.511-9.560; with 32 heads 0.842 / 4.83 -> 0.821 / 4.80.
 CHAINED_SEGMENT_SUMS = True
-SEGMENT_BLOCK_T = 32  # tokens per product of the chained segment sums
+# Tokens per product of the chained segment sums (64: forward 1.79 ms at 64K x 64, slower than 32's 1.65 with
+# the shared memory of its larger tiles leaving 3 programs per SM instead of 4).
+SEGMENT_BLOCK_T = 32
 # For fp32 inputs, the chunk-parallel backward's programs own a chunk and a group and walk the group's
 # heads (``triton_bwd_heads.py``), summing dB, dC in registers, rather than one (chunk, head) each.
 # Measured on the H200 (``benchmarks/gpu_ssd_backward.py --parts head-loop-fp32 head-loop``, P=64, N=128,
@@ -445,20 +450,29 @@ def _state_like(init: Optional[torch.Tensor], n_seqs: int, H: int, P: int, N: in
     return init.clone()
 
 
-def _segment_sums_args(x, N: int, plan: Plan):
-    """Grid and launch options of the chained segment sums (``triton_segment_sums.py``): the walks' (N, P)
-    tiles, warps and stages, and ``SEGMENT_BLOCK_T`` tokens per product (fewer in shorter segments)."""
-    rows, L, H, P = x.shape
+def _segment_sums(v, M, edge, out, seg_decay, dt, A, dt_bias, dt_softplus: bool, plan: Plan, sizes: tuple,
+                  strides: tuple, backward: bool) -> None:  # fmt: skip
+    """Each segment's own state at its end (v = x, M = B, ``edge`` the initial state or None; writes
+    ``seg_decay``) or, ``backward``, its own gradient at its start (v = dy, M = C, ``edge`` the final-state
+    gradient or None) into ``out`` (rows, n_segs, H, N, P) fp32: one chained product per segment
+    (``triton_segment_sums.py``) on the walks' (N, P) tiles, warps and stages, ``SEGMENT_BLOCK_T`` tokens
+    per product (fewer in shorter segments)."""
+    rows, L, H, P = v.shape
+    N = M.shape[3]
     bn, bp = plan.state_block_n, plan.state_block_p
     seg_len = plan.seg_chunks * plan.Q
     bt = min(SEGMENT_BLOCK_T, seg_len & -seg_len)  # blocks that tile the segment where they can
     if bt < 16:  # (tl.dot: K >= 16)
         bt = max(16, min(SEGMENT_BLOCK_T, triton.next_power_of_2(seg_len)))
-    whole = (WHOLE_TILES and not plan.varlen and L % bt == 0 and plan.seg_chunks * plan.Q % bt == 0 and P % bp == 0
+    whole = (WHOLE_TILES and not plan.varlen and L % bt == 0 and seg_len % bt == 0 and P % bp == 0
              and N % bn == 0)  # fmt: skip
-    blocks = dict(BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn, WHOLE=whole, num_warps=plan.state_warps,
-                  num_stages=plan.state_stages, **register_cap(x, plan.walk_regs))  # fmt: skip
-    return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
+    grid = (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H)
+    _ssd_segment_sums_kernel[grid](
+        v, dt, A, v if dt_bias is None else dt_bias, M, v if edge is None else edge, out, seg_decay, *sizes,
+        *strides, SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_EDGE=edge is not None, BACKWARD=backward,
+        BLOCK_T=bt, BLOCK_P=bp, BLOCK_N=bn, WHOLE=whole, num_warps=plan.state_warps, num_stages=plan.state_stages,
+        **_dot_flags(v), **register_cap(v, plan.walk_regs), **LAUNCH,
+    )  # fmt: skip
 
 
 def chains_segments(plan: Plan) -> bool:
@@ -544,19 +558,14 @@ def ssd_fwd(
     # (one segment per row: nothing enters it but the initial state, which the kernels read themselves)
     seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     seg_decay = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, **f32)
-    if several and chains_segments(plan):
-        sums_grid, sums_blocks = _segment_sums_args(x, N, plan)
-        _ssd_segment_sums_kernel[sums_grid](
-            x, dt, A, opt(dt_bias), B, opt(init), seg, seg_decay, *sizes, *strides, SOFTPLUS=dt_softplus,
-            HAS_BIAS=dt_bias is not None, HAS_EDGE=init is not None, BACKWARD=False, **_dot_flags(x),
-            **sums_blocks, **LAUNCH,
-        )  # fmt: skip
-        passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
-    elif several:
-        _ssd_states_kernel[walk_grid](
-            x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *sizes, *strides,
-            STORE_CHUNKS=False, SEG_IN=False, STORE_FINAL=False, **flags, **walk_blocks, **LAUNCH,
-        )  # fmt: skip
+    if several:
+        if chains_segments(plan):
+            _segment_sums(x, B, init, seg, seg_decay, dt, A, dt_bias, dt_softplus, plan, sizes, strides, False)
+        else:
+            _ssd_states_kernel[walk_grid](
+                x, dt, A, opt(dt_bias), B, opt(init), opt(table), seg, seg, seg_decay, seg, *sizes, *strides,
+                STORE_CHUNKS=False, SEG_IN=False, STORE_FINAL=False, **flags, **walk_blocks, **LAUNCH,
+            )  # fmt: skip
         passing(seg, seg_decay, reverse=False)  # seg: now the state entering each segment
 
     final = _state_like(init, n_seqs, H, P, N, plan, x)
@@ -623,19 +632,14 @@ def ssd_bwd(
     g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
-    if several and chains_segments(plan):
-        sums_grid, sums_blocks = _segment_sums_args(x, N, plan)
-        _ssd_segment_sums_kernel[sums_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), g_seg, g_seg, *sizes, *strides, SOFTPLUS=dt_softplus,
-            HAS_BIAS=dt_bias is not None, HAS_EDGE=dfinal is not None, BACKWARD=True, **_dot_flags(x),
-            **sums_blocks, **LAUNCH,
-        )  # fmt: skip
-        passing(g_seg, seg_decay, reverse=True)
-    elif several:
-        _ssd_dstates_kernel[walk_grid](
-            dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
-            STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,
-        )  # fmt: skip
+    if several:
+        if chains_segments(plan):
+            _segment_sums(dy, C, dfinal, g_seg, g_seg, dt, A, dt_bias, dt_softplus, plan, sizes, strides, True)
+        else:
+            _ssd_dstates_kernel[walk_grid](
+                dy, dt, A, opt(dt_bias), C, opt(dfinal), opt(table), g_seg, g_seg, g_seg, *sizes, *strides,
+                STORE_CHUNKS=False, SEG_IN=False, **dstates, **walk_blocks, **LAUNCH,
+            )  # fmt: skip
         passing(g_seg, seg_decay, reverse=True)
     g_chunk, span = x, plan.bwd_span  # (placeholder pointer when not used)
     if span:  # the gradient at every chunk's end, so that chunks can be handled independently

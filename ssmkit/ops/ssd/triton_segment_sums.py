@@ -5,9 +5,10 @@ state at its end (forward) or to the gradient at its start (backward) is
 needed before ``triton_passing.py`` chains the segments. The walks of
 ``triton_states.py`` / ``triton_states_bwd.py`` compute it by their
 recurrence, which rescales the running sum by each chunk's decay before the
-chunk's product is added: every product then waits for the one before. Here
-each chunk's operand carries the decay to the segment's edge instead, so the
-products add into one accumulator and follow each other without waiting:
+chunk's product is added. Here each chunk's operand carries the decay to the
+segment's edge instead, so the products add into one accumulator with nothing
+done to it in between (fewer instructions per chunk; ``docs/kernels_gpu_notes_ssd.md``,
+thirty-first session):
 
     forward:  S = Σ_c B_c^T (w_c x_c),    w_{c,j} = Δ_j exp(acum_last_c - acum_{c,j} + λ_c)
     backward: dS = Σ_c C_c^T (v_c dy_c),  v_{c,i} = exp(acum_{c,i} + μ_c)
@@ -16,8 +17,7 @@ with λ_c the log decay of the segment's chunks after c (from c's end to the
 segment's end) and μ_c that of its chunks before c (from the segment's start
 to c's start). So each token's weight is a decay between the token and the
 segment's edge, whatever the chunks: the kernel takes the segment's tokens
-``BLOCK_T`` at a time (longer products than a chunk's, half as many steps at
-64). Every exponent is <= 0, so nothing overflows; a term decayed below the
+``BLOCK_T`` at a time (``triton_launch.SEGMENT_BLOCK_T``). Every exponent is <= 0, so nothing overflows; a term decayed below the
 dot dtype's range adds nothing, as it would to the recurrence.
 
 Transposed like the walks: S, dS as (N, P). The forward adds the initial state
