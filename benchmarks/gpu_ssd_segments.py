@@ -1,7 +1,7 @@
 """GPU: SSD forward and forward+backward against the number of segments per row, where the plan walks.
 
     python3 benchmarks/gpu_ssd_segments.py [--out DIR] [--parts op variants layer registers chunk-parallel tiles-ahead
-                                                                one-walk walk-stages fused-knobs]
+                                                                one-walk walk-stages fused-knobs chained-sums]
 
 A segment is a run of chunks that one program walks with the state in registers. Where a row has
 few heads (``triton_launch.make_plan``'s walking plan: one sequence, up to ~200 heads), the
@@ -41,6 +41,10 @@ as many programs as fit at once: a count of segments one past a whole wave adds 
   scan at 8 warps under register caps (two programs per SM), against the plan (``FUSED_KNOBS``, each twice,
   alternating); then register caps of the fused backward and the walking scan that keep two programs per SM
   (once each), at ``FUSED_KNOBS_SHAPES`` (each checked).
+- "chained-sums": each segment's own sums before the passing as one chained product per segment
+  (``triton_launch.CHAINED_SEGMENT_SUMS``, ``SEGMENT_BLOCK_T`` tokens per product) against the walks' recurrence
+  and against 64-token products (``CHAINED_VARIANTS``, each twice, alternating), at ``CHAINED_SHAPES`` (each
+  checked) and in the layer.
 
 Splitting the walking plan's state walks into shorter segments than the scan's (rev e83f849, ``--parts
 walk-sub`` there) and reading each chunk's C B^T formed once per group (rev 2bc82ba, ``--parts cb`` there)
@@ -128,6 +132,13 @@ FUSED_KNOBS = {  # label: plan_keywords keywords; each twice, alternating
 } | {  # register caps that keep two programs per SM (they change only the schedule ptxas picks); once each
     f"fused backward <= {n} registers": dict(bwd_regs=n) for n in (192, 208, 224, 240)
 } | {f"walking scan <= {n} registers": dict(scan_regs=n) for n in (208, 224, 240)}  # fmt: skip
+CHAINED_SHAPES = ((1, 65536, 64), (1, 65536, 32), (1, 16384, 64))
+CHAINED_VARIANTS = {  # label: plan_keywords keywords with "constants"; each twice, alternating
+    f"{label} ({k})": dict(constants=constants)
+    for k in (1, 2) for label, constants in (("walks' recurrence", dict(CHAINED_SEGMENT_SUMS=False)),
+                                             ("chained, 32 tokens per product (plan)", {}),
+                                             ("chained, 64 tokens per product", dict(SEGMENT_BLOCK_T=64)))
+}  # fmt: skip
 WAVE = 2  # walking-scan programs per SM in the sweep's "whole waves" (244 registers at 4 warps)
 
 
@@ -208,6 +219,8 @@ def run(out_dir: str, parts) -> str:
         rows += layer_rows({k: v for k, v in WALK_STAGES_VARIANTS.items() if "before" in k or "plan" in k})
     if "fused-knobs" in parts:
         rows += variant_rows(FUSED_KNOBS, FUSED_KNOBS_SHAPES)
+    if "chained-sums" in parts:
+        rows += variant_rows(CHAINED_VARIANTS, CHAINED_SHAPES) + layer_rows(CHAINED_VARIANTS)
     if "tiles-ahead" in parts:
         rows += variant_rows(AHEAD_VARIANTS, VARIANT_SHAPES + INFERENCE_SHAPES)
         rows += layer_rows(AHEAD_VARIANTS)
@@ -217,5 +230,5 @@ def run(out_dir: str, parts) -> str:
 
 if __name__ == "__main__":
     parts = ["op", "variants", "layer", "registers", "chunk-parallel", "tiles-ahead", "one-walk", "walk-stages",
-             "fused-knobs"]
+             "fused-knobs", "chained-sums"]
     parts_main(__doc__, run, parts)

@@ -180,8 +180,9 @@ REDUCE_HEADS = False
 # P=64, N=128, forward / forward+backward ms): one sequence of 64K tokens with 64 heads 1.668-1.681 /
 # 9.545-9.601 -> 1.639-1.653 / 9.511-9.560; with 32 heads 0.842 / 4.83 -> 0.821 / 4.80.
 CHAINED_SEGMENT_SUMS = True
-# Tokens per product of the chained segment sums (64: forward 1.79 ms at 64K x 64, slower than 32's 1.65 with
-# the shared memory of its larger tiles leaving 3 programs per SM instead of 4).
+# Tokens per product of the chained segment sums. 64 was slower (the same command with this constant at 64, two
+# rounds: forward 1.788-1.789 ms at 64K x 64 against 32's 1.639-1.653; the shared memory of its larger tiles
+# leaves 3 programs per SM instead of 4).
 SEGMENT_BLOCK_T = 32
 # For fp32 inputs, the chunk-parallel backward's programs own a chunk and a group and walk the group's
 # heads (``triton_bwd_heads.py``), summing dB, dC in registers, rather than one (chunk, head) each.
