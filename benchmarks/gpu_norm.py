@@ -147,13 +147,17 @@ def timings(seed: int, device: str, dtype: torch.dtype, d: int, rows: tuple, gro
 
 @contextmanager
 def tilings(fwd: Optional[norm_triton.Tiling], bwd: Optional[norm_triton.Tiling]):
-    """Run the kernels with other tilings for a while (a benchmark knob; restored on exit)."""
-    saved = norm_triton.FWD_TILING, norm_triton.BWD_TILING
-    norm_triton.FWD_TILING, norm_triton.BWD_TILING = fwd or saved[0], bwd or saved[1]
+    """Run the kernels with other tilings for a while (a benchmark knob; restored on exit). A backward
+    tiling given here serves every group size (in place of the narrow and wide groups' defaults too)."""
+    names = ("FWD_TILING", "BWD_TILING", "BWD_TILING_NARROW", "BWD_TILING_WIDE")
+    saved = [getattr(norm_triton, n) for n in names]
+    for n, t in zip(names, (fwd, bwd, bwd, bwd)):  # a backward variant serves every group
+        setattr(norm_triton, n, t or getattr(norm_triton, n))
     try:
         yield
     finally:
-        norm_triton.FWD_TILING, norm_triton.BWD_TILING = saved
+        for n, t in zip(names, saved):
+            setattr(norm_triton, n, t)
 
 
 def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups: tuple) -> list[list]:
@@ -164,6 +168,12 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
     bwd_variants = [None, T(2048, 8, 4096, 1024), T(4096, 8, 2048, 1024), T(4096, 8, 1024, 512), T(2048, 4, 4096, 1024),
                     T(8192, 16, 4096, 1024), T(8192, 8, 4096, 1024, 32), T(16384, 16, 4096, 1024, 32),
                     T(4096, 32, 4096, 1024), T(4096, 16, 4096, 1024), T(8192, 32, 4096, 1024)]  # fmt: skip
+    # programs per SM, and each tile loaded while the one before is summed (thirty-second session)
+    bwd_variants += [T(8192, 16, 4096, 1024, 16, 4, True), T(4096, 32, 4096, 1024, 16, 4, True),
+                     T(8192, 32, 4096, 1024, 16, 8), T(8192, 32, 4096, 1024, 16, 8, True),
+                     T(8192, 32, 4096, 1024, 16, 4, True), T(8192, 32, 4096, 1024, 16, 16, True),
+                     T(4096, 32, 4096, 1024, 16, 8), T(4096, 32, 4096, 1024, 16, 8, True),
+                     T(4096, 16, 4096, 1024, 16, 8), T(4096, 16, 4096, 1024, 16, 8, True)]  # fmt: skip
     ms = timer(device)
     out = []
     for gs in groups:
@@ -174,8 +184,10 @@ def sweep(seed: int, device: str, dtype: torch.dtype, d: int, rows: int, groups:
             for t, fast in [(None, False)] + [(t, True) for t in variants]:
                 label = "default" if t is None else (f"tile={t.tile} per_thread={t.per_thread} max_block={t.max_block} "
                                                      f"chunk={t.chunk} max_warps={t.max_warps}")  # fmt: skip
+                if t is not None and mode != "fwd":
+                    label += f" per_sm={t.per_sm}" + (" ahead" if t.ahead else "")
                 label += "" if fast else ", exact sigmoid (FAST_SIGMOID off)"
-                plan = norm_triton._plan(gs, t or (norm_triton.FWD_TILING if mode == "fwd" else norm_triton.BWD_TILING))
+                plan = norm_triton._plan(gs, t or (norm_triton.FWD_TILING if mode == "fwd" else norm_triton.bwd_tiling(gs)))
                 saved_fast, norm_triton.FAST_SIGMOID = norm_triton.FAST_SIGMOID, fast
                 try:
                     with tilings(t if mode == "fwd" else None, t if mode != "fwd" else None):

@@ -32,6 +32,8 @@ class Tiling:
     max_block: int  # a group of up to this many channels (rounded up to a power of two) is one tile wide
     chunk: int  # larger groups are walked in chunks of this many channels
     max_warps: int = 16
+    per_sm: int = 4  # backward: programs per SM (each walks a range of rows)
+    ahead: bool = False  # backward, groups of one tile: load each tile while the one before is summed
 
 
 # The backward keeps about twice as many values live per element as the forward and walks groups
@@ -41,13 +43,21 @@ class Tiling:
 # spills with a gate at 4096, which cost less than the halved parallelism per program).
 FWD_TILING = Tiling(tile=8192, per_thread=16, max_block=8192, chunk=2048)
 BWD_TILING = Tiling(tile=8192, per_thread=16, max_block=4096, chunk=1024)
-# Groups of 256 to 2048 channels (rounded up to a power of two) take backward programs of 4 warps, 32 elements
+# Groups of 256 to 1024 channels (rounded up to a power of two) take backward programs of 4 warps, 32 elements
 # per thread: several programs per SM, whose loads, row sums and stores overlap one another's. H200, 65536 rows,
 # bf16, fwd+bwd ms (``gpu_norm.py --sweep-groups 64 256 1024 2048`` and the sweep of ``gpu_norm.py``), the
-# default against these: groups of 256 2.04 -> 1.39, 512 2.37 -> 1.37, 1024 2.19 -> 1.21, 2048 1.83 -> 1.19;
-# at 64 (1.75 against 1.88) and 4096 (1.17 against 1.24) the default stays.
+# default against these: groups of 256 2.04 -> 1.39, 512 2.37 -> 1.37, 1024 2.19 -> 1.21, 2048 1.83 -> 1.19
+# (2048 has since moved to the wide groups' tiling, below); at 64 (1.75 against 1.88) the default stays.
 BWD_TILING_NARROW = Tiling(tile=4096, per_thread=32, max_block=4096, chunk=1024)
-NARROW_GROUPS = (256, 2048)
+NARROW_GROUPS = (256, 1024)
+# Groups of 2048 and 4096 channels (the Mamba-2 layer's at d_model 2048 and 1024, one group): 8 warps, 32 elements
+# per thread, about 8 programs per SM, each tile's loads issued while the tile before is summed (``ahead``).
+# H200, 65536 rows, bf16, z and dz slices of wider rows as in the layer, backward kernel ms (``gpu_norm_versions.py``:
+# the commit before and this one in alternating processes, two rounds, then ``--tilings``): groups of 4096
+# 0.8086-0.8087 -> 0.7017-0.7019, of 2048 0.816 -> 0.714. The same tiling without ``ahead`` 0.973 / 1.015; 16 per
+# thread at 8 per SM with ``ahead`` 0.802 / 0.811; 16 per SM 0.709 / 0.706.
+BWD_TILING_WIDE = Tiling(tile=8192, per_thread=32, max_block=4096, chunk=1024, per_sm=8, ahead=True)
+WIDE_GROUPS = (2048, 4096)
 # The gate's sigmoid from the GPU's approximate 2^x and 1/x (``ops/scan/triton_common._sigmoid``; not in the
 # interpreter).
 FAST_SIGMOID = True
@@ -61,6 +71,16 @@ def _plan(group_size: int, t: Tiling) -> tuple[int, int, int, int]:
         bn, chunks = t.chunk, cdiv(group_size, t.chunk)
     bm = max(1, t.tile // bn)
     return bm, bn, chunks, max(1, min(t.max_warps, bm * bn // (32 * t.per_thread)))
+
+
+def bwd_tiling(group_size: int) -> Tiling:
+    """The backward's tiling for groups of ``group_size`` channels (by their power-of-two width)."""
+    width = next_pow2(group_size)
+    if NARROW_GROUPS[0] <= width <= NARROW_GROUPS[1]:
+        return BWD_TILING_NARROW
+    if WIDE_GROUPS[0] <= width <= WIDE_GROUPS[1]:
+        return BWD_TILING_WIDE
+    return BWD_TILING
 
 
 def norm_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_size: int,
@@ -108,11 +128,11 @@ def norm_bwd(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd:
         dz = dz_out if dz_out is not None else torch.empty((M, D), dtype=z.dtype, device=z.device)
     if M == 0:
         return dy, dz, torch.zeros_like(weight)
-    narrow = NARROW_GROUPS[0] <= next_pow2(group_size) <= NARROW_GROUPS[1]
-    bm, bn, chunks, warps = _plan(group_size, BWD_TILING_NARROW if narrow else BWD_TILING)
+    tiling = bwd_tiling(group_size)
+    bm, bn, chunks, warps = _plan(group_size, tiling)
     sms = torch.cuda.get_device_properties(y.device).multi_processor_count if y.is_cuda else 2
     tiles = cdiv(M, bm)
-    n_split = max(1, min(tiles, cdiv(4 * sms, ng)))  # about four programs per SM
+    n_split = max(1, min(tiles, cdiv(tiling.per_sm * sms, ng)))
     rows_per_prog = cdiv(tiles, n_split) * bm
     n_split = cdiv(M, rows_per_prog)
     dw_part = torch.empty((n_split, D), dtype=torch.float32, device=y.device)
@@ -121,7 +141,7 @@ def norm_bwd(dout: Tensor, y: Tensor, z: Optional[Tensor], weight: Tensor, rstd:
         dout, y, zz, weight.contiguous(), rstd.contiguous(), dy, dz if z is not None else dy, dw_part,
         M, D, group_size, rows_per_prog, dout.stride(0), y.stride(0), zz.stride(0), dz.stride(0) if z is not None else D,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        FAST=FAST_SIGMOID and y.is_cuda, num_warps=warps, **LAUNCH,
+        FAST=FAST_SIGMOID and y.is_cuda, AHEAD=tiling.ahead and chunks == 1, num_warps=warps, **LAUNCH,
     )  # fmt: skip
     return dy, dz, dw_part.sum(0).to(weight.dtype)
 

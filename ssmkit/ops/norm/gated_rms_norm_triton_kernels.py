@@ -134,20 +134,78 @@ def _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, ro
 
 
 @triton.jit
+def _bwd_rows_ahead(dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_row, M, DIM, GROUP, ROWS_PER_PROG,
+                    s_om, s_ym, s_zm, s_dzm, row0, grp, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """The backward's rows of one program for a group of one tile, each tile's dout, y, z and rstd loaded
+    while the tile before is summed and stored (``Tiling.ahead``)."""
+    c = tl.arange(0, BLOCK_N)
+    cols = grp * GROUP + c
+    mask_c = c < GROUP
+    w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]  # (1, BLOCK_N)
+    row_end = tl.minimum(row0 + ROWS_PER_PROG, M)
+    rows = row0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) int64
+    mask = (rows < row_end)[:, None] & mask_c[None, :]
+    g_n = tl.load(dout_ptr + rows[:, None] * s_om + cols[None, :], mask=mask, other=0.0)
+    y_n = tl.load(y_ptr + rows[:, None] * s_ym + cols[None, :], mask=mask, other=0.0)
+    z_n = y_n
+    if HAS_Z:
+        z_n = tl.load(z_ptr + rows[:, None] * s_zm + cols[None, :], mask=mask, other=0.0)
+    r_n = tl.load(rstd_ptr + rows * tl.num_programs(1) + grp, mask=rows < row_end, other=0.0)
+    dw_acc = tl.zeros((BLOCK_N,), tl.float32)
+    for i in range(0, ROWS_PER_PROG, BLOCK_M):
+        rows = row0 + i + tl.arange(0, BLOCK_M)
+        g = g_n.to(tl.float32)
+        y = y_n.to(tl.float32)
+        zf = z_n.to(tl.float32)
+        rstd = r_n[:, None]
+        mask = (rows < row_end)[:, None] & mask_c[None, :]
+        nxt = rows + BLOCK_M  # the next tile's loads go out before this tile's sums wait on its own
+        m_nxt = (nxt < row_end)[:, None] & mask_c[None, :]
+        g_n = tl.load(dout_ptr + nxt[:, None] * s_om + cols[None, :], mask=m_nxt, other=0.0)
+        y_n = tl.load(y_ptr + nxt[:, None] * s_ym + cols[None, :], mask=m_nxt, other=0.0)
+        if HAS_Z:
+            z_n = tl.load(z_ptr + nxt[:, None] * s_zm + cols[None, :], mask=m_nxt, other=0.0)
+        else:
+            z_n = y_n
+        r_n = tl.load(rstd_ptr + nxt * tl.num_programs(1) + grp, mask=nxt < row_end, other=0.0)
+        gate = y
+        dgate = y
+        if HAS_Z:
+            s = _sigmoid(zf, FAST)
+            gate = zf * s
+            dgate = s * (1.0 + zf * (1.0 - s))
+        xhat = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE) * rstd
+        gbar = g
+        if HAS_Z:
+            if NORM_BEFORE_GATE:
+                gbar = g * gate
+        dw_acc += tl.sum(gbar * xhat, axis=0)
+        cmean = (tl.sum(gbar * w * xhat, axis=1) / GROUP)[:, None]
+        _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM, s_dzm,
+                   HAS_Z, NORM_BEFORE_GATE)  # fmt: skip
+    tl.store(dw_row + c, dw_acc, mask=mask_c)
+
+
+@triton.jit
 def gated_rms_norm_bwd_kernel(
     dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_ptr, M, DIM, GROUP, ROWS_PER_PROG,
     s_om, s_ym, s_zm, s_dzm,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False, AHEAD: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (n_split, NG): program (s, k) walks rows [s * ROWS_PER_PROG, (s + 1) * ROWS_PER_PROG) (a
     multiple of BLOCK_M) of group k. dout, y, z (M, D) unit channel stride; rstd (M, NG) float32.
-    Writes dy (M, D) contiguous, dz (M, D) with rows s_dzm apart (unit channel stride) and its partial sum of ∂w into row s of dw (n_split, D) float32."""
+    Writes dy (M, D) contiguous, dz (M, D) with rows s_dzm apart (unit channel stride) and its partial sum of ∂w into row s of dw (n_split, D) float32.
+    AHEAD (groups of one tile): each tile's loads are issued while the tile before is summed (``_bwd_rows_ahead``)."""
     grp = tl.program_id(1)
     c = tl.arange(0, BLOCK_N)
     row0 = tl.program_id(0).to(tl.int64) * ROWS_PER_PROG
     dw_row = dw_ptr + tl.program_id(0).to(tl.int64) * DIM + grp * GROUP
-    if NUM_CHUNKS == 1:
+    if NUM_CHUNKS == 1 and AHEAD:
+        _bwd_rows_ahead(dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_row, M, DIM, GROUP, ROWS_PER_PROG,
+                        s_om, s_ym, s_zm, s_dzm, row0, grp, BLOCK_M, BLOCK_N, HAS_Z, NORM_BEFORE_GATE, FAST)  # fmt: skip
+    elif NUM_CHUNKS == 1:
         cols = grp * GROUP + c
         mask_c = c < GROUP
         dw_acc = tl.zeros((BLOCK_N,), tl.float32)

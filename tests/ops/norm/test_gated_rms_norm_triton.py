@@ -57,21 +57,23 @@ def test_matches_reference(gen, dtype, norm_before_gate, D, group_size, gated, w
     check_against_reference(y, w, z, group_size, norm_before_gate, gen, TOL[dtype])
 
 
-def small_tiles(monkeypatch, chunked: bool) -> None:
-    """Tiles of 64 elements; with ``chunked``, groups wider than 8 channels are walked in chunks of 8."""
-    t = norm_triton.Tiling(tile=64, per_thread=1, max_block=8 if chunked else 64, chunk=8)
+def small_tiles(monkeypatch, chunked: bool, ahead: bool = False) -> None:
+    """Tiles of 64 elements; with ``chunked``, groups wider than 8 channels are walked in chunks of 8;
+    ``ahead``: the backward loads each tile while it sums the one before."""
+    t = norm_triton.Tiling(tile=64, per_thread=1, max_block=8 if chunked else 64, chunk=8, ahead=ahead)
     monkeypatch.setattr(norm_triton, "FWD_TILING", t)
     monkeypatch.setattr(norm_triton, "BWD_TILING", t)
 
 
 @pytest.mark.parametrize("norm_before_gate", [False, True])
 @pytest.mark.parametrize("gated", [True, False])
-@pytest.mark.parametrize("chunked", [False, True])
-def test_many_programs_and_partial_tiles(gen, monkeypatch, norm_before_gate, gated, chunked):
+@pytest.mark.parametrize("chunked,ahead", [(False, False), (False, True), (True, False)])
+def test_many_programs_and_partial_tiles(gen, monkeypatch, norm_before_gate, gated, chunked, ahead):
     """Tiny tiles: the forward has many row blocks, the backward several programs that each walk several
-    tiles (the last one partial) and write partial weight-gradient sums. Chunked: groups of 20 channels
-    in chunks of 8 (the last one partial), as the kernels walk groups wider than one tile."""
-    small_tiles(monkeypatch, chunked)
+    tiles (the last one partial) and write partial weight-gradient sums, with or without loading each
+    tile ahead. Chunked: groups of 20 channels in chunks of 8 (the last one partial), as the kernels walk
+    groups wider than one tile."""
+    small_tiles(monkeypatch, chunked, ahead)
     y = randn(75, 60, gen=gen).to(DEVICE)
     z = randn(75, 60, gen=gen).to(DEVICE) if gated else None
     w = randn(60, gen=gen).to(DEVICE)
@@ -90,6 +92,21 @@ def test_narrow_group_tiling(gen, monkeypatch, D, group_size):
     w = (randn(D, gen=gen).abs() + 0.5).to(DEVICE)
     check_against_reference(y, w, z, group_size, False, gen, TOL[torch.float32])
     assert plans == [norm_triton.FWD_TILING, norm_triton.BWD_TILING_NARROW]
+
+
+def test_wide_group_tiling(gen, monkeypatch):
+    """Groups of 2049 to 4096 channels: the backward takes ``BWD_TILING_WIDE`` (each program loads a tile
+    while it sums the one before; here 41 rows, the last tile partial), z a slice of a wider projection;
+    against float64."""
+    plans = []
+    plan = norm_triton._plan
+    monkeypatch.setattr(norm_triton, "_plan", lambda g, t: plans.append(t) or plan(g, t))
+    y = randn(41, 3000, gen=gen).to(DEVICE)
+    z = randn(41, 3100, gen=gen).to(DEVICE)[:, 60:3060]
+    w = (randn(3000, gen=gen).abs() + 0.5).to(DEVICE)
+    check_against_reference(y, w, z, 3000, False, gen, TOL[torch.float32])
+    assert plans == [norm_triton.FWD_TILING, norm_triton.BWD_TILING_WIDE]
+    assert norm_triton.BWD_TILING_WIDE.ahead
 
 
 def test_strided_inputs_and_leading_shapes(gen):
