@@ -1,6 +1,7 @@
 """GPU: variants of the SSD backward, each checked and then timed in one process.
 
-    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host heads]
+    python3 benchmarks/gpu_ssd_backward.py [--out DIR] [--parts op layer-op 16k layer profile profile-layer-op host heads
+                                            head-sums ...]
 
 The fused backward (``triton_scan_bwd.py``) holds 255 registers at chunk 32 with 4 warps, so
 two programs share an SM. Variants (``triton_launch`` constants and ``make_plan`` keywords):
@@ -37,6 +38,9 @@ tenth and eleventh sessions.)
   every chunk of a head first ("heads outer"), at the op's and the layer's shapes, and the Mamba-2 layer.
 - "host": host time per forward+backward through the eager autograd.Function and through the custom
   ops (``triton.EAGER_FUNCTION``), next to the measured forward+backward.
+- "head-sums": the heads' dB, dC shares added up by one Triton launch (the default, ``HEAD_SUMS_KERNEL``)
+  against two ``torch.sum`` calls, alternating twice, at the op's shape and one sequence of 16K / 64K tokens
+  with 64 heads, the Mamba-2 layer, and the per-kernel profile of both at 64K tokens.
 - "head-loop": the chunk-parallel backward with one program per (chunk, group) walking the group's heads
   (``triton_bwd_heads.py``; 4 or 8 warps, 1 or 2 stages) against one program per (chunk, head), at the op's
   and the layer's shapes (bf16), the Mamba-2 layer, and their per-kernel profile at 64K tokens;
@@ -77,6 +81,7 @@ VARIANTS = {  # label: (triton_launch constants, make_plan keywords)
     "masked tiles": (dict(WHOLE_TILES=False), {}),
     "heads outer": ({}, dict(heads_inner=False, head_loop=False)),
     "head sums in kernel": (dict(REDUCE_HEADS=True), dict(head_loop=False)),
+    "head sums by torch.sum": (dict(HEAD_SUMS_KERNEL=False), {}),
     "one head per program": ({}, dict(head_loop=False)),
     "head loop, 4 warps": ({}, dict(head_loop=True, bwd_warps=4)),
     "head loop, 8 warps": ({}, dict(head_loop=True, bwd_warps=8)),
@@ -197,6 +202,11 @@ def run(out_dir: str, parts) -> str:
         labels = ("default", "head sums in kernel", "heads outer")
         rows += op_rows(((8, 4096, 32), (1, 65536, 64)), labels)
         rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels])
+    if "head-sums" in parts:
+        labels = ("default", "head sums by torch.sum")
+        rows += op_rows(((8, 4096, 32), (1, 16384, 64), (1, 65536, 64)), labels * 2)
+        rows += mamba2_layer_rows([(label, lambda label=label: variant(label)) for label in labels * 2])
+        rows += profile_rows(labels, LAYER_SHAPES[-1])
     if "head-loop" in parts:
         labels = ("one head per program", "head loop, 4 warps", "head loop, 8 warps", "head loop, 8 warps, 2 stages")
         rows += op_rows(((8, 4096, 32), (1, 16384, 64), (1, 65536, 64)), labels)
@@ -228,4 +238,4 @@ def run(out_dir: str, parts) -> str:
 
 if __name__ == "__main__":
     parts_main(__doc__, run, ["op", "layer-op", "16k", "layer", "profile", "profile-layer-op", "host", "heads",
-                              "head-loop", "head-loop-fp32", "fp32-forward", "whole-tiles"])
+                              "head-sums", "head-loop", "head-loop-fp32", "fp32-forward", "whole-tiles"])

@@ -45,6 +45,7 @@ import triton.language as tl
 
 from .._triton import LAUNCH, sm_count
 from .triton_bwd_heads import _ssd_bwd_heads_kernel
+from .triton_head_sums import _ssd_head_sums_kernel
 from .triton_passing import _ssd_passing_kernel
 from .triton_scan import _ssd_scan_fwd_kernel
 from .triton_scan_bwd import _ssd_bwd_kernel
@@ -172,6 +173,13 @@ HEADS_INNER = True
 # 64K tokens with 64 heads 10.72 against 10.31 with one share in flight at a time, 10.40 against 10.32 with
 # eight; B=8 L=4096 H=32 2.73 / 2.74 against 2.69 / 2.70. The last program's loop outlasts the sum it saves.
 REDUCE_HEADS = False
+# Otherwise the shares are added up after the fused backward by one launch for dB and dC
+# (``triton_head_sums.py``) rather than two ``torch.sum`` calls. Measured on the H200 (``benchmarks/gpu_ssd_backward.py
+# --parts head-sums``, bf16, P=64, N=128, chunk 32, forward+backward ms, two rounds, against torch.sum): B=8 L=4096
+# H=32 2.190-2.191 / 2.203-2.205; one sequence with 64 heads, 16K tokens 2.452-2.453 / 2.478-2.479, 64K 9.438-9.440
+# / 9.491-9.493 (the sums 0.505 against 0.568 ms in its profile: 2.15 GB read at 4.3 TB/s).
+HEAD_SUMS_KERNEL = True
+HEAD_SUMS_BLOCK_T, HEAD_SUMS_SB, HEAD_SUMS_WARPS = 8, 8, 2  # tokens and shares per step of a program; its warps
 # Where rows are cut into segments (batch rows, not packed sequences), each segment's own sum before the
 # passing (the state at its end, the gradient at its start) is one chained product per segment, each
 # chunk's operand scaled by its decay to the segment's edge (``triton_segment_sums.py``), rather than the
@@ -663,8 +671,8 @@ def ssd_bwd(
                             plan, base)  # fmt: skip
         return _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit)
     share_dtype = torch.float32 if x.dtype == torch.float32 else x.dtype
-    dB_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
-    dC_h = torch.empty(rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)
+    shares = torch.empty(2, rows, L, H, n_pb, N, dtype=share_dtype, device=x.device)  # per (head, P block)
+    dB_h, dC_h = shares[0], shares[1]
     heads_inner = span > 0 and plan.heads_inner
     outs = dB_out is not None and dC_out is not None
     outs_fit = (dB_out is None and dC_out is None) or (
@@ -688,15 +696,35 @@ def ssd_bwd(
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
-    # slices or tensors of B's and C's dtypes directly: torch.sum accumulates 16-bit inputs in fp32 and rounds
-    # once, as a sum in fp32 followed by a cast would (the casts took 2 x 5 us at B=8 L=4096 in an H200 profile).
+    # slices or tensors of B's and C's dtypes directly (one rounding). torch.sum, the fallback, accumulates
+    # 16-bit inputs in fp32 too (a sum followed by a cast took 2 x 5 us more at B=8 L=4096 in an H200 profile).
     if reduce_heads:
         dB, dC = dB_sum, dC_sum
+    elif HEAD_SUMS_KERNEL and all(o is None or o.stride(-1) == 1 for o in (dB_out, dC_out)):
+        dB, dC = _head_sums(shares, G, dB_out, B.dtype, dC_out, C.dtype)
     else:
-        dB, dC = [shares.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=like.dtype) if out is None  # (B, L, G, N)
-                  else torch.sum(shares.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
-                  for shares, out, like in ((dB_h, dB_out, B), (dC_h, dC_out, C))]  # fmt: skip
+        dB, dC = [part.view(rows, L, G, H // G * n_pb, N).sum(3, dtype=like.dtype) if out is None  # (B, L, G, N)
+                  else torch.sum(part.view(rows, L, G, H // G * n_pb, N), 3, dtype=out.dtype, out=out)
+                  for part, out, like in ((dB_h, dB_out, B), (dC_h, dC_out, C))]  # fmt: skip
     return _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit)
+
+
+def _head_sums(shares: torch.Tensor, G: int, dB_out: Optional[torch.Tensor], dB_dtype: torch.dtype,
+               dC_out: Optional[torch.Tensor], dC_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """dB, dC (rows, L, G, N) from the fused backward's shares (2, rows, L, H, n_pb, N): sums over the heads
+    of each group and the P blocks, in fp32, into ``dB_out`` / ``dC_out`` (any strides with unit stride
+    along N) or new tensors of the given dtypes (``triton_head_sums.py``)."""
+    _, rows, L, H, n_pb, N = shares.shape
+    dB = dB_out if dB_out is not None else shares.new_empty(rows, L, G, N, dtype=dB_dtype)
+    dC = dC_out if dC_out is not None else shares.new_empty(rows, L, G, N, dtype=dC_dtype)
+    n_tok, S = rows * L * G, H // G * n_pb
+    if n_tok:
+        _ssd_head_sums_kernel[(triton.cdiv(n_tok, HEAD_SUMS_BLOCK_T), 2)](
+            shares, dB, dC, n_tok, L, G, S, shares[0].numel(), *dB.stride()[:3], *dC.stride()[:3],
+            N=N, BLOCK_T=HEAD_SUMS_BLOCK_T, SB=min(HEAD_SUMS_SB, triton.next_power_of_2(S)),
+            BLOCK_N=triton.next_power_of_2(N), num_warps=HEAD_SUMS_WARPS, **LAUNCH,
+        )  # fmt: skip
+    return dB, dC
 
 
 def _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit) -> tuple:
