@@ -27,17 +27,36 @@ from ..scan.triton_common import _sigmoid
 
 
 @triton.jit
-def _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z: tl.constexpr, FAST: tl.constexpr):
-    """(y, gate, silu'(z)) of a (BLOCK_M, BLOCK_N) tile in float32; without z the last two are y (unused).
+def _gate(y, z, HAS_Z: tl.constexpr, FAST: tl.constexpr):
+    """(gate, silu'(z)) = (z σ(z), σ(z) (1 + z (1 - σ(z)))) of float32 z; without z both are y (unused).
     ``FAST``: the sigmoid's fast path (``_sigmoid``)."""
-    y = tl.load(y_ptr + rows[:, None] * s_ym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     gate = y
     dgate = y
     if HAS_Z:
-        z = tl.load(z_ptr + rows[:, None] * s_zm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         s = _sigmoid(z, FAST)
         gate = z * s
         dgate = s * (1.0 + z * (1.0 - s))
+    return gate, dgate
+
+
+@triton.jit
+def _grad_in(g, gate, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr):
+    """ḡ = ∂L/∂(x̂ w): dout, times the gate when the norm comes first."""
+    gbar = g
+    if HAS_Z:
+        if NORM_BEFORE_GATE:
+            gbar = g * gate
+    return gbar
+
+
+@triton.jit
+def _load_tile(y_ptr, z_ptr, rows, cols, mask, s_ym, s_zm, HAS_Z: tl.constexpr, FAST: tl.constexpr):
+    """(y, gate, silu'(z)) of a (BLOCK_M, BLOCK_N) tile in float32; without z the last two are y (unused)."""
+    y = tl.load(y_ptr + rows[:, None] * s_ym + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    z = y
+    if HAS_Z:
+        z = tl.load(z_ptr + rows[:, None] * s_zm + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+    gate, dgate = _gate(y, z, HAS_Z, FAST)
     return y, gate, dgate
 
 
@@ -110,11 +129,7 @@ def _bwd_terms(dout_ptr, y_ptr, z_ptr, w_ptr, rows, cols, mask, mask_c, rstd, s_
     g = tl.load(dout_ptr + rows[:, None] * s_om + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=mask_c, other=0.0).to(tl.float32)[None, :]  # (1, BLOCK_N)
     xhat = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE) * rstd
-    gbar = g
-    if HAS_Z:
-        if NORM_BEFORE_GATE:
-            gbar = g * gate
-    return g, y, gate, dgate, w, xhat, gbar
+    return g, y, gate, dgate, w, xhat, _grad_in(g, gate, HAS_Z, NORM_BEFORE_GATE)
 
 
 @triton.jit
@@ -169,17 +184,9 @@ def _bwd_rows_ahead(dout_ptr, y_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dz_ptr, dw_
         else:
             z_n = y_n
         r_n = tl.load(rstd_ptr + nxt * tl.num_programs(1) + grp, mask=nxt < row_end, other=0.0)
-        gate = y
-        dgate = y
-        if HAS_Z:
-            s = _sigmoid(zf, FAST)
-            gate = zf * s
-            dgate = s * (1.0 + zf * (1.0 - s))
+        gate, dgate = _gate(y, zf, HAS_Z, FAST)
         xhat = _normed_input(y, gate, HAS_Z, NORM_BEFORE_GATE) * rstd
-        gbar = g
-        if HAS_Z:
-            if NORM_BEFORE_GATE:
-                gbar = g * gate
+        gbar = _grad_in(g, gate, HAS_Z, NORM_BEFORE_GATE)
         dw_acc += tl.sum(gbar * xhat, axis=0)
         cmean = (tl.sum(gbar * w * xhat, axis=1) / GROUP)[:, None]
         _bwd_store(dy_ptr, dz_ptr, g, y, gate, dgate, w, xhat, gbar, rstd, cmean, rows, cols, mask, DIM, s_dzm,
