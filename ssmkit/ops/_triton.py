@@ -111,7 +111,11 @@ def unit_last(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
 
 def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """t as a contiguous float32 tensor (parameters the kernels read in float32), None stays None."""
-    return None if t is None else t.detach().to(torch.float32).contiguous()
+    if t is None:
+        return None
+    if t.dtype == torch.float32 and t.is_contiguous():  # (the usual case: one call instead of three)
+        return t.detach()
+    return t.detach().to(torch.float32).contiguous()
 
 
 def next_pow2(n: int) -> int:

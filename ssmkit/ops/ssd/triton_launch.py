@@ -40,10 +40,9 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import triton
 import triton.language as tl
 
-from .._triton import LAUNCH, sm_count
+from .._triton import LAUNCH, cdiv, next_pow2, sm_count
 from .triton_bwd_heads import _ssd_bwd_heads_kernel
 from .triton_head_sums import _ssd_head_sums_kernel
 from .triton_passing import _ssd_passing_kernel
@@ -334,7 +333,7 @@ def _cuda_option(name: str, default):
 
 
 def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
+    return max(16, next_pow2(n))
 
 
 def make_plan(
@@ -363,11 +362,11 @@ def make_plan(
         if block_p < 64:  # what Triton 3.6 compiles correctly there
             tile_chunk = min(tile_chunk, NARROW_TILE_CHUNK)
     Q = max(1, min(chunk_size, L, tile_chunk))
-    n_chunks = triton.cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
+    n_chunks = cdiv(L, Q) if n_seqs is None else L // Q + n_seqs
     state_n, state_p = state_tile or STATE_TILE
     state_n, state_p = min(block_n, _pow2(state_n)), min(_pow2(P), _pow2(state_p))
-    state_programs = rows * H * triton.cdiv(P, state_p) * triton.cdiv(N, state_n)  # per segment
-    scan_programs = rows * H * triton.cdiv(P, block_p)  # the walking scan's, per segment
+    state_programs = rows * H * cdiv(P, state_p) * cdiv(N, state_n)  # per segment
+    scan_programs = rows * H * cdiv(P, block_p)  # the walking scan's, per segment
     one_walk = lambda: (  # noqa: E731  (16-bit on the GPU, one segment per row filling it: see WALK_FILL)
         x.device.type == "cuda" and x.element_size() == 2 and walk_fill(scan_programs, sm_count(x.device)) >= WALK_FILL)
     if fwd_span < 0:
@@ -381,13 +380,13 @@ def make_plan(
         state_warps, state_stages = state_warps or fwd_warps, state_stages or WALK_STATE_STAGES
     if seg_chunks <= 0:  # enough programs to fill the GPU
         if fwd_span:  # (the state walks walk)
-            n_segs = triton.cdiv(STATE_PROGRAMS_PER_SM * sm_count(x.device), state_programs)
+            n_segs = cdiv(STATE_PROGRAMS_PER_SM * sm_count(x.device), state_programs)
         elif one_walk():  # (one segment per row fills the GPU)
             n_segs = 1
         else:  # (the scan walks: as many segments as fit in whole waves of its programs)
             n_segs = SEG_PROGRAMS_PER_SM * sm_count(x.device) // scan_programs
         n_segs = max(1, min(n_chunks, n_segs))
-        seg_chunks = triton.cdiv(n_chunks, n_segs)
+        seg_chunks = cdiv(n_chunks, n_segs)
     seg_chunks = min(seg_chunks, n_chunks)
     if block_p_bwd <= 0:  # fp32 tiles take twice the shared memory of 16-bit ones
         block_p_bwd = min(_pow2(P), 32 if x.dtype == torch.float32 else 64)
@@ -401,7 +400,7 @@ def make_plan(
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
     if y_off_from_dc is None:
         y_off_from_dc = _pow2(Q) <= 32
-    return Plan(Q, n_chunks, seg_chunks, triton.cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
+    return Plan(Q, n_chunks, seg_chunks, cdiv(n_chunks, seg_chunks), _pow2(Q), block_p, block_p_bwd,
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
@@ -415,7 +414,7 @@ def walk_fill(programs: int, sms: int) -> float:
     wave = WALK_RESIDENT_PER_SM * sms
     if programs <= wave:
         return min(1.0, programs / sms)
-    return programs / (triton.cdiv(programs, wave) * wave)
+    return programs / (cdiv(programs, wave) * wave)
 
 
 def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
@@ -472,10 +471,10 @@ def _segment_sums(v, M, edge, out, seg_decay, dt, A, dt_bias, dt_softplus: bool,
     seg_len = plan.seg_chunks * plan.Q
     bt = min(SEGMENT_BLOCK_T, seg_len & -seg_len)  # blocks that tile the segment where they can
     if bt < 16:  # (tl.dot: K >= 16)
-        bt = max(16, min(SEGMENT_BLOCK_T, triton.next_power_of_2(seg_len)))
+        bt = max(16, min(SEGMENT_BLOCK_T, next_pow2(seg_len)))
     whole = (WHOLE_TILES and not plan.varlen and L % bt == 0 and seg_len % bt == 0 and P % bp == 0
              and N % bn == 0)  # fmt: skip
-    grid = (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H)
+    grid = (cdiv(P, bp) * cdiv(N, bn), plan.n_segs, rows * H)
     _ssd_segment_sums_kernel[grid](
         v, dt, A, v if dt_bias is None else dt_bias, M, v if edge is None else edge, out, seg_decay, *sizes,
         *strides, SOFTPLUS=dt_softplus, HAS_BIAS=dt_bias is not None, HAS_EDGE=edge is not None, BACKWARD=backward,
@@ -493,8 +492,8 @@ def chains_segments(plan: Plan) -> bool:
 def passing(states: torch.Tensor, decay: torch.Tensor, reverse: bool) -> None:
     """Chain segments in place: states (rows, n_segs, H, N, P) fp32, decay (rows, n_segs, H)."""
     rows, n_segs, H, N, P = states.shape
-    block = min(1024, triton.next_power_of_2(P * N))
-    grid = (triton.cdiv(P * N, block), rows * H)
+    block = min(1024, next_pow2(P * N))
+    grid = (cdiv(P * N, block), rows * H)
     _ssd_passing_kernel[grid](states, decay, n_segs, H, P * N, REVERSE=reverse, BLOCK=block, num_warps=4, **LAUNCH)
 
 
@@ -512,7 +511,7 @@ def _launch_args(x, dt, B, plan: Plan):
     # x: its own batch / token strides; the (B, L, H, P) tensors the kernels write or take from
     # the caller's gradient (y, dy, dx, z): contiguous
     strides = (x.stride(0), x.stride(1), L * H * P, H * P, dt.stride(0), dt.stride(1), B.stride(0), B.stride(1))
-    grid = (triton.cdiv(P, plan.block_p), plan.n_segs, rows * H)
+    grid = (cdiv(P, plan.block_p), plan.n_segs, rows * H)
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p, BLOCK_N=plan.block_n,
                   WHOLE=whole_tiles(plan, L, P, N, plan.block_p, plan.block_n), num_warps=plan.fwd_warps,
                   num_stages=plan.fwd_stages, **register_cap(x, plan.scan_regs))  # fmt: skip
@@ -525,12 +524,12 @@ def _state_walk_args(x, N: int, plan: Plan):
     bn, bp, warps, stages = plan.state_block_n, plan.state_block_p, plan.state_warps, plan.state_stages
     blocks = dict(BLOCK_Q=plan.block_q, BLOCK_P=bp, BLOCK_N=bn, WHOLE=whole_tiles(plan, L, P, N, bp, bn),
                   num_warps=warps, num_stages=stages, **register_cap(x, plan.walk_regs))  # fmt: skip
-    return (triton.cdiv(P, bp) * triton.cdiv(N, bn), plan.n_segs, rows * H), blocks
+    return (cdiv(P, bp) * cdiv(N, bn), plan.n_segs, rows * H), blocks
 
 
 def _spans(sizes: tuple, n_chunks: int, span: int) -> tuple[tuple, int]:
     """The sizes of a chunk-parallel kernel, whose "segments" are spans of ``span`` chunks."""
-    n_spans = triton.cdiv(n_chunks, span)
+    n_spans = cdiv(n_chunks, span)
     return (*sizes[:5], n_spans, span, *sizes[7:]), n_spans
 
 
@@ -637,8 +636,12 @@ def ssd_bwd(
             STORE_CHUNKS=True, SEG_IN=several, STORE_FINAL=False, HAS_INIT=init is not None, **base,
             **walk_blocks, **LAUNCH,
         )  # fmt: skip
-    # Gradient at every segment's end: segment-local sums chained backwards (zero: a row's only segment).
-    g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
+    # Gradient at every segment's end: segment-local sums chained backwards (zero: a row's only segment,
+    # which the per-chunk kernels do not read: a placeholder pointer then).
+    if several or not plan.bwd_span:
+        g_seg = (torch.empty if several else torch.zeros)(rows, plan.n_segs, H, N, P, **f32)
+    else:
+        g_seg = x
     dinit = _state_like(dfinal, n_seqs, H, P, N, plan, x) if init is not None else None
     dstates = dict(HAS_DFINAL=dfinal is not None, HAS_DINIT=init is not None, **base)
     if several:
@@ -661,7 +664,7 @@ def ssd_bwd(
     else:
         n_spans = plan.n_segs
 
-    n_pb = triton.cdiv(P, plan.block_p_bwd)
+    n_pb = cdiv(P, plan.block_p_bwd)
     dx = x.new_empty(x.shape) if dx_out is None else dx_out
     ddt = torch.empty(n_pb, *dt.shape, **f32)  # shares of the P blocks
     dA = torch.empty(n_pb, rows * n_spans, H, **f32)
@@ -719,10 +722,10 @@ def _head_sums(shares: torch.Tensor, G: int, dB_out: Optional[torch.Tensor], dB_
     dC = dC_out if dC_out is not None else shares.new_empty(rows, L, G, N, dtype=dC_dtype)
     n_tok, S = rows * L * G, H // G * n_pb
     if n_tok:
-        _ssd_head_sums_kernel[(triton.cdiv(n_tok, HEAD_SUMS_BLOCK_T), 2)](
+        _ssd_head_sums_kernel[(cdiv(n_tok, HEAD_SUMS_BLOCK_T), 2)](
             shares, dB, dC, n_tok, L, G, S, shares[0].numel(), *dB.stride()[:3], *dC.stride()[:3],
-            N=N, BLOCK_T=HEAD_SUMS_BLOCK_T, SB=min(HEAD_SUMS_SB, triton.next_power_of_2(S)),
-            BLOCK_N=triton.next_power_of_2(N), num_warps=HEAD_SUMS_WARPS, **LAUNCH,
+            N=N, BLOCK_T=HEAD_SUMS_BLOCK_T, SB=min(HEAD_SUMS_SB, next_pow2(S)),
+            BLOCK_N=next_pow2(N), num_warps=HEAD_SUMS_WARPS, **LAUNCH,
         )  # fmt: skip
     return dB, dC
 
@@ -733,7 +736,7 @@ def _bwd_sums(dx, ddt, dA, dB, dC, D, dD, dt_bias, dinit) -> tuple:
     ddt = ddt[0] if ddt.shape[0] == 1 else ddt.sum(0)
     dD_sum = None
     if D is not None:  # (over the rows first: H x P columns to spread the sums over)
-        dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum(0).sum(1)
+        dD_sum = dD.sum(0) if D.dim() == 2 else dD.sum((0, 2))
     ddt_bias = ddt.sum((0, 1)) if dt_bias is not None else None
     return dx, ddt, dA.sum((0, 1)), dB, dC, dD_sum, ddt_bias, dinit
 
@@ -745,7 +748,7 @@ def _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA
     ``dC_out`` when given, else fp32)."""
     rows, L, H, P = x.shape
     G, N = B.shape[2], B.shape[3]
-    n_pb = triton.cdiv(P, plan.block_p_bwd)
+    n_pb = cdiv(P, plan.block_p_bwd)
     f32 = dict(dtype=torch.float32, device=x.device)
     given = dB_out is not None and dC_out is not None
     direct = n_pb == 1 and given and dB_out.stride() == dC_out.stride() and dB_out.stride()[2:] == (N, 1)
