@@ -16,17 +16,29 @@ SSM layers; attention writes into its preallocated KV cache); apart from
 them only the output ids (and, with a repetition penalty, a (B, V) "seen"
 mask) are kept. A sequence that cannot fit a layer's cache is refused
 before any work.
+
+On CUDA, models whose layers allow it (Mamba, Mamba-2, S4, S4D, dense MLPs)
+decode through a CUDA graph (``graphs.py``): the step's kernels are recorded
+once and replayed with one launch per token. ``cuda_graph`` None (the default)
+does so from ``GRAPH_MIN_TOKENS`` new tokens on; True asks for it (an error
+where the model cannot be graphed), False never.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Iterator, Optional, Sequence, Union
 
 import torch
 
+from .graphs import GraphedStep, graph_unsupported_reason, graphed_step
 from .sampling import apply_repetition_penalty, sample
 
 Prompt = Union[torch.Tensor, Sequence[int], Sequence[Sequence[int]]]
+
+# With cuda_graph None, decoding goes through a CUDA graph from this many new tokens on: the capture costs
+# a few eager steps (its warm-up) and the recording, which fewer tokens would not earn back.
+GRAPH_MIN_TOKENS = 16
 
 
 def _param(model) -> torch.Tensor:
@@ -103,8 +115,15 @@ def _check_capacity(model, prompt_len: int, max_new_tokens: int) -> None:
             raise ValueError(f"generate: prompt {prompt_len} + {max_new_tokens} new tokens exceed {desc} {limit}")
 
 
-def _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens) -> None:
+def _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens,
+                cuda_graph=None) -> None:
     fn = "generate"
+    if cuda_graph is not None and not isinstance(cuda_graph, bool):
+        raise TypeError(f"{fn}: argument `cuda_graph` must be None, True or False, got {cuda_graph!r}")
+    if cuda_graph:
+        reason = graph_unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"{fn}: argument `cuda_graph` is True, but {reason} (pass None or False)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
         raise ValueError(f"{fn}: argument `max_new_tokens` must be an int >= 0, got {max_new_tokens!r}")
     if not temperature >= 0:
@@ -120,14 +139,32 @@ def _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_pen
             raise ValueError(f"{fn}: argument `{name}` must hold ids in [0, {model.vocab_size}), got {t!r}")
 
 
+def _capture(model, token: torch.Tensor, state, required: bool) -> Optional[GraphedStep]:
+    """``model.step`` captured in a CUDA graph, or None (with a warning) where the capture failed and the
+    caller did not insist (``cuda_graph`` None): decoding then goes on eagerly from the same state."""
+    try:
+        return graphed_step(model, token, state)
+    except Exception as e:  # noqa: BLE001  (any failure of the capture: the eager step still works)
+        if required:
+            raise
+        warnings.warn(f"generate: decoding without a CUDA graph, its capture failed ({type(e).__name__}: {e})",
+                      RuntimeWarning, stacklevel=4)  # fmt: skip
+        return None
+
+
 @torch.no_grad()
 def _decode(model, ids: torch.Tensor, mask: Optional[torch.Tensor], max_new_tokens: int, temperature: float,
             top_k: Optional[int], top_p: Optional[float], repetition_penalty: float, stop_tokens: Sequence[int],
-            generator: Optional[torch.Generator], pad_id: int) -> Iterator[torch.Tensor]:
+            generator: Optional[torch.Generator], pad_id: int, cuda_graph: Optional[bool] = None,
+            ) -> Iterator[torch.Tensor]:  # fmt: skip
     """Yields the new token of every row, (B,) int64, one step at a time (pad_id for finished rows)."""
     B, device = ids.shape[0], ids.device
     if max_new_tokens == 0:
         return
+    required = cuda_graph is True
+    if cuda_graph is None:  # (auto: where the model allows it and enough tokens earn the capture back)
+        cuda_graph = max_new_tokens >= GRAPH_MIN_TOKENS and graph_unsupported_reason(model) is None
+    graphed = None
     logits, state = prefill(model, ids, mask)
     seen = None
     if repetition_penalty != 1.0:  # (B, V) bool: fixed size, whatever the number of tokens
@@ -149,12 +186,19 @@ def _decode(model, ids: torch.Tensor, mask: Optional[torch.Tensor], max_new_toke
         if seen is not None:
             seen[rows, token] = True
         if t + 1 < max_new_tokens:
-            logits, state = decode_one(model, token, state)
+            if cuda_graph and graphed is None:
+                graphed = _capture(model, token, state, required)
+                cuda_graph = graphed is not None
+            if graphed is not None:
+                logits = graphed(token)  # (the graph's buffer; read before the next step overwrites it)
+            else:
+                logits, state = decode_one(model, token, state)
 
 
 def stream(model, prompt_ids: Prompt, max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
            top_p: Optional[float] = None, repetition_penalty: float = 1.0, stop_tokens: Sequence[int] = (),
-           generator: Optional[torch.Generator] = None, pad_id: int = 0) -> Iterator[Union[int, torch.Tensor]]:
+           generator: Optional[torch.Generator] = None, pad_id: int = 0,
+           cuda_graph: Optional[bool] = None) -> Iterator[Union[int, torch.Tensor]]:
     """Like :func:`generate`, but yields tokens as they are produced.
 
     A single prompt (a list of ints or a 1-D tensor) yields ints, ending after
@@ -163,11 +207,11 @@ def stream(model, prompt_ids: Prompt, max_new_tokens: int, temperature: float = 
     All argument checks (including the cache capacity) run before the first token.
     """
     stop_tokens = tuple(stop_tokens)
-    _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens)
+    _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens, cuda_graph)
     ids, mask, kind = _prepare(prompt_ids, pad_id, _param(model).device, model.vocab_size)
     _check_capacity(model, ids.shape[1], max_new_tokens)
     it = _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty, stop_tokens,
-                 generator, pad_id)
+                 generator, pad_id, cuda_graph)
     if kind != "flat":
         return it
     return (int(token[0]) for token in it)
@@ -175,7 +219,7 @@ def stream(model, prompt_ids: Prompt, max_new_tokens: int, temperature: float = 
 
 def generate(model, prompt_ids: Prompt, max_new_tokens: int, temperature: float = 0.0, top_k: Optional[int] = None,
              top_p: Optional[float] = None, repetition_penalty: float = 1.0, stop_tokens: Sequence[int] = (),
-             generator: Optional[torch.Generator] = None, pad_id: int = 0):
+             generator: Optional[torch.Generator] = None, pad_id: int = 0, cuda_graph: Optional[bool] = None):
     """Prompt plus up to ``max_new_tokens`` generated ids.
 
     Args:
@@ -187,18 +231,20 @@ def generate(model, prompt_ids: Prompt, max_new_tokens: int, temperature: float 
         stop_tokens: a row stops after emitting one of these (the stop token is kept).
         generator: a seeded torch.Generator for reproducible sampling.
         pad_id: left-padding of shorter prompts and filler after a row stops (tensor output).
+        cuda_graph: decode through a CUDA graph (``graphs.py``): None where the model allows it and
+            ``max_new_tokens`` >= ``GRAPH_MIN_TOKENS``; True always (an error where it cannot); False never.
     Returns:
         the same kind as ``prompt_ids``: a list of ids, a list of lists (each prompt + its new tokens, cut
         after its stop token), or a (B, L + n) int64 tensor (n <= max_new_tokens; ``pad_id`` after a stop).
     """
     stop_tokens = tuple(stop_tokens)
-    _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens)
+    _check_args(model, max_new_tokens, temperature, top_k, top_p, repetition_penalty, pad_id, stop_tokens, cuda_graph)
     ids, mask, kind = _prepare(prompt_ids, pad_id, _param(model).device, model.vocab_size)
     _check_capacity(model, ids.shape[1], max_new_tokens)
     out = torch.full((ids.shape[0], max_new_tokens), pad_id, dtype=torch.int64, device=ids.device)  # (B, T)
     n = 0
     for token in _decode(model, ids, mask, max_new_tokens, temperature, top_k, top_p, repetition_penalty,
-                         stop_tokens, generator, pad_id):
+                         stop_tokens, generator, pad_id, cuda_graph):
         out[:, n] = token
         n += 1
     out = out[:, :n]

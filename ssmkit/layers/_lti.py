@@ -78,6 +78,7 @@ class LTIMixer(Mixer):
     """Base of S4 and S4D; subclasses define the SSM parameters and its algorithms."""
 
     state_type = LTIState
+    graph_step = True  # (step: the cached discrete system's recurrence; no host reads)
     # SSM parameters: float32 under half-precision casts, no weight decay (DESIGN.md, Numerics).
     fp32_param_names: tuple[str, ...] = ("log_dt", "D", "Lambda_log_neg_re", "Lambda_im", "P", "B")
     complex_state: bool = False  # internal state complex (B, D, N/2) <-> stored [Re, Im]

@@ -58,6 +58,9 @@ class Mixer(nn.Module):
     d_model: int
     causal: bool = True
     state_type: type = MixerState
+    # True where ``step`` runs on tensors alone (no value read on the host, every state field a tensor),
+    # so that a CUDA graph can record it (``ssmkit.generation.graphs``).
+    graph_step: bool = False
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MixerState:  # pragma: no cover
         raise NotImplementedError

@@ -201,7 +201,7 @@ class Mamba(SSMMixer):
         u, conv_state = causal_conv1d_step(u, state.conv, self._conv_weight(), self.conv1d.bias, activation="silu")
         delta, Bm, Cm = self._ssm_params(u)  # (B, d_inner), (B, N), (B, N)
         y, ssm_state = selective_scan_step(
-            state.ssm, u, delta, -torch.exp(self.A_log), Bm, Cm, D=self.D,
+            state.ssm, u, delta, self._neg_exp_A(), Bm, Cm, D=self.D,
             z=None if self.norm is not None else z, delta_bias=self.dt_proj.bias, delta_softplus=True,
         )  # (B, d_inner), (B, d_inner, N)
         return self._out(y, z), MambaState(conv=conv_state, ssm=ssm_state)

@@ -259,7 +259,7 @@ class Mamba2(SSMMixer):
         delta, dt_bias, softplus = self._delta(dt, None)
         zh = None if self.norm is not None else rearrange(z, "b (h p) -> b h p", p=self.headdim)
         y, ssm_state = ssd_step(
-            state.ssm, xs, delta, -torch.exp(self.A_log), Bm, Cm, D=self.D, z=zh, dt_bias=dt_bias,
+            state.ssm, xs, delta, self._neg_exp_A(), Bm, Cm, D=self.D, z=zh, dt_bias=dt_bias,
             dt_softplus=softplus,
         )  # (B, H, P), (B, H, P, N)
         y = rearrange(y, "b h p -> b (h p)")  # (B, d_inner)

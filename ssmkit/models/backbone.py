@@ -57,6 +57,14 @@ def build_mlp(config: ModelConfig, layer: int) -> Optional[nn.Module]:
     return None
 
 
+def _add(residual: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """residual + y in the residual's dtype. Where y's dtype promotes to it (bf16 into a float32 stream), one
+    kernel does the widening and the sum (the same values as casting first: widening is exact)."""
+    if torch.promote_types(residual.dtype, y.dtype) == residual.dtype:
+        return residual + y
+    return residual + y.to(residual.dtype)
+
+
 class Block(nn.Module):
     """``r = r + mixer(norm(r))``, then ``r = r + mlp(norm2(r))``; r: (B, L, D)."""
 
@@ -74,7 +82,7 @@ class Block(nn.Module):
             return residual
         h = self.norm2(residual).to(dtype)
         y = self.mlp(h, mask) if isinstance(self.mlp, MoE) else self.mlp(h)
-        return residual + y.to(residual.dtype)
+        return _add(residual, y)
 
     def forward(self, residual: torch.Tensor, state: Optional[MixerState] = None,
                 mask: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, Optional[MixerState]]:
@@ -83,14 +91,14 @@ class Block(nn.Module):
         y, state = self.mixer(self.norm(residual).to(dtype), state, mask=mask)  # (B, L, D)
         if mask is not None:
             y = y.masked_fill(~mask[..., None], 0.0)
-        residual = residual + y.to(residual.dtype)
+        residual = _add(residual, y)
         return self._channel_mix(residual, dtype, mask), state
 
     def step(self, residual_t: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:
         """residual_t: (B, D) -> (residual_t (B, D), state)."""
         dtype = self.norm.weight.dtype
         y, state = self.mixer.step(self.norm(residual_t).to(dtype), state)  # (B, D)
-        residual_t = residual_t + y.to(residual_t.dtype)
+        residual_t = _add(residual_t, y)
         return self._channel_mix(residual_t, dtype, None), state
 
 
