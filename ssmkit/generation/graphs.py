@@ -36,12 +36,18 @@ WARMUP_STEPS = 2
 
 
 def graph_unsupported_reason(model) -> Optional[str]:
-    """None when ``model.step`` can be captured in a CUDA graph, else why not."""
+    """None when ``model.step`` can be captured in a CUDA graph, else why not. Capturable is declared, not
+    guessed: the model's sequence mixers are ssmkit's, each with ``graph_step``, and it has no MoE layer."""
+    mixers = 0
     for name, module in model.named_modules():
-        if isinstance(module, Mixer) and not getattr(module, "graph_step", False):
-            return f"layer `{name}` ({type(module).__name__}) reads values on the host in its step"
+        if isinstance(module, Mixer):
+            mixers += 1
+            if not getattr(module, "graph_step", False):
+                return f"layer `{name}` ({type(module).__name__}) reads values on the host in its step"
         if isinstance(module, MoE):
             return f"layer `{name}` (MoE) routes tokens by values read on the host"
+    if not mixers:
+        return "the model has no ssmkit mixer layers, so nothing says its step can be captured"
     param = next(model.parameters(), None)
     if param is None or param.device.type != "cuda":
         return f"CUDA graphs need a model on a CUDA device, got {'no parameters' if param is None else param.device}"
@@ -86,18 +92,19 @@ class GraphedStep:
         reason = graph_unsupported_reason(model)
         if reason is not None:
             raise ValueError(f"GraphedStep.capture: {reason}")
-        static_token = token.detach().clone()
-        static_state = [None if s is None else s.map(torch.clone) for s in state]
-        side = torch.cuda.Stream(device=static_token.device)
-        side.wait_stream(torch.cuda.current_stream(static_token.device))
-        with torch.cuda.stream(side):  # (the steps are functional: static_state is read, not written)
-            for _ in range(WARMUP_STEPS):
-                model.step(static_token, static_state)
-        torch.cuda.current_stream(static_token.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logits, new_state = model.step(static_token, static_state)
-            _copy_all(_leaves(static_state), _leaves(new_state))
+        with torch.cuda.device(token.device):  # (the capture stream is the current device's)
+            static_token = token.detach().clone()
+            static_state = [None if s is None else s.map(torch.clone) for s in state]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # (the steps are functional: static_state is read, not written)
+                for _ in range(WARMUP_STEPS):
+                    model.step(static_token, static_state)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                logits, new_state = model.step(static_token, static_state)
+                _copy_all(_leaves(static_state), _leaves(new_state))
         return cls(graph, static_token, logits, static_state)
 
     def reset(self, state: list) -> None:

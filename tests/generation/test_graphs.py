@@ -23,6 +23,11 @@ def test_layers_that_read_on_the_host_are_named(name, layer):
     assert reason is not None and layer in reason and "backbone.layers." in reason
 
 
+def test_models_without_ssmkit_mixers_are_refused():
+    reason = graph_unsupported_reason(torch.nn.Linear(4, 4))
+    assert reason is not None and "no ssmkit mixer" in reason
+
+
 def test_moe_is_named():
     reason = graph_unsupported_reason(tiny_lm("hybrid-tiny"))  # (its first MoE comes before its attention)
     assert reason is not None and "MoE" in reason
