@@ -110,7 +110,6 @@ class LTIMixer(Mixer):
         self.log_dt = mark_ssm_param(nn.Parameter(log_dt), lr)  # (H,) log Delta
         self.D = mark_ssm_param(nn.Parameter(torch.randn(d_model)), None)  # (D,) skip
         self.out_proj = nn.Linear(d_model, d_model)
-        self._step_cache: Optional[tuple] = None
 
     # -- subclass hooks ------------------------------------------------------------------
 
@@ -221,12 +220,7 @@ class LTIMixer(Mixer):
 
     def _discrete_for_step(self, work: torch.dtype) -> Discrete:
         """The discretised system, cached across steps while no parameter changes (inference)."""
-        if torch.is_grad_enabled():
-            return self._discrete(work)
-        key = (work,) + tuple((p.data_ptr(), p._version) for p in self.parameters())
-        if self._step_cache is None or self._step_cache[0] != key:
-            self._step_cache = (key, self._discrete(work))
-        return self._step_cache[1]
+        return self._cached_for_step("_step_cache", list(self.parameters()), lambda: self._discrete(work), work)
 
     def _pack(self, h: torch.Tensor) -> torch.Tensor:
         return torch.cat([h.real, h.imag], dim=-1) if h.is_complex() else h

@@ -87,13 +87,7 @@ class SSMMixer(Mixer):
         """A = -exp(A_log) for ``step``. Without autograd (decoding) it is formed once per version of A_log
         (an in-place update, a move or a cast forms it anew): two kernels fewer per layer and token, which at
         batch 1 is a share of the step's time (``benchmarks/generate_gpu.py``)."""
-        if torch.is_grad_enabled():
-            return -torch.exp(self.A_log)
-        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.dtype, self.A_log.device)
-        cached = self.__dict__.get("_step_A")
-        if cached is None or cached[0] != key:
-            cached = self.__dict__["_step_A"] = (key, -torch.exp(self.A_log.detach()))
-        return cached[1]
+        return self._cached_for_step("_step_A", (self.A_log,), lambda: -torch.exp(self.A_log))
 
     def _set_backend(self, backend: str) -> None:
         check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)

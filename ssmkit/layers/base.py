@@ -65,6 +65,18 @@ class Mixer(nn.Module):
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> MixerState:  # pragma: no cover
         raise NotImplementedError
 
+    def _cached_for_step(self, name: str, tensors, compute, *extra):
+        """``compute()``, kept under ``name`` and reused while no gradient is needed (decoding asks on every
+        token) and every tensor in ``tensors`` keeps its storage and version (an in-place update, a move or a
+        cast computes it anew); ``extra``: more of the key. With autograd on, computed each time."""
+        if torch.is_grad_enabled():
+            return compute()
+        key = extra + tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+        cached = self.__dict__.get(name)
+        if cached is None or cached[0] != key:
+            cached = self.__dict__[name] = (key, compute())
+        return cached[1]
+
     def step(self, x_t: torch.Tensor, state: MixerState) -> tuple[torch.Tensor, MixerState]:  # pragma: no cover
         raise NotImplementedError
 
