@@ -30,14 +30,15 @@ def selective_scan_bwd_local_kernel(
     L, DIM, CH_PER_GROUP, SEG_LEN, LOC_K, ONE, s_db, s_dl, s_zb, s_zl, s_yb, s_yl, s_Cb, s_Cl, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, T: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, GROUP_UNIFORM: tl.constexpr,
-    FAST_MATH: tl.constexpr, FMA_EXP: tl.constexpr = 0,
+    FAST_MATH: tl.constexpr, FMA_EXP: tl.constexpr = 0, WHOLE: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B, (n_segs - 1) * LOC_K), for the LOC_K pieces of SEG_LEN steps of
     each of segments 1, 2, ...: the adjoint each piece sends back to the state before it when nothing
     comes in from after it, q = Ā_first dh_first (the recurrence dh_t = g_t C_t + Ā_{t+1} dh_{t+1}
     does not involve h), and Σ Δ over the piece. Written to qloc (B, n_pieces, N, D) and dts
     (B, n_pieces, D) float32 (piece p of the sequence at p - LOC_K) for ``selective_scan_bwd_kernel``. A (D, N)
-    contiguous, as that kernel reads it."""
+    contiguous, as that kernel reads it. ``WHOLE``: L and the pieces multiples of T, D of BLOCK_D and N a power
+    of two: no element masks (the prefetch before a piece's first chunk takes one scalar predicate)."""
     pid_d = tl.program_id(0)
     pid_b = tl.program_id(1).to(tl.int64)
     pid_s = tl.program_id(2) + LOC_K  # the piece (segment 0's local adjoint reaches no earlier segment)
@@ -67,7 +68,7 @@ def selective_scan_bwd_local_kernel(
     o_x, o_y, o_z = tr * s_dl + ch, tr * s_yl + ch, tr * s_zl + ch
     _, Cn, zn, xn, _, gn = _chunk_loads(t0, t_begin, t_end, pid_b, C_ptr, C_ptr, z_ptr, dl_ptr, dl_ptr, dy_ptr, o_C,
                                         o_C, o_z, o_x, o_x, o_y, tr, tB, m_col, m_n, s_Cb, s_Cl, s_Cb, s_Cl, s_zb,
-                                        s_zl, s_db, s_dl, s_db, s_dl, s_yb, s_yl, HAS_Z, False)  # fmt: skip
+                                        s_zl, s_db, s_dl, s_db, s_dl, s_yb, s_yl, HAS_Z, False, WHOLE)  # fmt: skip
     for kk in range(0, n_chunks):
         t0 = t_begin + (n_chunks - 1 - kk) * T
         m_tile = (t0 + tr < t_end) & m_col
@@ -75,7 +76,7 @@ def selective_scan_bwd_local_kernel(
         _, Cn, zn, xn, _, gn = _chunk_loads(t0 - T, t_begin, t_end, pid_b, C_ptr, C_ptr, z_ptr, dl_ptr, dl_ptr,
                                             dy_ptr, o_C, o_C, o_z, o_x, o_x, o_y, tr, tB, m_col, m_n, s_Cb, s_Cl,
                                             s_Cb, s_Cl, s_zb, s_zl, s_db, s_dl, s_db, s_dl, s_yb, s_yl, HAS_Z,
-                                            False)  # fmt: skip
+                                            False, WHOLE)  # fmt: skip
         Ct = _bc_tile(Cv, T, NP, BLOCK_D, GROUP_UNIFORM)
         x = tl.reshape(xv, (T, 1, BLOCK_D)).to(tl.float32)
         g = tl.reshape(gv, (T, 1, BLOCK_D)).to(tl.float32)
@@ -86,7 +87,10 @@ def selective_scan_bwd_local_kernel(
             x = x + bias
         if SOFTPLUS:
             x = _softplus(x, FAST_MATH)
-        dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
+        if WHOLE:
+            dt = x
+        else:
+            dt = tl.where(tl.reshape(m_tile, (T, 1, BLOCK_D)), x, 0.0)
         dts += tl.sum(dt, axis=0, keep_dims=True)
         dA = _decay(dt * A2, n3, FMA_EXP)  # (T, NP, BD)
         gC = g * Ct

@@ -52,6 +52,7 @@ class ScanKernelConfig:
     local_programs_per_sm: int = 12
     bwd_local_split: int = 0  # backward: the same for its local pass
     bwd_local_programs_per_sm: int = 80
+    bwd_local_chunk: int = 0  # backward: T of its local pass; 0: 4 where the pieces are whole multiples of 4 steps
     # forward: lanes per channel, each holding N / lanes of its states (1, 2 or 4); the program's
     # threads cover block_d * lanes lanes
     lanes: int = 1
@@ -141,6 +142,17 @@ def forward_config(N: int, batch: int, dim: int, device: torch.device, save_stat
 # backward's checkpoint span 1990 -> 1849 with 336 -> 208 bytes of spills; on the H200 at B=8 L=4096 D=2048 the
 # backward 3.25 -> 3.04 ms, the forward saving checkpoints 0.671 -> 0.653 (docs/kernels_gpu_notes_scan.md).
 WHOLE_TILES = True
+
+
+def local_chunk(cfg: ScanKernelConfig) -> int:
+    """T of the backward's local pass: ``bwd_local_chunk``, or 4 where the pieces it walks (whole multiples of
+    ``max(save_every, chunk)`` steps: ``segments``) are multiples of 4, else ``bwd_chunk``. Its loop has no
+    tile of states to keep, so four steps per chunk fit: offline (sm_90, Triton 3.6) 123 registers and 7.3
+    instructions per (step, state) against 8.1 at two steps (8.5 with element masks); on the H200 at B=8 L=4096
+    D=2048 bf16 the pass took 0.210-0.211 ms against 0.214 (docs/kernels_gpu_notes_scan.md)."""
+    if cfg.bwd_local_chunk:
+        return cfg.bwd_local_chunk
+    return 4 if max(cfg.save_every, cfg.chunk) % 4 == 0 else cfg.bwd_chunk
 
 
 def _vector_checkpoints(N: int) -> bool:
@@ -363,13 +375,16 @@ def scan_bwd(
         # the local adjoints of the k pieces of segments 1.. (the first segment's reach no earlier segment)
         qloc = torch.empty((batch, (n_segs - 1) * k, N, dim), dtype=fp32, device=dev)
         dts = torch.empty((batch, (n_segs - 1) * k, dim), dtype=fp32, device=dev)
+        TL = local_chunk(cfg)
         selective_scan_bwd_local_kernel[(nd, batch, (n_segs - 1) * k)](
             delta, zz, Ac, Cg, bias if bias is not None else dD, dy, qloc, dts,
             L, dim, dim // G, seg_len // k, k, 1, delta.stride(0), delta.stride(1), zz.stride(0), zz.stride(1),
             dy.stride(0), dy.stride(1), Cg.stride(0), Cg.stride(1), Cg.stride(2),
-            N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=cfg.bwd_chunk, HAS_Z=z is not None,
+            N=N, NP=next_pow2(N), BLOCK_D=cfg.bwd_block_d, T=TL, HAS_Z=z is not None,
             HAS_BIAS=bias is not None, SOFTPLUS=bool(delta_softplus), GROUP_UNIFORM=uniform,
-            FAST_MATH=not interpret_mode(), FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps, **LAUNCH,
+            FAST_MATH=not interpret_mode(), FMA_EXP=cfg.bwd_fma_exp, num_warps=cfg.bwd_num_warps,
+            WHOLE=WHOLE_TILES and L % TL == 0 and max(cfg.save_every, cfg.chunk) % TL == 0
+            and dim % cfg.bwd_block_d == 0 and N == next_pow2(N), **LAUNCH,
         )  # fmt: skip
     selective_scan_bwd_kernel[(nd, batch, n_segs)](
         u, delta, zz, Ac, Bg, Cg, Dv if Dv is not None else dD, bias if bias is not None else dD,

@@ -189,6 +189,39 @@ def test_kernel_configs_and_segments(gen, n_segs, dt_ahead, fma_exp, split, L, s
         assert_close(g.cpu(), gr, 1e-4, f"gradient of `{name}`")
 
 
+@pytest.mark.parametrize("L, whole", [(24, True), (23, False)])
+def test_backward_local_chunks(gen, monkeypatch, L, whole):
+    """The backward's local pass runs its own chunk (``local_chunk``: 4 steps where its pieces are multiples
+    of 4, else the backward's chunk): in chunks of 4 or 2 steps, with element masks (L = 23: the last piece
+    cut short) or without, it gives the gradients of the float64 loop and the same ones as each other
+    (segments of 8 steps in 2 pieces, the main kernel in chunks of 2)."""
+    from ssmkit.ops.scan import triton_launch as launch
+    from ssmkit.ops.scan.triton_launch import ScanKernelConfig, default_config, local_chunk, scan_bwd, scan_fwd
+
+    assert local_chunk(default_config(16, torch.bfloat16)) == 4 and local_chunk(default_config(16)) == 4
+    assert local_chunk(ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=4, bwd_chunk=2, save_every=2)) == 2
+    inp = make_inputs(gen, L=L, D=8, N=4)
+    args = [inp[k].detach() for k in NAMES]
+    dy, dh = randn(2, L, 8, gen=gen).to(DEVICE), randn(2, 8, 4, gen=gen).to(DEVICE)
+    seen = []  # (T, WHOLE) of each local launch
+    spy_launches(monkeypatch, launch, ("selective_scan_bwd_local_kernel",),
+                 lambda name, kw: seen.append((kw["T"], kw["WHOLE"])))  # fmt: skip
+    grads = {}
+    for tl_ in (0, 2):
+        cfg = ScanKernelConfig(block_d=4, chunk=4, bwd_block_d=4, bwd_chunk=2, save_every=4, n_segs=3,
+                               bwd_n_segs=3, local_split=2, bwd_local_split=2, bwd_local_chunk=tl_)  # fmt: skip
+        y, h, hsave = scan_fwd(*args, True, True, cfg)
+        grads[tl_] = scan_bwd(dy, dh, *args[:8], hsave, True, cfg)
+    assert seen == [(4, whole), (2, whole)]
+    ref_in = {k: inp[k].detach().cpu().double().requires_grad_(True) for k in NAMES}
+    y_ref, h_ref = selective_scan_reference(**ref_in, delta_softplus=True, return_final_state=True)
+    g_ref = torch.autograd.grad((y_ref * dy.cpu().double()).sum() + (h_ref * dh.cpu().double()).sum(),
+                                [ref_in[k] for k in NAMES])  # fmt: skip
+    for name, g4, g2, gr in zip(NAMES, grads[0], grads[2], g_ref):
+        assert_close(g4.cpu(), gr, 1e-4, f"gradient of `{name}` (local chunks of 4)")
+        assert_close(g4.cpu(), g2.cpu().double(), 1e-6, f"gradient of `{name}`: local chunks of 4 against 2")
+
+
 @pytest.mark.parametrize("lanes, share, ahead, block_d, G, n_segs",
                          [(2, False, True, 4, 2, 1), (2, True, False, 4, 2, 3), (4, False, False, 2, 1, 2),
                           (2, True, True, 4, 2, 2), (2, False, False, 4, 2, 2)])  # fmt: skip
@@ -281,7 +314,8 @@ def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
     """Where L is a multiple of the checkpoint span, D of the channel blocks and N a power of two, the loops of
     the forward and the backward run without element masks (``WHOLE``); the forward skips the prefetch after
     each program's last chunk, the backward the one before the sequence's first (segments of 16 steps, their
-    local passes in pieces of 8, Δ a chunk ahead or not, one or two lanes per channel in the forward). Output,
+    local passes in pieces of 8, the backward's in chunks of 4 steps, Δ a chunk ahead or not, one or two lanes
+    per channel in the forward). Output,
     final state, checkpoints and every gradient equal those of the masked loops (bit for bit in the
     interpreter) and match the float64 loop."""
     from ssmkit.ops.scan import triton_launch as launch
@@ -294,8 +328,8 @@ def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
     args = [inp[k].detach() for k in NAMES]
     dy, dh = randn(2, 48, 8, gen=gen).to(DEVICE), randn(2, 8, 4, gen=gen).to(DEVICE)
     seen = []  # the WHOLE each launch was given
-    spy_launches(monkeypatch, launch, ("selective_scan_fwd_kernel", "selective_scan_bwd_kernel"),
-                 lambda name, kw: seen.append(kw["WHOLE"]))  # fmt: skip
+    spy_launches(monkeypatch, launch, ("selective_scan_fwd_kernel", "selective_scan_bwd_local_kernel",
+                                       "selective_scan_bwd_kernel"), lambda name, kw: seen.append(kw["WHOLE"]))
 
     def both():
         y, h, hsave = scan_fwd(*args, True, True, cfg)
@@ -305,7 +339,7 @@ def test_whole_tiles(gen, monkeypatch, lanes, share, ahead, n_segs, split):
     launches = len(seen)
     monkeypatch.setattr(launch, "WHOLE_TILES", False)
     (fwd_m, grads_m) = both()
-    assert seen == [True] * launches + [False] * launches and launches == (3 if n_segs > 1 else 2)
+    assert seen == [True] * launches + [False] * launches and launches == (4 if n_segs > 1 else 2)
     for name, a, b in zip(("output", "final state", "checkpoints", *(f"gradient of `{k}`" for k in NAMES)),
                           (*fwd, *grads), (*fwd_m, *grads_m)):  # fmt: skip
         if DEVICE == "cpu":  # the interpreter runs the same float32 operations in the same order
