@@ -151,14 +151,14 @@ class Mamba(SSMMixer):
 
     def _ssm_params(self, u: torch.Tensor):
         """(dt, B, C) from the conv output u (..., d_inner): dt (..., d_inner) before bias, B, C (..., N)."""
-        dt, Bm, Cm = self.x_proj(u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
-        return F.linear(dt, self.dt_proj.weight), Bm, Cm  # (..., d_inner), (..., N), (..., N)
+        dt, Bm, Cm = self._project(self.x_proj, u).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return self._project(self.dt_proj, dt, bias=False), Bm, Cm  # (..., d_inner), (..., N), (..., N)
 
     def _out(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gate and project; the gate is here only when the StateNorm sits between scan and gate."""
         if self.norm is not None:
             y = self.norm(y) * F.silu(z)
-        return self.out_proj(y)
+        return self._project(self.out_proj, y)
 
     def forward(
         self, x: torch.Tensor, state: Optional[MambaState] = None, mask: Optional[torch.Tensor] = None
@@ -197,7 +197,7 @@ class Mamba(SSMMixer):
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         self._check_state(state, x_t.shape[0])
-        u, z = self.in_proj(x_t).chunk(2, dim=-1)  # (B, d_inner) each
+        u, z = self._project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, d_inner) each
         u, conv_state = causal_conv1d_step(u, state.conv, self._conv_weight(), self.conv1d.bias, activation="silu")
         delta, Bm, Cm = self._ssm_params(u)  # (B, d_inner), (B, N), (B, N)
         y, ssm_state = selective_scan_step(

@@ -204,7 +204,7 @@ class Mamba2(SSMMixer):
         """y, z: (..., d_inner) -> (..., d_model). Without the norm, the gate was applied in the SSD op."""
         if self.norm is not None:
             y = self.norm(y, z, backend=norm_backend_for(self.backend))  # one fused kernel on CUDA
-        return self.out_proj(y)
+        return self._project(self.out_proj, y)
 
     def forward(
         self, x: torch.Tensor, state: Optional[Mamba2State] = None, mask: Optional[torch.Tensor] = None
@@ -253,7 +253,7 @@ class Mamba2(SSMMixer):
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         self._check_state(state, x_t.shape[0])
-        z, xBC, dt = self._split_in(self.in_proj(x_t))  # (B, d_inner), (B, conv_dim), (B, H)
+        z, xBC, dt = self._split_in(self._project(self.in_proj, x_t))  # (B, d_inner), (B, conv_dim), (B, H)
         xBC, conv_state = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, "silu")
         xs, Bm, Cm = self._split_xbc(xBC)  # (B, H, P), (B, G, N), (B, G, N)
         delta, dt_bias, softplus = self._delta(dt, None)

@@ -1,0 +1,81 @@
+"""One row times a weight matrix in Triton: ``x (M, K) @ W (N, K)^T + b`` for a few rows (decoding).
+
+At batch 1 a projection is a matrix-vector product: it reads the weight once and does two flops per
+weight, so its time is the weight's bytes over the memory bandwidth plus a launch. cuBLAS runs these
+shapes as GEMM tiles: in a CUDA graph on the H200, 2.4-5.4 µs for the four 0.15-4.7 MB projections
+of a 130M-parameter Mamba layer, whose bytes alone need 0.04-1.4 µs. Here each program streams
+``BLOCK_N`` rows of W in ``BLOCK_K``-wide tiles (128-bit loads along K, where nn.Linear stores it
+contiguous), multiplies them elementwise with x's rows and adds into a float32 tile that is summed
+along K once at the end: 1.7-2.9 µs for the same four (``benchmarks/gemv_gpu.py``).
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def gemv_kernel(
+    x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, s_xm, s_wn, s_om,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr,
+):  # fmt: skip
+    """Grid (cdiv(N, BLOCK_N),): out[m, n] = Σ_k x[m, k] W[n, k] (+ b[n]) for m < M <= BLOCK_M, n in the
+    program's block. x (M, K) and W (N, K) with unit stride along K; out (M, N) with unit stride along N, in
+    its own dtype; products and sums in float32. ``EVEN_K``: K a multiple of BLOCK_K (no mask along K)."""
+    pid = tl.program_id(0)
+    rm = tl.arange(0, BLOCK_M)
+    rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_m, m_n = rm < M, rn < N
+    xp = x_ptr + rm[:, None] * s_xm + rk[None, :]
+    wp = w_ptr + rn[:, None].to(tl.int64) * s_wn + rk[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        if EVEN_K:
+            x = tl.load(xp, mask=m_m[:, None], other=0.0)
+            w = tl.load(wp, mask=m_n[:, None], other=0.0)
+        else:
+            m_k = k0 + rk < K
+            x = tl.load(xp, mask=m_m[:, None] & m_k[None, :], other=0.0)
+            w = tl.load(wp, mask=m_n[:, None] & m_k[None, :], other=0.0)
+        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
+        xp += BLOCK_K
+        wp += BLOCK_K
+    out = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rn, mask=m_n, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + rm[:, None] * s_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=m_m[:, None] & m_n[None, :])  # fmt: skip
+
+
+def gemv_tiles(K: int) -> tuple[int, int]:
+    """(BLOCK_N, BLOCK_K) for a reduction of length K: the widest of 512, 256, 128 that divides K (else the
+    power of two covering K, at most 512), and rows for a tile of 2048 weights (16 per thread at 4 warps).
+    On the H200 at one row (``benchmarks/gemv_gpu.py``): 4 x 512 was best or within 0.1 µs of the best at
+    K = 1536 and 4096, 8 x 256 at K = 768."""
+    if K % 512 == 0:
+        bk = 512
+    elif K % 256 == 0:
+        bk = 256
+    elif K % 128 == 0:
+        bk = 128
+    else:
+        bk = min(512, max(16, triton.next_power_of_2(K)))
+    return max(1, 2048 // bk), bk
+
+
+def gemv(x, weight, bias=None):
+    """x (M, K) @ weight (N, K)^T (+ bias (N,)) -> (M, N) in x's dtype; x and weight with unit stride along K,
+    M <= 16 (the caller checks: ``ssmkit.ops.linear.gemv_applies``)."""
+    import torch
+
+    M, K = x.shape
+    N = weight.shape[0]
+    out = torch.empty((M, N), dtype=x.dtype, device=x.device)
+    bn, bk = gemv_tiles(K)
+    gemv_kernel[(triton.cdiv(N, bn),)](
+        x, weight, bias if bias is not None else weight, out, M, N, K, x.stride(0), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+        num_warps=4,
+    )  # fmt: skip
+    return out
