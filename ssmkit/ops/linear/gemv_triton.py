@@ -12,6 +12,8 @@ along K once at the end: 1.7-2.9 µs for the same four (``benchmarks/gemv_gpu.py
 import triton
 import triton.language as tl
 
+from .._triton import LAUNCH
+
 
 @triton.jit
 def gemv_kernel(
@@ -76,6 +78,6 @@ def gemv(x, weight, bias=None):
     gemv_kernel[(triton.cdiv(N, bn),)](
         x, weight, bias if bias is not None else weight, out, M, N, K, x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
-        num_warps=4,
+        num_warps=4, **LAUNCH,
     )  # fmt: skip
     return out

@@ -11,6 +11,8 @@ square in float32, one rounding to the output dtype.
 import triton
 import triton.language as tl
 
+from .._triton import LAUNCH
+
 
 @triton.jit
 def add_rms_norm_kernel(
@@ -48,6 +50,6 @@ def add_rms_norm(residual, y, weight, eps: float, out_dtype):
     add_rms_norm_kernel[(B,)](
         residual, y if y is not None else residual, weight, r_out, out, D, residual.stride(0),
         (y if y is not None else residual).stride(0), r_out.stride(0), out.stride(0), eps,
-        HAS_Y=y is not None, BLOCK=blk, num_warps=max(1, min(16, blk // 256)),
+        HAS_Y=y is not None, BLOCK=blk, num_warps=max(1, min(16, blk // 256)), **LAUNCH,
     )  # fmt: skip
     return r_out, out
