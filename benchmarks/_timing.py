@@ -53,11 +53,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     return "\n".join(lines)
 
 
-def ratio_over_rounds(base: Sequence[float], other: Sequence[float]) -> str:
+def ratio_over_rounds(base: Sequence[float], other: Sequence[float], digits: int = 2) -> str:
     """base / other of the medians over the rounds, and the range of the rounds' own ratios: "4.83 (4.76-4.86)".
     ``base[i]`` and ``other[i]`` are medians timed in turn in round i (drifts of the clocks touch both)."""
     per_round = [b / o for b, o in zip(base, other)]
-    return f"{statistics.median(base) / statistics.median(other):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+    r = statistics.median(base) / statistics.median(other)
+    return f"{r:.{digits}f} ({min(per_round):.{digits}f}-{max(per_round):.{digits}f})"
 
 
 def fmt_ms(seconds: float) -> str:

@@ -83,8 +83,8 @@ def bench_vs_mamba(mamba) -> str:
     rows = [["ssmkit triton", f"{t_f:.3f}", f"{t_fb:.3f}", "1.00", "1.00", f"{floor / t_f:.0%}"]]
     if mamba is not None:
         m_f, m_fb = [statistics.median(r) for r in t["theirs"]]
-        rows.append([label, f"{m_f:.3f}", f"{m_fb:.3f}", ratio_over_rounds(t["ours"][0], t["theirs"][0]),
-                     ratio_over_rounds(t["ours"][1], t["theirs"][1]), f"{floor / m_f:.0%}"])  # fmt: skip
+        rows.append([label, f"{m_f:.3f}", f"{m_fb:.3f}", ratio_over_rounds(t["ours"][0], t["theirs"][0], 4),
+                     ratio_over_rounds(t["ours"][1], t["theirs"][1], 4), f"{floor / m_f:.0%}"])  # fmt: skip
     head = ["B=8 L=4096 D=2048 N=16 bf16", "fwd ms", "fwd+bwd ms", "ours/mamba fwd (rounds)",
             "ours/mamba fwd+bwd (rounds)", "fwd floor / time"]  # fmt: skip
     note = (f"\nmedians over {ROUNDS} rounds (ours and mamba_ssm timed in turn; ratios: of the medians, and their range"
