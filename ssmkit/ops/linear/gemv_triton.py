@@ -9,10 +9,11 @@ contiguous), multiplies them elementwise with x's rows and adds into a float32 t
 along K once at the end: 1.7-2.9 µs for the same four (``benchmarks/gemv_gpu.py``).
 """
 
+import torch
 import triton
 import triton.language as tl
 
-from .._triton import LAUNCH
+from .._triton import LAUNCH, cdiv, next_pow2
 
 
 @triton.jit
@@ -62,22 +63,20 @@ def gemv_tiles(K: int) -> tuple[int, int]:
     elif K % 128 == 0:
         bk = 128
     else:
-        bk = min(512, max(16, triton.next_power_of_2(K)))
+        bk = min(512, max(16, next_pow2(K)))
     return max(1, 2048 // bk), bk
 
 
 def gemv(x, weight, bias=None):
     """x (M, K) @ weight (N, K)^T (+ bias (N,)) -> (M, N) in x's dtype; x and weight with unit stride along K,
     M <= 16 (the caller checks: ``ssmkit.ops.linear.gemv_applies``)."""
-    import torch
-
     M, K = x.shape
     N = weight.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
     bn, bk = gemv_tiles(K)
-    gemv_kernel[(triton.cdiv(N, bn),)](
+    gemv_kernel[(cdiv(N, bn),)](
         x, weight, bias if bias is not None else weight, out, M, N, K, x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, BLOCK_M=triton.next_power_of_2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
+        HAS_BIAS=bias is not None, BLOCK_M=next_pow2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
         num_warps=4, **LAUNCH,
     )  # fmt: skip
     return out

@@ -8,10 +8,11 @@ output dtype. The arithmetic is the unfused one's: the sum in float32 (widening 
 square in float32, one rounding to the output dtype.
 """
 
+import torch
 import triton
 import triton.language as tl
 
-from .._triton import LAUNCH
+from .._triton import LAUNCH, next_pow2
 
 
 @triton.jit
@@ -39,14 +40,12 @@ def add_rms_norm(residual, y, weight, eps: float, out_dtype):
     """(residual + y, rms_norm(residual + y) * weight in ``out_dtype``) for residual (B, D), y (B, D) or None
     (then the residual is returned as it is), weight (D,), each with unit stride along D (the caller checks
     this, the devices and D <= 16384: one program holds a row)."""
-    import torch
-
     B, D = residual.shape
     out = torch.empty((B, D), dtype=out_dtype, device=residual.device)
     r_out = torch.empty_like(residual) if y is not None else residual
     if B == 0:
         return r_out, out
-    blk = max(16, triton.next_power_of_2(D))
+    blk = max(16, next_pow2(D))
     add_rms_norm_kernel[(B,)](
         residual, y if y is not None else residual, weight, r_out, out, D, residual.stride(0),
         (y if y is not None else residual).stride(0), r_out.stride(0), out.stride(0), eps,
