@@ -83,6 +83,23 @@ def eager_call(t: torch.Tensor) -> bool:
     return type(t) is torch.Tensor and not t.is_meta and not torch.compiler.is_compiling()
 
 
+_RUNS_ON: dict = {}  # device -> whether the Triton kernels run there (a fact of the process)
+
+
+def no_grad_kernel_runs(device: torch.device, *tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a kernel without a backward (the decode step's fused ones) may take a call on ``tensors``: none
+    of them (None skipped) has a gradient to track, the first is a plain tensor outside ``torch.compile``
+    (``eager_call``), and the Triton kernels run on ``device`` (``triton_unavailable_reason``, asked once
+    per device)."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return False
+    if not eager_call(tensors[0]):
+        return False
+    if device not in _RUNS_ON:
+        _RUNS_ON[device] = triton_unavailable_reason(device) is None
+    return _RUNS_ON[device]
+
+
 def eager_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> type:
     """A ``torch.autograd.Function`` computing what a custom op and its registered autograd formula compute,
     for the calls ``eager_call`` admits: ``forward(*inputs)`` is the op's function, ``setup_context(ctx,

@@ -13,14 +13,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .._triton import eager_call, triton_unavailable_reason
+from .._triton import no_grad_kernel_runs
 
 # Rows of x that take the kernel (more rows: F.linear; at 4 rows cuBLAS was as fast or faster on the H200 for
 # half of the shapes), and the weights it takes: below 2^24 elements (32 MiB in 16-bit), where it was 1.1-2.2x
 # faster than cuBLAS; at 2^24 (mamba-1.4b's in_proj) and above (an LM head) cuBLAS streams them 6-19% faster.
 GEMV_MAX_ROWS = 1
 GEMV_MAX_WEIGHTS = 2**24
-_READY: dict = {}  # device -> whether the Triton kernels can run there
 
 
 def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> bool:
@@ -35,13 +34,7 @@ def gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Ten
         return False
     if x.stride(-1) != 1 or weight.stride(-1) != 1 or x.shape[1] != weight.shape[1] or x.shape[1] == 0:
         return False
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or (bias is not None and bias.requires_grad)):
-        return False
-    if not eager_call(x):
-        return False
-    if x.device not in _READY:
-        _READY[x.device] = triton_unavailable_reason(x.device) is None
-    return _READY[x.device]
+    return no_grad_kernel_runs(x.device, x, weight, bias)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -6,9 +6,7 @@ normalises as before (``_add``, ``RMSNorm``, a cast).
 
 from __future__ import annotations
 
-import torch
-
-from .._triton import eager_call, triton_unavailable_reason
+from .._triton import no_grad_kernel_runs
 
 
 def add_rms_norm_applies(residual, y, weight) -> bool:
@@ -21,10 +19,7 @@ def add_rms_norm_applies(residual, y, weight) -> bool:
         return False
     if weight.shape != residual.shape[1:] or weight.device != residual.device or weight.stride(-1) != 1:
         return False
-    tensors = (residual, weight) if y is None else (residual, y, weight)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return eager_call(residual) and triton_unavailable_reason(residual.device) is None
+    return no_grad_kernel_runs(residual.device, residual, y, weight)
 
 
 def add_rms_norm(residual, y, weight, eps: float, out_dtype):

@@ -70,6 +70,9 @@ class ScanKernelConfig:
         if self.share_td and (self.lanes != 2 or self.chunk % 2):
             raise ValueError(f"ScanKernelConfig: share_td needs lanes=2 and an even chunk, got lanes={self.lanes}, "
                              f"chunk={self.chunk}")
+        if self.bwd_local_chunk < 0 or self.bwd_local_chunk & (self.bwd_local_chunk - 1):
+            raise ValueError(f"ScanKernelConfig: bwd_local_chunk must be 0 (automatic) or a power of two, got "
+                             f"{self.bwd_local_chunk}")
         for name in ("local_split", "bwd_local_split"):
             if getattr(self, name) < 0:
                 raise ValueError(f"ScanKernelConfig: {name} must be >= 0 (0: automatic), got {getattr(self, name)}")

@@ -200,6 +200,8 @@ def test_backward_local_chunks(gen, monkeypatch, L, whole):
 
     assert local_chunk(default_config(16, torch.bfloat16)) == 4 and local_chunk(default_config(16)) == 4
     assert local_chunk(ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=4, bwd_chunk=2, save_every=2)) == 2
+    with pytest.raises(ValueError, match="bwd_local_chunk must be 0 .automatic. or a power of two, got 3"):
+        ScanKernelConfig(block_d=4, chunk=2, bwd_block_d=4, bwd_chunk=2, save_every=2, bwd_local_chunk=3)
     inp = make_inputs(gen, L=L, D=8, N=4)
     args = [inp[k].detach() for k in NAMES]
     dy, dh = randn(2, L, 8, gen=gen).to(DEVICE), randn(2, 8, 4, gen=gen).to(DEVICE)
