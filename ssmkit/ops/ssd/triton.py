@@ -253,6 +253,8 @@ def ssd_triton(
     needs_grad = grad_coming(x, dt, A, B, C, D, z, dt_bias, initial_state)
     keep_states = needs_grad and triton_launch.KEEP_STATES
     fwd_span = triton_launch.forward_span(x, fwd_span, needs_grad)
+    n_seqs = None if cu_seqlens is None else cu_seqlens.numel() - 1
+    seg_chunks = triton_launch.training_seg_chunks(x, B.shape[-1], chunk_size, n_seqs, seg_chunks, fwd_span, needs_grad)
     save_pre = needs_grad and z is not None  # (dz needs the output before the gate)
     # (fake, meta and other subclass tensors keep the ops: their fake implementations and dispatch)
     eager = EAGER_FUNCTION and eager_call(x)

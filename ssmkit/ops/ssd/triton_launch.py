@@ -417,6 +417,54 @@ def walk_fill(programs: int, sms: int) -> float:
     return programs / (cdiv(programs, wave) * wave)
 
 
+# With a gradient to come, the walking plan cuts long rows into one wave of its scan programs (this many per SM)
+# rather than two (SEG_PROGRAMS_PER_SM), where that wave is at least TRAIN_WAVE_FILL full and each segment keeps at
+# least TRAIN_MIN_SEG_CHUNKS chunks: the forward's walks take longer, the backward's fewer segments save more.
+# On the H200 (bf16, P=64, N=128, chunk 32, forward / forward+backward ms, two rounds each, plan against half its
+# count): one sequence of 64K tokens with 64 heads, 8 segments 1.638 / 9.495-9.503 against 4 segments 1.724-1.728
+# / 9.387-9.392; 64K with 32 heads 16 against 8 0.820-0.822 / 4.800 against 0.849-0.850 / 4.716-4.717; 128K with
+# 32 heads 16 against 8 1.591-1.594 / 9.448-9.449 against 1.675-1.677 / 9.302-9.303; B=2 L=32K H=32 8 against 4
+# 0.809-0.811 / 4.772-4.773 against 0.852-0.853 / 4.719-4.721; 16K with 64 heads 8 against 4 0.433-0.434 /
+# 2.463-2.465 against 0.452 / 2.435-2.440. Where half the count leaves a partial wave (32K with 96 heads: 5 against
+# 2 segments, 0.73 of a wave) it was slower (7.37-7.39 against 7.93), and at 256 chunks per row the pairs of rounds
+# disagreed (B=2 L=8192 H=32: 1.332 / 1.606 against 1.381 / 1.311). The Mamba-2 layer at 64K (three rounds in one
+# process): 26.21 / 26.74 / 26.54 ms with 8 segments, 26.07 / 26.32 / 26.46 with 4; with this rule, gpu_layers.py
+# measured it at 25.80 and 25.62 ms against attention's 130.47 and 129.13 (5.06x, 5.05x; 4.88x-4.99x over earlier
+# calls with the plan's count).
+TRAIN_SEG_PROGRAMS_PER_SM = 2
+TRAIN_WAVE_FILL = 0.9
+TRAIN_MIN_SEG_CHUNKS = 128
+
+
+def training_seg_chunks(x: torch.Tensor, N: int, chunk_size: int, n_seqs: Optional[int], seg_chunks: int,
+                        fwd_span: int, grad: bool) -> int:  # fmt: skip
+    """The ``seg_chunks`` a call passes to its plans (the forward's and the backward's alike): as asked, or, where
+    the plan is to choose (0), a gradient will be needed and 16-bit rows (not packed sequences) on the GPU walk
+    in segments, ``one_wave_seg_chunks`` (0 where that rule keeps the plan's own count). Traced calls
+    (``torch.compile``) keep the plan's."""
+    if seg_chunks or not grad or n_seqs is not None or x.device.type != "cuda" or x.element_size() != 2:
+        return seg_chunks
+    if torch.compiler.is_compiling():
+        return seg_chunks
+    plan = make_plan(x, N, chunk_size, None, 0, fwd_span=fwd_span)
+    rows, _, H, P = x.shape
+    return one_wave_seg_chunks(plan, rows * H * cdiv(P, plan.block_p), sm_count(x.device))
+
+
+def one_wave_seg_chunks(plan: Plan, scan_programs: int, sms: int) -> int:
+    """Chunks per segment for one wave of the walking scan's ``scan_programs`` (per segment) at
+    ``TRAIN_SEG_PROGRAMS_PER_SM``, where ``plan`` walks more segments than that, the wave is at least
+    ``TRAIN_WAVE_FILL`` full and segments keep ``TRAIN_MIN_SEG_CHUNKS`` chunks; else 0 (the plan's count)."""
+    if plan.fwd_span or plan.n_segs < 2:
+        return 0
+    wave = TRAIN_SEG_PROGRAMS_PER_SM * sms
+    n = wave // scan_programs
+    if n < 2 or n >= plan.n_segs or n * scan_programs < TRAIN_WAVE_FILL * wave:
+        return 0
+    seg = cdiv(plan.n_chunks, n)
+    return seg if seg >= TRAIN_MIN_SEG_CHUNKS else 0
+
+
 def forward_span(x: torch.Tensor, fwd_span: int, grad: bool) -> int:
     """The ``fwd_span`` a call passes to its plans: as asked, or, where the plan is to choose (-1) and no
     gradient will be needed, ``INFERENCE_FWD_SPAN`` for 16-bit inputs (``FWD_SPAN``'s note)."""

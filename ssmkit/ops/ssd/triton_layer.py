@@ -51,20 +51,22 @@ class _Mamba2Inner(torch.autograd.Function):
     @staticmethod
     def forward(ctx, zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, shape, options):
         d_inner, P, G, H = shape
-        chunk_size, eps, group_size, norm_before_gate, keep_states, fwd_span = options
+        chunk_size, eps, group_size, norm_before_gate, keep_states, fwd_span, grad = options
         z, xBC_in, dt = _split(zxbcdt, d_inner, H)
         xBC = conv_fwd(xBC_in, conv_weight, conv_bias, None, True)  # (B, L, conv_dim), contiguous
         xs, Bm, Cm = _split_xbc(xBC, d_inner, P, G)
         A = -torch.exp(A_log)
         dt = dt.contiguous()  # (the kernels take dt contiguous; kept for the backward)
+        seg_chunks = triton_launch.training_seg_chunks(xs, Bm.shape[-1], chunk_size, None, 0, fwd_span, grad)
         y, final, seg, seg_decay, _, h_kept = _fwd_impl(
-            xs, dt, A, Bm, Cm, D, None, dt_bias, None, None, True, chunk_size, 0, -1, fwd_span, False, keep_states
+            xs, dt, A, Bm, Cm, D, None, dt_bias, None, None, True, chunk_size, seg_chunks, -1, fwd_span, False,
+            keep_states,
         )  # (B, L, H, P), (B, H, P, N)
         M = y.shape[0] * y.shape[1]
         out, rstd = norm_fwd(y.view(M, d_inner), z.reshape(M, d_inner), norm_weight, eps, group_size, norm_before_gate)
         ctx.save_for_backward(zxbcdt, xBC, dt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg,
                               seg_decay, h_kept)  # fmt: skip
-        ctx.shape, ctx.options = shape, options
+        ctx.shape, ctx.options, ctx.seg_chunks = shape, options, seg_chunks
         ctx.set_materialize_grads(False)
         return out.view(*y.shape[:2], d_inner), final
 
@@ -73,7 +75,7 @@ class _Mamba2Inner(torch.autograd.Function):
         zxbcdt, xBC, dt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight, y, rstd, seg, seg_decay, h_kept = \
             ctx.saved_tensors
         d_inner, P, G, H = ctx.shape
-        chunk_size, eps, group_size, norm_before_gate, _, fwd_span = ctx.options
+        chunk_size, eps, group_size, norm_before_gate, _, fwd_span, _ = ctx.options
         b, L = zxbcdt.shape[:2]
         M = b * L
         z, xBC_in, _ = _split(zxbcdt, d_inner, H)
@@ -90,7 +92,7 @@ class _Mamba2Inner(torch.autograd.Function):
         A = -torch.exp(A_log)
         _, ddt, dA, _, _, dD, _, ddt_bias, _ = bwd_grads(
             dy.view(xs.shape), dfinal, xs, dt, A, Bm, Cm, D, None, dt_bias, None, None, seg, seg_decay, None, h_kept,
-            True, chunk_size, 0, -1, fwd_span, dx_out=dxs, dB_out=dBm, dC_out=dCm,
+            True, chunk_size, ctx.seg_chunks, -1, fwd_span, dx_out=dxs, dB_out=dBm, dC_out=dCm,
         )  # fmt: skip
         ddt_slot.copy_(ddt)
         _, dconv_w, dconv_b, _ = conv_bwd(dxBC, xBC_in, conv_weight, conv_bias, None, True, dx_out=dxBC_in)
@@ -114,7 +116,7 @@ def mamba2_inner_triton(
     fwd_span = triton_launch.forward_span(zxbcdt, -1, grad)  # (the SSD's plan; the backward takes the same)
     return _Mamba2Inner.apply(zxbcdt, conv_weight, conv_bias, dt_bias, A_log, D, norm_weight,
                               (d_inner, headdim, ngroups, H), (chunk_size, float(eps), group_size, norm_before_gate,
-                                                               keep_states, fwd_span))  # fmt: skip
+                                                               keep_states, fwd_span, grad))  # fmt: skip
 
 
 __all__ = ["mamba2_inner_triton"]

@@ -367,6 +367,57 @@ def test_chained_segment_sums_rule():
     assert not chains_segments(make_plan(x, 16, 16, 3, seg_chunks=2))
 
 
+def test_one_wave_segments_rule():
+    """With a gradient to come, long rows walk one wave of segments (2 scan programs per SM) where the plan would
+    take two waves, if that wave is >= 90% full and segments keep >= 128 chunks (sms = 132, the H200's)."""
+    from types import SimpleNamespace
+
+    from ssmkit.ops.ssd.triton_launch import one_wave_seg_chunks
+
+    plan = lambda n_segs, n_chunks, fwd_span=0: SimpleNamespace(n_segs=n_segs, n_chunks=n_chunks, fwd_span=fwd_span)  # noqa: E731
+    assert one_wave_seg_chunks(plan(8, 2048), 64, 132) == 512  # 64K tokens, 64 heads: 8 -> 4 segments
+    assert one_wave_seg_chunks(plan(16, 2048), 32, 132) == 256  # 64K tokens, 32 heads: 16 -> 8
+    assert one_wave_seg_chunks(plan(8, 512), 64, 132) == 128  # 16K tokens, 64 heads: 8 -> 4
+    assert one_wave_seg_chunks(plan(5, 1024), 96, 132) == 0  # 96 heads: 2 segments would fill 73% of a wave
+    assert one_wave_seg_chunks(plan(8, 256), 64, 132) == 0  # B=2 L=8192 H=32: segments of 64 chunks
+    assert one_wave_seg_chunks(plan(8, 2048, fwd_span=1), 64, 132) == 0  # chunk-parallel forward: no walks
+    assert one_wave_seg_chunks(plan(1, 2048), 64, 132) == 0  # one walk per row already
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the rule applies to 16-bit rows on the GPU")
+def test_one_wave_segments_train(gen, monkeypatch):
+    """One sequence of 16K tokens with 64 heads (bf16, P=64, N=128, chunk 32) trains with 4 segments where the
+    plan walks 8: forward and backward take the same segments, and output, final state and every gradient
+    match those of the plan's 8 segments and the float32 torch backend."""
+    from ssmkit.ops.ssd import triton_launch
+
+    inp = make_inputs(gen, b=1, L=16384, H=64, P=64, N=128, G=1, dtype=torch.bfloat16)
+    seen = []
+    make_plan = triton_launch.make_plan
+
+    def spy(*args, **kw):
+        plan = make_plan(*args, **kw)
+        seen.append(plan.n_segs)
+        return plan
+
+    from ssmkit.ops.ssd import triton as ssd_triton_module
+
+    monkeypatch.setattr(ssd_triton_module, "make_plan", spy)
+    seed, kw = int(torch.randint(2**62, (1,), generator=gen)), dict(dt_softplus=True, chunk_size=32)
+    got = run(triton_with(0), inp, torch.Generator().manual_seed(seed), **kw)
+    assert seen and set(seen) == {4}, seen
+    plan8 = run(triton_with(64), inp, torch.Generator().manual_seed(seed), **kw)
+    ref = run(lambda **k: ssd(**k, backend="torch"), {k: (v.float() if v is not None and v.is_floating_point() else v)
+                                                      for k, v in inp.items()}, torch.Generator().manual_seed(seed), **kw)
+    names = [k for k in GRAD_NAMES if inp[k] is not None]
+    assert_all_close(got, plan8, torch.bfloat16, names)
+    (y, s, g), (y_r, s_r, g_r) = got, ref
+    assert_close(y.float(), y_r, TOL[torch.bfloat16], "y against float32 torch")
+    assert_close(s, s_r, TOL[torch.bfloat16], "final state against float32 torch")
+    for name in names:
+        assert_close(g[name].float(), g_r[name], TOL[torch.bfloat16], f"grad {name} against float32 torch")
+
+
 @pytest.mark.parametrize("ahead", [True, False])
 @pytest.mark.parametrize("packed", [False, True])
 @pytest.mark.parametrize("seg", [2, 64])
