@@ -14,13 +14,12 @@ import math
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .._checks import check_choice
 from ..ops.backends import BACKEND_NAMES
 from ..ops.conv import CONV1D_BACKENDS
-from ..ops.linear import gemv, gemv_applies
+from ..ops.linear import project
 from ..ops.norm import GATED_RMSNORM_BACKENDS
 from .base import Mixer
 
@@ -92,14 +91,10 @@ class SSMMixer(Mixer):
         return self._cached_for_step("_step_A", (self.A_log,), lambda: -torch.exp(self.A_log))
 
     def _project(self, proj: nn.Linear, x: torch.Tensor, bias: bool = True) -> torch.Tensor:
-        """``proj(x)`` (``bias=False``: without proj's bias). Under backend "auto" or "triton", one 16-bit row on
-        CUDA (batch-1 decoding) through a plain nn.Linear without hooks takes the Triton matrix-vector kernel
-        (``ssmkit.ops.linear``), 1.1-2.2x faster than cuBLAS at these shapes (``benchmarks/gemv_gpu.py``)."""
-        b = proj.bias if bias else None
-        if self.backend in ("auto", "triton") and type(proj) is nn.Linear and gemv_applies(x, proj.weight, b):
-            if not (proj._forward_hooks or proj._forward_pre_hooks):
-                return gemv(x, proj.weight, b)
-        return proj(x) if bias else F.linear(x, proj.weight)
+        """``proj(x)`` (``bias=False``: without proj's bias). One row (batch-1 decoding) through a plain nn.Linear
+        without hooks takes a matrix-vector kernel (``ssmkit.ops.linear.row_kernel``): Triton on CUDA under
+        backend "auto" or "triton", C on the CPU under "auto" or "c"."""
+        return project(proj, x, self.backend, bias)
 
     def _set_backend(self, backend: str) -> None:
         check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)

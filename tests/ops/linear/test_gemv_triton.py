@@ -55,8 +55,9 @@ def test_when_the_kernel_runs(gen):
     weight under GEMV_MAX_WEIGHTS elements; every other call is F.linear's, equal bit for bit."""
     w = randn(24, 32, gen=gen, dtype=torch.bfloat16)
     x = randn(GEMV_MAX_ROWS, 32, gen=gen, dtype=torch.bfloat16)
-    assert not gemv_applies(x, w)  # CPU
-    assert torch.equal(linear(x, w), F.linear(x, w))
+    assert not gemv_applies(x, w)  # CPU (where one row takes the C kernel: tests/ops/linear/test_gemv_cpu.py)
+    two = randn(GEMV_MAX_ROWS + 1, 32, gen=gen, dtype=torch.bfloat16)
+    assert torch.equal(linear(two, w), F.linear(two, w))
     if torch.cuda.is_available():
         xc, wc = x.cuda(), w.cuda()
         assert gemv_applies(xc, wc)
