@@ -35,6 +35,7 @@ from .chunked import selective_scan_chunked
 from .cpu_c import c_unavailable_reason, selective_scan_c
 from .reference import selective_scan_reference, state_dtype
 from .step import selective_scan_step_impl
+from .step_c import C_STEP_DTYPES, selective_scan_step_c, step_c_unavailable_reason
 from .triton_backend import selective_scan_triton_impl
 
 __all__ = ["selective_scan", "selective_scan_step", "selective_scan_reference", "SCAN_BACKENDS"]
@@ -57,10 +58,10 @@ def _step_triton(*args, **kwargs):
 
 SCAN_STEP_BACKENDS = OpBackends(
     op="selective_scan_step",
-    impls={"torch": selective_scan_step_impl, "triton": _step_triton},
-    available={"triton": triton_unavailable_reason},
-    auto_order={"cpu": ("torch",), "cuda": ("triton", "torch")},
-    dtypes={"triton": TRITON_DTYPES},
+    impls={"torch": selective_scan_step_impl, "triton": _step_triton, "c": selective_scan_step_c},
+    available={"triton": triton_unavailable_reason, "c": step_c_unavailable_reason},
+    auto_order={"cpu": ("c", "torch"), "cuda": ("triton", "torch")},
+    dtypes={"triton": TRITON_DTYPES, "c": C_STEP_DTYPES},
 )
 
 
@@ -147,7 +148,8 @@ def selective_scan_step(
     Args:
         state: (B, D, N).  u, delta, z: (B, D).  A: (D, N).
         B, C: (B, N) or (B, G, N).  D, delta_bias: (D,).
-        backend: "auto", "torch" or "triton" (table ``SCAN_STEP_BACKENDS``).
+        backend: "auto", "torch", "triton" or "c" (table ``SCAN_STEP_BACKENDS``; "c": no autograd of its own,
+            a call that needs it runs the "torch" step).
     Returns:
         y: (B, D) in u's dtype; new_state: (B, D, N) float32 (float64 for float64 ``u``).
     """
