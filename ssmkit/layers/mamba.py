@@ -38,6 +38,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
+from ..ops.decode import MAX_STATE, TYPE_CODES, mamba_block_available, mamba_block_step_cpu
 from ..ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_step
 from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32
 from .base import MixerState
@@ -205,6 +206,52 @@ class Mamba(SSMMixer):
             z=None if self.norm is not None else z, delta_bias=self.dt_proj.bias, delta_softplus=True,
         )  # (B, d_inner), (B, d_inner, N)
         return self._out(y, z), MambaState(conv=conv_state, ssm=ssm_state)
+
+    def fused_block_step(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
+                         state: MambaState) -> Optional[tuple[torch.Tensor, torch.Tensor, MambaState]]:  # fmt: skip
+        """``Block.step_pending`` for a block of this layer and ``norm`` (an RMSNorm) without an MLP, as one C call
+        on the CPU (``ssmkit.ops.decode``): (residual + pending, the block's output, the new state). None where
+        it does not apply, and the caller runs the usual path: autograd on, backend other than "auto" / "c",
+        a StateNorm, not the CPU, more than one row, weights not float32 / bfloat16 or not all in one dtype,
+        projections that are not plain nn.Linear (hooks, subclasses), or no C compiler."""
+        act = self.in_proj.weight.dtype
+        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or self.norm is not None
+                or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
+            return None
+        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1 or act not in TYPE_CODES:
+            return None
+        if residual.dtype not in (torch.float32, act) or norm.weight.dtype != act or self.d_state > MAX_STATE:
+            return None
+        projs = (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)
+        if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks or m.weight.dtype != act
+               or not m.weight.is_contiguous() for m in projs) or self.x_proj.bias is not None:  # fmt: skip
+            return None
+        if any(b is not None and (b.dtype != act or not b.is_contiguous()) for b in (self.in_proj.bias, self.out_proj.bias)):
+            return None
+        if pending is not None and (pending.dtype != act or pending.shape != residual.shape or not pending.is_contiguous()):
+            return None
+        if not (residual.is_contiguous() and state.conv.dtype == act and state.conv.is_contiguous()
+                and state.ssm.dtype == torch.float32 and state.ssm.is_contiguous()
+                and state.conv.shape[0] == 1 and state.ssm.shape[0] == 1):  # fmt: skip
+            return None
+        if not mamba_block_available():
+            return None
+        small = [norm.weight, self.conv1d.weight, self.dt_proj.bias, self.A_log, self.D]
+        if self.conv1d.bias is not None:
+            small.append(self.conv1d.bias)
+
+        def fp32_params():
+            f32 = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
+            conv_b = None if self.conv1d.bias is None else f32(self.conv1d.bias)
+            return (f32(norm.weight), f32(self._conv_weight()), conv_b, f32(self.dt_proj.bias), f32(self._neg_exp_A()),
+                    f32(self.D))  # fmt: skip
+
+        norm_w, conv_w, conv_b, dt_b, A, D = self._cached_for_step("_step_fused_params", small, fp32_params)
+        res, out, conv, ssm = mamba_block_step_cpu(
+            residual, pending, norm_w, norm.eps, self.in_proj.weight, self.in_proj.bias, conv_w, conv_b, state.conv,
+            self.x_proj.weight, self.dt_proj.weight, dt_b, A, D, state.ssm, self.out_proj.weight, self.out_proj.bias,
+        )  # fmt: skip
+        return res, out, MambaState(conv=conv, ssm=ssm)
 
     def extra_repr(self) -> str:
         return (

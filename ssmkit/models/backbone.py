@@ -116,6 +116,11 @@ class Block(nn.Module):
         """``step`` with the last add left to the caller: the residual (B, D) still without ``pending`` (the
         previous block's output, or None) -> (residual, this block's output, state). Each add then runs with
         the norm after it (``_add_norm``: one kernel on CUDA)."""
+        fused = getattr(self.mixer, "fused_block_step", None) if self.mlp is None else None
+        if fused is not None and type(self.norm) is RMSNorm:  # (the whole block in one C call on the CPU)
+            out = fused(residual_t, pending, self.norm, state)
+            if out is not None:
+                return out
         dtype = self.norm.weight.dtype
         residual_t, h = _add_norm(residual_t, pending, self.norm, dtype)
         y, state = self.mixer.step(h, state)  # (B, D)

@@ -132,26 +132,33 @@ def test_build_reports_a_failing_compiler(tmp_path):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_decoding_takes_it(gen, monkeypatch, dtype):
-    """An LM's step on the CPU without autograd runs every projection of its Mamba layers and its head (weights
-    that are nn.Parameters) through the C kernel under backend "auto", none under "torch", and both give the
-    same logits within the dtype's tolerance."""
+    """Without autograd on the CPU, a Mamba layer's step runs its four projections (weights that are
+    nn.Parameters) through the C kernel under backend "auto" and an LM's step its head (its blocks run fused,
+    tests/ops/decode); under "torch" none does, and both give the same output within the dtype's tolerance."""
     import ssmkit.ops.linear as linear_ops
+    from ssmkit.layers import Mamba
     from ssmkit.models import LM, ModelConfig
 
     calls = []
     kernel = linear_ops.gemv_cpu
     monkeypatch.setattr(linear_ops, "gemv_cpu", lambda *a: calls.append(a[1].shape) or kernel(*a))
     torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
-    logits, ids = {}, torch.randint(100, (1,), generator=gen)
+    x = randn(1, 32, gen=gen, dtype=dtype)
+    ids = torch.randint(100, (1,), generator=gen)
+    out, weights = {}, None
     for backend in ("auto", "torch"):
-        model = LM(ModelConfig(layers="MM", d_model=64, vocab_size=100, backend=backend)).to(dtype).eval()
-        if backend == "torch":
-            model.load_state_dict(state)
-        state = model.state_dict()
+        layer = Mamba(32, backend=backend).to(dtype)
+        lm = LM(ModelConfig(layers="M", d_model=32, vocab_size=100, backend=backend)).to(dtype).eval()
+        if weights is not None:
+            layer.load_state_dict(weights[0])
+            lm.load_state_dict(weights[1])
+        weights = (layer.state_dict(), lm.state_dict())
         with torch.no_grad():
-            logits[backend] = model.step(ids, model.init_state(1, dtype=dtype))[0]
+            out[backend] = (layer.step(x, layer.init_state(1, dtype=dtype))[0], lm.step(ids, lm.init_state(1, dtype=dtype))[0])
         if backend == "auto":
-            assert len(calls) == 2 * 4 + 1 and calls[-1][0] == model.lm_head.weight.shape[0], calls
+            assert len(calls) == 4 + 1 and calls[-1][0] == lm.lm_head.weight.shape[0], calls
             calls.clear()
     assert calls == []
-    assert_close(logits["auto"], logits["torch"].double(), TOL[dtype] if dtype == torch.bfloat16 else 1e-5)
+    tol = TOL[dtype] if dtype == torch.bfloat16 else 1e-5
+    assert_close(out["auto"][0], out["torch"][0].double(), tol, "layer step")
+    assert_close(out["auto"][1], out["torch"][1].double(), tol, "logits")

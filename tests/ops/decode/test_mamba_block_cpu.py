@@ -1,0 +1,123 @@
+"""The fused CPU decode step of a Mamba block (``ssmkit.ops.decode``): an LM's steps against the same weights
+in float64, its states against the unfused step's, purity, when it runs, and its portable build."""
+
+import pytest
+import torch
+
+from numerics import TOL, assert_close
+import ssmkit.layers.mamba as mamba_layer
+import ssmkit.ops.decode as decode
+from ssmkit.models import LM, ModelConfig
+from ssmkit.models.mixer_configs import MambaConfig
+
+if not decode.mamba_block_available():
+    pytest.skip(f"the fused step cannot be built here: {decode._cached()[1]}", allow_module_level=True)
+
+VOCAB = 97
+
+
+def model(gen, dtype, backend="auto", residual_in_fp32=True, **mamba):
+    torch.manual_seed(int(torch.randint(2**31, (1,), generator=gen)))
+    config = ModelConfig(layers="MMM", d_model=48, vocab_size=VOCAB, backend=backend,
+                         residual_in_fp32=residual_in_fp32, mamba=MambaConfig(**mamba))  # fmt: skip
+    lm = LM(config).to(dtype).eval()
+    with torch.no_grad():  # (D and the conv weights away from their plain init)
+        for layer in lm.backbone.layers:
+            layer.mixer.D.normal_(generator=gen)
+            layer.mixer.A_log.add_(0.3 * torch.randn(layer.mixer.A_log.shape, generator=gen))
+    return lm
+
+
+@pytest.fixture
+def fused_calls(monkeypatch):
+    calls = []
+    kernel = mamba_layer.mamba_block_step_cpu
+    monkeypatch.setattr(mamba_layer, "mamba_block_step_cpu", lambda *a: calls.append(a[0].dtype) or kernel(*a))
+    return calls
+
+
+def steps(lm, ids, dtype):
+    state, out = lm.init_state(1, dtype=dtype), []
+    with torch.no_grad():
+        for t in range(ids.shape[0]):
+            logits, state = lm.step(ids[t : t + 1], state)
+            out.append(logits)
+    return torch.cat(out), state
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("residual_in_fp32, mamba", [
+    (True, {}), (False, {}), (True, dict(bias=True, conv_bias=False, d_conv=2)), (False, dict(d_state=7, d_conv=3)),
+])  # fmt: skip
+def test_steps_match_float64(gen, fused_calls, dtype, residual_in_fp32, mamba):
+    """Eight tokens through an LM of three Mamba blocks, every block fused, against the same weights in float64
+    (the PyTorch step): logits within the dtype's tolerance, with and without a float32 residual, biases in the
+    projections, no conv bias, conv widths 2-4, an odd state size."""
+    lm = model(gen, dtype, residual_in_fp32=residual_in_fp32, **mamba)
+    ref = model(gen, torch.float64, backend="torch", residual_in_fp32=residual_in_fp32, **mamba)
+    ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
+    ids = torch.randint(VOCAB, (8,), generator=gen)
+    got, _ = steps(lm, ids, dtype)
+    assert len(fused_calls) == 8 * 3
+    want, _ = steps(ref, ids, torch.float64)
+    assert got.dtype == dtype
+    assert_close(got, want, TOL[dtype], "logits")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_states_match_the_unfused_step_and_stay_untouched(gen, fused_calls, dtype):
+    """The fused blocks' states after five tokens equal the unfused step's (backend "torch", same dtype) within
+    the dtype's tolerance, and the state passed in is not modified."""
+    lm = model(gen, dtype)
+    plain = model(gen, dtype, backend="torch")
+    plain.load_state_dict(lm.state_dict())
+    ids = torch.randint(VOCAB, (5,), generator=gen)
+    _, s_fused = steps(lm, ids, dtype)
+    _, s_plain = steps(plain, ids, dtype)
+    assert fused_calls
+    for a, b in zip(s_fused, s_plain):
+        assert a.conv.dtype == b.conv.dtype and a.ssm.dtype == torch.float32
+        assert_close(a.conv, b.conv.double(), TOL[dtype], "conv state")
+        assert_close(a.ssm, b.ssm.double(), TOL[dtype], "ssm state")
+    state = lm.init_state(1, dtype=dtype)
+    with torch.no_grad():
+        _, state = lm.step(ids[:1], state)
+        before = [(s.conv.clone(), s.ssm.clone()) for s in state]
+        lm.step(ids[1:2], state)
+    assert all(torch.equal(s.conv, c) and torch.equal(s.ssm, h) for s, (c, h) in zip(state, before))
+
+
+def test_when_it_runs(gen, fused_calls):
+    """Only without autograd, at one row, on the CPU under backend "auto" / "c", without a StateNorm and with
+    plain projections; every other step takes the usual path."""
+    lm = model(gen, torch.float32)
+    ids = torch.randint(VOCAB, (1,), generator=gen)
+    lm.step(ids, lm.init_state(1))  # autograd on
+    assert fused_calls == []
+    with torch.no_grad():
+        lm.step(ids.repeat(2), lm.init_state(2))  # two rows
+        assert fused_calls == []
+        model(gen, torch.float32, backend="torch").step(ids, lm.init_state(1))
+        model(gen, torch.float32, state_norm=True).step(ids, lm.init_state(1))
+        assert fused_calls == []
+        handle = lm.backbone.layers[1].mixer.in_proj.register_forward_hook(lambda *a: None)
+        lm.step(ids, lm.init_state(1))
+        assert len(fused_calls) == 2  # the hooked block's projections run as modules
+        handle.remove()
+        model(gen, torch.float32, backend="c").step(ids, lm.init_state(1))
+        assert len(fused_calls) == 5
+
+
+def test_portable_build(gen, tmp_path, monkeypatch):
+    """The flag set without OpenMP (and the portable C loops, no AVX-512) gives the float64 logits too."""
+    lm = model(gen, torch.float32)
+    ref = model(gen, torch.float64, backend="torch")
+    ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
+    ids = torch.randint(VOCAB, (4,), generator=gen)
+    cflags, lflags = decode.FLAG_SETS[1]
+    path = decode.build("mamba_block_cpu", decode._HERE, decode.SOURCES, cflags + ("-mno-avx512f",), lflags,
+                        cache_dir=tmp_path)  # fmt: skip
+    monkeypatch.setattr(decode, "_cached", lambda: (decode.load_library(path), None))
+    got, _ = steps(lm, ids, torch.float32)
+    want, _ = steps(ref, ids, torch.float64)
+    assert_close(got, want, TOL[torch.float32], "logits")
