@@ -11,6 +11,7 @@ A failure anywhere becomes a :class:`CBuildError` whose message says why.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import platform
@@ -19,7 +20,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 
 class CBuildError(RuntimeError):
@@ -97,4 +98,31 @@ def build(stem: str, here: Path, sources: Sequence[str], compile_flags: Sequence
     return target
 
 
-__all__ = ["CBuildError", "build"]
+def open_library(path: Path, size_entry: str, expected: int, what: str) -> ctypes.CDLL:
+    """Load a built kernel and check that its ``size_entry()`` (an ABI version, or the size of the struct it
+    takes) is ``expected``; ``what`` names it in the error."""
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise CBuildError(f"cannot load {path}: {e}") from e
+    getattr(lib, size_entry).restype = ctypes.c_int64
+    got = getattr(lib, size_entry)()
+    if got != expected:
+        raise CBuildError(f"{path}: {what} is {got}, this ssmkit expects {expected}")
+    return lib
+
+
+def build_and_load(stem: str, here: Path, sources: Sequence[str], flag_sets: Sequence[tuple[Sequence[str], Sequence[str]]],
+                   load: Callable[[Path], ctypes.CDLL]) -> tuple[Optional[ctypes.CDLL], Optional[str]]:  # fmt: skip
+    """The kernel built with the first of ``flag_sets`` ((compile flags, link flags)) that builds and loads
+    (``load``: open it and declare its entry points), and None; or None and every reason it could not."""
+    reasons = []
+    for cflags, lflags in flag_sets:
+        try:
+            return load(build(stem, here, sources, cflags, lflags)), None
+        except CBuildError as e:
+            reasons.append(str(e))
+    return None, "; ".join(reasons)
+
+
+__all__ = ["CBuildError", "build", "build_and_load", "open_library"]

@@ -17,7 +17,7 @@ from typing import Optional
 
 import torch
 
-from .._c_build import CBuildError, build
+from .._c_build import CBuildError, build_and_load, open_library
 
 _HERE = Path(__file__).resolve().parent
 SOURCES = ("mamba_block_cpu.c", "../linear/gemv_cpu.c", "../scan/step_cpu.c")
@@ -45,32 +45,16 @@ class BlockParams(ctypes.Structure):
 
 
 def load_library(path: Path) -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise CBuildError(f"cannot load {path}: {e}") from e
-    lib.mb_params_size.restype = ctypes.c_int64
-    if lib.mb_params_size() != ctypes.sizeof(BlockParams):
-        raise CBuildError(f"{path}: mb_params has {lib.mb_params_size()} bytes, ctypes expects {ctypes.sizeof(BlockParams)}")
+    """Load a built kernel, check its parameter struct and declare its entry point."""
+    lib = open_library(path, "mb_params_size", ctypes.sizeof(BlockParams), "the size of mb_params")
     lib.mamba_block_step.argtypes = [ctypes.POINTER(BlockParams)]
     lib.mamba_block_step.restype = ctypes.c_int
     return lib
 
 
-def build_library(flag_set: int = 0, compiler: Optional[list[str]] = None, cache_dir: Optional[Path] = None) -> Path:
-    cflags, lflags = FLAG_SETS[flag_set]
-    return build("mamba_block_cpu", _HERE, SOURCES, cflags, lflags, compiler, cache_dir)
-
-
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    reasons = []
-    for flag_set in range(len(FLAG_SETS)):
-        try:
-            return load_library(build_library(flag_set)), None
-        except CBuildError as e:
-            reasons.append(str(e))
-    return None, "; ".join(reasons)
+    return build_and_load("mamba_block_cpu", _HERE, SOURCES, FLAG_SETS, load_library)
 
 
 def mamba_block_available() -> bool:

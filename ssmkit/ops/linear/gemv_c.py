@@ -13,7 +13,7 @@ from typing import Optional
 
 import torch
 
-from .._c_build import CBuildError, build
+from .._c_build import CBuildError, build, build_and_load, open_library
 
 _HERE = Path(__file__).resolve().parent
 # (compile flags, link flags): with OpenMP, then for one thread where the compiler has no OpenMP
@@ -30,13 +30,7 @@ PARALLEL_MIN_WEIGHTS = 2**15
 
 def load_library(path: Path) -> ctypes.CDLL:
     """Load a built kernel, check its ABI and declare its entry point."""
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise CBuildError(f"cannot load {path}: {e}") from e
-    lib.gemv_abi.restype = ctypes.c_int64
-    if lib.gemv_abi() != ABI:
-        raise CBuildError(f"{path}: ABI {lib.gemv_abi()}, expected {ABI}")
+    lib = open_library(path, "gemv_abi", ABI, "the kernel's ABI")
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     lib.gemv.argtypes = [p, i64, i32, p, i32, p, p, i64, i64, i32]
     lib.gemv.restype = i32
@@ -51,13 +45,7 @@ def build_library(flag_set: int = 0, compiler: Optional[list[str]] = None, cache
 
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    reasons = []
-    for flag_set in range(len(FLAG_SETS)):
-        try:
-            return load_library(build_library(flag_set)), None
-        except CBuildError as e:
-            reasons.append(str(e))
-    return None, "; ".join(reasons)
+    return build_and_load("gemv_cpu", _HERE, ("gemv_cpu.c",), FLAG_SETS, load_library)
 
 
 def cpu_gemv_available() -> bool:

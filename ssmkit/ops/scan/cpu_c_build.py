@@ -22,7 +22,7 @@ import functools
 from pathlib import Path
 from typing import Optional
 
-from .._c_build import CBuildError, build
+from .._c_build import CBuildError, build, open_library
 
 SOURCES = ("scan_cpu.c", "scan_cpu_kernel.h", "scan_cpu_backward.h")
 COMPILE_FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp-simd", "-fPIC")
@@ -52,13 +52,7 @@ def build_library(compiler: Optional[list[str]] = None, cache_dir: Optional[Path
 
 def load_library(path: Path) -> ctypes.CDLL:
     """Load the built kernel and declare its entry points; check the ABI."""
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise CBuildError(f"cannot load {path}: {e}") from e
-    lib.ss_params_size.restype = ctypes.c_int64
-    if lib.ss_params_size() != ctypes.sizeof(ScanParams):
-        raise CBuildError(f"{path}: ss_params has {lib.ss_params_size()} bytes, ctypes expects {ctypes.sizeof(ScanParams)}")
+    lib = open_library(path, "ss_params_size", ctypes.sizeof(ScanParams), "the size of ss_params")
     for prec in ("f32", "f64"):
         for entry, restype in (("ss_forward", ctypes.c_int), ("ss_backward", ctypes.c_int), ("num_tasks", ctypes.c_int64)):
             fn = getattr(lib, f"{entry}_{prec}")

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._c_build import CBuildError, build
+from .._c_build import CBuildError, build_and_load, open_library
 from .step import selective_scan_step_impl
 
 _HERE = Path(__file__).resolve().parent
@@ -26,29 +26,17 @@ C_STEP_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def load_library(path: Path) -> ctypes.CDLL:
-    try:
-        lib = ctypes.CDLL(str(path))
-    except OSError as e:
-        raise CBuildError(f"cannot load {path}: {e}") from e
-    lib.step_abi.restype = ctypes.c_int64
-    if lib.step_abi() != ABI:
-        raise CBuildError(f"{path}: ABI {lib.step_abi()}, expected {ABI}")
+    """Load a built kernel, check its ABI and declare its entry point."""
+    lib = open_library(path, "step_abi", ABI, "the kernel's ABI")
     p, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
     lib.ss_step.argtypes = [p] * 11 + [i32, i32, i64, i64, i64, i64, p]
     lib.ss_step.restype = i32
     return lib
 
 
-def build_library(compiler: Optional[list[str]] = None, cache_dir: Optional[Path] = None) -> Path:
-    return build("step_cpu", _HERE, ("step_cpu.c",), COMPILE_FLAGS, LINK_FLAGS, compiler, cache_dir)
-
-
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    try:
-        return load_library(build_library()), None
-    except CBuildError as e:
-        return None, str(e)
+    return build_and_load("step_cpu", _HERE, ("step_cpu.c",), ((COMPILE_FLAGS, LINK_FLAGS),), load_library)
 
 
 def step_c_unavailable_reason(device: torch.device) -> Optional[str]:

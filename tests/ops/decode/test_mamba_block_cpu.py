@@ -7,6 +7,7 @@ import torch
 from numerics import TOL, assert_close
 import ssmkit.layers.mamba as mamba_layer
 import ssmkit.ops.decode as decode
+from ssmkit.ops._c_build import build
 from ssmkit.models import LM, ModelConfig
 from ssmkit.models.mixer_configs import MambaConfig
 
@@ -115,7 +116,7 @@ def test_portable_build(gen, tmp_path, monkeypatch):
     ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
     ids = torch.randint(VOCAB, (4,), generator=gen)
     cflags, lflags = decode.FLAG_SETS[1]
-    path = decode.build("mamba_block_cpu", decode._HERE, decode.SOURCES, cflags + ("-mno-avx512f",), lflags,
+    path = build("mamba_block_cpu", decode._HERE, decode.SOURCES, cflags + ("-mno-avx512f",), lflags,
                         cache_dir=tmp_path)  # fmt: skip
     monkeypatch.setattr(decode, "_cached", lambda: (decode.load_library(path), None))
     got, _ = steps(lm, ids, torch.float32)
