@@ -33,6 +33,7 @@ from ..backends import OpBackends
 from .chunked import ssd_chunked
 from .reference import ssd_reference
 from .step import ssd_step_torch
+from .step_c import C_STEP_DTYPES, ssd_step_c, ssd_step_c_unavailable_reason
 from .triton_backend import ssd_triton_impl, triton_unavailable
 from .varlen import per_sequence
 
@@ -185,10 +186,10 @@ def _ssd_step_triton(*args, **kwargs):
 
 SSD_STEP_BACKENDS = OpBackends(
     op="ssd_step",
-    impls={"torch": ssd_step_torch, "triton": _ssd_step_triton},
-    available={"triton": triton_unavailable},
-    auto_order={"cpu": ("torch",), "cuda": ("triton", "torch")},
-    dtypes={"triton": TRITON_DTYPES},
+    impls={"torch": ssd_step_torch, "triton": _ssd_step_triton, "c": ssd_step_c},
+    available={"triton": triton_unavailable, "c": ssd_step_c_unavailable_reason},
+    auto_order={"cpu": ("c", "torch"), "cuda": ("triton", "torch")},
+    dtypes={"triton": TRITON_DTYPES, "c": C_STEP_DTYPES},
 )
 
 
@@ -211,7 +212,8 @@ def ssd_step(
         state: (B, H, P, N) state before this token (float32 by convention).
         x: (B, H, P);  dt: (B, H);  A: (H,);  B, C: (B, G, N);
         D: (H,) or (H, P) or None;  z: (B, H, P) or None;  dt_bias: (H,) or None.
-        backend: "auto", "torch" or "triton" (table ``SSD_STEP_BACKENDS``).
+        backend: "auto", "torch", "triton" or "c" (table ``SSD_STEP_BACKENDS``; "c": no autograd of its own, a
+            call that needs it runs the "torch" step).
     Returns:
         y: (B, H, P) in x's dtype; new_state: (B, H, P, N), float32 (float64 for float64 x).
     """

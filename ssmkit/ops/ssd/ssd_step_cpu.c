@@ -1,0 +1,81 @@
+/* SSD (Mamba-2), one token (decoding) on the CPU: per head h, with delta = softplus(dt + bias) (or dt + bias)
+ * and decay = exp(delta A_h),  S_h <- decay S_h + delta x_h B_g^T ;  y_h = S_h C_g + D x_h, gated by silu(z_h).
+ * One pass over the (B, H, P, N) state in place of the PyTorch step's dozen tensor ops over it (step.py).
+ *
+ * Math in float32. Activations (x, dt, z, B, C, y) are float32 or bfloat16 (raw uint16 bits, type code 1);
+ * A (H), D (H) or (H, P), bias (H) and the states are float32. The new state goes to its own buffer (the step
+ * is pure). Strides: rows (batch) of x / dt / z / B / C / y are rs[0..5] elements apart; within a row x, z, y
+ * are (H, P), dt (H), B and C (G, N), all contiguous; the states (B, H, P, N) contiguous. Head h reads group
+ * h / (H / G).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+int64_t ssd_step_abi(void) { return 1; }
+
+static inline float ld(const void *p, int bf16, int64_t i) {
+    if (!bf16) return ((const float *)p)[i];
+    uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline void st(void *p, int bf16, int64_t i, float v) {
+    if (!bf16) {
+        ((float *)p)[i] = v;
+        return;
+    }
+    uint32_t bits;
+    memcpy(&bits, &v, sizeof bits);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) {
+        ((uint16_t *)p)[i] = (uint16_t)((bits >> 16) | 0x40u); /* NaN stays NaN */
+        return;
+    }
+    bits += 0x7fffu + ((bits >> 16) & 1u);
+    ((uint16_t *)p)[i] = (uint16_t)(bits >> 16);
+}
+
+/* d_per_p: D is (H, P) (1) or (H) (0). Returns 0, or -1 for a state size past the stack buffers (N > 1024). */
+int ssd_step(const float *h0, float *h1, const void *x, const void *dt, const void *z, const void *Bm, const void *Cm,
+             void *y, const float *A, const float *Dv, int d_per_p, const float *bias, int bf16, int softplus_on,
+             int64_t batch, int64_t H, int64_t P, int64_t N, int64_t G, const int64_t *rs) {
+    if (N > 1024) return -1;
+    float b_f[1024], c_f[1024];
+    const int64_t per_group = H / G;
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t h = 0; h < H; h++) {
+            const int64_t g = h / per_group;
+            if (h % per_group == 0) {
+                for (int64_t n = 0; n < N; n++) {
+                    b_f[n] = ld(Bm, bf16, b * rs[3] + g * N + n);
+                    c_f[n] = ld(Cm, bf16, b * rs[4] + g * N + n);
+                }
+            }
+            float delta = ld(dt, bf16, b * rs[1] + h) + (bias ? bias[h] : 0.0f);
+            if (softplus_on) delta = delta > 20.0f ? delta : log1pf(expf(delta));
+            const float decay = expf(delta * A[h]);
+            for (int64_t p = 0; p < P; p++) {
+                const float xv = ld(x, bf16, b * rs[0] + h * P + p), xd = xv * delta;
+                const int64_t base = ((b * H + h) * P + p) * N;
+                const float *s0 = h0 + base;
+                float *s1 = h1 + base;
+                float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+                for (int64_t n = 0; n < N; n++) {
+                    float s = decay * s0[n] + xd * b_f[n];
+                    s1[n] = s;
+                    acc += s * c_f[n];
+                }
+                if (Dv) acc += (d_per_p ? Dv[h * P + p] : Dv[h]) * xv;
+                if (z) {
+                    const float zv = ld(z, bf16, b * rs[2] + h * P + p);
+                    acc *= zv / (1.0f + expf(-zv));
+                }
+                st(y, bf16, b * rs[5] + h * P + p, acc);
+            }
+        }
+    }
+    return 0;
+}
