@@ -20,7 +20,7 @@ import torch
 from .._c_build import CBuildError, build_and_load, open_library
 
 _HERE = Path(__file__).resolve().parent
-SOURCES = ("mamba_block_cpu.c", "../linear/gemv_cpu.c", "../scan/step_cpu.c")
+SOURCES = ("mamba_block_cpu.c", "../linear/gemv_cpu.c", "../scan/step_cpu.c", "../bf16_cpu.h")
 # (compile flags, link flags): -ffast-math for the scan step's vector exp (linked without it, see
 # ops/scan/cpu_c_build.py); OpenMP for the projections' threads, then without it where the compiler lacks it
 FLAG_SETS = (

@@ -59,14 +59,14 @@ int mamba_block_step(const mb_params *p) {
     /* residual add and RMSNorm (float32 statistics, then x * rstd * w rounded once) */
     double ss = 0.0;
     for (int64_t i = 0; i < D; i++) {
-        float r = load(p->res_in, rt, i) + (p->pend ? load(p->pend, at, i) : 0.0f);
+        float r = load_act(p->res_in, rt, i) + (p->pend ? load_act(p->pend, at, i) : 0.0f);
         r = round_to(rt, r);
-        store(p->res_out, rt, i, r);
+        store_act(p->res_out, rt, i, r);
         r32[i] = r;
         ss += (double)r * r;
     }
     const float rstd = 1.0f / sqrtf((float)(ss / (double)D) + (float)p->eps);
-    for (int64_t i = 0; i < D; i++) store(h, at, i, (r32[i] * rstd) * p->norm_w[i]);
+    for (int64_t i = 0; i < D; i++) store_act(h, at, i, (r32[i] * rstd) * p->norm_w[i]);
 
     /* in_proj: xz = [u, z] */
     rc = gemv(p->w_in, D, at, h, at, p->b_in, xz, 2 * di, D, nt);
@@ -75,10 +75,10 @@ int mamba_block_step(const mb_params *p) {
     /* conv step: window = [previous K-1 inputs, u]; uc = silu(window . w + b); the state shifts by one */
     for (int64_t d = 0; d < di; d++) {
         float acc = 0.0f;
-        for (int64_t k = 0; k < K - 1; k++) acc += load(p->conv_in, at, k * di + d) * p->conv_w[d * K + k];
-        acc += load(xz, at, d) * p->conv_w[d * K + K - 1];
+        for (int64_t k = 0; k < K - 1; k++) acc += load_act(p->conv_in, at, k * di + d) * p->conv_w[d * K + k];
+        acc += load_act(xz, at, d) * p->conv_w[d * K + K - 1];
         if (p->conv_b) acc += p->conv_b[d];
-        store(uc, at, d, acc / (1.0f + expf(-acc)));
+        store_act(uc, at, d, acc / (1.0f + expf(-acc)));
     }
     if (K > 1) {
         memcpy(p->conv_out, (const char *)p->conv_in + di * es, (size_t)((K - 2) * di) * es);

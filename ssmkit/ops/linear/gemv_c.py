@@ -16,6 +16,7 @@ import torch
 from .._c_build import CBuildError, build, build_and_load, open_library
 
 _HERE = Path(__file__).resolve().parent
+SOURCES = ("gemv_cpu.c", "../bf16_cpu.h")
 # (compile flags, link flags): with OpenMP, then for one thread where the compiler has no OpenMP
 FLAG_SETS = (
     (("-O3", "-march=native", "-fopenmp", "-fPIC"), ("-shared", "-fopenmp")),
@@ -40,12 +41,12 @@ def load_library(path: Path) -> ctypes.CDLL:
 def build_library(flag_set: int = 0, compiler: Optional[list[str]] = None, cache_dir: Optional[Path] = None) -> Path:
     """Compile ``gemv_cpu.c`` with ``FLAG_SETS[flag_set]`` into the cache (if not there yet); the .so path."""
     cflags, lflags = FLAG_SETS[flag_set]
-    return build("gemv_cpu", _HERE, ("gemv_cpu.c",), cflags, lflags, compiler, cache_dir)
+    return build("gemv_cpu", _HERE, SOURCES, cflags, lflags, compiler, cache_dir)
 
 
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    return build_and_load("gemv_cpu", _HERE, ("gemv_cpu.c",), FLAG_SETS, load_library)
+    return build_and_load("gemv_cpu", _HERE, SOURCES, FLAG_SETS, load_library)
 
 
 def cpu_gemv_available() -> bool:

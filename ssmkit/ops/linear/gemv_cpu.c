@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "../bf16_cpu.h"
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -24,21 +26,6 @@
 enum { GV_F32 = 0, GV_BF16 = 1 };
 
 int64_t gemv_abi(void) { return 1; }
-
-static inline float bf16_to_f32(uint16_t v) {
-    uint32_t bits = (uint32_t)v << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline uint16_t f32_to_bf16(float f) {
-    uint32_t bits;
-    memcpy(&bits, &f, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((bits >> 16) | 0x40u); /* NaN stays NaN */
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return (uint16_t)(bits >> 16);
-}
 
 #ifndef PREFETCH_BYTES
 #define PREFETCH_BYTES 512 /* ahead of the stream: 256-4096 measured alike, within the machine's noise */

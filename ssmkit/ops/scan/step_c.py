@@ -18,6 +18,7 @@ from .._c_build import CBuildError, build_and_load, open_library
 from .step import selective_scan_step_impl
 
 _HERE = Path(__file__).resolve().parent
+SOURCES = ("step_cpu.c", "../bf16_cpu.h")
 COMPILE_FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp-simd", "-fPIC")  # (as scan_cpu.c: vector exp)
 LINK_FLAGS = ("-shared", "-lm")
 ABI = 1
@@ -36,7 +37,7 @@ def load_library(path: Path) -> ctypes.CDLL:
 
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    return build_and_load("step_cpu", _HERE, ("step_cpu.c",), ((COMPILE_FLAGS, LINK_FLAGS),), load_library)
+    return build_and_load("step_cpu", _HERE, SOURCES, ((COMPILE_FLAGS, LINK_FLAGS),), load_library)
 
 
 def step_c_unavailable_reason(device: torch.device) -> Optional[str]:

@@ -12,30 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../bf16_cpu.h"
+
 int64_t step_abi(void) { return 1; }
-
-static inline float load(const void *p, int bf16, int64_t i) {
-    if (!bf16) return ((const float *)p)[i];
-    uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline void store(void *p, int bf16, int64_t i, float v) {
-    if (!bf16) {
-        ((float *)p)[i] = v;
-        return;
-    }
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) {
-        ((uint16_t *)p)[i] = (uint16_t)((bits >> 16) | 0x40u); /* NaN stays NaN */
-        return;
-    }
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    ((uint16_t *)p)[i] = (uint16_t)(bits >> 16);
-}
 
 /* Returns 0, -1 for a state size past the stack buffers (N > 1024), -2 when the per-channel scratch cannot be
  * allocated. */
@@ -51,9 +30,9 @@ int ss_step(const float *h0, float *h1, const void *u, const void *delta, const 
     for (int64_t b = 0; b < batch; b++) {
         /* per channel, vectorised: dt = softplus(delta + bias), u, silu(z) (or 1) */
         for (int64_t d = 0; d < dim; d++) {
-            dt[d] = load(delta, bf16, b * rs[1] + d) + (bias ? bias[d] : 0.0f);
-            uv[d] = load(u, bf16, b * rs[0] + d);
-            gate[d] = z ? load(z, bf16, b * rs[2] + d) : 0.0f;
+            dt[d] = load_act(delta, bf16, b * rs[1] + d) + (bias ? bias[d] : 0.0f);
+            uv[d] = load_act(u, bf16, b * rs[0] + d);
+            gate[d] = z ? load_act(z, bf16, b * rs[2] + d) : 0.0f;
         }
         if (softplus_on) {
 #pragma omp simd
@@ -65,8 +44,8 @@ int ss_step(const float *h0, float *h1, const void *u, const void *delta, const 
         }
         for (int64_t g = 0; g < ngroups; g++) {
             for (int64_t n = 0; n < dstate; n++) {
-                b_f[n] = load(Bm, bf16, b * rs[3] + g * dstate + n);
-                c_f[n] = load(Cm, bf16, b * rs[4] + g * dstate + n);
+                b_f[n] = load_act(Bm, bf16, b * rs[3] + g * dstate + n);
+                c_f[n] = load_act(Cm, bf16, b * rs[4] + g * dstate + n);
             }
             for (int64_t d = g * per_group; d < (g + 1) * per_group; d++) {
                 float dtd = dt[d], dtu = dtd * uv[d];
@@ -83,7 +62,7 @@ int ss_step(const float *h0, float *h1, const void *u, const void *delta, const 
                 for (int64_t n = 0; n < dstate; n++) acc += prod[n];
                 if (Dv) acc += Dv[d] * uv[d];
                 if (z) acc *= gate[d];
-                store(y, bf16, b * rs[5] + d, acc);
+                store_act(y, bf16, b * rs[5] + d, acc);
             }
         }
     }

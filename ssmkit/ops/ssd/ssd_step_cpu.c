@@ -12,30 +12,9 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../bf16_cpu.h"
+
 int64_t ssd_step_abi(void) { return 1; }
-
-static inline float ld(const void *p, int bf16, int64_t i) {
-    if (!bf16) return ((const float *)p)[i];
-    uint32_t bits = (uint32_t)((const uint16_t *)p)[i] << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
-}
-
-static inline void st(void *p, int bf16, int64_t i, float v) {
-    if (!bf16) {
-        ((float *)p)[i] = v;
-        return;
-    }
-    uint32_t bits;
-    memcpy(&bits, &v, sizeof bits);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) {
-        ((uint16_t *)p)[i] = (uint16_t)((bits >> 16) | 0x40u); /* NaN stays NaN */
-        return;
-    }
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    ((uint16_t *)p)[i] = (uint16_t)(bits >> 16);
-}
 
 /* d_per_p: D is (H, P) (1) or (H) (0). Returns 0, or -1 for a state size past the stack buffers (N > 1024). */
 int ssd_step(const float *h0, float *h1, const void *x, const void *dt, const void *z, const void *Bm, const void *Cm,
@@ -49,15 +28,15 @@ int ssd_step(const float *h0, float *h1, const void *x, const void *dt, const vo
             const int64_t g = h / per_group;
             if (h % per_group == 0) {
                 for (int64_t n = 0; n < N; n++) {
-                    b_f[n] = ld(Bm, bf16, b * rs[3] + g * N + n);
-                    c_f[n] = ld(Cm, bf16, b * rs[4] + g * N + n);
+                    b_f[n] = load_act(Bm, bf16, b * rs[3] + g * N + n);
+                    c_f[n] = load_act(Cm, bf16, b * rs[4] + g * N + n);
                 }
             }
-            float delta = ld(dt, bf16, b * rs[1] + h) + (bias ? bias[h] : 0.0f);
+            float delta = load_act(dt, bf16, b * rs[1] + h) + (bias ? bias[h] : 0.0f);
             if (softplus_on) delta = delta > 20.0f ? delta : log1pf(expf(delta));
             const float decay = expf(delta * A[h]);
             for (int64_t p = 0; p < P; p++) {
-                const float xv = ld(x, bf16, b * rs[0] + h * P + p), xd = xv * delta;
+                const float xv = load_act(x, bf16, b * rs[0] + h * P + p), xd = xv * delta;
                 const int64_t base = ((b * H + h) * P + p) * N;
                 const float *s0 = h0 + base;
                 float *s1 = h1 + base;
@@ -70,10 +49,10 @@ int ssd_step(const float *h0, float *h1, const void *x, const void *dt, const vo
                 }
                 if (Dv) acc += (d_per_p ? Dv[h * P + p] : Dv[h]) * xv;
                 if (z) {
-                    const float zv = ld(z, bf16, b * rs[2] + h * P + p);
+                    const float zv = load_act(z, bf16, b * rs[2] + h * P + p);
                     acc *= zv / (1.0f + expf(-zv));
                 }
-                st(y, bf16, b * rs[5] + h * P + p, acc);
+                store_act(y, bf16, b * rs[5] + h * P + p, acc);
             }
         }
     }

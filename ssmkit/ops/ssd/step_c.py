@@ -18,6 +18,7 @@ from .._c_build import CBuildError, build_and_load, open_library
 from .step import ssd_step_torch
 
 _HERE = Path(__file__).resolve().parent
+SOURCES = ("ssd_step_cpu.c", "../bf16_cpu.h")
 COMPILE_FLAGS = ("-O3", "-ffast-math", "-march=native", "-fopenmp-simd", "-fPIC")  # (vector exp, as the scan's)
 LINK_FLAGS = ("-shared", "-lm")
 ABI = 1
@@ -36,7 +37,7 @@ def load_library(path: Path) -> ctypes.CDLL:
 
 @functools.lru_cache(maxsize=None)
 def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
-    return build_and_load("ssd_step_cpu", _HERE, ("ssd_step_cpu.c",), ((COMPILE_FLAGS, LINK_FLAGS),), load_library)
+    return build_and_load("ssd_step_cpu", _HERE, SOURCES, ((COMPILE_FLAGS, LINK_FLAGS),), load_library)
 
 
 def ssd_step_c_unavailable_reason(device: torch.device) -> Optional[str]:

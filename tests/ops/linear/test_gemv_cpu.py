@@ -77,7 +77,7 @@ def test_each_build(gen, tmp_path, flag_set, extra, what):
     without it compiles) give the float64 product within tolerance, bias and odd K included."""
     cflags, lflags = gemv_c.FLAG_SETS[flag_set]
     try:
-        path = build("gemv_cpu", gemv_c._HERE, ("gemv_cpu.c",), cflags + extra, lflags, cache_dir=tmp_path)
+        path = build("gemv_cpu", gemv_c._HERE, gemv_c.SOURCES, cflags + extra, lflags, cache_dir=tmp_path)
     except CBuildError as e:
         pytest.skip(f"{what}: cannot build here: {e}")
     lib = gemv_c.load_library(path)
