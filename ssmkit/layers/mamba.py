@@ -214,11 +214,11 @@ class Mamba(SSMMixer):
         it does not apply, and the caller runs the usual path: autograd on, backend other than "auto" / "c",
         a StateNorm, not the CPU, more than one row, weights not float32 / bfloat16 or not all in one dtype,
         projections that are not plain nn.Linear (hooks, subclasses), or no C compiler."""
-        act = self.in_proj.weight.dtype
-        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or self.norm is not None
-                or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
+        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1:  # (first: GPU decoding)
             return None
-        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1 or act not in TYPE_CODES:
+        act = self.in_proj.weight.dtype
+        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or self.norm is not None or act not in TYPE_CODES
+                or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
             return None
         if residual.dtype not in (torch.float32, act) or norm.weight.dtype != act or self.d_state > MAX_STATE:
             return None

@@ -125,4 +125,12 @@ def build_and_load(stem: str, here: Path, sources: Sequence[str], flag_sets: Seq
     return None, "; ".join(reasons)
 
 
-__all__ = ["CBuildError", "build", "build_and_load", "open_library"]
+def cpu_only_reason(device, reason: Callable[[], Optional[str]]) -> Optional[str]:
+    """For ``OpBackends``: None where a C kernel can run on ``device`` (a torch.device), else why not: not the
+    CPU, or ``reason()`` (None when the kernel builds and loads here; asked only for the CPU)."""
+    if device.type != "cpu":
+        return f"the C kernel runs on CPU tensors only, not {device.type}"
+    return reason()
+
+
+__all__ = ["CBuildError", "build", "build_and_load", "cpu_only_reason", "open_library"]

@@ -86,14 +86,19 @@ def eager_call(t: torch.Tensor) -> bool:
 _RUNS_ON: dict = {}  # device -> whether the Triton kernels run there (a fact of the process)
 
 
-def no_grad_kernel_runs(device: torch.device, *tensors: Optional[torch.Tensor]) -> bool:
-    """Whether a kernel without a backward (the decode step's fused ones) may take a call on ``tensors``: none
-    of them (None skipped) has a gradient to track, the first is a plain tensor outside ``torch.compile``
-    (``eager_call``), and the Triton kernels run on ``device`` (``triton_unavailable_reason``, asked once
-    per device)."""
+def no_grad_eager_call(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether a kernel without a backward (Triton's or C's decode kernels) may take a call on ``tensors``: none
+    of them (None skipped) has a gradient to track, and the first is a plain tensor outside ``torch.compile``
+    (``eager_call``)."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
         return False
-    if not eager_call(tensors[0]):
+    return eager_call(tensors[0])
+
+
+def no_grad_kernel_runs(device: torch.device, *tensors: Optional[torch.Tensor]) -> bool:
+    """``no_grad_eager_call(*tensors)``, and the Triton kernels run on ``device`` (``triton_unavailable_reason``,
+    asked once per device)."""
+    if not no_grad_eager_call(*tensors):
         return False
     if device not in _RUNS_ON:
         _RUNS_ON[device] = triton_unavailable_reason(device) is None

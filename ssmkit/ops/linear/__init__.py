@@ -6,7 +6,7 @@ Batch-1 decoding multiplies one row by each weight, and reading the weights is t
   (``gemv_triton.py``), where cuBLAS's GEMM tiles took 1.1-2.2x as long on the H200
   (``benchmarks/gemv_gpu.py``);
 * on the CPU, one float32 or bfloat16 row goes through a C kernel (``gemv_cpu.c``), which streamed the
-  weights of mamba-130m's projections 1.8-3.0x and its LM head 1.6-4.1x faster than F.linear on a 2-core
+  weights of mamba-130m's projections 1.8-3.4x and its LM head 1.6-4.1x faster than F.linear on a 2-core
   x86 machine (``benchmarks/gemv_cpu.py``; F.linear reads them at ~14-19 GB/s at one row).
 
 Everything else is ``F.linear``. The kernels have no backward: a call that autograd would have to
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._triton import no_grad_kernel_runs
+from .._triton import no_grad_eager_call, no_grad_kernel_runs
 from .gemv_c import TYPE_CODES, cpu_gemv_available, gemv_cpu
 
 # Rows of x that take the kernel (more rows: F.linear; at 4 rows cuBLAS was as fast or faster on the H200 for
@@ -66,12 +66,7 @@ def cpu_gemv_applies(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch
     if bias is not None and (bias.dtype != weight.dtype or bias.device.type != "cpu" or bias.dim() != 1
                              or bias.shape[0] != weight.shape[0] or bias.stride(0) != 1):  # fmt: skip
         return False
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    if type(x) is not torch.Tensor or torch.compiler.is_compiling():  # (weights may be nn.Parameters)
-        return False
-    return cpu_gemv_available()
+    return no_grad_eager_call(x, weight, bias) and cpu_gemv_available()  # (weights may be nn.Parameters)
 
 
 def row_kernel(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], backend: str):

@@ -20,6 +20,7 @@ from typing import Optional, Union
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._c_build import cpu_only_reason
 from .cpu_c_build import ScanParams, get_library, unavailable_reason
 from .reference import state_dtype
 
@@ -28,9 +29,7 @@ CKPT_EVERY = 64  # K: the forward keeps the state every K steps; the backward re
 
 def c_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when backend "c" can run on ``device``, else the reason (for ``OpBackends``)."""
-    if device.type != "cpu":
-        return f"the C kernel runs on CPU tensors only, not {device.type}"
-    return unavailable_reason()
+    return cpu_only_reason(device, unavailable_reason)
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from .._c_build import CBuildError, build_and_load, open_library
+from .._c_build import CBuildError, build_and_load, cpu_only_reason, open_library
+from .._triton import no_grad_eager_call
 from .step import selective_scan_step_impl
 
 _HERE = Path(__file__).resolve().parent
@@ -42,9 +43,7 @@ def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
 
 def step_c_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when backend "c" can run the step on ``device``, else the reason (for ``OpBackends``)."""
-    if device.type != "cpu":
-        return f"the C kernel runs on CPU tensors only, not {device.type}"
-    return _cached()[1]
+    return cpu_only_reason(device, lambda: _cached()[1])
 
 
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
@@ -62,8 +61,7 @@ def selective_scan_step_c(state, u, delta, A, B, C, D=None, z=None, delta_bias=N
     acts = [t for t in (u, delta, z, B, C) if t is not None]
     tensors = acts + [t for t in (state, A, D, delta_bias) if t is not None]
     applies = (
-        not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and type(u) is torch.Tensor and not torch.compiler.is_compiling()
+        no_grad_eager_call(*tensors)
         and u.dtype in C_STEP_DTYPES and all(t.dtype == u.dtype for t in acts)
         and A.shape[1] <= MAX_STATE and all(_row_ok(t) for t in acts)
     )  # fmt: skip

@@ -14,7 +14,8 @@ from typing import Optional
 
 import torch
 
-from .._c_build import CBuildError, build_and_load, open_library
+from .._c_build import CBuildError, build_and_load, cpu_only_reason, open_library
+from .._triton import no_grad_eager_call
 from .step import ssd_step_torch
 
 _HERE = Path(__file__).resolve().parent
@@ -42,9 +43,7 @@ def _cached() -> tuple[Optional[ctypes.CDLL], Optional[str]]:
 
 def ssd_step_c_unavailable_reason(device: torch.device) -> Optional[str]:
     """None when backend "c" can run the step on ``device``, else the reason (for ``OpBackends``)."""
-    if device.type != "cpu":
-        return f"the C kernel runs on CPU tensors only, not {device.type}"
-    return _cached()[1]
+    return cpu_only_reason(device, lambda: _cached()[1])
 
 
 def _rows_ok(t: torch.Tensor) -> bool:
@@ -64,8 +63,7 @@ def ssd_step_c(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=
     acts = [t for t in (x, dt, z, B, C) if t is not None]
     tensors = acts + [t for t in (state, A, D, dt_bias) if t is not None]
     applies = (
-        not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        and type(x) is torch.Tensor and not torch.compiler.is_compiling()
+        no_grad_eager_call(*tensors)
         and x.dtype in C_STEP_DTYPES and all(t.dtype == x.dtype for t in acts)
         and B.shape[2] <= MAX_STATE and all(_rows_ok(t) for t in acts)
     )  # fmt: skip
