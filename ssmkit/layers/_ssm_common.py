@@ -4,7 +4,7 @@
   ``D``, the Δ bias) stay float32 when the module is cast to a half dtype.
 - :func:`inverse_softplus_dt`: the Δ bias init of Mamba (Gu & Dao, 2023): Δ drawn
   log-uniformly in [dt_min, dt_max], stored as softplus^{-1}(Δ).
-- :func:`conv_backend_for`: which causal-conv1d backend a layer backend uses;
+- :func:`conv_backend_for`: which causal-conv1d backend a layer backend uses (:func:`step_backend_for`: a step op's);
   :func:`norm_backend_for`: the same for the gated RMSNorm.
 """
 
@@ -70,6 +70,13 @@ def conv_backend_for(backend: str) -> str:
     layer's ``op_backends()`` for what actually runs.
     """
     return backend if backend in CONV1D_BACKENDS.impls or backend == "auto" else "torch"
+
+
+def step_backend_for(backend: str, table) -> str:
+    """The backend of a one-token step op (``table``: its ``OpBackends``) run under a layer's ``backend``: the
+    same name where the step has it, else "torch" (the step's readable PyTorch path: "reference" has no step
+    of its own, and the conv step has no "c")."""
+    return backend if backend in table.impls or backend == "auto" else "torch"
 
 
 def norm_backend_for(backend: str) -> str:

@@ -37,10 +37,10 @@ from einops import repeat
 from torch import nn
 
 from .._checks import check_choice, check_positive_int
-from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
+from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.decode import MAX_STATE, TYPE_CODES, mamba_block_available, mamba_block_step_cpu
-from ..ops.scan import SCAN_BACKENDS, selective_scan, selective_scan_step
-from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32
+from ..ops.scan import SCAN_BACKENDS, SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
+from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, step_backend_for
 from .base import MixerState
 from .norm import StateNorm
 
@@ -143,6 +143,8 @@ class Mamba(SSMMixer):
         return {
             "causal_conv1d": CONV1D_BACKENDS.resolve(conv_backend_for(self.backend), device),
             "selective_scan": SCAN_BACKENDS.resolve(self.backend, device),
+            "causal_conv1d_step": CONV1D_STEP_BACKENDS.resolve(step_backend_for(self.backend, CONV1D_STEP_BACKENDS), device),
+            "selective_scan_step": SCAN_STEP_BACKENDS.resolve(step_backend_for(self.backend, SCAN_STEP_BACKENDS), device),
         }
 
     # -- computation ---------------------------------------------------------------------------------
@@ -199,11 +201,13 @@ class Mamba(SSMMixer):
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         self._check_state(state, x_t.shape[0])
         u, z = self._project(self.in_proj, x_t).chunk(2, dim=-1)  # (B, d_inner) each
-        u, conv_state = causal_conv1d_step(u, state.conv, self._conv_weight(), self.conv1d.bias, activation="silu")
+        u, conv_state = causal_conv1d_step(u, state.conv, self._conv_weight(), self.conv1d.bias, activation="silu",
+                                           backend=step_backend_for(self.backend, CONV1D_STEP_BACKENDS))  # fmt: skip
         delta, Bm, Cm = self._ssm_params(u)  # (B, d_inner), (B, N), (B, N)
         y, ssm_state = selective_scan_step(
             state.ssm, u, delta, self._neg_exp_A(), Bm, Cm, D=self.D,
             z=None if self.norm is not None else z, delta_bias=self.dt_proj.bias, delta_softplus=True,
+            backend=step_backend_for(self.backend, SCAN_STEP_BACKENDS),
         )  # (B, d_inner), (B, d_inner, N)
         return self._out(y, z), MambaState(conv=conv_state, ssm=ssm_state)
 

@@ -32,11 +32,12 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import check_divisible, check_positive_int
-from ..ops.conv import CONV1D_BACKENDS, causal_conv1d, causal_conv1d_step
-from ..ops.ssd import SSD_BACKENDS, ssd, ssd_step
+from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
+from ..ops.ssd import SSD_BACKENDS, SSD_STEP_BACKENDS, ssd, ssd_step
 from ..ops.norm import GATED_RMSNORM_BACKENDS
 from ..ops._triton import TRITON_DTYPES, eager_call
-from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for
+from ._ssm_common import (SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for,
+                          step_backend_for)
 from .base import MixerState
 from .norm import GatedRMSNorm
 
@@ -151,6 +152,8 @@ class Mamba2(SSMMixer):
         ops = {
             "causal_conv1d": CONV1D_BACKENDS.resolve(conv_backend_for(self.backend), device),
             "ssd": SSD_BACKENDS.resolve(self.backend, device),
+            "causal_conv1d_step": CONV1D_STEP_BACKENDS.resolve(step_backend_for(self.backend, CONV1D_STEP_BACKENDS), device),
+            "ssd_step": SSD_STEP_BACKENDS.resolve(step_backend_for(self.backend, SSD_STEP_BACKENDS), device),
         }
         if self.norm is not None:
             ops["gated_rms_norm"] = GATED_RMSNORM_BACKENDS.resolve(norm_backend_for(self.backend), device)
@@ -254,13 +257,14 @@ class Mamba2(SSMMixer):
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
         self._check_state(state, x_t.shape[0])
         z, xBC, dt = self._split_in(self._project(self.in_proj, x_t))  # (B, d_inner), (B, conv_dim), (B, H)
-        xBC, conv_state = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, "silu")
+        xBC, conv_state = causal_conv1d_step(xBC, state.conv, self.conv1d.weight[:, 0], self.conv1d.bias, "silu",
+                                             backend=step_backend_for(self.backend, CONV1D_STEP_BACKENDS))  # fmt: skip
         xs, Bm, Cm = self._split_xbc(xBC)  # (B, H, P), (B, G, N), (B, G, N)
         delta, dt_bias, softplus = self._delta(dt, None)
         zh = None if self.norm is not None else rearrange(z, "b (h p) -> b h p", p=self.headdim)
         y, ssm_state = ssd_step(
             state.ssm, xs, delta, self._neg_exp_A(), Bm, Cm, D=self.D, z=zh, dt_bias=dt_bias,
-            dt_softplus=softplus,
+            dt_softplus=softplus, backend=step_backend_for(self.backend, SSD_STEP_BACKENDS),
         )  # (B, H, P), (B, H, P, N)
         y = rearrange(y, "b h p -> b (h p)")  # (B, d_inner)
         return self._out(y, z), Mamba2State(conv=conv_state, ssm=ssm_state)

@@ -226,18 +226,48 @@ def test_numerics_params_stay_float32(name):
 
 
 def test_op_backends():
+    """What each op runs under the layer's backend, the decode steps included ("reference" has no step of its
+    own: the steps' PyTorch path)."""
+    torch_steps = {"causal_conv1d_step": "torch", "selective_scan_step": "torch"}
     m = Mamba(D_MODEL, backend="reference")
-    assert m.op_backends() == {"causal_conv1d": "reference", "selective_scan": "reference"}
+    assert m.op_backends("cpu") == {"causal_conv1d": "reference", "selective_scan": "reference", **torch_steps}
     m.backend = "torch"
-    assert m.op_backends() == {"causal_conv1d": "torch", "selective_scan": "torch"}
+    assert m.op_backends("cpu") == {"causal_conv1d": "torch", "selective_scan": "torch", **torch_steps}
     m2 = Mamba2(D_MODEL, headdim=15, backend="reference")
-    assert m2.op_backends() == {"causal_conv1d": "reference", "ssd": "reference", "gated_rms_norm": "reference"}
+    assert m2.op_backends("cpu") == {"causal_conv1d": "reference", "ssd": "reference", "causal_conv1d_step": "torch",
+                                     "ssd_step": "torch", "gated_rms_norm": "reference"}  # fmt: skip
     assert "gated_rms_norm" not in Mamba2(D_MODEL, headdim=15, rmsnorm=False).op_backends()
 
 
 def test_c_backend_runs_c_scan():
     _c_available()
-    assert Mamba(D_MODEL, backend="c").op_backends() == {"causal_conv1d": "torch", "selective_scan": "c"}
+    assert Mamba(D_MODEL, backend="c").op_backends("cpu") == {
+        "causal_conv1d": "torch", "selective_scan": "c", "causal_conv1d_step": "torch", "selective_scan_step": "c"}
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference", "auto"])
+def test_steps_run_the_layers_backend(gen, monkeypatch, backend):
+    """A layer's one-token step calls its step ops under its own backend (a "torch" layer decodes on the
+    PyTorch steps, not the C or Triton ones "auto" would pick), and gives the same output as the "auto" step."""
+    import ssmkit.layers.mamba as mamba_mod
+    import ssmkit.layers.mamba2 as mamba2_mod
+
+    asked = []
+    for mod, names in ((mamba_mod, ("selective_scan_step", "causal_conv1d_step")),
+                       (mamba2_mod, ("ssd_step", "causal_conv1d_step"))):  # fmt: skip
+        for name in names:
+            fn = getattr(mod, name)
+            monkeypatch.setattr(mod, name, lambda *a, _f=fn, _n=name, **k: asked.append((_n, k["backend"])) or _f(*a, **k))
+    want = "torch" if backend == "reference" else backend
+    for layer in (Mamba(D_MODEL, backend=backend), Mamba2(D_MODEL, headdim=15, backend=backend)):
+        x = torch.randn(2, D_MODEL, generator=gen)
+        with torch.no_grad():
+            y, _ = layer.step(x)
+            layer.backend = "auto"
+            y_auto, _ = layer.step(x)
+        assert_close(y, y_auto.double(), 1e-5, f"{type(layer).__name__} step under {backend!r}")
+        assert {b for _, b in asked[: len(asked) // 2]} == {want}
+        asked.clear()
 
 
 # -- bad inputs ---------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from .step import selective_scan_step_impl
 from .step_c import C_STEP_DTYPES, selective_scan_step_c, step_c_unavailable_reason
 from .triton_backend import selective_scan_triton_impl
 
-__all__ = ["selective_scan", "selective_scan_step", "selective_scan_reference", "SCAN_BACKENDS"]
+__all__ = ["selective_scan", "selective_scan_step", "selective_scan_reference", "SCAN_BACKENDS", "SCAN_STEP_BACKENDS"]
 
 SCAN_BACKENDS = OpBackends(
     op="selective_scan",

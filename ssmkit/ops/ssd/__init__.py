@@ -37,7 +37,7 @@ from .step_c import C_STEP_DTYPES, ssd_step_c, ssd_step_c_unavailable_reason
 from .triton_backend import ssd_triton_impl, triton_unavailable
 from .varlen import per_sequence
 
-__all__ = ["ssd", "ssd_step", "ssd_reference", "SSD_BACKENDS"]
+__all__ = ["ssd", "ssd_step", "ssd_reference", "SSD_BACKENDS", "SSD_STEP_BACKENDS"]
 
 
 def _reference_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, initial_state):
