@@ -125,3 +125,38 @@ def test_capture_reused_until_the_weights_change(name, gen):
     assert changed == generate(model, prompt, max_new_tokens=20, cuda_graph=False)
     graphs.release_graphs(model)
     assert model not in graphs._GRAPHS
+
+
+def _pdl_on_this_gpu() -> bool:
+    from ssmkit.ops._pdl import pdl_enabled
+
+    return torch.cuda.is_available() and pdl_enabled(torch.device("cuda"))
+
+
+@pytest.mark.skipif(not _pdl_on_this_gpu(), reason="PDL needs a GPU of compute capability 9.0+ and Triton >= 3.4")
+@pytest.mark.parametrize("name", ["mamba-tiny", "mamba2-tiny"])
+@torch.no_grad()
+def test_pdl_changes_no_logit(name, gen, monkeypatch):
+    """Batch-1 bfloat16 decoding (the matrix-vector, norm, conv and scan step kernels, chained with programmatic
+    dependent launch) through a CUDA graph and eagerly: the logits and states with PDL on equal those with it off
+    bit for bit (the kernels' arithmetic is the same; only when they may start differs)."""
+    model = _gpu_lm(name, torch.bfloat16)
+    ids = random_ids(gen, 1, 9).cuda()
+    tokens = [random_ids(gen, 1).cuda() for _ in range(12)]
+    runs = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("SSMKIT_PDL", flag)
+        _, state = prefill(model, ids)
+        step = GraphedStep.capture(model, tokens[0], state)
+        graphed = torch.stack([step(t).clone() for t in tokens])
+        _, state = prefill(model, ids)
+        eager = []
+        for t in tokens:
+            logits, state = decode_one(model, t, state)
+            eager.append(logits)
+        runs[flag] = (graphed, torch.stack(eager), [t.clone() for s in step.state for _, t in s.tensors()])
+    for a, b, what in zip(runs["1"], runs["0"], ("graphed logits", "eager logits", "graph's state")):
+        if isinstance(a, list):
+            assert all(torch.equal(x, y) for x, y in zip(a, b)), what
+        else:
+            assert torch.equal(a, b), what

@@ -18,6 +18,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._pdl import chain_launch
 from .._triton import LAUNCH, cdiv, eager_call, eager_function, next_pow2, unit_last
 from .causal_conv1d_triton_kernels import conv1d_bwd_kernel, conv1d_fwd_kernel, conv1d_step_kernel
 
@@ -190,7 +191,7 @@ def _step_op(x_t: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor],
     conv1d_step_kernel[(cdiv(D, bd), batch)](
         x_t, state, weight.contiguous(), bias if bias is not None else weight, y, ns, D,
         x_t.stride(0), state.stride(0), state.stride(1) if K > 1 else D,
-        K=K, BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu, **LAUNCH,
+        K=K, KP=next_pow2(K), BLOCK_D=bd, HAS_BIAS=bias is not None, SILU=silu, **chain_launch(x_t.device), **LAUNCH,
     )  # fmt: skip
     return y, ns
 

@@ -22,6 +22,7 @@ along the sequence are int64 (B * L * D can pass 2^31).
 import triton
 import triton.language as tl
 
+from .._pdl import release_dependents, wait_inputs
 from ..scan.triton_common import _row, _sigmoid
 
 
@@ -279,24 +280,32 @@ def conv1d_bwd_kernel(
 @triton.jit
 def conv1d_step_kernel(
     x_ptr, s_ptr, w_ptr, b_ptr, y_ptr, ns_ptr, DIM, s_xb, s_sb, s_sl,
-    K: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    K: tl.constexpr, KP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
-    """Grid (cdiv(D, BLOCK_D), B). x (B, D); state s (B, K-1, D) -> y (B, D), new state ns
-    (B, K-1, D) contiguous = [s[:, 1:], x]."""
+    """Grid (cdiv(D, BLOCK_D), B). x (B, D); state s (B, K-1, D); w (D, K) contiguous; KP = next_pow2(K).
+    The window [s[:, 0], ..., s[:, K-2], x] as one (KP, BLOCK_D) tile: y (B, D) = Σ_j w[:, j] window[j] (+ b),
+    new state ns (B, K-1, D) contiguous = window[1:]. ``PDL``: w and b are loaded before waiting for the
+    kernel before (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
     pid_b = tl.program_id(1).to(tl.int64)
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     md = d < DIM
-    xt = tl.load(x_ptr + pid_b * s_xb + d, mask=md, other=0.0)
-    acc = tl.load(w_ptr + d * K + (K - 1), mask=md, other=0.0).to(tl.float32) * xt.to(tl.float32)
+    j = tl.arange(0, KP)[:, None]  # (KP, 1): the window's rows
+    w = tl.load(w_ptr + d[None, :] * K + j, mask=(j < K) & md[None, :], other=0.0).to(tl.float32)  # (KP, BLOCK_D)
     if HAS_BIAS:
-        acc += tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
-    for j in tl.static_range(K - 1):
-        sj = tl.load(s_ptr + pid_b * s_sb + j * s_sl + d, mask=md, other=0.0)
-        acc += tl.load(w_ptr + d * K + j, mask=md, other=0.0).to(tl.float32) * sj.to(tl.float32)
-        if j > 0:
-            tl.store(ns_ptr + pid_b * (K - 1) * DIM + (j - 1) * DIM + d, sj.to(ns_ptr.dtype.element_ty), mask=md)
-    if K > 1:
-        tl.store(ns_ptr + pid_b * (K - 1) * DIM + (K - 2) * DIM + d, xt.to(ns_ptr.dtype.element_ty), mask=md)
+        bias = tl.load(b_ptr + d, mask=md, other=0.0).to(tl.float32)
+    if PDL:
+        wait_inputs()
+    xt = tl.load(x_ptr + pid_b * s_xb + d, mask=md, other=0.0)
+    win = tl.load(s_ptr + pid_b * s_sb + j * s_sl + d[None, :], mask=(j < K - 1) & md[None, :], other=0.0)
+    win = tl.where(j == K - 1, xt[None, :], win)
+    tl.store(ns_ptr + pid_b * (K - 1) * DIM + (j - 1) * DIM + d[None, :], win.to(ns_ptr.dtype.element_ty),
+             mask=(j >= 1) & (j < K) & md[None, :])  # fmt: skip
+    acc = tl.sum(w * win.to(tl.float32), axis=0)  # (BLOCK_D,)
+    if HAS_BIAS:
+        acc += bias
     if SILU:
         acc, _ = _silu_grad(acc)
     tl.store(y_ptr + pid_b * DIM + d, acc.to(y_ptr.dtype.element_ty), mask=md)

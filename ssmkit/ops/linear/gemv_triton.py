@@ -6,25 +6,47 @@ shapes as GEMM tiles: in a CUDA graph on the H200, 2.4-5.4 µs for the four 0.15
 of a 130M-parameter Mamba layer, whose bytes alone need 0.04-1.4 µs. Here each program streams
 ``BLOCK_N`` rows of W in ``BLOCK_K``-wide tiles (128-bit loads along K, where nn.Linear stores it
 contiguous), multiplies them elementwise with x's rows and adds into a float32 tile that is summed
-along K once at the end: 1.7-2.9 µs for the same four (``benchmarks/gemv_gpu.py``).
+along K once at the end: 1.6-2.7 µs for the same four (``benchmarks/gemv_gpu.py``, PDL off). Its first
+four weight tiles are all loaded before x (0.1-0.3 µs less than one tile at a time at those shapes), and
+with programmatic dependent launch before the kernel that writes x has finished (``ops/_pdl.py``).
 """
 
 import torch
 import triton
 import triton.language as tl
 
+from .._pdl import chain_launch, release_dependents, wait_inputs
 from .._triton import LAUNCH, cdiv, next_pow2
+
+
+@triton.jit
+def _tile(p, k0, K, m_r, rk, EVEN_K: tl.constexpr):
+    """The (rows, BLOCK_K) tile at column k0 of a row-major matrix whose rows ``m_r`` are real (0 outside)."""
+    if EVEN_K:
+        return tl.load(p + k0, mask=m_r[:, None], other=0.0)
+    else:
+        return tl.load(p + k0, mask=m_r[:, None] & (k0 + rk < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _mac(acc, x, w):
+    """acc (BLOCK_M, BLOCK_N, BLOCK_K) += x (BLOCK_M, BLOCK_K) * w (BLOCK_N, BLOCK_K), in float32."""
+    return acc + x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
 
 
 @triton.jit
 def gemv_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr, M, N, K, s_xm, s_wn, s_om,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    EVEN_K: tl.constexpr, AHEAD: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(N, BLOCK_N),): out[m, n] = Σ_k x[m, k] W[n, k] (+ b[n]) for m < M <= BLOCK_M, n in the
     program's block. x (M, K) and W (N, K) with unit stride along K; out (M, N) with unit stride along N, in
-    its own dtype; products and sums in float32. ``EVEN_K``: K a multiple of BLOCK_K (no mask along K)."""
+    its own dtype; products and sums in float32. ``EVEN_K``: K a multiple of BLOCK_K (no mask along K).
+    The first ``AHEAD`` (1-4) weight tiles and the bias are loaded before x, all in flight at once; with
+    ``PDL`` before waiting for the kernel that writes x (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
     pid = tl.program_id(0)
     rm = tl.arange(0, BLOCK_M)
     rn = pid * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -32,21 +54,29 @@ def gemv_kernel(
     m_m, m_n = rm < M, rn < N
     xp = x_ptr + rm[:, None] * s_xm + rk[None, :]
     wp = w_ptr + rn[:, None].to(tl.int64) * s_wn + rk[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        if EVEN_K:
-            x = tl.load(xp, mask=m_m[:, None], other=0.0)
-            w = tl.load(wp, mask=m_n[:, None], other=0.0)
-        else:
-            m_k = k0 + rk < K
-            x = tl.load(xp, mask=m_m[:, None] & m_k[None, :], other=0.0)
-            w = tl.load(wp, mask=m_n[:, None] & m_k[None, :], other=0.0)
-        acc += x.to(tl.float32)[:, None, :] * w.to(tl.float32)[None, :, :]
-        xp += BLOCK_K
-        wp += BLOCK_K
+    w0 = _tile(wp, 0, K, m_n, rk, EVEN_K)
+    if AHEAD > 1:
+        w1 = _tile(wp, BLOCK_K, K, m_n, rk, EVEN_K)
+    if AHEAD > 2:
+        w2 = _tile(wp, 2 * BLOCK_K, K, m_n, rk, EVEN_K)
+    if AHEAD > 3:
+        w3 = _tile(wp, 3 * BLOCK_K, K, m_n, rk, EVEN_K)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + rn, mask=m_n, other=0.0).to(tl.float32)
+    if PDL:
+        wait_inputs()
+    acc = _mac(tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32), _tile(xp, 0, K, m_m, rk, EVEN_K), w0)
+    if AHEAD > 1:
+        acc = _mac(acc, _tile(xp, BLOCK_K, K, m_m, rk, EVEN_K), w1)
+    if AHEAD > 2:
+        acc = _mac(acc, _tile(xp, 2 * BLOCK_K, K, m_m, rk, EVEN_K), w2)
+    if AHEAD > 3:
+        acc = _mac(acc, _tile(xp, 3 * BLOCK_K, K, m_m, rk, EVEN_K), w3)
+    for k0 in range(AHEAD * BLOCK_K, K, BLOCK_K):
+        acc = _mac(acc, _tile(xp, k0, K, m_m, rk, EVEN_K), _tile(wp, k0, K, m_n, rk, EVEN_K))
     out = tl.sum(acc, axis=2)  # (BLOCK_M, BLOCK_N)
     if HAS_BIAS:
-        out += tl.load(b_ptr + rn, mask=m_n, other=0.0).to(tl.float32)[None, :]
+        out += bias[None, :]
     tl.store(out_ptr + rm[:, None] * s_om + rn[None, :], out.to(out_ptr.dtype.element_ty),
              mask=m_m[:, None] & m_n[None, :])  # fmt: skip
 
@@ -77,6 +107,6 @@ def gemv(x, weight, bias=None):
     gemv_kernel[(cdiv(N, bn),)](
         x, weight, bias if bias is not None else weight, out, M, N, K, x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=next_pow2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,
-        num_warps=4, **LAUNCH,
+        AHEAD=min(4, cdiv(K, bk)), num_warps=4, **chain_launch(x.device), **LAUNCH,
     )  # fmt: skip
     return out

@@ -12,19 +12,26 @@ import torch
 import triton
 import triton.language as tl
 
+from .._pdl import chain_launch, release_dependents, wait_inputs
 from .._triton import LAUNCH, next_pow2
 
 
 @triton.jit
 def add_rms_norm_kernel(
     r_ptr, y_ptr, w_ptr, r_out_ptr, out_ptr, D, s_r, s_y, s_ro, s_o, eps,
-    HAS_Y: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_Y: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (rows,): r' = r + y (``HAS_Y``; else r' = r, not stored), out = r' / sqrt(mean(r'^2) + eps) * w.
-    r, r' float32 (or any float dtype: r' in r_out's), y and w any float dtype, out in its own dtype; D <= BLOCK."""
+    r, r' float32 (or any float dtype: r' in r_out's), y and w any float dtype, out in its own dtype; D <= BLOCK.
+    ``PDL``: w is loaded before waiting for the kernel before (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
     row = tl.program_id(0).to(tl.int64)
     c = tl.arange(0, BLOCK)
     m = c < D
+    w = tl.load(w_ptr + c, mask=m, other=0.0).to(tl.float32)
+    if PDL:
+        wait_inputs()
     r = tl.load(r_ptr + row * s_r + c, mask=m, other=0.0).to(tl.float32)
     if HAS_Y:
         r += tl.load(y_ptr + row * s_y + c, mask=m, other=0.0).to(tl.float32)
@@ -32,7 +39,6 @@ def add_rms_norm_kernel(
         tl.store(r_out_ptr + row * s_ro + c, r, mask=m)
         r = r.to(tl.float32)
     rstd = 1.0 / tl.sqrt(tl.sum(r * r, axis=0) / D + eps)
-    w = tl.load(w_ptr + c, mask=m, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * s_o + c, (r * rstd * w).to(out_ptr.dtype.element_ty), mask=m)
 
 
@@ -49,6 +55,7 @@ def add_rms_norm(residual, y, weight, eps: float, out_dtype):
     add_rms_norm_kernel[(B,)](
         residual, y if y is not None else residual, weight, r_out, out, D, residual.stride(0),
         (y if y is not None else residual).stride(0), r_out.stride(0), out.stride(0), eps,
-        HAS_Y=y is not None, BLOCK=blk, num_warps=max(1, min(16, blk // 256)), **LAUNCH,
+        HAS_Y=y is not None, BLOCK=blk, num_warps=max(1, min(16, blk // 256)), **chain_launch(residual.device),
+        **LAUNCH,
     )  # fmt: skip
     return r_out, out

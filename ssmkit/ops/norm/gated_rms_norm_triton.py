@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .._pdl import chain_launch
 from .._triton import LAUNCH, TRITON_DTYPES, cdiv, eager_call, eager_function, next_pow2, unit_last
 from .gated_rms_norm_triton_kernels import gated_rms_norm_bwd_kernel, gated_rms_norm_fwd_kernel
 
@@ -99,7 +100,7 @@ def norm_fwd(y: Tensor, z: Optional[Tensor], weight: Tensor, eps: float, group_s
     gated_rms_norm_fwd_kernel[(cdiv(M, bm), ng)](
         y, zz, weight.contiguous(), out, rstd, M, D, group_size, y.stride(0), zz.stride(0), eps,
         BLOCK_M=bm, BLOCK_N=bn, NUM_CHUNKS=chunks, HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate,
-        FAST=FAST_SIGMOID and y.is_cuda, num_warps=warps, **LAUNCH,
+        FAST=FAST_SIGMOID and y.is_cuda, num_warps=warps, **chain_launch(y.device), **LAUNCH,
     )  # fmt: skip
     return out, rstd
 

@@ -23,6 +23,7 @@ offsets are int64 (M * D can pass 2^31).
 import triton
 import triton.language as tl
 
+from .._pdl import release_dependents, wait_inputs
 from ..scan.triton_common import _sigmoid
 
 
@@ -83,10 +84,14 @@ def _fwd_out(x, gate, rstd, w, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constex
 def gated_rms_norm_fwd_kernel(
     y_ptr, z_ptr, w_ptr, out_ptr, rstd_ptr, M, DIM, GROUP, s_ym, s_zm, eps,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, NUM_CHUNKS: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, FAST: tl.constexpr = False, PDL: tl.constexpr = False,
 ):  # fmt: skip
     """Grid (cdiv(M, BLOCK_M), NG). y, z (M, D) with unit channel stride and row strides s_ym, s_zm;
-    w (D,); out (M, D) contiguous in y's dtype; rstd (M, NG) float32."""
+    w (D,); out (M, D) contiguous in y's dtype; rstd (M, NG) float32. ``PDL``: launched early, waiting for
+    the kernel before ahead of its first load (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
+        wait_inputs()
     grp = tl.program_id(1)
     rows = (tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)).to(tl.int64)  # (BLOCK_M,)
     in_rows = rows < M

@@ -20,6 +20,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
+from .._pdl import chain_launch, release_dependents, wait_inputs
 from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
 from .triton_common import _sigmoid, _softplus
 
@@ -31,32 +32,41 @@ def scan_step_kernel(
     st_ptr, u_ptr, dl_ptr, z_ptr, A_ptr, B_ptr, C_ptr, D_ptr, bias_ptr, y_ptr, ns_ptr,
     DIM, CH_PER_GROUP, s_ub, s_db, s_zb, s_Bb, s_Bg, s_Cb, s_Cg,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr,
+    HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr, PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (cdiv(D, BLOCK_D), B). state, new state (B, D, N) contiguous float32; u, delta, z (B, D);
-    A (D, N) float32; B, C (B, G, N); D, bias (D,) float32; y (B, D)."""
+    A (D, N) float32; B, C (B, G, N); D, bias (D,) float32; y (B, D). ``PDL``: A, D and the bias are loaded
+    before waiting for the kernel before (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
     pid_b = tl.program_id(1).to(tl.int64)
     d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
     n = tl.arange(0, NP)
     md = d < DIM
     mdn = md[:, None] & (n < N)[None, :]
+    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mdn, other=0.0)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=md, other=0.0)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=md, other=0.0)
+    if PDL:
+        wait_inputs()
     x = tl.load(dl_ptr + pid_b * s_db + d, mask=md, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        x += tl.load(bias_ptr + d, mask=md, other=0.0)
+        x += bias
     if SOFTPLUS:
         x = _softplus(x, FAST_MATH)
     u = tl.load(u_ptr + pid_b * s_ub + d, mask=md, other=0.0).to(tl.float32)
     grp = (d // CH_PER_GROUP)[:, None] * s_Bg + n[None, :]
     Bv = tl.load(B_ptr + pid_b * s_Bb + grp, mask=mdn, other=0.0).to(tl.float32)  # (BD, NP)
     Cv = tl.load(C_ptr + pid_b * s_Cb + (d // CH_PER_GROUP)[:, None] * s_Cg + n[None, :], mask=mdn, other=0.0)
-    A = tl.load(A_ptr + d[:, None] * N + n[None, :], mask=mdn, other=0.0)
     off = pid_b * DIM * N + d[:, None] * N + n[None, :]
     h = tl.load(st_ptr + off, mask=mdn, other=0.0)
     h = tl.exp2(x[:, None] * A * 1.4426950408889634) * h + (x * u)[:, None] * Bv
     tl.store(ns_ptr + off, h, mask=mdn)
     y = tl.sum(h * Cv.to(tl.float32), axis=1)  # (BD,)
     if HAS_D:
-        y += tl.load(D_ptr + d, mask=md, other=0.0) * u
+        y += Dv * u
     if HAS_Z:
         zz = tl.load(z_ptr + pid_b * s_zb + d, mask=md, other=0.0).to(tl.float32)
         y = y * zz * _sigmoid(zz, FAST_MATH)
@@ -84,7 +94,7 @@ def _step_op(state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
         bias if bias is not None else st, y, ns, dim, dim // Bg.shape[1],
         u.stride(0), delta.stride(0), zz.stride(0), Bg.stride(0), Bg.stride(1), Cg.stride(0), Cg.stride(1),
         N=N, NP=NP, BLOCK_D=bd, HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=delta_softplus, FAST_MATH=not interpret_mode(), num_warps=4, **LAUNCH,
+        SOFTPLUS=delta_softplus, FAST_MATH=not interpret_mode(), num_warps=4, **chain_launch(u.device), **LAUNCH,
     )  # fmt: skip
     return y, ns
 

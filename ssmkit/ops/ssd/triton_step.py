@@ -21,6 +21,7 @@ import triton.language as tl
 from einops import repeat
 from torch import Tensor
 
+from .._pdl import chain_launch, release_dependents, wait_inputs
 from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
 from ..scan.triton_common import _sigmoid, _softplus
 
@@ -33,10 +34,14 @@ def ssd_step_kernel(
     H, P, HEADS_PER_GROUP, s_xb, s_xh, s_tb, s_Bb, s_Bg, s_Cb, s_Cg, s_zb, s_zh,
     N: tl.constexpr, NP: tl.constexpr, BLOCK_P: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, FAST_MATH: tl.constexpr,
+    PDL: tl.constexpr,
 ):  # fmt: skip
     """Grid (B * H, cdiv(P, BLOCK_P)). state, new state (B, H, P, N) contiguous float32; x, z (B, H, P)
     unit stride along P; dt (B, H); A, bias (H,) float32; B, C (B, G, N); D (H,) or (H, P) float32;
-    y (B, H, P) contiguous."""
+    y (B, H, P) contiguous. ``PDL``: A, D and the bias are loaded before waiting for the kernel before
+    (``ssmkit/ops/_pdl.py``)."""
+    if PDL:
+        release_dependents()
     pid = tl.program_id(0)
     b = (pid // H).to(tl.int64)
     h = pid % H
@@ -44,12 +49,22 @@ def ssd_step_kernel(
     n = tl.arange(0, NP)
     mp = p < P
     mpn = mp[:, None] & (n < N)[None, :]
+    A = tl.load(A_ptr + h)
+    if HAS_D:
+        if D_PER_P:
+            Dv = tl.load(D_ptr + h * P + p, mask=mp, other=0.0)
+        else:
+            Dv = tl.load(D_ptr + h)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + h)
+    if PDL:
+        wait_inputs()
     delta = tl.load(dt_ptr + b * s_tb + h).to(tl.float32)
     if HAS_BIAS:
-        delta += tl.load(bias_ptr + h)
+        delta += bias
     if SOFTPLUS:
         delta = _softplus(delta, FAST_MATH)
-    decay = tl.exp2(delta * tl.load(A_ptr + h) * 1.4426950408889634)
+    decay = tl.exp2(delta * A * 1.4426950408889634)
     g = h // HEADS_PER_GROUP
     Bv = tl.load(B_ptr + b * s_Bb + g * s_Bg + n, mask=n < N, other=0.0).to(tl.float32)  # (NP,)
     Cv = tl.load(C_ptr + b * s_Cb + g * s_Cg + n, mask=n < N, other=0.0).to(tl.float32)
@@ -60,10 +75,7 @@ def ssd_step_kernel(
     tl.store(ns_ptr + off, st, mask=mpn)
     y = tl.sum(st * Cv[None, :], axis=1)  # (BLOCK_P,)
     if HAS_D:
-        if D_PER_P:
-            y += tl.load(D_ptr + h * P + p, mask=mp, other=0.0) * xv
-        else:
-            y += tl.load(D_ptr + h) * xv
+        y += Dv * xv
     if HAS_Z:
         zz = tl.load(z_ptr + b * s_zb + h * s_zh + p, mask=mp, other=0.0).to(tl.float32)
         y = y * zz * _sigmoid(zz, FAST_MATH)
@@ -90,7 +102,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
         zz.stride(0), zz.stride(1),
         N=N, NP=NP, BLOCK_P=bp, HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2,
         HAS_Z=z is not None, HAS_BIAS=dt_bias is not None, SOFTPLUS=dt_softplus, FAST_MATH=not interpret_mode(),
-        num_warps=4, **LAUNCH,
+        num_warps=4, **chain_launch(x.device), **LAUNCH,
     )  # fmt: skip
     return y, ns
 

@@ -18,10 +18,11 @@ pytestmark = requires_triton
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("M, N, K, bias", [(1, 80, 96, True), (1, 37, 768, False), (3, 50, 70, True),
-                                           (4, 33, 1024, False), (1, 5, 48, True), (2, 130, 200, True)])
+                                           (4, 33, 1024, False), (1, 5, 48, True), (2, 130, 200, True),
+                                           (1, 21, 2600, True), (2, 9, 3072, False)])
 def test_matches_float64(gen, dtype, M, N, K, bias):
-    """out = x W^T + b for a few rows, odd N and K (a masked last tile along K, rows past N), with and without
-    a bias (kept in float32 as the layers keep Δ's), against the float64 product: within the dtype's tolerance,
+    """out = x W^T + b for a few rows, odd N and K (a masked last tile along K, rows past N; 1-4 tiles loaded
+    ahead of x, and 6 tiles: two more in the loop), with and without a bias (kept in float32 as the layers keep Δ's), against the float64 product: within the dtype's tolerance,
     in x's dtype, and as F.linear in float32 rounded once."""
     x = randn(M, K, gen=gen, dtype=dtype).to(DEVICE)
     w = randn(N, K, gen=gen, dtype=dtype, scale=K**-0.5).to(DEVICE)

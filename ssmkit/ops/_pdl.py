@@ -1,0 +1,79 @@
+"""Programmatic dependent launch (PDL) for the decode step's kernels.
+
+At batch 1 a decode step is a chain of small kernels (per Mamba layer: the residual add and norm, four
+projections, the conv step, the scan step), each waiting for the one before: on the H200 each takes ~2 µs in
+a CUDA graph, most of it launch and the first loads' latency rather than work. On Hopper and later, a kernel
+launched with Triton's ``launch_pdl`` may start while the kernel before it is still running:
+
+* every program first calls ``release_dependents()``, so the kernel after it may be scheduled as soon as all
+  of this kernel's programs have started;
+* it then loads what no kernel of the step writes (weights, biases, A, D) and only then calls
+  ``wait_inputs()``, which returns once the kernel before it has completed and its writes are visible; every
+  load of an earlier kernel's output and every store comes after it.
+
+Every program of such a kernel calls ``wait_inputs()``, so its completion implies its predecessor's, and so on
+down the chain: a kernel reading the output of any earlier kernel of the step sees it. Without the launch
+option both calls do nothing, and a kernel launched without it waits for its predecessor as usual.
+
+``chain_launch(device)`` gives the kernels' launch keywords: the ``PDL`` constexpr and, where it is on, the
+launch option. It is on for CUDA devices of compute capability 9.0 and up with a Triton that has both
+(3.4 and later), unless the environment variable ``SSMKIT_PDL`` is ``0``; never in Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+
+from ._triton import interpret_mode
+
+try:
+    from triton.backends.nvidia.compiler import CUDAOptions
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+    _HAS_PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
+except Exception:  # an older Triton (or another backend): the kernels are built with PDL off
+    _HAS_PDL = False
+
+if _HAS_PDL:
+
+    @triton.jit
+    def release_dependents():
+        """Lets the next kernel of the stream start once every program of this one has called it."""
+        gdc_launch_dependents()
+
+    @triton.jit
+    def wait_inputs():
+        """Waits until the kernel before has completed and its writes are visible."""
+        gdc_wait()
+
+else:
+
+    @triton.jit
+    def release_dependents():
+        pass
+
+    @triton.jit
+    def wait_inputs():
+        pass
+
+
+_MAJOR: dict = {}  # device index -> compute capability major
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether kernels on ``device`` launch with PDL (see the module docstring)."""
+    if device.type != "cuda" or not _HAS_PDL or interpret_mode() or os.environ.get("SSMKIT_PDL", "1") == "0":
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _MAJOR:
+        _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
+    return _MAJOR[index] >= 9
+
+
+def chain_launch(device: torch.device) -> dict:
+    """Launch keywords of a decode-chain kernel on ``device``: ``PDL`` for its constexpr, and Triton's
+    ``launch_pdl`` where PDL is on."""
+    return {"PDL": True, "launch_pdl": True} if pdl_enabled(device) else {"PDL": False}
