@@ -1,0 +1,90 @@
+"""GPU: the decode step's kernels with programmatic dependent launch (PDL) on and off, in one process.
+
+    python3 benchmarks/gpu_pdl.py [--models mamba-130m mamba2-130m mamba-1.4b] [--rounds 2] [--out DIR]
+
+For each model shape (random bfloat16 weights, ``generate_gpu.ssmkit_alone``), alternating PDL on and off
+(``SSMKIT_PDL``; each switch re-captures the step's CUDA graph) for ``--rounds`` rounds: the GPU time of one
+graphed step (CUDA events around 200 replays), the greedy decode rate over 256 new tokens after a 16-token
+prompt (``generate_gpu.decode_rate``), and checks: the graphed step's logits over 32 tokens with PDL on equal
+to those with it off (the same kernels and arithmetic, so bit for bit), and the greedy tokens of both. Run
+from the root of the ssmkit checkout to measure (the package is imported from the working directory, so an
+older checkout's root measures that code: it ignores ``SSMKIT_PDL``). Writes ``gpu_pdl.md`` / ``.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.getcwd())
+sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
+import torch  # noqa: E402
+from _gpu_bench import table_report  # noqa: E402
+from generate_gpu import VOCAB, decode_rate, replay_ms, ssmkit_alone  # noqa: E402
+
+import ssmkit  # noqa: E402
+from ssmkit.generation import graphed_step, prefill, release_graphs  # noqa: E402
+
+
+def set_pdl(on: bool, model) -> None:
+    os.environ["SSMKIT_PDL"] = "1" if on else "0"
+    release_graphs(model)
+
+
+@torch.no_grad()
+def graphed_logits(model, prompt: torch.Tensor, n: int) -> torch.Tensor:
+    """(n, V) logits of n greedy steps through the captured step."""
+    logits, state = prefill(model, prompt)
+    token = logits.argmax(-1)
+    step = graphed_step(model, token, state)
+    out = []
+    for _ in range(n):
+        logits = step(token)
+        out.append(logits.float().clone())
+        token = logits.argmax(-1)
+    return torch.cat(out)
+
+
+def run_model(name: str, rounds: int) -> list[list]:
+    lm = ssmkit_alone(name)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
+    rows = []
+    for rnd in range(rounds):
+        for on in (True, False):
+            set_pdl(on, lm)
+            rep = replay_ms(lm, prompt)
+            rate = decode_rate(lambda k, lm=lm: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
+            rows.append([name, "on" if on else "off", rnd, round(rep, 4), round(rate, 1)])
+            print(f"{name} PDL {'on' if on else 'off'} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s", flush=True)
+    logits, tokens = {}, {}
+    for on in (True, False):
+        set_pdl(on, lm)
+        logits[on] = graphed_logits(lm, prompt, 32)
+        tokens[on] = ssmkit.generate(lm, prompt, max_new_tokens=128, cuda_graph=True)[0, 16:]
+    diff = (logits[True] - logits[False]).abs().max().item()
+    agree = 128 if torch.equal(tokens[True], tokens[False]) else int((tokens[True] != tokens[False]).int().argmax())
+    print(f"{name}: logits on vs off, max |diff| {diff:.3e}; greedy tokens agreeing {agree}/128", flush=True)
+    for r in rows:
+        r += [diff, agree]
+    os.environ.pop("SSMKIT_PDL")
+    release_graphs(lm)
+    del lm
+    torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["mamba-130m", "mamba2-130m", "mamba-1.4b"])
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    args = ap.parse_args()
+    rows = [r for name in args.models for r in run_model(name, args.rounds)]
+    header = ["model", "PDL", "round", "replay ms", "tokens/s", "logits max |on - off|", "greedy agreeing /128"]
+    print(table_report(args.out, "gpu_pdl", "Decode step with PDL on and off", header, rows))
+
+
+if __name__ == "__main__":
+    main()
