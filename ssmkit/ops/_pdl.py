@@ -17,11 +17,14 @@ option both calls do nothing, and a kernel launched without it waits for its pre
 
 ``chain_launch(device)`` gives the kernels' launch keywords: the ``PDL`` constexpr and, where it is on, the
 launch option. It is on for CUDA devices of compute capability 9.0 and up with a Triton that has both
-(3.4 and later), unless the environment variable ``SSMKIT_PDL`` is ``0``; never in Triton's interpreter.
+(3.4 and later) and a driver of CUDA 12.3 or later (which captures such launches in CUDA graphs), unless the
+environment variable ``SSMKIT_PDL`` is ``0``; never in Triton's interpreter.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 
 import torch
@@ -61,6 +64,18 @@ else:
 
 
 _MAJOR: dict = {}  # device index -> compute capability major
+MIN_DRIVER = 12030  # CUDA 12.3: programmatic dependent launches inside captured graphs
+
+
+@functools.lru_cache(maxsize=None)
+def driver_version() -> int:
+    """The CUDA driver's version (12030 for 12.3), 0 where it cannot be read."""
+    try:
+        v = ctypes.c_int(0)
+        ok = ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(v)) == 0
+        return v.value if ok else 0
+    except OSError:  # (no libcuda.so.1 by that name: another platform)
+        return 0
 
 
 def pdl_enabled(device: torch.device) -> bool:
@@ -70,7 +85,7 @@ def pdl_enabled(device: torch.device) -> bool:
     index = device.index if device.index is not None else torch.cuda.current_device()
     if index not in _MAJOR:
         _MAJOR[index] = torch.cuda.get_device_capability(index)[0]
-    return _MAJOR[index] >= 9
+    return _MAJOR[index] >= 9 and driver_version() >= MIN_DRIVER
 
 
 def chain_launch(device: torch.device) -> dict:

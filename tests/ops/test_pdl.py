@@ -34,6 +34,7 @@ def fake_cuda(monkeypatch):
         monkeypatch.setattr(_pdl, "interpret_mode", lambda: False)
         monkeypatch.setattr(_pdl, "_HAS_PDL", True)
         monkeypatch.setattr(_pdl, "_MAJOR", {0: major})
+        monkeypatch.setattr(_pdl, "driver_version", lambda: 13000)
         return torch.device("cuda", 0)
 
     return make
@@ -59,6 +60,19 @@ def test_off_where_triton_lacks_it(fake_cuda, monkeypatch):
     dev = fake_cuda(9)
     monkeypatch.setattr(_pdl, "_HAS_PDL", False)
     assert _pdl.chain_launch(dev) == {"PDL": False}
+
+
+@pytest.mark.parametrize("driver, on", [(12020, False), (12030, True), (0, False)])
+def test_off_with_a_driver_before_cuda_12_3(fake_cuda, monkeypatch, driver, on):
+    """Graph capture of PDL launches needs a CUDA 12.3 driver; one that cannot be read (0) counts as too old."""
+    dev = fake_cuda(9)
+    monkeypatch.delenv("SSMKIT_PDL", raising=False)
+    monkeypatch.setattr(_pdl, "driver_version", lambda: driver)
+    assert _pdl.pdl_enabled(dev) is on
+
+
+def test_driver_version_is_an_int():
+    assert isinstance(_pdl.driver_version(), int) and _pdl.driver_version() >= 0
 
 
 # -- the kernels, built for sm_90 with PDL on ------------------------------------------------------------------
