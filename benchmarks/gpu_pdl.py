@@ -1,6 +1,7 @@
 """GPU: the decode step's kernels with programmatic dependent launch (PDL) on and off, in one process.
 
     python3 benchmarks/gpu_pdl.py [--models mamba-130m mamba2-130m mamba-1.4b] [--rounds 2] [--out DIR]
+    python3 benchmarks/gpu_pdl.py --gemv-limits 16777216 67108864 [--models ...]
 
 For each model shape (random bfloat16 weights, ``generate_gpu.ssmkit_alone``), alternating PDL on and off
 (``SSMKIT_PDL``; each switch re-captures the step's CUDA graph) for ``--rounds`` rounds: the GPU time of one
@@ -9,6 +10,11 @@ prompt (``generate_gpu.decode_rate``), and checks: the graphed step's logits ove
 to those with it off (the same kernels and arithmetic, so bit for bit), and the greedy tokens of both. Run
 from the root of the ssmkit checkout to measure (the package is imported from the working directory, so an
 older checkout's root measures that code: it ignores ``SSMKIT_PDL``). Writes ``gpu_pdl.md`` / ``.json``.
+
+With ``--gemv-limits``, PDL stays on and the rounds alternate instead between values of
+``ssmkit.ops.linear.GEMV_MAX_WEIGHTS`` (the largest weight the Triton matrix-vector kernel takes; larger ones
+go to cuBLAS, which is not launched with PDL): replay ms, tokens/s, and the logits' relative error against
+those of the first limit (different kernels: not bit for bit). Writes ``gpu_gemv_limits.md`` / ``.json``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from _gpu_bench import table_report  # noqa: E402
 from generate_gpu import VOCAB, decode_rate, replay_ms, ssmkit_alone  # noqa: E402
 
 import ssmkit  # noqa: E402
+import ssmkit.ops.linear as linear  # noqa: E402
 from ssmkit.generation import graphed_step, prefill, release_graphs  # noqa: E402
 
 
@@ -75,12 +82,42 @@ def run_model(name: str, rounds: int) -> list[list]:
     return rows
 
 
+def run_limits(name: str, rounds: int, limits: list[int]) -> list[list]:
+    lm = ssmkit_alone(name)
+    g = torch.Generator(device="cuda").manual_seed(1)
+    prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
+    default, rows, logits = linear.GEMV_MAX_WEIGHTS, [], {}
+    for rnd in range(rounds):
+        for limit in limits:
+            linear.GEMV_MAX_WEIGHTS = limit
+            release_graphs(lm)
+            rep = replay_ms(lm, prompt)
+            rate = decode_rate(lambda k, lm=lm: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
+            if rnd == 0:
+                logits[limit] = graphed_logits(lm, prompt, 32)
+            err = ((logits[limit] - logits[limits[0]]).norm() / logits[limits[0]].norm()).item()
+            rows.append([name, limit, rnd, round(rep, 4), round(rate, 1), err])
+            print(f"{name} limit {limit} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s, rel err {err:.1e}",
+                  flush=True)  # fmt: skip
+    linear.GEMV_MAX_WEIGHTS = default
+    release_graphs(lm)
+    del lm
+    torch.cuda.empty_cache()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["mamba-130m", "mamba2-130m", "mamba-1.4b"])
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    ap.add_argument("--gemv-limits", nargs="+", type=int, default=None)
     args = ap.parse_args()
+    if args.gemv_limits:
+        rows = [r for name in args.models for r in run_limits(name, args.rounds, args.gemv_limits)]
+        header = ["model", "GEMV_MAX_WEIGHTS", "round", "replay ms", "tokens/s", "logits rel. err vs the first limit"]
+        print(table_report(args.out, "gpu_gemv_limits", "Decode step (PDL on) by the GEMV's weight limit", header, rows))
+        return
     rows = [r for name in args.models for r in run_model(name, args.rounds)]
     header = ["model", "PDL", "round", "replay ms", "tokens/s", "logits max |on - off|", "greedy agreeing /128"]
     print(table_report(args.out, "gpu_pdl", "Decode step with PDL on and off", header, rows))
