@@ -21,8 +21,6 @@ launch option. It is on for CUDA devices of compute capability 9.0 and up with a
 environment variable ``SSMKIT_PDL`` is ``0``; never in Triton's interpreter.
 """
 
-from __future__ import annotations
-
 import ctypes
 import functools
 import os
