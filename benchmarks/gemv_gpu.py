@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _timing import markdown_table, save_report  # noqa: E402
 
 from ssmkit.ops.linear import gemv  # noqa: E402
+from ssmkit.ops._triton import sm_count  # noqa: E402
 from ssmkit.ops.linear.gemv_triton import gemv_tiles  # noqa: E402
 
 SHAPES = {  # (N, K) of nn.Linear's weight
@@ -67,7 +68,7 @@ def run(out_dir: str | None) -> str:
             err = [((o.float() - ref).norm() / ref.norm()).item() for o in (F.linear(x, w), gemv(x, w))]
             t_cublas, t_ours = graph_us(lambda: F.linear(x, w)), graph_us(lambda: gemv(x, w))
             gb_s = N * K * 2 / (t_ours * 1e-6) / 1e9
-            rows.append([M, name, f"{N * K * 2 / 1e6:.2f}", "x".join(map(str, gemv_tiles(K))), f"{t_cublas:.2f}",
+            rows.append([M, name, f"{N * K * 2 / 1e6:.2f}", "x".join(map(str, gemv_tiles(K, N, sm_count(torch.device("cuda"))))), f"{t_cublas:.2f}",
                          f"{t_ours:.2f}", f"{t_cublas / t_ours:.2f}x", f"{gb_s:.0f}", f"{err[0]:.1e} / {err[1]:.1e}"])
             data.append(dict(rows=M, shape=name, N=N, K=K, cublas_us=t_cublas, ssmkit_us=t_ours, err=err))
             print(rows[-1], flush=True)

@@ -2,6 +2,7 @@
 
     python3 benchmarks/gpu_pdl.py [--models mamba-130m mamba2-130m mamba-1.4b] [--rounds 2] [--out DIR]
     python3 benchmarks/gpu_pdl.py --gemv-limits 16777216 67108864 [--models ...]
+    python3 benchmarks/gpu_pdl.py --gemv-spread [--models ...]
 
 For each model shape (random bfloat16 weights, ``generate_gpu.ssmkit_alone``), alternating PDL on and off
 (``SSMKIT_PDL``; each switch re-captures the step's CUDA graph) for ``--rounds`` rounds: the GPU time of one
@@ -15,6 +16,8 @@ With ``--gemv-limits``, PDL stays on and the rounds alternate instead between va
 ``ssmkit.ops.linear.GEMV_MAX_WEIGHTS`` (the largest weight the Triton matrix-vector kernel takes; larger ones
 go to cuBLAS, which is not launched with PDL): replay ms, tokens/s, and the logits' relative error against
 those of the first limit (different kernels: not bit for bit). Writes ``gpu_gemv_limits.md`` / ``.json``.
+With ``--gemv-spread``, the same between the matrix-vector kernel's tiles spread over the SMs
+(``gemv_triton.gemv_tiles``' rule) and by K alone (``gpu_gemv_spread.md``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from generate_gpu import VOCAB, decode_rate, replay_ms, ssmkit_alone  # noqa: E4
 
 import ssmkit  # noqa: E402
 import ssmkit.ops.linear as linear  # noqa: E402
+import ssmkit.ops.linear.gemv_triton as gemv_triton  # noqa: E402
 from ssmkit.generation import graphed_step, prefill, release_graphs  # noqa: E402
 
 
@@ -82,24 +86,38 @@ def run_model(name: str, rounds: int) -> list[list]:
     return rows
 
 
-def run_limits(name: str, rounds: int, limits: list[int]) -> list[list]:
+def limit_variants(limits: list[int]) -> dict:
+    """label -> setting: ``ssmkit.ops.linear.GEMV_MAX_WEIGHTS`` at each limit."""
+    return {str(v): (lambda v=v: setattr(linear, "GEMV_MAX_WEIGHTS", v)) for v in limits}
+
+
+def spread_variants() -> dict:
+    """label -> setting: the GEMV's tiles spread over the SMs (the committed rule) or by K alone (before)."""
+    rule = gemv_triton.gemv_tiles
+    return {"spread over the SMs": lambda: setattr(gemv_triton, "gemv_tiles", rule),
+            "by K alone": lambda: setattr(gemv_triton, "gemv_tiles", lambda K, N=0, min_programs=0: rule(K))}
+
+
+def run_variants(name: str, rounds: int, variants: dict) -> list[list]:
+    """Replay ms, tokens/s and the logits' relative error against the first variant's, PDL on, rounds alternating
+    between the variants (each re-captures the step); every setting is undone afterwards."""
     lm = ssmkit_alone(name)
     g = torch.Generator(device="cuda").manual_seed(1)
     prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
-    default, rows, logits = linear.GEMV_MAX_WEIGHTS, [], {}
+    saved = (linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles)
+    rows, logits, first = [], {}, next(iter(variants))
     for rnd in range(rounds):
-        for limit in limits:
-            linear.GEMV_MAX_WEIGHTS = limit
+        for label, setting in variants.items():
+            setting()
             release_graphs(lm)
             rep = replay_ms(lm, prompt)
             rate = decode_rate(lambda k, lm=lm: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
             if rnd == 0:
-                logits[limit] = graphed_logits(lm, prompt, 32)
-            err = ((logits[limit] - logits[limits[0]]).norm() / logits[limits[0]].norm()).item()
-            rows.append([name, limit, rnd, round(rep, 4), round(rate, 1), err])
-            print(f"{name} limit {limit} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s, rel err {err:.1e}",
-                  flush=True)  # fmt: skip
-    linear.GEMV_MAX_WEIGHTS = default
+                logits[label] = graphed_logits(lm, prompt, 32)
+            err = ((logits[label] - logits[first]).norm() / logits[first].norm()).item()
+            rows.append([name, label, rnd, round(rep, 4), round(rate, 1), err])
+            print(f"{name} {label} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s, rel err {err:.1e}", flush=True)
+    linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles = saved
     release_graphs(lm)
     del lm
     torch.cuda.empty_cache()
@@ -112,11 +130,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--gemv-limits", nargs="+", type=int, default=None)
+    ap.add_argument("--gemv-spread", action="store_true")
     args = ap.parse_args()
-    if args.gemv_limits:
-        rows = [r for name in args.models for r in run_limits(name, args.rounds, args.gemv_limits)]
-        header = ["model", "GEMV_MAX_WEIGHTS", "round", "replay ms", "tokens/s", "logits rel. err vs the first limit"]
-        print(table_report(args.out, "gpu_gemv_limits", "Decode step (PDL on) by the GEMV's weight limit", header, rows))
+    if args.gemv_limits or args.gemv_spread:
+        variants = limit_variants(args.gemv_limits) if args.gemv_limits else spread_variants()
+        rows = [r for name in args.models for r in run_variants(name, args.rounds, variants)]
+        what = "GEMV_MAX_WEIGHTS" if args.gemv_limits else "GEMV tiles"
+        header = ["model", what, "round", "replay ms", "tokens/s", "logits rel. err vs the first"]
+        stem = "gpu_gemv_limits" if args.gemv_limits else "gpu_gemv_spread"
+        print(table_report(args.out, stem, f"Decode step (PDL on) by {what}", header, rows))
         return
     rows = [r for name in args.models for r in run_model(name, args.rounds)]
     header = ["model", "PDL", "round", "replay ms", "tokens/s", "logits max |on - off|", "greedy agreeing /128"]

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import chain_launch, release_dependents, wait_inputs
-from .._triton import LAUNCH, cdiv, next_pow2
+from .._triton import LAUNCH, cdiv, next_pow2, sm_count
 
 
 @triton.jit
@@ -81,11 +81,13 @@ def gemv_kernel(
              mask=m_m[:, None] & m_n[None, :])  # fmt: skip
 
 
-def gemv_tiles(K: int) -> tuple[int, int]:
+def gemv_tiles(K: int, N: int = 0, min_programs: int = 0) -> tuple[int, int]:
     """(BLOCK_N, BLOCK_K) for a reduction of length K: the widest of 512, 256, 128 that divides K (else the
     power of two covering K, at most 512), and rows for a tile of 2048 weights (16 per thread at 4 warps).
     On the H200 at one row (``benchmarks/gemv_gpu.py``): 4 x 512 was best or within 0.1 µs of the best at
-    K = 1536 and 4096, 8 x 256 at K = 768."""
+    K = 1536 and 4096, 8 x 256 at K = 768. Where N rows in such tiles would give fewer than ``min_programs``
+    programs (the SMs: a narrow projection such as x_proj, 80-160 rows), the rows per program halve, down to
+    one, and the tile widens along K as far as K reaches, so that more SMs stream the weight."""
     if K % 512 == 0:
         bk = 512
     elif K % 256 == 0:
@@ -94,7 +96,12 @@ def gemv_tiles(K: int) -> tuple[int, int]:
         bk = 128
     else:
         bk = min(512, max(16, next_pow2(K)))
-    return max(1, 2048 // bk), bk
+    bn = max(1, 2048 // bk)
+    while bn > 1 and cdiv(N, bn) < min_programs:
+        bn //= 2
+        if bk < next_pow2(K):
+            bk *= 2
+    return bn, bk
 
 
 def gemv(x, weight, bias=None):
@@ -103,7 +110,7 @@ def gemv(x, weight, bias=None):
     M, K = x.shape
     N = weight.shape[0]
     out = torch.empty((M, N), dtype=x.dtype, device=x.device)
-    bn, bk = gemv_tiles(K)
+    bn, bk = gemv_tiles(K, N, sm_count(x.device))
     gemv_kernel[(cdiv(N, bn),)](
         x, weight, bias if bias is not None else weight, out, M, N, K, x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, BLOCK_M=next_pow2(M), BLOCK_N=bn, BLOCK_K=bk, EVEN_K=K % bk == 0,

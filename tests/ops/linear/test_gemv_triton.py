@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from numerics import TOL, assert_close, randn
 from triton_helpers import DEVICE, requires_triton  # first: skips this file without triton
 from ssmkit.ops.linear import GEMV_MAX_ROWS, GEMV_MAX_WEIGHTS, gemv, gemv_applies, linear
+from ssmkit.ops.linear import gemv_triton
 from ssmkit.ops.linear.gemv_triton import gemv_tiles
 
 pytestmark = requires_triton
@@ -20,10 +21,14 @@ pytestmark = requires_triton
 @pytest.mark.parametrize("M, N, K, bias", [(1, 80, 96, True), (1, 37, 768, False), (3, 50, 70, True),
                                            (4, 33, 1024, False), (1, 5, 48, True), (2, 130, 200, True),
                                            (1, 21, 2600, True), (2, 9, 3072, False)])
-def test_matches_float64(gen, dtype, M, N, K, bias):
+@pytest.mark.parametrize("programs", [0, 64])
+def test_matches_float64(gen, dtype, M, N, K, bias, programs, monkeypatch):
     """out = x W^T + b for a few rows, odd N and K (a masked last tile along K, rows past N; 1-4 tiles loaded
-    ahead of x, and 6 tiles: two more in the loop), with and without a bias (kept in float32 as the layers keep Δ's), against the float64 product: within the dtype's tolerance,
-    in x's dtype, and as F.linear in float32 rounded once."""
+    ahead of x, and 6 tiles: two more in the loop), with and without a bias (kept in float32 as the layers keep
+    Δ's), against the float64 product: within the dtype's tolerance, in x's dtype, and as F.linear in float32
+    rounded once. ``programs``: the SMs the tiles are spread over (64: narrower tiles, down to one row of up to
+    2048 columns)."""
+    monkeypatch.setattr(gemv_triton, "sm_count", lambda device: programs)
     x = randn(M, K, gen=gen, dtype=dtype).to(DEVICE)
     w = randn(N, K, gen=gen, dtype=dtype, scale=K**-0.5).to(DEVICE)
     b = randn(N, gen=gen).to(DEVICE) if bias else None
@@ -49,6 +54,16 @@ def test_tiles_rule():
     assert gemv_tiles(1536) == (4, 512) and gemv_tiles(768) == (8, 256) and gemv_tiles(4096) == (4, 512)
     assert gemv_tiles(128) == (16, 128) and gemv_tiles(48) == (32, 64) and gemv_tiles(7) == (128, 16)
     assert gemv_tiles(1000) == (4, 512)
+
+
+def test_narrow_weights_spread_over_the_sms():
+    """Fewer programs than SMs: rows per program halve (the tile widening along K while K reaches) until there are
+    enough or one row is left; wide weights keep their tiles."""
+    assert gemv_tiles(1536, 80, 132) == (1, 2048)  # mamba-130m x_proj: 20 programs -> 80
+    assert gemv_tiles(4096, 160, 132) == (1, 2048)  # mamba-1.4b x_proj: 40 -> 160
+    assert gemv_tiles(48, 1536, 132) == (8, 64)  # mamba-130m dt_proj: 48 -> 192, K covered by 64
+    assert gemv_tiles(768, 3072, 132) == (8, 256) and gemv_tiles(4096, 2048, 132) == (4, 512)
+    assert gemv_tiles(1536, 80, 0) == gemv_tiles(1536) == (4, 512)
 
 
 def test_when_the_kernel_runs(gen):
