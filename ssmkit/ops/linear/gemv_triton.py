@@ -6,7 +6,7 @@ shapes as GEMM tiles: in a CUDA graph on the H200, 2.4-5.4 µs for the four 0.15
 of a 130M-parameter Mamba layer, whose bytes alone need 0.04-1.4 µs. Here each program streams
 ``BLOCK_N`` rows of W in ``BLOCK_K``-wide tiles (128-bit loads along K, where nn.Linear stores it
 contiguous), multiplies them elementwise with x's rows and adds into a float32 tile that is summed
-along K once at the end: 1.6-2.7 µs for the same four (``benchmarks/gemv_gpu.py``, PDL off). Its first
+along K once at the end: 1.5-2.8 µs for the same four (``benchmarks/gemv_gpu.py``, PDL off). Its first
 four weight tiles are all loaded before x (0.1-0.3 µs less than one tile at a time at those shapes), and
 with programmatic dependent launch before the kernel that writes x has finished (``ops/_pdl.py``).
 """
