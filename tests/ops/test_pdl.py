@@ -4,8 +4,9 @@ with it on.
 A kernel launched with PDL may run while the kernel before it still writes: it is correct only if every store,
 and every load of something an earlier kernel wrote, comes after its ``griddepcontrol.wait``. The interpreter
 cannot show that (it runs with PDL off), so each chain kernel is built here for sm_90 from the arguments its
-launcher passes (the launch recorded, PDL forced on) and its PTX is read: ``launch_dependents`` first, the
-loads issued before the wait exactly the ones named (weights, biases, A, D), every store after it. On the GPU,
+launcher passes (the launch recorded, PDL forced on) and read: in its PTX ``launch_dependents`` first and every
+store after the wait; in its Triton IR, the loads before the wait reading exactly the pointers named (weights,
+biases, A, D). On the GPU,
 tests/generation/test_graphs.py checks that decoding with PDL on gives the same logits as with it off.
 """
 
