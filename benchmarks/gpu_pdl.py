@@ -3,6 +3,7 @@
     python3 benchmarks/gpu_pdl.py [--models mamba-130m mamba2-130m mamba-1.4b] [--rounds 2] [--out DIR]
     python3 benchmarks/gpu_pdl.py --gemv-limits 16777216 67108864 [--models ...]
     python3 benchmarks/gpu_pdl.py --gemv-spread [--models ...]
+    python3 benchmarks/gpu_pdl.py --step-spread [--models ...]
 
 For each model shape (random bfloat16 weights, ``generate_gpu.ssmkit_alone``), alternating PDL on and off
 (``SSMKIT_PDL``; each switch re-captures the step's CUDA graph) for ``--rounds`` rounds: the GPU time of one
@@ -17,7 +18,9 @@ With ``--gemv-limits``, PDL stays on and the rounds alternate instead between va
 go to cuBLAS, which is not launched with PDL): replay ms, tokens/s, and the logits' relative error against
 those of the first limit (different kernels: not bit for bit). Writes ``gpu_gemv_limits.md`` / ``.json``.
 With ``--gemv-spread``, the same between the matrix-vector kernel's tiles spread over the SMs
-(``gemv_triton.gemv_tiles``' rule) and by K alone (``gpu_gemv_spread.md``).
+(``gemv_triton.gemv_tiles``' rule) and by K alone (``gpu_gemv_spread.md``); with ``--step-spread``, between
+the conv, scan and SSD steps' blocks spread over the SMs (``_triton.spread_block``) and sized by the channels
+alone (``gpu_step_spread.md``).
 """
 
 from __future__ import annotations
@@ -98,6 +101,18 @@ def spread_variants() -> dict:
             "by K alone": lambda: setattr(gemv_triton, "gemv_tiles", lambda K, N=0, min_programs=0: rule(K))}
 
 
+def step_spread_variants() -> dict:
+    """label -> setting: the conv, scan and SSD steps' blocks spread over the SMs (``_triton.spread_block``, the
+    committed rule) or sized by the channels alone (before)."""
+    import importlib  # (``ssmkit.ops.ssd`` is also the name of the op: import the modules by their paths)
+
+    mods = [importlib.import_module(f"ssmkit.ops.{m}") for m in ("conv.causal_conv1d_triton", "scan.triton_step",
+                                                                 "ssd.triton_step")]  # fmt: skip
+    rule = mods[1].spread_block
+    return {"steps spread over the SMs": lambda: [setattr(m, "spread_block", rule) for m in mods],
+            "steps by channels alone": lambda: [setattr(m, "spread_block", lambda b, *a: b) for m in mods]}
+
+
 def run_variants(name: str, rounds: int, variants: dict) -> list[list]:
     """Replay ms, tokens/s and the logits' relative error against the first variant's, PDL on, rounds alternating
     between the variants (each re-captures the step); every setting is undone afterwards."""
@@ -105,6 +120,7 @@ def run_variants(name: str, rounds: int, variants: dict) -> list[list]:
     g = torch.Generator(device="cuda").manual_seed(1)
     prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
     saved = (linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles)
+    first_setting = next(iter(variants.values()))
     rows, logits, first = [], {}, next(iter(variants))
     for rnd in range(rounds):
         for label, setting in variants.items():
@@ -118,6 +134,7 @@ def run_variants(name: str, rounds: int, variants: dict) -> list[list]:
             rows.append([name, label, rnd, round(rep, 4), round(rate, 1), err])
             print(f"{name} {label} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s, rel err {err:.1e}", flush=True)
     linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles = saved
+    first_setting()  # (every variant set includes the committed code as its first)
     release_graphs(lm)
     del lm
     torch.cuda.empty_cache()
@@ -131,13 +148,17 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--gemv-limits", nargs="+", type=int, default=None)
     ap.add_argument("--gemv-spread", action="store_true")
+    ap.add_argument("--step-spread", action="store_true")
     args = ap.parse_args()
-    if args.gemv_limits or args.gemv_spread:
-        variants = limit_variants(args.gemv_limits) if args.gemv_limits else spread_variants()
+    if args.gemv_limits or args.gemv_spread or args.step_spread:
+        if args.gemv_limits:
+            variants, what, stem = limit_variants(args.gemv_limits), "GEMV_MAX_WEIGHTS", "gpu_gemv_limits"
+        elif args.gemv_spread:
+            variants, what, stem = spread_variants(), "GEMV tiles", "gpu_gemv_spread"
+        else:
+            variants, what, stem = step_spread_variants(), "step blocks", "gpu_step_spread"
         rows = [r for name in args.models for r in run_variants(name, args.rounds, variants)]
-        what = "GEMV_MAX_WEIGHTS" if args.gemv_limits else "GEMV tiles"
         header = ["model", what, "round", "replay ms", "tokens/s", "logits rel. err vs the first"]
-        stem = "gpu_gemv_limits" if args.gemv_limits else "gpu_gemv_spread"
         print(table_report(args.out, stem, f"Decode step (PDL on) by {what}", header, rows))
         return
     rows = [r for name in args.models for r in run_model(name, args.rounds)]

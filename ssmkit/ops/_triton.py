@@ -140,6 +140,15 @@ def f32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t.detach().to(torch.float32).contiguous()
 
 
+def spread_block(block: int, n: int, rows: int, programs: int, least: int) -> int:
+    """A decode kernel's block along an axis of length ``n`` (a power of two), halved down to ``least`` while its
+    grid, cdiv(n, block) * ``rows`` programs, has fewer than ``programs`` (the SMs): at batch 1 a step kernel's
+    time is a few dependent loads, so more programs with less each finish sooner."""
+    while block > least and cdiv(n, block) * rows < programs:
+        block //= 2
+    return block
+
+
 def next_pow2(n: int) -> int:
     """Smallest power of two >= n (tile sizes must be powers of two)."""
     return 1 << max(0, (n - 1).bit_length())

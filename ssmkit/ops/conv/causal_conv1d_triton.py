@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .._pdl import chain_launch
-from .._triton import LAUNCH, cdiv, eager_call, eager_function, next_pow2, unit_last
+from .._triton import LAUNCH, cdiv, eager_call, eager_function, next_pow2, sm_count, spread_block, unit_last
 from .causal_conv1d_triton_kernels import conv1d_bwd_kernel, conv1d_fwd_kernel, conv1d_step_kernel
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -187,7 +187,7 @@ def _step_op(x_t: Tensor, state: Tensor, weight: Tensor, bias: Optional[Tensor],
     x_t, state = unit_last(x_t), unit_last(state)
     y = torch.empty((batch, D), dtype=x_t.dtype, device=x_t.device)
     ns = torch.empty((batch, K - 1, D), dtype=x_t.dtype, device=x_t.device)
-    bd = min(128, next_pow2(D))
+    bd = spread_block(min(128, next_pow2(D)), D, batch, sm_count(x_t.device), 32)
     conv1d_step_kernel[(cdiv(D, bd), batch)](
         x_t, state, weight.contiguous(), bias if bias is not None else weight, y, ns, D,
         x_t.stride(0), state.stride(0), state.stride(1) if K > 1 else D,

@@ -21,7 +21,7 @@ from einops import repeat
 from torch import Tensor
 
 from .._pdl import chain_launch, release_dependents, wait_inputs
-from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, sm_count, spread_block, unit_last
 from .triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -86,7 +86,7 @@ def _step_op(state: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: T
     y = torch.empty((batch, dim), dtype=u.dtype, device=u.device)
     ns = torch.empty((batch, dim, N), dtype=torch.float32, device=u.device)
     NP = next_pow2(N)
-    bd = max(1, min(next_pow2(dim), 2048 // NP))
+    bd = spread_block(max(1, min(next_pow2(dim), 2048 // NP)), dim, batch, sm_count(u.device), 8)
     Df, bias = f32(D), f32(delta_bias)
     zz = z if z is not None else u
     scan_step_kernel[(cdiv(dim, bd), batch)](

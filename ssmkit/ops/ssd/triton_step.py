@@ -22,7 +22,7 @@ from einops import repeat
 from torch import Tensor
 
 from .._pdl import chain_launch, release_dependents, wait_inputs
-from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, unit_last
+from .._triton import LAUNCH, cdiv, f32, interpret_mode, next_pow2, sm_count, spread_block, unit_last
 from ..scan.triton_common import _sigmoid, _softplus
 
 _SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
@@ -93,7 +93,7 @@ def _step_op(state: Tensor, x: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tens
     y = torch.empty((batch, H, P), dtype=x.dtype, device=x.device)
     ns = torch.empty((batch, H, P, N), dtype=torch.float32, device=x.device)
     NP = next_pow2(N)
-    bp = max(1, min(next_pow2(P), 4096 // NP))
+    bp = spread_block(max(1, min(next_pow2(P), 4096 // NP)), P, batch * H, sm_count(x.device), 8)
     Df, bias, zz = f32(D), f32(dt_bias), z if z is not None else x
     ssd_step_kernel[(batch * H, cdiv(P, bp))](
         st, x, dt, A.to(torch.float32).contiguous(), B, C, Df if Df is not None else st, zz,

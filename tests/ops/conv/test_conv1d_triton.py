@@ -124,6 +124,21 @@ def test_step_matches_reference(gen, dtype, K):
     assert torch.equal(st.detach(), st_before), "the step must not modify its state argument"
 
 
+def test_step_in_spread_blocks(gen, monkeypatch):
+    """With many SMs the step's block shrinks from 128 channels to 32 (100 channels: 4 programs, the last masked)."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("ssmkit.ops.conv.causal_conv1d_triton"), "sm_count", lambda device: 1000)
+    D, K = 100, 4
+    x_t, st = randn(2, D, gen=gen).to(DEVICE), randn(2, K - 1, D, gen=gen).to(DEVICE)
+    w, b = randn(D, K, gen=gen).to(DEVICE), randn(D, gen=gen).to(DEVICE)
+    y, ns = causal_conv1d_step(x_t, st, w, b, "silu", backend="triton")
+    to64 = [t.cpu().double() for t in (x_t, st, w, b)]
+    y_r, ns_r = causal_conv1d(to64[0][:, None], to64[2], to64[3], to64[1], "silu", True, backend="reference")
+    assert_close(y.cpu(), y_r[:, 0], TOL[torch.float32], "output")
+    assert_close(ns.cpu(), ns_r, TOL[torch.float32], "new state")
+
+
 def test_step_by_step_equals_forward(gen):
     """Tokens fed one at a time through the triton step reproduce the triton forward."""
     D, K, L = 16, 4, 7

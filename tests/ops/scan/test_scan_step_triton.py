@@ -12,7 +12,8 @@ import torch
 from numerics import assert_close, randn
 from triton_helpers import DEVICE, assert_step_matches, requires_triton  # first: skips this file without triton
 from ssmkit.ops.backends import BackendUnavailableError
-import ssmkit.ops.scan.triton_step  # noqa: F401  (registers the ssmkit:: custom op that opcheck names)
+import ssmkit.ops.scan.triton_step as triton_step  # (also registers the ssmkit:: custom op that opcheck names)
+from ssmkit.ops._triton import spread_block
 from ssmkit.ops.scan import SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
 
 NAMES = ("state", "u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -42,6 +43,24 @@ def run(inp, softplus, seed, **kw):
 @pytest.mark.parametrize("G", [None, 2])
 def test_step_matches_reference(gen, dtype, G):
     inp = make(gen, G=G, dtype=dtype)
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    assert_step_matches(run(inp, True, seed, backend="triton"), run(ref, True, seed, backend="torch"), inp, dtype)
+
+
+def test_blocks_spread_over_the_sms():
+    """A step kernel's block halves (not below its least) while the grid has fewer programs than SMs."""
+    assert spread_block(128, 1536, 1, 132, 8) == 8  # mamba-130m's scan step: 12 programs -> 192
+    assert spread_block(128, 4096, 1, 132, 8) == 16  # mamba-1.4b's: 32 -> 256
+    assert spread_block(128, 4096, 8, 132, 8) == 128  # a batch of 8 fills them already
+    assert spread_block(128, 1536, 1, 1, 8) == 128 and spread_block(32, 20, 1, 1000, 32) == 32
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_in_spread_blocks(gen, dtype, monkeypatch):
+    """With many SMs the block shrinks to 8 channels (20 channels: 3 programs a row, the last one masked)."""
+    monkeypatch.setattr(triton_step, "sm_count", lambda device: 1000)
+    inp = make(gen, dtype=dtype)
     seed = int(torch.randint(2**31, (1,), generator=gen))
     ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
     assert_step_matches(run(inp, True, seed, backend="triton"), run(ref, True, seed, backend="torch"), inp, dtype)

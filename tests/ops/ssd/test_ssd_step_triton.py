@@ -47,6 +47,18 @@ def test_step_matches_reference(gen, dtype, D_shape):
     assert_step_matches(run(inp, True, seed, backend="triton"), run(ref, True, seed, backend="torch"), inp, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_step_in_spread_blocks(gen, dtype, monkeypatch):
+    """With many SMs the block of P rows shrinks from 64 to 8 (P = 37: 5 programs a head, the last one masked)."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("ssmkit.ops.ssd.triton_step"), "sm_count", lambda device: 1000)
+    inp = make(gen, P=37, dtype=dtype, D_shape=("H", "P"))
+    seed = int(torch.randint(2**31, (1,), generator=gen))
+    ref = {k: (v.detach().cpu().double().requires_grad_(True) if v is not None else None) for k, v in inp.items()}
+    assert_step_matches(run(inp, True, seed, backend="triton"), run(ref, True, seed, backend="torch"), inp, dtype)
+
+
 def test_step_without_optional_inputs(gen):
     inp = make(gen, b=3, H=4, P=3, N=4, G=1, full=False)
     inp["dt"] = torch.rand(3, 4, generator=gen).to(DEVICE).requires_grad_(True)
