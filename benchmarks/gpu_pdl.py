@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 sys.path.insert(0, os.getcwd())
 sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))
@@ -60,16 +61,32 @@ def graphed_logits(model, prompt: torch.Tensor, n: int) -> torch.Tensor:
     return torch.cat(out)
 
 
-def run_model(name: str, rounds: int) -> list[list]:
-    lm = ssmkit_alone(name)
+def model_and_prompt(name: str):
+    """The model shape's random-weight LM on the GPU and a fixed 16-token prompt."""
     g = torch.Generator(device="cuda").manual_seed(1)
-    prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
+    return ssmkit_alone(name), torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
+
+
+def timed(lm, prompt: torch.Tensor) -> tuple[float, float]:
+    """(graph replay ms, decode tokens/s over 256 new tokens) of the step as it is set now."""
+    rep = replay_ms(lm, prompt)
+    return rep, decode_rate(lambda k: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
+
+
+def drop(lm) -> None:
+    """Free the model and its captured graph before the next shape."""
+    release_graphs(lm)
+    del lm
+    torch.cuda.empty_cache()
+
+
+def run_model(name: str, rounds: int) -> list[list]:
+    lm, prompt = model_and_prompt(name)
     rows = []
     for rnd in range(rounds):
         for on in (True, False):
             set_pdl(on, lm)
-            rep = replay_ms(lm, prompt)
-            rate = decode_rate(lambda k, lm=lm: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
+            rep, rate = timed(lm, prompt)
             rows.append([name, "on" if on else "off", rnd, round(rep, 4), round(rate, 1)])
             print(f"{name} PDL {'on' if on else 'off'} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s", flush=True)
     logits, tokens = {}, {}
@@ -83,61 +100,56 @@ def run_model(name: str, rounds: int) -> list[list]:
     for r in rows:
         r += [diff, agree]
     os.environ.pop("SSMKIT_PDL")
-    release_graphs(lm)
-    del lm
-    torch.cuda.empty_cache()
+    drop(lm)
     return rows
 
 
-def limit_variants(limits: list[int]) -> dict:
-    """label -> setting: ``ssmkit.ops.linear.GEMV_MAX_WEIGHTS`` at each limit."""
-    return {str(v): (lambda v=v: setattr(linear, "GEMV_MAX_WEIGHTS", v)) for v in limits}
+def limit_variants(limits: list[int]) -> tuple[dict, Callable]:
+    """(label -> setting: ``ssmkit.ops.linear.GEMV_MAX_WEIGHTS`` at each limit; the committed limit back)."""
+    default = linear.GEMV_MAX_WEIGHTS
+    return ({str(v): (lambda v=v: setattr(linear, "GEMV_MAX_WEIGHTS", v)) for v in limits},
+            lambda: setattr(linear, "GEMV_MAX_WEIGHTS", default))  # fmt: skip
 
 
-def spread_variants() -> dict:
-    """label -> setting: the GEMV's tiles spread over the SMs (the committed rule) or by K alone (before)."""
+def spread_variants() -> tuple[dict, Callable]:
+    """(label -> setting: the GEMV's tiles spread over the SMs, the committed rule, or by K alone, as before;
+    the rule back)."""
     rule = gemv_triton.gemv_tiles
-    return {"spread over the SMs": lambda: setattr(gemv_triton, "gemv_tiles", rule),
-            "by K alone": lambda: setattr(gemv_triton, "gemv_tiles", lambda K, N=0, min_programs=0: rule(K))}
+    back = lambda: setattr(gemv_triton, "gemv_tiles", rule)  # noqa: E731
+    return ({"spread over the SMs": back,
+             "by K alone": lambda: setattr(gemv_triton, "gemv_tiles", lambda K, N=0, min_programs=0: rule(K))}, back)
 
 
-def step_spread_variants() -> dict:
-    """label -> setting: the conv, scan and SSD steps' blocks spread over the SMs (``_triton.spread_block``, the
-    committed rule) or sized by the channels alone (before)."""
+def step_spread_variants() -> tuple[dict, Callable]:
+    """(label -> setting: the conv, scan and SSD steps' blocks spread over the SMs, ``_triton.spread_block``'s
+    committed rule, or sized by the channels alone, as before; the rule back)."""
     import importlib  # (``ssmkit.ops.ssd`` is also the name of the op: import the modules by their paths)
 
     mods = [importlib.import_module(f"ssmkit.ops.{m}") for m in ("conv.causal_conv1d_triton", "scan.triton_step",
                                                                  "ssd.triton_step")]  # fmt: skip
     rule = mods[1].spread_block
-    return {"steps spread over the SMs": lambda: [setattr(m, "spread_block", rule) for m in mods],
-            "steps by channels alone": lambda: [setattr(m, "spread_block", lambda b, *a: b) for m in mods]}
+    back = lambda: [setattr(m, "spread_block", rule) for m in mods]  # noqa: E731
+    return ({"steps spread over the SMs": back,
+             "steps by channels alone": lambda: [setattr(m, "spread_block", lambda b, *a: b) for m in mods]}, back)
 
 
-def run_variants(name: str, rounds: int, variants: dict) -> list[list]:
+def run_variants(name: str, rounds: int, variants: dict, restore: Callable) -> list[list]:
     """Replay ms, tokens/s and the logits' relative error against the first variant's, PDL on, rounds alternating
-    between the variants (each re-captures the step); every setting is undone afterwards."""
-    lm = ssmkit_alone(name)
-    g = torch.Generator(device="cuda").manual_seed(1)
-    prompt = torch.randint(0, VOCAB, (1, 16), device="cuda", generator=g)
-    saved = (linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles)
-    first_setting = next(iter(variants.values()))
+    between the variants (each re-captures the step); ``restore()`` afterwards."""
+    lm, prompt = model_and_prompt(name)
     rows, logits, first = [], {}, next(iter(variants))
     for rnd in range(rounds):
         for label, setting in variants.items():
             setting()
             release_graphs(lm)
-            rep = replay_ms(lm, prompt)
-            rate = decode_rate(lambda k, lm=lm: ssmkit.generate(lm, prompt, max_new_tokens=k, cuda_graph=True), 256)
+            rep, rate = timed(lm, prompt)
             if rnd == 0:
                 logits[label] = graphed_logits(lm, prompt, 32)
             err = ((logits[label] - logits[first]).norm() / logits[first].norm()).item()
             rows.append([name, label, rnd, round(rep, 4), round(rate, 1), err])
             print(f"{name} {label} round {rnd}: replay {rep:.4f} ms, {rate:.0f} tokens/s, rel err {err:.1e}", flush=True)
-    linear.GEMV_MAX_WEIGHTS, gemv_triton.gemv_tiles = saved
-    first_setting()  # (every variant set includes the committed code as its first)
-    release_graphs(lm)
-    del lm
-    torch.cuda.empty_cache()
+    restore()
+    drop(lm)
     return rows
 
 
@@ -152,12 +164,12 @@ def main() -> None:
     args = ap.parse_args()
     if args.gemv_limits or args.gemv_spread or args.step_spread:
         if args.gemv_limits:
-            variants, what, stem = limit_variants(args.gemv_limits), "GEMV_MAX_WEIGHTS", "gpu_gemv_limits"
+            (variants, restore), what, stem = limit_variants(args.gemv_limits), "GEMV_MAX_WEIGHTS", "gpu_gemv_limits"
         elif args.gemv_spread:
-            variants, what, stem = spread_variants(), "GEMV tiles", "gpu_gemv_spread"
+            (variants, restore), what, stem = spread_variants(), "GEMV tiles", "gpu_gemv_spread"
         else:
-            variants, what, stem = step_spread_variants(), "step blocks", "gpu_step_spread"
-        rows = [r for name in args.models for r in run_variants(name, args.rounds, variants)]
+            (variants, restore), what, stem = step_spread_variants(), "step blocks", "gpu_step_spread"
+        rows = [r for name in args.models for r in run_variants(name, args.rounds, variants, restore)]
         header = ["model", what, "round", "replay ms", "tokens/s", "logits rel. err vs the first"]
         print(table_report(args.out, stem, f"Decode step (PDL on) by {what}", header, rows))
         return

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from .._pdl import chain_launch, release_dependents, wait_inputs
-from .._triton import LAUNCH, cdiv, next_pow2, sm_count
+from .._triton import LAUNCH, cdiv, next_pow2, sm_count, spread_block
 
 
 @triton.jit
@@ -97,11 +97,8 @@ def gemv_tiles(K: int, N: int = 0, min_programs: int = 0) -> tuple[int, int]:
     else:
         bk = min(512, max(16, next_pow2(K)))
     bn = max(1, 2048 // bk)
-    while bn > 1 and cdiv(N, bn) < min_programs:
-        bn //= 2
-        if bk < next_pow2(K):
-            bk *= 2
-    return bn, bk
+    narrow = spread_block(bn, N, 1, min_programs, 1)
+    return narrow, max(bk, min(bk * (bn // narrow), next_pow2(K)))
 
 
 def gemv(x, weight, bias=None):
