@@ -19,6 +19,7 @@ from torch import nn
 from .._checks import check_choice
 from ..ops.backends import BACKEND_NAMES
 from ..ops.conv import CONV1D_BACKENDS
+from ..ops.decode import TYPE_CODES
 from ..ops.linear import project
 from ..ops.norm import GATED_RMSNORM_BACKENDS
 from .base import Mixer
@@ -85,6 +86,10 @@ def norm_backend_for(backend: str) -> str:
     return backend if backend in GATED_RMSNORM_BACKENDS.impls else "auto"
 
 
+def _hooked(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
 class SSMMixer(Mixer):
     """Mixer base for the selective SSM layers (float32 numerics parameters, backend check)."""
 
@@ -102,6 +107,34 @@ class SSMMixer(Mixer):
         without hooks takes a matrix-vector kernel (``ssmkit.ops.linear.row_kernel``): Triton on CUDA under
         backend "auto" or "triton", C on the CPU under "auto" or "c"."""
         return project(proj, x, self.backend, bias)
+
+    def _fused_block_applies(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
+                             state, projs: tuple[nn.Linear, ...], biased: tuple[nn.Linear, ...]) -> bool:  # fmt: skip
+        """The conditions every fused CPU block step (``ssmkit.ops.decode``) shares: the CPU, one row, no autograd,
+        backend "auto" or "c", plain tensors outside ``torch.compile``; ``projs`` plain nn.Linear modules without
+        hooks, their weights contiguous and in one dtype, float32 or bfloat16 (the activations'); the biases of
+        ``biased`` (those the C code reads in that dtype) in it too, as the norm's weight (the norm without
+        hooks); the residual float32 or in it, ``pending`` None or like the residual in it; the conv state in it
+        and the ssm state float32, both contiguous. A state of the wrong shape raises as ``step`` would (the C
+        code trusts the shapes)."""
+        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1:  # (first: GPU decoding)
+            return False
+        act = projs[0].weight.dtype
+        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or act not in TYPE_CODES
+                or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
+            return False
+        if residual.dtype not in (torch.float32, act) or norm.weight.dtype != act or _hooked(norm):
+            return False
+        if any(type(m) is not nn.Linear or _hooked(m) or m.weight.dtype != act or not m.weight.is_contiguous()
+               for m in projs):  # fmt: skip
+            return False
+        if any(m.bias is not None and (m.bias.dtype != act or not m.bias.is_contiguous()) for m in biased):
+            return False
+        if pending is not None and (pending.dtype != act or pending.shape != residual.shape or not pending.is_contiguous()):
+            return False
+        self._check_state(state, 1)
+        return (residual.is_contiguous() and state.conv.dtype == act and state.conv.is_contiguous()
+                and state.ssm.dtype == torch.float32 and state.ssm.is_contiguous())  # fmt: skip
 
     def _set_backend(self, backend: str) -> None:
         check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)

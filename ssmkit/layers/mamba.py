@@ -38,7 +38,7 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
-from ..ops.decode import MAX_STATE, TYPE_CODES, mamba_block_available, mamba_block_step_cpu
+from ..ops.decode import MAX_STATE, mamba_block_available, mamba_block_step_cpu
 from ..ops.scan import SCAN_BACKENDS, SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
 from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, step_backend_for
 from .base import MixerState
@@ -218,25 +218,10 @@ class Mamba(SSMMixer):
         it does not apply, and the caller runs the usual path: autograd on, backend other than "auto" / "c",
         a StateNorm, not the CPU, more than one row, weights not float32 / bfloat16 or not all in one dtype,
         projections that are not plain nn.Linear (hooks, subclasses), or no C compiler."""
-        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1:  # (first: GPU decoding)
-            return None
-        act = self.in_proj.weight.dtype
-        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or self.norm is not None or act not in TYPE_CODES
-                or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
-            return None
-        if residual.dtype not in (torch.float32, act) or norm.weight.dtype != act or self.d_state > MAX_STATE:
-            return None
         projs = (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)
-        if any(type(m) is not nn.Linear or m._forward_hooks or m._forward_pre_hooks or m.weight.dtype != act
-               or not m.weight.is_contiguous() for m in projs) or self.x_proj.bias is not None:  # fmt: skip
+        if not self._fused_block_applies(residual, pending, norm, state, projs, (self.in_proj, self.out_proj)):
             return None
-        if any(b is not None and (b.dtype != act or not b.is_contiguous()) for b in (self.in_proj.bias, self.out_proj.bias)):
-            return None
-        if pending is not None and (pending.dtype != act or pending.shape != residual.shape or not pending.is_contiguous()):
-            return None
-        if not (residual.is_contiguous() and state.conv.dtype == act and state.conv.is_contiguous()
-                and state.ssm.dtype == torch.float32 and state.ssm.is_contiguous()
-                and state.conv.shape[0] == 1 and state.ssm.shape[0] == 1):  # fmt: skip
+        if self.norm is not None or self.d_state > MAX_STATE or self.x_proj.bias is not None:
             return None
         if not mamba_block_available():
             return None

@@ -13,6 +13,7 @@
  */
 #include "../linear/gemv_cpu.c"
 #include "../scan/step_cpu.c"
+#include "block_cpu.h"
 
 typedef struct {
     const void *res_in, *pend;    /* (d_model): the residual (res_type), the previous block's output or NULL */
@@ -34,11 +35,6 @@ typedef struct {
 
 int64_t mb_params_size(void) { return (int64_t)sizeof(mb_params); }
 
-static inline float round_to(int type, float v) {
-    if (type != GV_BF16) return v;
-    return bf16_to_f32(f32_to_bf16(v));
-}
-
 /* Returns 0; -1 or -2 when scratch cannot be allocated or d_state is past the scan step's buffers. */
 int mamba_block_step(const mb_params *p) {
     const int64_t D = p->d_model, di = p->d_inner, N = p->d_state, R = p->dt_rank, K = p->d_conv;
@@ -57,33 +53,14 @@ int mamba_block_step(const mb_params *p) {
     int rc = 0;
 
     /* residual add and RMSNorm (float32 statistics, then x * rstd * w rounded once) */
-    double ss = 0.0;
-    for (int64_t i = 0; i < D; i++) {
-        float r = load_act(p->res_in, rt, i) + (p->pend ? load_act(p->pend, at, i) : 0.0f);
-        r = round_to(rt, r);
-        store_act(p->res_out, rt, i, r);
-        r32[i] = r;
-        ss += (double)r * r;
-    }
-    const float rstd = 1.0f / sqrtf((float)(ss / (double)D) + (float)p->eps);
-    for (int64_t i = 0; i < D; i++) store_act(h, at, i, (r32[i] * rstd) * p->norm_w[i]);
+    block_add_rms_norm(p->res_in, p->pend, p->res_out, h, p->norm_w, D, rt, at, p->eps, r32);
 
     /* in_proj: xz = [u, z] */
     rc = gemv(p->w_in, D, at, h, at, p->b_in, xz, 2 * di, D, nt);
     if (rc != 0) goto done;
 
     /* conv step: window = [previous K-1 inputs, u]; uc = silu(window . w + b); the state shifts by one */
-    for (int64_t d = 0; d < di; d++) {
-        float acc = 0.0f;
-        for (int64_t k = 0; k < K - 1; k++) acc += load_act(p->conv_in, at, k * di + d) * p->conv_w[d * K + k];
-        acc += load_act(xz, at, d) * p->conv_w[d * K + K - 1];
-        if (p->conv_b) acc += p->conv_b[d];
-        store_act(uc, at, d, acc / (1.0f + expf(-acc)));
-    }
-    if (K > 1) {
-        memcpy(p->conv_out, (const char *)p->conv_in + di * es, (size_t)((K - 2) * di) * es);
-        memcpy((char *)p->conv_out + (K - 2) * di * es, xz, (size_t)di * es);
-    }
+    block_conv_step_silu(p->conv_in, p->conv_out, xz, p->conv_w, p->conv_b, uc, di, K, at);
 
     /* x_proj -> (dt, B, C); dt_proj without its bias (the scan step adds it before the softplus) */
     rc = gemv(p->w_x, di, at, uc, at, NULL, xdbl, R + 2 * N, di, nt);

@@ -1,18 +1,20 @@
-"""The fused CPU decode step of a Mamba block (``ssmkit.ops.decode``): an LM's steps against the same weights
+"""The fused CPU decode step of a Mamba block (``ssmkit.ops.decode.mamba_block``): an LM's steps against the same weights
 in float64, its states against the unfused step's, purity, when it runs, and its portable build."""
 
 import pytest
 import torch
 
+from decode_helpers import count_calls, steps
 from numerics import TOL, assert_close
 import ssmkit.layers.mamba as mamba_layer
-import ssmkit.ops.decode as decode
+import ssmkit.ops.decode.block_library as block_library
+import ssmkit.ops.decode.mamba_block as mamba_block
 from ssmkit.ops._c_build import build
 from ssmkit.models import LM, ModelConfig
 from ssmkit.models.mixer_configs import MambaConfig
 
-if not decode.mamba_block_available():
-    pytest.skip(f"the fused step cannot be built here: {decode._cached()[1]}", allow_module_level=True)
+if not mamba_block.mamba_block_available():
+    pytest.skip(f"the fused step cannot be built here: {mamba_block.LIBRARY.cached()[1]}", allow_module_level=True)
 
 VOCAB = 97
 
@@ -31,19 +33,7 @@ def model(gen, dtype, backend="auto", residual_in_fp32=True, **mamba):
 
 @pytest.fixture
 def fused_calls(monkeypatch):
-    calls = []
-    kernel = mamba_layer.mamba_block_step_cpu
-    monkeypatch.setattr(mamba_layer, "mamba_block_step_cpu", lambda *a: calls.append(a[0].dtype) or kernel(*a))
-    return calls
-
-
-def steps(lm, ids, dtype):
-    state, out = lm.init_state(1, dtype=dtype), []
-    with torch.no_grad():
-        for t in range(ids.shape[0]):
-            logits, state = lm.step(ids[t : t + 1], state)
-            out.append(logits)
-    return torch.cat(out), state
+    return count_calls(monkeypatch, mamba_layer, "mamba_block_step_cpu")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -115,10 +105,10 @@ def test_portable_build(gen, tmp_path, monkeypatch):
     ref = model(gen, torch.float64, backend="torch")
     ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
     ids = torch.randint(VOCAB, (4,), generator=gen)
-    cflags, lflags = decode.FLAG_SETS[1]
-    path = build("mamba_block_cpu", decode._HERE, decode.SOURCES, cflags + ("-mno-avx512f",), lflags,
-                        cache_dir=tmp_path)  # fmt: skip
-    monkeypatch.setattr(decode, "_cached", lambda: (decode.load_library(path), None))
+    lib = mamba_block.LIBRARY
+    cflags, lflags = block_library.FLAG_SETS[1]
+    path = build(lib.stem, block_library.HERE, lib.sources, cflags + ("-mno-avx512f",), lflags, cache_dir=tmp_path)
+    monkeypatch.setattr(lib, "cached", lambda: (lib.load(path), None))
     got, _ = steps(lm, ids, torch.float32)
     want, _ = steps(ref, ids, torch.float64)
     assert_close(got, want, TOL[torch.float32], "logits")
