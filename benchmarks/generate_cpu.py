@@ -1,13 +1,16 @@
 """Greedy decoding speed at batch 1: ssmkit against Hugging Face transformers, same weights.
 
 Builds a random-weight ``MambaForCausalLM`` with the shape of mamba-130m
-(768 wide, 24 layers, state 16, vocabulary 50280), saves it, loads the same
+(768 wide, 24 layers, state 16, vocabulary 50280), or with ``--arch mamba2`` a
+``Mamba2ForCausalLM`` with mamba2-130m's (24 heads of 64, state 128, one group),
+saves it, loads the same
 checkpoint into ssmkit (``ssmkit.io.load_pretrained``), reports the relative
 error between their logits on a prompt, then times greedy decoding (in float32 and in bfloat16 weights) of ``--new-tokens``
 tokens after a ``--prompt-len`` prompt with each, in this process. Decode
 rate = new tokens / (time to generate them - time to prefill the prompt).
 
     .venv/bin/python benchmarks/generate_cpu.py   # transformers comes with the test extra [--new-tokens 64] [--prompt-len 16]
+    .venv/bin/python benchmarks/generate_cpu.py --arch mamba2
 """
 
 from __future__ import annotations
@@ -28,13 +31,19 @@ import ssmkit  # noqa: E402
 from ssmkit.io import load_pretrained  # noqa: E402
 
 
-def hf_model(width: int, layers: int, vocab: int):
-    from transformers import MambaConfig, MambaForCausalLM
+def hf_model(arch: str, width: int, layers: int, vocab: int):
+    import transformers
 
     torch.manual_seed(0)
-    cfg = MambaConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, state_size=16, expand=2,
-                      conv_kernel=4, use_bias=False, use_conv_bias=True, tie_word_embeddings=True)
-    return MambaForCausalLM(cfg).eval()
+    if arch == "mamba":
+        cfg = transformers.MambaConfig(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, state_size=16,
+                                       expand=2, conv_kernel=4, use_bias=False, use_conv_bias=True,
+                                       tie_word_embeddings=True)  # fmt: skip
+        return transformers.MambaForCausalLM(cfg).eval()
+    cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, state_size=128,
+                                    expand=2, head_dim=64, num_heads=2 * width // 64, n_groups=1, conv_kernel=4,
+                                    chunk_size=256, use_bias=False, use_conv_bias=True, tie_word_embeddings=True)  # fmt: skip
+    return transformers.Mamba2ForCausalLM(cfg).eval()
 
 
 @torch.no_grad()
@@ -61,6 +70,7 @@ def time_ssmkit(model, prompt: torch.Tensor, new: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", choices=["mamba", "mamba2"], default="mamba", help="Mamba or Mamba-2 (transformers' class)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--width", type=int, default=768)
@@ -68,7 +78,8 @@ def main(argv=None):
     ap.add_argument("--vocab", type=int, default=50280)
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="weight/activation dtypes to time")
     args = ap.parse_args(argv)
-    hf = hf_model(args.width, args.layers, args.vocab)
+    hf = hf_model(args.arch, args.width, args.layers, args.vocab)
+    hf_name = type(hf).__name__
     with tempfile.TemporaryDirectory() as tmp:
         hf.save_pretrained(tmp)
         ours = load_pretrained(tmp)
@@ -83,7 +94,7 @@ def main(argv=None):
         hf, ours = hf.to(getattr(torch, dtype)), ours.to(getattr(torch, dtype))
         t_hf = time_hf(hf, prompt, args.new_tokens)
         t_ours = time_ssmkit(ours, prompt, args.new_tokens)
-        rows.append([dtype, "transformers MambaForCausalLM", f"{1 / t_hf:.1f}", f"{t_hf * 1e3:.1f}", "1.00x"])
+        rows.append([dtype, f"transformers {hf_name}", f"{1 / t_hf:.1f}", f"{t_hf * 1e3:.1f}", "1.00x"])
         rows.append([dtype, "ssmkit LM", f"{1 / t_ours:.1f}", f"{t_ours * 1e3:.1f}", f"{t_hf / t_ours:.2f}x"])
     print(f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"width {args.width}, {args.layers} layers, batch 1, prompt {args.prompt_len}, "
