@@ -5,10 +5,11 @@ import torch
 
 
 def count_calls(monkeypatch, module, name: str) -> list:
-    """Replace ``module.name`` (a fused step's kernel) by a wrapper that records each call's residual dtype."""
+    """Replace ``module.name`` (a fused step's kernel: (params, residual, ...)) by a wrapper that records each
+    call's residual dtype."""
     calls = []
     kernel = getattr(module, name)
-    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a[0].dtype) or kernel(*a, **k))
+    monkeypatch.setattr(module, name, lambda *a, **k: calls.append(a[1].dtype) or kernel(*a, **k))
     return calls
 
 

@@ -10,8 +10,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -22,7 +23,7 @@ from ..ops.conv import CONV1D_BACKENDS
 from ..ops.decode import TYPE_CODES
 from ..ops.linear import project
 from ..ops.norm import GATED_RMSNORM_BACKENDS
-from .base import Mixer
+from .base import Mixer, MixerState
 
 HALF_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -86,8 +87,27 @@ def norm_backend_for(backend: str) -> str:
     return backend if backend in GATED_RMSNORM_BACKENDS.impls else "auto"
 
 
-def _hooked(m: nn.Module) -> bool:
+def hooked(m: nn.Module) -> bool:
+    """Whether ``m`` has forward hooks (a fused step would skip them)."""
     return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+    """What a layer's fused CPU block step needs that does not change from token to token
+    (``SSMMixer._block_plan``): building it took ~70 µs of Python per layer and token, a fifth of a 130M
+    model's step on 2 cores."""
+
+    params: Any  # the kernel's ctypes struct of weights, sizes and constants (``ssmkit.ops.decode``)
+    keep: tuple  # the tensors its pointers address (the float32 copies among them)
+    act: torch.dtype  # the activations' dtype
+    state_shapes: tuple  # (conv, ssm) state shapes at batch 1
+    step: Callable  # (params, residual, pending, conv_state, ssm_state) -> (residual, out, conv, ssm)
+
+    @staticmethod
+    def float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """A float32 contiguous copy (or the tensor itself where it is one already) of a small parameter."""
+        return None if t is None else t.detach().to(torch.float32).contiguous()
 
 
 class SSMMixer(Mixer):
@@ -108,33 +128,78 @@ class SSMMixer(Mixer):
         backend "auto" or "triton", C on the CPU under "auto" or "c"."""
         return project(proj, x, self.backend, bias)
 
-    def _fused_block_applies(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
-                             state, projs: tuple[nn.Linear, ...], biased: tuple[nn.Linear, ...]) -> bool:  # fmt: skip
-        """The conditions every fused CPU block step (``ssmkit.ops.decode``) shares: the CPU, one row, no autograd,
-        backend "auto" or "c", plain tensors outside ``torch.compile``; ``projs`` plain nn.Linear modules without
-        hooks, their weights contiguous and in one dtype, float32 or bfloat16 (the activations'); the biases of
-        ``biased`` (those the C code reads in that dtype) in it too, as the norm's weight (the norm without
-        hooks); the residual float32 or in it, ``pending`` None or like the residual in it; the conv state in it
-        and the ssm state float32, both contiguous. A state of the wrong shape raises as ``step`` would (the C
-        code trusts the shapes)."""
-        if residual.device.type != "cpu" or residual.dim() != 2 or residual.shape[0] != 1:  # (first: GPU decoding)
-            return False
-        act = projs[0].weight.dtype
-        if (torch.is_grad_enabled() or self.backend not in ("auto", "c") or act not in TYPE_CODES
+    # -- a block's decode step as one C call on the CPU (``ssmkit.ops.decode``) ----------------------------
+
+    fused_modules: tuple[str, ...] = ()  # the submodules whose weights a fused block step reads
+
+    def fused_block_step(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
+                         state: MixerState) -> Optional[tuple[torch.Tensor, torch.Tensor, MixerState]]:  # fmt: skip
+        """``Block.step_pending`` for a block of this layer and ``norm`` (its RMSNorm) without an MLP, as one C call
+        on the CPU: (residual + pending, the block's output, the new state). None where it does not apply, and
+        the caller runs the usual path: autograd on, not the CPU, more than one row, backend other than "auto" /
+        "c", weights not float32 / bfloat16 or not all in one dtype, modules that are not the plain ones (hooks,
+        subclasses), a layer the kernel does not cover (``_make_block_plan``), or no C compiler. The residual is
+        float32 or in the activations' dtype, ``pending`` None or in it; the conv state in it and the ssm state
+        float32, all contiguous. A state of another shape raises, as ``step`` does (the C code trusts it)."""
+        if (residual.device.type != "cpu" or torch.is_grad_enabled() or residual.dim() != 2 or residual.shape[0] != 1
                 or type(residual) is not torch.Tensor or torch.compiler.is_compiling()):  # fmt: skip
-            return False
-        if residual.dtype not in (torch.float32, act) or norm.weight.dtype != act or _hooked(norm):
-            return False
-        if any(type(m) is not nn.Linear or _hooked(m) or m.weight.dtype != act or not m.weight.is_contiguous()
-               for m in projs):  # fmt: skip
-            return False
-        if any(m.bias is not None and (m.bias.dtype != act or not m.bias.is_contiguous()) for m in biased):
-            return False
+            return None
+        plan = self._block_plan(norm)
+        if plan is None:
+            return None
+        if type(state) is not self.state_type or (state.conv.shape, state.ssm.shape) != plan.state_shapes:
+            self._check_state(state, 1)  # (raises)
+            return None
+        act, conv, ssm = plan.act, state.conv, state.ssm
+        if not (residual.dtype in (torch.float32, act) and residual.is_contiguous() and conv.dtype == act
+                and conv.is_contiguous() and ssm.dtype == torch.float32 and ssm.is_contiguous()):  # fmt: skip
+            return None
         if pending is not None and (pending.dtype != act or pending.shape != residual.shape or not pending.is_contiguous()):
-            return False
-        self._check_state(state, 1)
-        return (residual.is_contiguous() and state.conv.dtype == act and state.conv.is_contiguous()
-                and state.ssm.dtype == torch.float32 and state.ssm.is_contiguous())  # fmt: skip
+            return None
+        res, out, conv, ssm = plan.step(plan.params, residual, pending, conv, ssm)
+        return res, out, self.state_type(conv=conv, ssm=ssm)
+
+    def _block_plan(self, norm: nn.Module) -> Optional["BlockPlan"]:
+        """The plan of a fused step for a block of this layer with ``norm``, kept and made anew
+        (``_make_block_plan``) when anything it was made from may have changed: the backend; which module sits
+        at ``norm`` and at each of ``fused_modules``, and whether it has hooks; each of their parameters' and
+        the layer's own: identity, storage, version (in-place updates) and dtype; the norms' epsilons and the
+        settings of ``_block_plan_config``."""
+        key: list = [self.backend, norm.eps, *self._block_plan_config()]
+        for m in (norm, self, *(self._modules.get(name) for name in self.fused_modules)):
+            if m is None:
+                key.append(None)
+                continue
+            key.append((id(m), hooked(m)))
+            key.extend(None if p is None else (id(p), p.data_ptr(), p._version, p.dtype) for p in m._parameters.values())
+        cached = self.__dict__.get("_block_plan_cache")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_block_plan_cache"] = (key, self._make_block_plan(norm))
+        return cached[1]
+
+    def _block_plan_config(self) -> tuple:
+        """Plain attributes, besides parameters, that a subclass's plan is made from."""
+        return ()
+
+    def _make_block_plan(self, norm: nn.Module) -> Optional["BlockPlan"]:
+        """The fused step's static part for a block with ``norm``, or None where it does not apply (subclasses)."""
+        return None
+
+    def _block_act_dtype(self, norm: nn.Module, projs: tuple[nn.Linear, ...],
+                         biased: tuple[nn.Linear, ...]) -> Optional[torch.dtype]:  # fmt: skip
+        """The activations' dtype of a fused block step, or None where the step does not apply: ``projs`` are
+        plain nn.Linear modules without hooks, their weights contiguous and in one dtype, float32 or bfloat16,
+        as are the biases of ``biased`` (those the C code reads in it) and the block norm's weight (the norm
+        without hooks); the backend is "auto" or "c"."""
+        act = projs[0].weight.dtype
+        if self.backend not in ("auto", "c") or act not in TYPE_CODES or norm.weight.dtype != act or hooked(norm):
+            return None
+        if any(type(m) is not nn.Linear or hooked(m) or m.weight.dtype != act or not m.weight.is_contiguous()
+               for m in projs):  # fmt: skip
+            return None
+        if any(m.bias is not None and (m.bias.dtype != act or not m.bias.is_contiguous()) for m in biased):
+            return None
+        return act
 
     def _set_backend(self, backend: str) -> None:
         check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)

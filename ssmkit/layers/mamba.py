@@ -38,9 +38,9 @@ from torch import nn
 
 from .._checks import check_choice, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
-from ..ops.decode import MAX_STATE, mamba_block_available, mamba_block_step_cpu
+from ..ops.decode import MAX_STATE, mamba_block_available, mamba_block_params, mamba_block_step_cpu
 from ..ops.scan import SCAN_BACKENDS, SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
-from ._ssm_common import SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, step_backend_for
+from ._ssm_common import BlockPlan, SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, step_backend_for
 from .base import MixerState
 from .norm import StateNorm
 
@@ -211,36 +211,27 @@ class Mamba(SSMMixer):
         )  # (B, d_inner), (B, d_inner, N)
         return self._out(y, z), MambaState(conv=conv_state, ssm=ssm_state)
 
-    def fused_block_step(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
-                         state: MambaState) -> Optional[tuple[torch.Tensor, torch.Tensor, MambaState]]:  # fmt: skip
-        """``Block.step_pending`` for a block of this layer and ``norm`` (an RMSNorm) without an MLP, as one C call
-        on the CPU (``ssmkit.ops.decode``): (residual + pending, the block's output, the new state). None where
-        it does not apply, and the caller runs the usual path: autograd on, backend other than "auto" / "c",
-        a StateNorm, not the CPU, more than one row, weights not float32 / bfloat16 or not all in one dtype,
-        projections that are not plain nn.Linear (hooks, subclasses), or no C compiler."""
-        projs = (self.in_proj, self.x_proj, self.dt_proj, self.out_proj)
-        if not self._fused_block_applies(residual, pending, norm, state, projs, (self.in_proj, self.out_proj)):
-            return None
-        if self.norm is not None or self.d_state > MAX_STATE or self.x_proj.bias is not None:
+    fused_modules = ("in_proj", "x_proj", "dt_proj", "out_proj", "conv1d", "norm")
+
+    def _make_block_plan(self, norm: nn.Module) -> Optional[BlockPlan]:
+        """The fused step (``ssmkit.ops.decode.mamba_block``) covers a layer without a StateNorm or an x_proj bias,
+        with d_state up to ``MAX_STATE``."""
+        act = self._block_act_dtype(norm, (self.in_proj, self.x_proj, self.dt_proj, self.out_proj),
+                                    (self.in_proj, self.out_proj))  # fmt: skip
+        if act is None or self.norm is not None or self.d_state > MAX_STATE or self.x_proj.bias is not None:
             return None
         if not mamba_block_available():
             return None
-        small = [norm.weight, self.conv1d.weight, self.dt_proj.bias, self.A_log, self.D]
-        if self.conv1d.bias is not None:
-            small.append(self.conv1d.bias)
-
-        def fp32_params():
-            f32 = lambda t: t.detach().to(torch.float32).contiguous()  # noqa: E731
-            conv_b = None if self.conv1d.bias is None else f32(self.conv1d.bias)
-            return (f32(norm.weight), f32(self._conv_weight()), conv_b, f32(self.dt_proj.bias), f32(self._neg_exp_A()),
-                    f32(self.D))  # fmt: skip
-
-        norm_w, conv_w, conv_b, dt_b, A, D = self._cached_for_step("_step_fused_params", small, fp32_params)
-        res, out, conv, ssm = mamba_block_step_cpu(
-            residual, pending, norm_w, norm.eps, self.in_proj.weight, self.in_proj.bias, conv_w, conv_b, state.conv,
-            self.x_proj.weight, self.dt_proj.weight, dt_b, A, D, state.ssm, self.out_proj.weight, self.out_proj.bias,
-        )  # fmt: skip
-        return res, out, MambaState(conv=conv, ssm=ssm)
+        f32 = BlockPlan.float32
+        small = (f32(norm.weight), f32(self._conv_weight()), f32(self.conv1d.bias), f32(self.dt_proj.bias),
+                 f32(self._neg_exp_A()), f32(self.D))  # fmt: skip
+        norm_w, conv_w, conv_b, dt_b, A, D = small
+        weights = (self.in_proj.weight, self.in_proj.bias, self.x_proj.weight, self.dt_proj.weight,
+                   self.out_proj.weight, self.out_proj.bias)  # fmt: skip
+        params = mamba_block_params(norm_w, norm.eps, weights[0], weights[1], conv_w, conv_b, weights[2], weights[3],
+                                    dt_b, A, D, weights[4], weights[5])  # fmt: skip
+        shapes = tuple(shape for _, shape in self.state_shapes(1))
+        return BlockPlan(params, small + weights, act, shapes, mamba_block_step_cpu)
 
     def extra_repr(self) -> str:
         return (

@@ -33,12 +33,12 @@ from torch import nn
 
 from .._checks import check_divisible, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
-from ..ops.decode import mamba2_block_available, mamba2_block_step_cpu
+from ..ops.decode import mamba2_block_available, mamba2_block_params, mamba2_block_step_cpu
 from ..ops.ssd import SSD_BACKENDS, SSD_STEP_BACKENDS, ssd, ssd_step
 from ..ops.norm import GATED_RMSNORM_BACKENDS
 from ..ops._triton import TRITON_DTYPES, eager_call
-from ._ssm_common import (SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, norm_backend_for,
-                          step_backend_for)
+from ._ssm_common import (BlockPlan, SSMMixer, check_dt_range, conv_backend_for, hooked, inverse_softplus_dt, keep_fp32,
+                          norm_backend_for, step_backend_for)
 from .base import MixerState
 from .norm import GatedRMSNorm
 
@@ -270,38 +270,31 @@ class Mamba2(SSMMixer):
         y = rearrange(y, "b h p -> b (h p)")  # (B, d_inner)
         return self._out(y, z), Mamba2State(conv=conv_state, ssm=ssm_state)
 
-    def fused_block_step(self, residual: torch.Tensor, pending: Optional[torch.Tensor], norm: nn.Module,
-                         state: Mamba2State) -> Optional[tuple[torch.Tensor, torch.Tensor, Mamba2State]]:  # fmt: skip
-        """``Block.step_pending`` for a block of this layer and ``norm`` (an RMSNorm) without an MLP, as one C call
-        on the CPU (``ssmkit.ops.decode``): (residual + pending, the block's output, the new state). None where
-        it does not apply, and the caller runs the usual path: autograd on, backend other than "auto" / "c",
-        not the CPU, more than one row, weights not float32 / bfloat16 or not all in one dtype, projections or
-        norms that are not the plain modules (hooks, subclasses), or no C compiler."""
-        if not self._fused_block_applies(residual, pending, norm, state, (self.in_proj, self.out_proj),
-                                         (self.in_proj, self.out_proj)):  # fmt: skip
-            return None
-        if self.norm is not None and (type(self.norm) is not GatedRMSNorm or self.norm._forward_hooks
-                                      or self.norm._forward_pre_hooks):  # fmt: skip
+    fused_modules = ("in_proj", "out_proj", "conv1d", "norm")
+
+    def _block_plan_config(self) -> tuple:
+        gated = None if self.norm is None else (self.norm.eps, self.norm.group_size, self.norm.norm_before_gate)
+        return self.dt_limit, gated
+
+    def _make_block_plan(self, norm: nn.Module) -> Optional[BlockPlan]:
+        """The fused step (``ssmkit.ops.decode.mamba2_block``) covers the gated RMSNorm and the plain gate, any
+        groups, Δ limits and state size."""
+        act = self._block_act_dtype(norm, (self.in_proj, self.out_proj), (self.in_proj, self.out_proj))
+        if act is None or (self.norm is not None and (type(self.norm) is not GatedRMSNorm or hooked(self.norm))):
             return None
         if not mamba2_block_available():
             return None
-        small = [norm.weight, self.conv1d.weight, self.dt_bias, self.A_log, self.D]
-        small += [t for t in (self.conv1d.bias, None if self.norm is None else self.norm.weight) if t is not None]
-
-        def fp32_params():
-            f32 = lambda t: None if t is None else t.detach().to(torch.float32).contiguous()  # noqa: E731
-            gnorm = None if self.norm is None else f32(self.norm.weight)
-            return (f32(norm.weight), f32(self.conv1d.weight[:, 0]), f32(self.conv1d.bias), f32(self.dt_bias),
-                    f32(self._neg_exp_A()), f32(self.D), gnorm)  # fmt: skip
-
-        norm_w, conv_w, conv_b, dt_b, A, D, gnorm_w = self._cached_for_step("_step_fused_params", small, fp32_params)
+        f32 = BlockPlan.float32
+        small = (f32(norm.weight), f32(self.conv1d.weight[:, 0]), f32(self.conv1d.bias), f32(self.dt_bias),
+                 f32(self._neg_exp_A()), f32(self.D), None if self.norm is None else f32(self.norm.weight))  # fmt: skip
+        norm_w, conv_w, conv_b, dt_b, A, D, gnorm_w = small
         gnorm = None if self.norm is None else \
             (gnorm_w, self.norm.eps, self.norm.group_size or self.d_inner, self.norm.norm_before_gate)  # fmt: skip
-        res, out, conv, ssm = mamba2_block_step_cpu(
-            residual, pending, norm_w, norm.eps, self.in_proj.weight, self.in_proj.bias, conv_w, conv_b, state.conv,
-            dt_b, A, D, state.ssm, gnorm, self.out_proj.weight, self.out_proj.bias, self.ngroups, self.dt_limit,
-        )  # fmt: skip
-        return res, out, Mamba2State(conv=conv, ssm=ssm)
+        weights = (self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias)
+        params = mamba2_block_params(norm_w, norm.eps, weights[0], weights[1], conv_w, conv_b, dt_b, A, D, gnorm,
+                                     weights[2], weights[3], self.headdim, self.d_state, self.ngroups, self.dt_limit)  # fmt: skip
+        shapes = tuple(shape for _, shape in self.state_shapes(1))
+        return BlockPlan(params, small + weights, act, shapes, mamba2_block_step_cpu)
 
     def extra_repr(self) -> str:
         return (

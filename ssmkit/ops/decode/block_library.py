@@ -58,6 +58,23 @@ class BlockLibrary:
             raise MemoryError(f"{what} (C): could not allocate its scratch buffers")
 
 
+    def run_step(self, template: ctypes.Structure, residual: torch.Tensor, pending: Optional[torch.Tensor],
+                 conv_state: torch.Tensor, ssm_state: torch.Tensor, what: str):  # fmt: skip
+        """One token through a block whose static fields (weights, sizes, constants) ``template`` holds: a copy of it
+        gets this token's buffers (the fields res_in, pend, res_out, out, conv_in, conv_out, ssm_in, ssm_out,
+        res_type, nthreads, which every block's struct has) and is run. Returns (residual + pending, the block's
+        output (1, d_model) in act_type's dtype, new conv state, new ssm state)."""
+        p = type(template).from_buffer_copy(template)  # (a copy per call: two threads may run one layer)
+        res_out, conv_out, ssm_out = torch.empty_like(residual), torch.empty_like(conv_state), torch.empty_like(ssm_state)
+        out = torch.empty(residual.shape, dtype=conv_state.dtype)
+        p.res_in, p.pend, p.res_out, p.out = residual.data_ptr(), pointer(pending), res_out.data_ptr(), out.data_ptr()
+        p.conv_in, p.conv_out, p.ssm_in, p.ssm_out = (conv_state.data_ptr(), conv_out.data_ptr(), ssm_state.data_ptr(),
+                                                      ssm_out.data_ptr())  # fmt: skip
+        p.res_type, p.nthreads = TYPE_CODES[residual.dtype], torch.get_num_threads()
+        self.call(p, what)
+        return res_out, out, conv_out, ssm_out
+
+
 def pointer(t: Optional[torch.Tensor]) -> Optional[int]:
     """A tensor's data pointer for a struct field (None: NULL)."""
     return None if t is None else t.data_ptr()

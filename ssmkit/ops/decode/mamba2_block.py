@@ -43,36 +43,34 @@ def mamba2_block_available() -> bool:
     return LIBRARY.available()
 
 
-def mamba2_block_step_cpu(
-    residual: torch.Tensor, pending: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float,
-    in_w: torch.Tensor, in_b: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
-    conv_state: torch.Tensor, dt_b: torch.Tensor, A: torch.Tensor, D: Optional[torch.Tensor],
-    ssm_state: torch.Tensor, gnorm: Optional[tuple[torch.Tensor, float, int, bool]], out_w: torch.Tensor,
-    out_b: Optional[torch.Tensor], ngroups: int, dt_limit: tuple[float, float] = (0.0, math.inf),
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One token of a Mamba-2 block, for a caller that has checked the layout (``layers.mamba2``):
-
-    residual (1, d_model) float32 or the activations' dtype; pending (1, d_model) or None; the projections'
-    weights (and biases, or None) contiguous in the activations' dtype (float32 or bfloat16), in_proj's rows
-    (z, x, B, C, dt); norm_weight, conv_w (conv_dim, K), conv_b, dt_b, A, D (H,) float32 and contiguous;
-    conv_state (1, K-1, conv_dim) in the activations' dtype, ssm_state (1, H, P, N) float32, both contiguous;
-    gnorm: the gated RMSNorm's (float32 weight (d_inner,), eps, group size, norm_before_gate), or None for
-    y * silu(z); Δ = softplus(dt + dt_b) clamped to ``dt_limit``.
-    Returns (residual + pending, the block's output (1, d_model), new conv state, new ssm state).
-    """
-    act = in_w.dtype
-    d_model, (_, H, P, N), K = residual.shape[1], ssm_state.shape, conv_w.shape[1]
-    res_out = torch.empty_like(residual)
-    out = torch.empty(1, d_model, dtype=act)
-    conv_out, ssm_out = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    g_w, g_eps, g_size, g_before = gnorm if gnorm is not None else (None, 0.0, H * P, False)
-    p = Mamba2BlockParams(*map(pointer, (residual, pending, res_out, out, norm_weight, in_w, in_b, conv_w, conv_b,
-                                         conv_state, conv_out, dt_b, A, D, ssm_state, ssm_out, g_w, out_w, out_b)),
-                          d_model, H * P, N, H, P, ngroups, K, g_size, int(g_before), TYPE_CODES[residual.dtype],
-                          TYPE_CODES[act], torch.get_num_threads(), float(eps), float(g_eps), float(dt_limit[0]),
-                          float(dt_limit[1]))  # fmt: skip
-    LIBRARY.call(p, "Mamba-2 block step")
-    return res_out, out, conv_out, ssm_out
+def mamba2_block_params(
+    norm_weight: torch.Tensor, eps: float, in_w: torch.Tensor, in_b: Optional[torch.Tensor], conv_w: torch.Tensor,
+    conv_b: Optional[torch.Tensor], dt_b: torch.Tensor, A: torch.Tensor, D: Optional[torch.Tensor],
+    gnorm: Optional[tuple[torch.Tensor, float, int, bool]], out_w: torch.Tensor, out_b: Optional[torch.Tensor],
+    headdim: int, d_state: int, ngroups: int, dt_limit: tuple[float, float] = (0.0, math.inf),
+) -> Mamba2BlockParams:  # fmt: skip
+    """The static part of a Mamba-2 block's call, for a caller that has checked the layout (``layers.mamba2``)
+    and keeps these tensors alive while it uses the result: the projections' weights (and biases, or None)
+    contiguous in the activations' dtype (float32 or bfloat16), in_proj's rows (z, x, B, C, dt); norm_weight
+    (d_model,), conv_w (conv_dim, K), conv_b, dt_b, A, D (H,) float32 and contiguous; gnorm: the gated
+    RMSNorm's (float32 weight (d_inner,), eps, group size, norm_before_gate), or None for y * silu(z);
+    Δ = softplus(dt + dt_b) clamped to ``dt_limit``."""
+    H = A.shape[0]
+    g_w, g_eps, g_size, g_before = gnorm if gnorm is not None else (None, 0.0, H * headdim, False)
+    return Mamba2BlockParams(*map(pointer, (None, None, None, None, norm_weight, in_w, in_b, conv_w, conv_b, None, None,
+                                            dt_b, A, D, None, None, g_w, out_w, out_b)),
+                             norm_weight.shape[0], H * headdim, d_state, H, headdim, ngroups, conv_w.shape[1], g_size,
+                             int(g_before), 0, TYPE_CODES[in_w.dtype], 1, float(eps), float(g_eps),
+                             float(dt_limit[0]), float(dt_limit[1]))  # fmt: skip
 
 
-__all__ = ["mamba2_block_step_cpu", "mamba2_block_available", "LIBRARY"]
+def mamba2_block_step_cpu(params: Mamba2BlockParams, residual: torch.Tensor, pending: Optional[torch.Tensor],
+                          conv_state: torch.Tensor, ssm_state: torch.Tensor):  # fmt: skip
+    """One token of a Mamba-2 block (``params`` from ``mamba2_block_params``): residual (1, d_model) float32 or
+    the activations' dtype; pending (1, d_model) in the activations' dtype or None; conv_state (1, K-1,
+    conv_dim) in the activations' dtype, ssm_state (1, H, P, N) float32; all contiguous.
+    Returns (residual + pending, the block's output (1, d_model), new conv state, new ssm state)."""
+    return LIBRARY.run_step(params, residual, pending, conv_state, ssm_state, "Mamba-2 block step")
+
+
+__all__ = ["mamba2_block_params", "mamba2_block_step_cpu", "mamba2_block_available", "LIBRARY"]

@@ -41,31 +41,29 @@ def mamba_block_available() -> bool:
     return LIBRARY.available()
 
 
-def mamba_block_step_cpu(
-    residual: torch.Tensor, pending: Optional[torch.Tensor], norm_weight: torch.Tensor, eps: float,
-    in_w: torch.Tensor, in_b: Optional[torch.Tensor], conv_w: torch.Tensor, conv_b: Optional[torch.Tensor],
-    conv_state: torch.Tensor, x_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor, A: torch.Tensor,
-    D: torch.Tensor, ssm_state: torch.Tensor, out_w: torch.Tensor, out_b: Optional[torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One token of a Mamba block, for a caller that has checked the layout (``layers.mamba``):
-
-    residual (1, d_model) float32 or the activations' dtype; pending (1, d_model) or None; the projections'
-    weights (and biases, or None) contiguous in the activations' dtype (float32 or bfloat16); norm_weight,
-    conv_w (d_inner, K), conv_b, dt_b, A (d_inner, N), D float32 and contiguous; conv_state (1, K-1, d_inner)
-    in the activations' dtype, ssm_state (1, d_inner, N) float32, both contiguous.
-    Returns (residual + pending, the block's output (1, d_model), new conv state, new ssm state).
-    """
-    act = in_w.dtype
-    d_model, d_inner, N, K = residual.shape[1], dt_w.shape[0], A.shape[1], conv_w.shape[1]
-    res_out = torch.empty_like(residual)
-    out = torch.empty(1, d_model, dtype=act)
-    conv_out, ssm_out = torch.empty_like(conv_state), torch.empty_like(ssm_state)
-    p = BlockParams(*map(pointer, (residual, pending, res_out, out, norm_weight, in_w, in_b, conv_w, conv_b, conv_state,
-                                   conv_out, x_w, dt_w, dt_b, A, D, ssm_state, ssm_out, out_w, out_b)),
-                    d_model, d_inner, N, dt_w.shape[1], K, TYPE_CODES[residual.dtype], TYPE_CODES[act],
-                    torch.get_num_threads(), float(eps))  # fmt: skip
-    LIBRARY.call(p, "Mamba block step")
-    return res_out, out, conv_out, ssm_out
+def mamba_block_params(
+    norm_weight: torch.Tensor, eps: float, in_w: torch.Tensor, in_b: Optional[torch.Tensor], conv_w: torch.Tensor,
+    conv_b: Optional[torch.Tensor], x_w: torch.Tensor, dt_w: torch.Tensor, dt_b: torch.Tensor, A: torch.Tensor,
+    D: torch.Tensor, out_w: torch.Tensor, out_b: Optional[torch.Tensor],
+) -> BlockParams:  # fmt: skip
+    """The static part of a Mamba block's call, for a caller that has checked the layout (``layers.mamba``) and
+    keeps these tensors alive while it uses the result: the projections' weights (and biases, or None)
+    contiguous in the activations' dtype (float32 or bfloat16); norm_weight (d_model,), conv_w (d_inner, K),
+    conv_b, dt_b (d_inner,), A (d_inner, N), D (d_inner,) float32 and contiguous."""
+    d_inner, N = A.shape
+    return BlockParams(*map(pointer, (None, None, None, None, norm_weight, in_w, in_b, conv_w, conv_b, None, None, x_w,
+                                      dt_w, dt_b, A, D, None, None, out_w, out_b)),
+                       norm_weight.shape[0], d_inner, N, dt_w.shape[1], conv_w.shape[1], 0, TYPE_CODES[in_w.dtype], 1,
+                       float(eps))  # fmt: skip
 
 
-__all__ = ["mamba_block_step_cpu", "mamba_block_available", "MAX_STATE", "LIBRARY"]
+def mamba_block_step_cpu(params: BlockParams, residual: torch.Tensor, pending: Optional[torch.Tensor],
+                         conv_state: torch.Tensor, ssm_state: torch.Tensor):  # fmt: skip
+    """One token of a Mamba block (``params`` from ``mamba_block_params``): residual (1, d_model) float32 or the
+    activations' dtype; pending (1, d_model) in the activations' dtype or None; conv_state (1, K-1, d_inner) in
+    the activations' dtype, ssm_state (1, d_inner, N) float32; all contiguous.
+    Returns (residual + pending, the block's output (1, d_model), new conv state, new ssm state)."""
+    return LIBRARY.run_step(params, residual, pending, conv_state, ssm_state, "Mamba block step")
+
+
+__all__ = ["mamba_block_params", "mamba_block_step_cpu", "mamba_block_available", "MAX_STATE", "LIBRARY"]
