@@ -42,7 +42,8 @@ def hf_model(arch: str, width: int, layers: int, vocab: int):
         return transformers.MambaForCausalLM(cfg).eval()
     cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, state_size=128,
                                     expand=2, head_dim=64, num_heads=2 * width // 64, n_groups=1, conv_kernel=4,
-                                    chunk_size=256, use_bias=False, use_conv_bias=True, tie_word_embeddings=True)  # fmt: skip
+                                    chunk_size=256, use_bias=False, use_conv_bias=True,
+                                    tie_word_embeddings=True)  # fmt: skip
     return transformers.Mamba2ForCausalLM(cfg).eval()
 
 
@@ -70,7 +71,8 @@ def time_ssmkit(model, prompt: torch.Tensor, new: int) -> float:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", choices=["mamba", "mamba2"], default="mamba", help="Mamba or Mamba-2 (transformers' class)")
+    ap.add_argument("--arch", choices=["mamba", "mamba2"], default="mamba",
+                    help="Mamba or Mamba-2 (transformers' class)")
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--prompt-len", type=int, default=16)
     ap.add_argument("--width", type=int, default=768)

@@ -95,8 +95,8 @@ def hooked(m: nn.Module) -> bool:
 @dataclasses.dataclass(frozen=True)
 class BlockPlan:
     """What a layer's fused CPU block step needs that does not change from token to token
-    (``SSMMixer._block_plan``): building it took ~70 µs of Python per layer and token, a fifth of a 130M
-    model's step on 2 cores."""
+    (``SSMMixer._block_plan``). Built on every token it cost ~40 µs of Python per layer: a 24-layer bf16 Mamba
+    LM at d_model 768 steps in 12.5 ms on 2 cores with the plans kept, 13.4 without."""
 
     params: Any  # the kernel's ctypes struct of weights, sizes and constants (``ssmkit.ops.decode``)
     keep: tuple  # the tensors its pointers address (the float32 copies among them)
@@ -154,7 +154,8 @@ class SSMMixer(Mixer):
         if not (residual.dtype in (torch.float32, act) and residual.is_contiguous() and conv.dtype == act
                 and conv.is_contiguous() and ssm.dtype == torch.float32 and ssm.is_contiguous()):  # fmt: skip
             return None
-        if pending is not None and (pending.dtype != act or pending.shape != residual.shape or not pending.is_contiguous()):
+        if pending is not None and (pending.dtype != act or pending.shape != residual.shape
+                                    or not pending.is_contiguous()):  # fmt: skip
             return None
         res, out, conv, ssm = plan.step(plan.params, residual, pending, conv, ssm)
         return res, out, self.state_type(conv=conv, ssm=ssm)
@@ -171,7 +172,8 @@ class SSMMixer(Mixer):
                 key.append(None)
                 continue
             key.append((id(m), hooked(m)))
-            key.extend(None if p is None else (id(p), p.data_ptr(), p._version, p.dtype) for p in m._parameters.values())
+            key.extend(None if p is None else (id(p), p.data_ptr(), p._version, p.dtype)
+                       for p in m._parameters.values())  # fmt: skip
         cached = self.__dict__.get("_block_plan_cache")
         if cached is None or cached[0] != key:
             cached = self.__dict__["_block_plan_cache"] = (key, self._make_block_plan(norm))
@@ -205,8 +207,16 @@ class SSMMixer(Mixer):
         check_choice(type(self).__name__, "backend", backend, BACKEND_NAMES)
         self.backend = backend
 
+    def __getstate__(self) -> dict:
+        """Pickling and deep copies leave out the fused step's plan (a C struct of raw pointers; made anew on use)."""
+        state = super().__getstate__()
+        state.pop("_block_plan_cache", None)
+        return state
+
     def _apply(self, fn, recurse: bool = True):
-        """Casting to float16/bfloat16 leaves the ``keep_fp32`` parameters in float32 (exact values)."""
+        """Casting to float16/bfloat16 leaves the ``keep_fp32`` parameters in float32 (exact values). A move or a
+        cast drops the fused step's plan (its float32 copies and the weights it holds)."""
+        self.__dict__.pop("_block_plan_cache", None)
         kept = {name: p.data for name, p in self.named_parameters() if getattr(p, "_keep_fp32", False)}
         super()._apply(fn, recurse)
         for name, p in self.named_parameters():

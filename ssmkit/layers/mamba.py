@@ -40,7 +40,8 @@ from .._checks import check_choice, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.decode import MAX_STATE, mamba_block_available, mamba_block_params, mamba_block_step_cpu
 from ..ops.scan import SCAN_BACKENDS, SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
-from ._ssm_common import BlockPlan, SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32, step_backend_for
+from ._ssm_common import (BlockPlan, SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32,
+                          step_backend_for)
 from .base import MixerState
 from .norm import StateNorm
 

@@ -292,7 +292,8 @@ class Mamba2(SSMMixer):
             (gnorm_w, self.norm.eps, self.norm.group_size or self.d_inner, self.norm.norm_before_gate)  # fmt: skip
         weights = (self.in_proj.weight, self.in_proj.bias, self.out_proj.weight, self.out_proj.bias)
         params = mamba2_block_params(norm_w, norm.eps, weights[0], weights[1], conv_w, conv_b, dt_b, A, D, gnorm,
-                                     weights[2], weights[3], self.headdim, self.d_state, self.ngroups, self.dt_limit)  # fmt: skip
+                                     weights[2], weights[3], self.headdim, self.d_state, self.ngroups,
+                                     self.dt_limit)  # fmt: skip
         shapes = tuple(shape for _, shape in self.state_shapes(1))
         return BlockPlan(params, small + weights, act, shapes, mamba2_block_step_cpu)
 

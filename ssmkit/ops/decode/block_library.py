@@ -65,7 +65,8 @@ class BlockLibrary:
         res_type, nthreads, which every block's struct has) and is run. Returns (residual + pending, the block's
         output (1, d_model) in act_type's dtype, new conv state, new ssm state)."""
         p = type(template).from_buffer_copy(template)  # (a copy per call: two threads may run one layer)
-        res_out, conv_out, ssm_out = torch.empty_like(residual), torch.empty_like(conv_state), torch.empty_like(ssm_state)
+        res_out, conv_out = torch.empty_like(residual), torch.empty_like(conv_state)
+        ssm_out = torch.empty_like(ssm_state)
         out = torch.empty(residual.shape, dtype=conv_state.dtype)
         p.res_in, p.pend, p.res_out, p.out = residual.data_ptr(), pointer(pending), res_out.data_ptr(), out.data_ptr()
         p.conv_in, p.conv_out, p.ssm_in, p.ssm_out = (conv_state.data_ptr(), conv_out.data_ptr(), ssm_state.data_ptr(),

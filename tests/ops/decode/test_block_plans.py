@@ -2,6 +2,7 @@
 made from changes, for Mamba and Mamba-2 blocks."""
 
 import copy
+import io
 
 import pytest
 import torch
@@ -13,6 +14,10 @@ import ssmkit.layers.mamba as mamba_layer
 import ssmkit.layers.mamba2 as mamba2_layer
 from ssmkit.models import LM, ModelConfig
 from ssmkit.models.mixer_configs import Mamba2Config
+from ssmkit.ops.decode import mamba2_block_available, mamba_block_available
+
+if not (mamba_block_available() and mamba2_block_available()):
+    pytest.skip("the fused steps cannot be built here", allow_module_level=True)
 
 VOCAB = 53
 KERNELS = {"M": (mamba_layer, "mamba_block_step_cpu"), "m": (mamba2_layer, "mamba2_block_step_cpu")}
@@ -40,8 +45,6 @@ def test_plans_follow_changes(gen, monkeypatch, letter):
     """After fused steps have made their plans: in-place updates of a projection and of D, a replaced
     projection, a block norm's epsilon and (Mamba-2) its Δ limits change the logits exactly as in the float64
     PyTorch step; a hook on a projection sends that block down the usual path, and removing it brings it back."""
-    if not getattr(KERNELS[letter][0], "mamba_block_available" if letter == "M" else "mamba2_block_available")():
-        pytest.skip("the fused step cannot be built here")
     calls = count_calls(monkeypatch, *KERNELS[letter])
     lm, ref = lm_pair(gen, letter)
     ids = torch.randint(VOCAB, (4,), generator=gen)
@@ -70,3 +73,20 @@ def test_plans_follow_changes(gen, monkeypatch, letter):
     check(4 * 2)
     handle.remove()
     check(4 * 3)
+
+
+@pytest.mark.parametrize("letter", ["M", "m"])
+def test_models_with_plans_copy_and_save(gen, monkeypatch, letter):
+    """A model that has decoded on the CPU (its layers holding plans: C structs of raw pointers) deep-copies and
+    pickles whole; the copy and the reloaded model make their own plans and decode the same logits, fused."""
+    calls = count_calls(monkeypatch, *KERNELS[letter])
+    lm, _ = lm_pair(gen, letter)
+    ids = torch.randint(VOCAB, (3,), generator=gen)
+    want, _ = steps(lm, ids, torch.float32)
+    buf = io.BytesIO()
+    torch.save(lm, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(lm), torch.load(buf, weights_only=False)):
+        calls.clear()
+        got, _ = steps(other, ids, torch.float32)
+        assert torch.equal(got, want) and len(calls) == 3 * 3
