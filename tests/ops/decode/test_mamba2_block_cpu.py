@@ -5,12 +5,10 @@ its portable build."""
 import pytest
 import torch
 
-from decode_helpers import count_calls, steps
-from numerics import TOL, assert_close
+from decode_helpers import (assert_portable_build_matches, assert_states_match_unfused, assert_steps_match_float64,
+                            count_calls, steps)
 import ssmkit.layers.mamba2 as mamba2_layer
-import ssmkit.ops.decode.block_library as block_library
 import ssmkit.ops.decode.mamba2_block as mamba2_block
-from ssmkit.ops._c_build import build
 from ssmkit.models import LM, ModelConfig
 from ssmkit.models.mixer_configs import Mamba2Config
 
@@ -56,38 +54,14 @@ def test_steps_match_float64(gen, fused_calls, dtype, residual_in_fp32, mamba2):
     (the PyTorch step): logits within the dtype's tolerance, with and without a float32 residual; the gated
     RMSNorm per group of heads, before the gate or after it, and the plain silu(z) gate; 1-3 groups of B and C,
     an odd state size, conv widths 2-4, biases in the projections, no conv bias, Δ clamped."""
-    lm = model(gen, dtype, residual_in_fp32=residual_in_fp32, **mamba2)
-    ref = model(gen, torch.float64, backend="torch", residual_in_fp32=residual_in_fp32, **mamba2)
-    ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
-    ids = torch.randint(VOCAB, (8,), generator=gen)
-    got, _ = steps(lm, ids, dtype)
-    assert len(fused_calls) == 8 * 3
-    want, _ = steps(ref, ids, torch.float64)
-    assert got.dtype == dtype
-    assert_close(got, want, TOL[dtype], "logits")
+    assert_steps_match_float64(model, gen, fused_calls, dtype, residual_in_fp32=residual_in_fp32, **mamba2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_states_match_the_unfused_step_and_stay_untouched(gen, fused_calls, dtype):
     """The fused blocks' states after five tokens equal the unfused step's (backend "torch", same dtype) within
     the dtype's tolerance, and the state passed in is not modified."""
-    lm = model(gen, dtype, ngroups=2)
-    plain = model(gen, dtype, backend="torch", ngroups=2)
-    plain.load_state_dict(lm.state_dict())
-    ids = torch.randint(VOCAB, (5,), generator=gen)
-    _, s_fused = steps(lm, ids, dtype)
-    _, s_plain = steps(plain, ids, dtype)
-    assert fused_calls
-    for a, b in zip(s_fused, s_plain):
-        assert a.conv.dtype == b.conv.dtype and a.ssm.dtype == torch.float32
-        assert_close(a.conv, b.conv.double(), TOL[dtype], "conv state")
-        assert_close(a.ssm, b.ssm.double(), TOL[dtype], "ssm state")
-    state = lm.init_state(1, dtype=dtype)
-    with torch.no_grad():
-        _, state = lm.step(ids[:1], state)
-        before = [(s.conv.clone(), s.ssm.clone()) for s in state]
-        lm.step(ids[1:2], state)
-    assert all(torch.equal(s.conv, c) and torch.equal(s.ssm, h) for s, (c, h) in zip(state, before))
+    assert_states_match_unfused(model, gen, fused_calls, dtype, ngroups=2)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -146,14 +120,4 @@ def test_a_state_of_another_shape_raises(gen, fused_calls):
 
 def test_portable_build(gen, tmp_path, monkeypatch):
     """The flag set without OpenMP (and the portable C loops, no AVX-512) gives the float64 logits too."""
-    lm = model(gen, torch.float32, ngroups=2)
-    ref = model(gen, torch.float64, backend="torch", ngroups=2)
-    ref.load_state_dict({k: v.double() for k, v in lm.state_dict().items()})
-    ids = torch.randint(VOCAB, (4,), generator=gen)
-    lib = mamba2_block.LIBRARY
-    cflags, lflags = block_library.FLAG_SETS[1]
-    path = build(lib.stem, block_library.HERE, lib.sources, cflags + ("-mno-avx512f",), lflags, cache_dir=tmp_path)
-    monkeypatch.setattr(lib, "cached", lambda: (lib.load(path), None))
-    got, _ = steps(lm, ids, torch.float32)
-    want, _ = steps(ref, ids, torch.float64)
-    assert_close(got, want, TOL[torch.float32], "logits")
+    assert_portable_build_matches(model, mamba2_block.LIBRARY, gen, tmp_path, monkeypatch, ngroups=2)
