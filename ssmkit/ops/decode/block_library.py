@@ -57,7 +57,6 @@ class BlockLibrary:
         if getattr(lib, self.entry)(ctypes.byref(params)) != 0:
             raise MemoryError(f"{what} (C): could not allocate its scratch buffers")
 
-
     def run_step(self, template: ctypes.Structure, residual: torch.Tensor, pending: Optional[torch.Tensor],
                  conv_state: torch.Tensor, ssm_state: torch.Tensor, what: str):  # fmt: skip
         """One token through a block whose static fields (weights, sizes, constants) ``template`` holds: a copy of it
