@@ -87,10 +87,12 @@ AHEAD = {"gemv": ["b_ptr", "w_ptr"], "add_rms_norm": ["w_ptr"], "conv1d_step": [
 
 
 @needs_pdl
-def test_chain_kernels_wait_before_reading_and_writing():
-    # (built in a process of its own: here the kernels are the interpreter's, which have no compiled form)
+def test_chain_kernels_wait_before_reading_and_writing(tmp_path):
+    # (built in a process of its own: here the kernels are the interpreter's, which have no compiled form; with a
+    # Triton cache of its own, as tests/ops/test_kernels_compile.py's compiles)
     script = pathlib.Path(__file__).with_name("pdl_ptx.py")
-    env = dict(os.environ, TRITON_INTERPRET="0")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
     run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
