@@ -89,11 +89,13 @@ AHEAD = {"gemv": ["b_ptr", "w_ptr"], "add_rms_norm": ["w_ptr"], "conv1d_step": [
 @needs_pdl
 def test_chain_kernels_wait_before_reading_and_writing(tmp_path):
     # (built in a process of its own: here the kernels are the interpreter's, which have no compiled form; with a
-    # Triton cache of its own, as tests/ops/test_kernels_compile.py's compiles)
+    # Triton cache of its own and the repository as its working directory, as tests/ops/test_kernels_compile.py's
+    # compiles: started from a working directory that no longer exists, torch's MKL stops the child at import)
     script = pathlib.Path(__file__).with_name("pdl_ptx.py")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    root = script.parents[2]
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=root, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert sorted(found) == sorted(AHEAD)
