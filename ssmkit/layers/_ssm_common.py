@@ -104,11 +104,6 @@ class BlockPlan:
     state_shapes: tuple  # (conv, ssm) state shapes at batch 1
     step: Callable  # (params, residual, pending, conv_state, ssm_state) -> (residual, out, conv, ssm)
 
-    @staticmethod
-    def float32(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """A float32 contiguous copy (or the tensor itself where it is one already) of a small parameter."""
-        return None if t is None else t.detach().to(torch.float32).contiguous()
-
 
 class SSMMixer(Mixer):
     """Mixer base for the selective SSM layers (float32 numerics parameters, backend check)."""

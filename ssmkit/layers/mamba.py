@@ -39,6 +39,7 @@ from torch import nn
 from .._checks import check_choice, check_positive_int
 from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, causal_conv1d_step
 from ..ops.decode import MAX_STATE, mamba_block_available, mamba_block_params, mamba_block_step_cpu
+from ..ops._triton import f32
 from ..ops.scan import SCAN_BACKENDS, SCAN_STEP_BACKENDS, selective_scan, selective_scan_step
 from ._ssm_common import (BlockPlan, SSMMixer, check_dt_range, conv_backend_for, inverse_softplus_dt, keep_fp32,
                           step_backend_for)
@@ -223,7 +224,6 @@ class Mamba(SSMMixer):
             return None
         if not mamba_block_available():
             return None
-        f32 = BlockPlan.float32
         small = (f32(norm.weight), f32(self._conv_weight()), f32(self.conv1d.bias), f32(self.dt_proj.bias),
                  f32(self._neg_exp_A()), f32(self.D))  # fmt: skip
         norm_w, conv_w, conv_b, dt_b, A, D = small

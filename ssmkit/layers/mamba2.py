@@ -36,7 +36,7 @@ from ..ops.conv import CONV1D_BACKENDS, CONV1D_STEP_BACKENDS, causal_conv1d, cau
 from ..ops.decode import mamba2_block_available, mamba2_block_params, mamba2_block_step_cpu
 from ..ops.ssd import SSD_BACKENDS, SSD_STEP_BACKENDS, ssd, ssd_step
 from ..ops.norm import GATED_RMSNORM_BACKENDS
-from ..ops._triton import TRITON_DTYPES, eager_call
+from ..ops._triton import TRITON_DTYPES, eager_call, f32
 from ._ssm_common import (BlockPlan, SSMMixer, check_dt_range, conv_backend_for, hooked, inverse_softplus_dt, keep_fp32,
                           norm_backend_for, step_backend_for)
 from .base import MixerState
@@ -284,7 +284,6 @@ class Mamba2(SSMMixer):
             return None
         if not mamba2_block_available():
             return None
-        f32 = BlockPlan.float32
         small = (f32(norm.weight), f32(self.conv1d.weight[:, 0]), f32(self.conv1d.bias), f32(self.dt_bias),
                  f32(self._neg_exp_A()), f32(self.D), None if self.norm is None else f32(self.norm.weight))  # fmt: skip
         norm_w, conv_w, conv_b, dt_b, A, D, gnorm_w = small

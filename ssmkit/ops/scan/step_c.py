@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .._c_build import CBuildError, build_and_load, cpu_only_reason, open_library
-from .._triton import no_grad_eager_call
+from .._triton import f32, no_grad_eager_call
 from .step import selective_scan_step_impl
 
 _HERE = Path(__file__).resolve().parent
@@ -74,7 +74,6 @@ def selective_scan_step_c(state, u, delta, A, B, C, D=None, z=None, delta_bias=N
     N = A.shape[1]
     grouped = B.dim() == 3
     G = B.shape[1] if grouped else 1
-    f32 = lambda t: None if t is None else t.detach().to(torch.float32).contiguous()  # noqa: E731  (no-ops for float32)
     h0, A32, D32, bias32 = f32(state), f32(A), f32(D), f32(delta_bias)
     h1 = torch.empty(batch, dim, N, dtype=torch.float32)
     y = torch.empty(batch, dim, dtype=u.dtype)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .._c_build import CBuildError, build_and_load, cpu_only_reason, open_library
-from .._triton import no_grad_eager_call
+from .._triton import f32, no_grad_eager_call
 from .step import ssd_step_torch
 
 _HERE = Path(__file__).resolve().parent
@@ -74,7 +74,6 @@ def ssd_step_c(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=
         raise CBuildError(reason)
     batch, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
-    f32 = lambda t: None if t is None else t.detach().to(torch.float32).contiguous()  # noqa: E731  (no-ops for float32)
     h0, A32, D32, bias32 = f32(state), f32(A), f32(D), f32(dt_bias)
     h1 = torch.empty(batch, H, P, N, dtype=torch.float32)
     y = torch.empty(batch, H, P, dtype=x.dtype)
