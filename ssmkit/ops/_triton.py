@@ -9,6 +9,7 @@ check of every ``"triton"`` entry in the ops' backend tables.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 from typing import Callable, Optional
@@ -55,6 +56,34 @@ LAUNCH = {"enable_fp_fusion": True}
 def sm_count(device: torch.device) -> int:
     """Multiprocessors of ``device`` (1 off the GPU: the launch rules then see a one-SM machine)."""
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+
+
+@functools.lru_cache(maxsize=None)
+def _shared_memory_of(index: int) -> int:
+    props = torch.cuda.get_device_properties(index)
+    optin = getattr(props, "shared_memory_per_block_optin", 0)  # (torch >= 2.5; else ask Triton's driver)
+    if optin:
+        return int(optin)
+    import triton
+
+    return int(triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"])
+
+
+def device_major(device: torch.device) -> int:
+    """Compute capability major of a CUDA ``device`` (9: Hopper); 0 off the GPU (and where CUDA is absent:
+    plans of CUDA tensors made without a GPU, as the tests and the offline compiles make them)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 0
+    return torch.cuda.get_device_capability(device)[0]
+
+
+def shared_memory(device: torch.device) -> int:
+    """Shared memory one program may use on ``device``, in bytes (the opt-in limit per block, which Triton
+    checks at a kernel's first launch); unlimited off the GPU (the interpreter has no such limit) and where
+    CUDA is absent."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return 1 << 40
+    return _shared_memory_of(device.index if device.index is not None else torch.cuda.current_device())
 
 
 @_constant

@@ -42,7 +42,7 @@ from typing import Optional
 import torch
 import triton.language as tl
 
-from .._triton import LAUNCH, cdiv, next_pow2, sm_count
+from .._triton import LAUNCH, cdiv, device_major, next_pow2, shared_memory, sm_count
 from .triton_bwd_heads import _ssd_bwd_heads_kernel
 from .triton_head_sums import _ssd_head_sums_kernel
 from .triton_passing import _ssd_passing_kernel
@@ -342,20 +342,32 @@ def make_plan(
     bwd_span: int = -1, y_off_from_dc: Optional[bool] = None, fwd_span: int = -1, state_tile: tuple = (),
     state_warps: int = 0, state_stages: int = 0, store_stages: int = 0, heads_inner: Optional[bool] = None,
     scan_regs: int = 0, walk_regs: int = 0, bwd_regs: int = 0, head_loop: Optional[bool] = None,
+    block_p: int = 0, fit: bool = True,
 ) -> Plan:  # fmt: skip
-    """Pick the plan; ``seg_chunks`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` / ``state_stages`` /
-    ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner`` None and
-    ``state_tile`` () mean "choose for this GPU"; ``scan_regs`` / ``walk_regs`` / ``bwd_regs`` > 0 cap the
-    registers of the forward scan, the state walks and the fused backward (``register_cap``; measured slower);
-    ``head_loop`` None: the chunk-parallel backward walks each group's heads for fp32 inputs (``HEAD_LOOP``).
+    """Pick the plan; ``seg_chunks`` / ``block_p`` / ``block_p_bwd`` / ``bwd_warps`` / ``state_warps`` /
+    ``state_stages`` / ``store_stages`` 0, ``bwd_span`` / ``fwd_span`` -1, ``y_off_from_dc`` / ``heads_inner``
+    None and ``state_tile`` () mean "choose for this GPU"; ``scan_regs`` / ``walk_regs`` / ``bwd_regs`` > 0 cap
+    the registers of the forward scan, the state walks and the fused backward (``register_cap``; measured
+    slower); ``head_loop`` None: the chunk-parallel backward walks each group's heads for fp32 inputs
+    (``HEAD_LOOP``). ``fit``: where the kernels' shared memory (``shared_estimate``) would pass the device's,
+    run smaller chunks or P tiles (``fit_shared_memory``).
 
     ``n_seqs`` is the number of packed sequences, or None for a plain batch.
     """
+    if fit:
+        return fit_shared_memory(
+            x, N, chunk_size, block_p, block_p_bwd,
+            lambda q, bp, bpb: make_plan(
+                x, N, q, n_seqs, seg_chunks, fwd_warps=fwd_warps, bwd_warps=bwd_warps, fwd_stages=fwd_stages,
+                bwd_stages=bwd_stages, block_p_bwd=bpb, bwd_span=bwd_span, y_off_from_dc=y_off_from_dc,
+                fwd_span=fwd_span, state_tile=state_tile, state_warps=state_warps, state_stages=state_stages,
+                store_stages=store_stages, heads_inner=heads_inner, scan_regs=scan_regs, walk_regs=walk_regs,
+                bwd_regs=bwd_regs, head_loop=head_loop, block_p=bp, fit=False))  # fmt: skip
     rows, L, H, P = x.shape
     if chunk_size > MAX_CHUNK:
         raise ValueError(f"ssd (triton): argument `chunk_size` must be <= {MAX_CHUNK} for the triton backend, got {chunk_size}")
     block_n = _pow2(N)
-    block_p = min(_pow2(P), max(16, 8192 // block_n))
+    block_p = min(_pow2(P), _pow2(block_p) if block_p > 0 else max(16, 8192 // block_n))
     tile_chunk = TILE_CHUNK[x.element_size()]
     if x.device.type == "cuda" and x.element_size() == 2:
         tile_chunk = min(tile_chunk, GPU_CHUNK_16BIT)  # the fastest chunk there
@@ -405,6 +417,62 @@ def make_plan(
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
                 walk_regs, bwd_regs, head_loop)  # fmt: skip
+
+
+
+# Shared memory. A kernel asking for more shared memory per program than the GPU has does not start
+# (Triton's OutOfResources at its first launch). The plans above were chosen on the H200 (227 KiB);
+# an A100 has 163 KiB, GPUs of compute capability 8.6 / 8.9 (RTX 3090 / 4090, A10, L4, L40) 99 KiB.
+# ``shared_estimate`` bounds each kernel's shared memory by its tiles' elements times the operand size
+# times a factor: above the largest ratio of compiled shared memory to those bytes over the plans of
+# ``benchmarks/ssd_shared_memory.py`` (Triton 3.6 and 3.9; P 64 / 128, N 64-256, bf16 and fp32), by
+# kernel, operand size and architecture (Hopper's wgmma products stage more than mma.sync's). Largest
+# ratios seen, sm_90: the forward scan 1.23 (16-bit) / 0.70 (fp32), the fused backward 1.28 / 0.80, the
+# state walks 0.88; sm_80 and sm_89: 0.92 / 0.35, 0.98 / 0.57, 0.57.
+SHARED_FACTOR = {  # (kernel, operand bytes, Hopper) -> factor
+    ("scan", 2, True): 1.35, ("scan", 4, True): 0.8, ("bwd", 2, True): 1.35, ("bwd", 4, True): 0.9,
+    ("scan", 2, False): 1.0, ("scan", 4, False): 0.45, ("bwd", 2, False): 1.1, ("bwd", 4, False): 0.65,
+    ("walk", 2, True): 1.0, ("walk", 4, True): 1.0, ("walk", 2, False): 0.7, ("walk", 4, False): 0.7,
+}
+
+
+def shared_estimate(plan: Plan, esize: int, hopper: bool = True) -> dict:
+    """Estimated shared memory, in bytes, of the plan's largest kernels for operands of ``esize`` bytes
+    (2: 16-bit, 4: fp32) on a Hopper GPU (``hopper``) or an earlier one, by kernel name."""
+    Q, bn, bp, bpb = plan.block_q, plan.block_n, plan.block_p, plan.block_p_bwd
+    sn, sp, st = plan.state_block_n, plan.state_block_p, max(1, plan.state_stages)
+    scan = 2 * Q * bn + bn * bp + Q * bp + Q * Q  # (Q, N) B and C, the (N, P) state, (Q, P) x, (Q, Q) scores
+    bwd = 2 * Q * bn + 2 * bn * bpb + 2 * Q * bpb + Q * Q  # ... the state and its gradient, x and dy
+    walk = st * max(Q, SEGMENT_BLOCK_T) * (sn + sp) + sn * sp  # pipelined (Q, N) and (Q, P) loads, the state
+    f = lambda kind, elements: int(SHARED_FACTOR[kind, esize, hopper] * elements * esize)  # noqa: E731
+    return {"_ssd_scan_fwd_kernel": f("scan", scan),
+            "_ssd_bwd_heads_kernel" if esize == 4 else "_ssd_bwd_kernel": f("bwd", bwd),
+            "_ssd_states_kernel": f("walk", walk)}  # fmt: skip
+
+
+def fit_shared_memory(x: torch.Tensor, N: int, chunk_size: int, block_p: int, block_p_bwd: int, plan_for) -> Plan:
+    """``plan_for(chunk, block_p, block_p_bwd)``, with the chunk or a P tile halved (down to 16) while the
+    plan's largest kernel would ask for more shared memory than ``x``'s device has: each step takes the
+    halving that shrinks that estimate most (tiles before the chunk where they tie). Raises where even the
+    smallest tiles would not fit (a very large state size N)."""
+    limit, esize, hopper = shared_memory(x.device), x.element_size(), device_major(x.device) >= 9
+    plan = plan_for(chunk_size, block_p, block_p_bwd)
+    need = lambda p: max(shared_estimate(p, esize, hopper).values())  # noqa: E731
+    while need(plan) > limit:
+        steps = []
+        if plan.block_p_bwd > 16:
+            steps.append((plan.Q, plan.block_p, plan.block_p_bwd // 2))
+        if plan.block_p > 16:
+            steps.append((plan.Q, plan.block_p // 2, plan.block_p_bwd))
+        if plan.Q > 16:
+            steps.append((plan.Q // 2, plan.block_p, plan.block_p_bwd))
+        if not steps:
+            raise ValueError(
+                f"ssd (triton): the kernels for N={N} (state size), P={x.shape[3]} and {x.dtype} inputs need about "
+                f"{need(plan) // 1024} KiB of shared memory per program even with the smallest chunk and tiles; "
+                f"this GPU has {limit // 1024} KiB. Use backend='torch' for this model.")
+        plan = min((plan_for(*s) for s in steps), key=need)  # (min keeps the first of equals: tiles first)
+    return plan
 
 
 def walk_fill(programs: int, sms: int) -> float:

@@ -827,6 +827,30 @@ def test_chunks_capped_to_what_fits_in_shared_memory(gen):
     assert_all_close(got, ref, torch.float32, GRAD_NAMES)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_plans_fitted_to_small_shared_memory(gen, monkeypatch, dtype):
+    """A GPU with little shared memory gets smaller P tiles and chunks (``fit_shared_memory``); they compute
+    the same function: output, final state and every gradient against the float64 loop, with a masked P
+    tile and several chunks per row."""
+    from ssmkit.ops.ssd import triton_launch
+
+    inp = make_inputs(gen, b=2, L=45, H=2, P=40, N=32, G=1, dtype=dtype)
+    x = inp["x"].to(DEV)
+    tuned = triton_launch.make_plan(x, 32, 32, None, fit=False)
+    monkeypatch.setattr(triton_launch, "device_major", lambda device: 8)
+    limit = (14 if dtype == torch.float32 else 10) * 1024  # (about half of what the tuned plan needs)
+    monkeypatch.setattr(triton_launch, "shared_memory", lambda device: limit)
+    fitted = triton_launch.make_plan(x, 32, 32, None)
+    sizes = lambda p: (p.Q, p.block_p, p.block_p_bwd)  # noqa: E731
+    assert all(a <= b for a, b in zip(sizes(fitted), sizes(tuned))) and sizes(fitted) != sizes(tuned)
+    assert fitted.Q < tuned.Q or dtype == torch.float32  # (fp32 here: the backward's P tile, 32 -> 16)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(0), inp, torch.Generator().manual_seed(seed), dt_softplus=True, chunk_size=32)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=True)  # fmt: skip
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+
 class _OnTheGPU:
     """What ``make_plan`` reads of x, for a CUDA tensor of this shape and dtype (no GPU needed)."""
 
