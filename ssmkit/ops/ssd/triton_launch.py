@@ -419,7 +419,6 @@ def make_plan(
                 walk_regs, bwd_regs, head_loop)  # fmt: skip
 
 
-
 # Shared memory. A kernel asking for more shared memory per program than the GPU has does not start
 # (Triton's OutOfResources at its first launch). The plans above were chosen on the H200 (227 KiB);
 # an A100 has 163 KiB, GPUs of compute capability 8.6 / 8.9 (RTX 3090 / 4090, A10, L4, L40) 99 KiB.
