@@ -62,3 +62,14 @@ def spy_launches(monkeypatch, module, names, record) -> None:
 
     for name in names:
         monkeypatch.setattr(module, name, Spy(name))
+
+
+class OnTheGPU:
+    """What the launch plans (``make_plan``) read of x, for a CUDA tensor of this shape and dtype: plans as
+    a GPU makes them, without one (the device's properties are patched in or read as absent)."""
+
+    def __init__(self, *shape, dtype=torch.bfloat16):
+        self.shape, self.dtype, self.device = torch.Size(shape), dtype, torch.device("cuda")
+
+    def element_size(self):
+        return self.dtype.itemsize

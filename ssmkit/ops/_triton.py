@@ -61,7 +61,7 @@ def sm_count(device: torch.device) -> int:
 @functools.lru_cache(maxsize=None)
 def _shared_memory_of(index: int) -> int:
     props = torch.cuda.get_device_properties(index)
-    optin = getattr(props, "shared_memory_per_block_optin", 0)  # (torch >= 2.5; else ask Triton's driver)
+    optin = getattr(props, "shared_memory_per_block_optin", 0)  # (where torch has it; else Triton's driver)
     if optin:
         return int(optin)
     import triton

@@ -21,22 +21,13 @@ if importlib.util.find_spec("triton") is None:
 
 from ssmkit.ops.ssd import triton_launch  # noqa: E402
 from ssmkit.ops.ssd.triton_launch import make_plan, shared_estimate  # noqa: E402
+from triton_helpers import OnTheGPU  # noqa: E402
 
 GPUS = {  # name: (compute capability major, SMs, shared memory per block)
     "h200": (9, 132, 232448),
     "a100": (8, 108, 166912),
     "rtx4090": (8, 128, 101376),
 }
-
-
-class _OnTheGPU:
-    """What ``make_plan`` reads of x, for a CUDA tensor of this shape and dtype."""
-
-    def __init__(self, *shape, dtype=torch.bfloat16):
-        self.shape, self.dtype, self.device = torch.Size(shape), dtype, torch.device("cuda", 0)
-
-    def element_size(self):
-        return self.dtype.itemsize
 
 
 @pytest.fixture
@@ -67,7 +58,7 @@ def test_plans_fit_every_gpu(gpu, name):
             for N in (16, 64, 128, 256):
                 for shape, n_seqs in (((2, 4096, 8, P), None), ((8, 4096, 32, P), None), ((1, 8192, 24, P), 3)):
                     for chunk in (64, 256):
-                        x = _OnTheGPU(*shape, dtype=dtype)
+                        x = OnTheGPU(*shape, dtype=dtype)
                         plan = make_plan(x, N, chunk, n_seqs)
                         assert _need(plan, x, name) <= limit, (name, dtype, P, N, shape, chunk, plan)
 
@@ -80,7 +71,7 @@ def test_plans_that_fit_are_left_as_they_are(gpu, name):
     states = (64, 128, 256) if name != "rtx4090" else (64, 128)
     for dtype in (torch.bfloat16, torch.float32):
         for N in states:
-            x = _OnTheGPU(8, 4096, 32, 64, dtype=dtype)
+            x = OnTheGPU(8, 4096, 32, 64, dtype=dtype)
             assert make_plan(x, N, 64, None) == make_plan(x, N, 64, None, fit=False), (name, dtype, N)
 
 
@@ -88,7 +79,7 @@ def test_smaller_tiles_then_chunks_where_shared_memory_is_short(gpu):
     """On a 99 KiB GPU, state 256: 16-bit halves the backward's P tile (its chunk is already 32); fp32,
     whose backward's (Q, N) tiles dominate, halves the chunk."""
     limit = gpu("rtx4090")
-    bf16, fp32 = _OnTheGPU(2, 4096, 8, 64), _OnTheGPU(2, 4096, 8, 64, dtype=torch.float32)
+    bf16, fp32 = OnTheGPU(2, 4096, 8, 64), OnTheGPU(2, 4096, 8, 64, dtype=torch.float32)
     tuned, fitted = make_plan(bf16, 256, 64, None, fit=False), make_plan(bf16, 256, 64, None)
     assert _need(tuned, bf16, "rtx4090") > limit >= _need(fitted, bf16, "rtx4090")
     assert (fitted.Q, fitted.block_p, fitted.block_p_bwd) == (tuned.Q, tuned.block_p, tuned.block_p_bwd // 2)
@@ -102,7 +93,7 @@ def test_too_large_a_state_says_so(gpu):
     """Where even chunks and tiles of 16 would not fit, the plan raises, naming the sizes and the way out."""
     gpu("rtx4090")
     with pytest.raises(ValueError, match=r"N=1024 \(state size\).*99 KiB.*backend='torch'"):
-        make_plan(_OnTheGPU(2, 4096, 8, 64), 1024, 64, None)
+        make_plan(OnTheGPU(2, 4096, 8, 64), 1024, 64, None)
 
 
 def test_limits_off_the_gpu():

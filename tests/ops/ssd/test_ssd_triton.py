@@ -24,7 +24,7 @@ from ssmkit.ops.ssd import SSD_BACKENDS, ssd, ssd_reference
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed: the Triton SSD kernels cannot run", allow_module_level=True)
 
-from triton_helpers import spy_launches  # noqa: E402
+from triton_helpers import OnTheGPU, spy_launches  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEV = "cuda" if CUDA else "cpu"
@@ -851,16 +851,6 @@ def test_plans_fitted_to_small_shared_memory(gen, monkeypatch, dtype):
               dt_softplus=True)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
-class _OnTheGPU:
-    """What ``make_plan`` reads of x, for a CUDA tensor of this shape and dtype (no GPU needed)."""
-
-    def __init__(self, *shape, dtype=torch.bfloat16):
-        self.shape, self.dtype, self.device = torch.Size(shape), dtype, torch.device("cuda")
-
-    def element_size(self):
-        return self.dtype.itemsize
-
-
 def test_plan_picks_the_forward_by_programs(monkeypatch):
     """The chunk-parallel forward with one segment per row where rows x heads x state tiles fill an
     H200 (132 SMs) STATE_PROGRAMS_PER_SM times over; else the walking scan with as many segments as keep
@@ -883,7 +873,7 @@ def test_plan_picks_the_forward_by_programs(monkeypatch):
 
     one_fp32 = torch.empty(1, 16384, 64, 64, device="meta")
     assert make_plan(one_fp32, 128, 64, None).fwd_span == 0  # (by the program count off the GPU)
-    gpu_fp32, gpu_one = _OnTheGPU(*one_fp32.shape, dtype=one_fp32.dtype), _OnTheGPU(*one.shape, dtype=one.dtype)
+    gpu_fp32, gpu_one = OnTheGPU(*one_fp32.shape, dtype=one_fp32.dtype), OnTheGPU(*one.shape, dtype=one.dtype)
     assert make_plan(gpu_fp32, 128, 64, None).fwd_span == 1  # fp32 on the GPU: chunk-parallel
     assert make_plan(gpu_one, 128, 64, None).fwd_span == 0  # 16-bit there: by the program count
     monkeypatch.setattr(triton_launch, "FP32_CHUNK_PARALLEL", False)
@@ -902,16 +892,16 @@ def test_one_walk_where_it_fills_the_gpu(monkeypatch):
     assert walk_fill(128, 132) == pytest.approx(128 / 132) and walk_fill(192, 132) == walk_fill(264, 132) == 1.0
     assert walk_fill(300, 132) == pytest.approx(300 / 528) and walk_fill(512, 132) == pytest.approx(512 / 528)
     for rows, L, H in ((8, 4096, 32), (6, 4096, 32), (4, 4096, 32), (16, 2048, 32), (2, 8192, 64)):
-        x = _OnTheGPU(rows, L, H, 64)
+        x = OnTheGPU(rows, L, H, 64)
         for grad in (True, False):
             plan = make_plan(x, 128, 32, None, fwd_span=forward_span(x, -1, grad))
             assert (plan.fwd_span, plan.n_segs) == (0, 1), (rows, L, H, grad)
             assert (plan.state_block_n, plan.state_block_p) == (128, 64)  # the backward's walk: whole states
-    assert make_plan(_OnTheGPU(10, 4096, 32, 64), 128, 32, None).fwd_span == 1  # 320 programs: 0.61 of two waves
-    assert make_plan(_OnTheGPU(3, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 5  # 96 programs: 528 // 96
-    assert make_plan(_OnTheGPU(8, 4096, 32, 64, dtype=torch.float32), 128, 32, None).fwd_span == 1  # fp32
+    assert make_plan(OnTheGPU(10, 4096, 32, 64), 128, 32, None).fwd_span == 1  # 320 programs: 0.61 of two waves
+    assert make_plan(OnTheGPU(3, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 5  # 96 programs: 528 // 96
+    assert make_plan(OnTheGPU(8, 4096, 32, 64, dtype=torch.float32), 128, 32, None).fwd_span == 1  # fp32
     assert make_plan(torch.empty(8, 4096, 32, 64, dtype=torch.bfloat16, device="meta"), 128, 32, None).fwd_span == 1
     monkeypatch.setattr(triton_launch, "WALK_FILL", 2.0)  # (the rule off)
-    plan = make_plan(_OnTheGPU(8, 4096, 32, 64), 128, 32, None)
+    plan = make_plan(OnTheGPU(8, 4096, 32, 64), 128, 32, None)
     assert (plan.fwd_span, plan.n_segs) == (1, 1)
-    assert make_plan(_OnTheGPU(8, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 2
+    assert make_plan(OnTheGPU(8, 4096, 32, 64), 128, 32, None, fwd_span=0).n_segs == 2
