@@ -9,6 +9,9 @@ error of y, dx, dB, dC, ddt against the float32 "torch" backend on the same inpu
 against this GPU's own plan. The first rows are this GPU's own plans.
 
     python3 benchmarks/gpu_ssd_shared_memory.py [--out DIR]
+    python3 benchmarks/gpu_ssd_shared_memory.py --gpus this --dtypes float16 --states 64 128 --no-time
+
+(the second, under ``gpu_emulate.py``, checks the plans an older GPU makes for itself, compiled for it.)
 """
 
 from __future__ import annotations
@@ -80,25 +83,33 @@ def rel(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
+    ap.add_argument("--gpus", nargs="*", default=["this", "a100", "rtx4090"], choices=["this", "a100", "rtx4090"],
+                    help="whose plans run: this GPU's, or those of the emulated A100 / RTX 4090")
+    ap.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
+    ap.add_argument("--states", type=int, nargs="*", default=[128, 256], help="state sizes N")
+    ap.add_argument("--no-time", action="store_true", help="check only (no timings)")
     a = ap.parse_args()
+    short = dict(zip(EMULATED, ("this", "a100", "rtx4090")))
+    chosen = {k: v for k, v in EMULATED.items() if short[k] in a.gpus}
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}: {launch.shared_memory(dev) // 1024} KiB of shared memory per program, "
           f"triton {triton.__version__}, torch {torch.__version__}")  # fmt: skip
     rows = ["| GPU the plan is for | dtype | N | chunk, P tile, backward P tile | largest kernel KiB | limit KiB | "
             "worst rel. err vs fp32 torch | fwd+bwd ms | this GPU's plan ms |", "|---|---|---|---|---|---|---|---|---|"]
-    for dtype in (torch.bfloat16, torch.float32):
-        for N in (128, 256):
+    bench = (lambda f: float("nan")) if a.no_time else (lambda f: do_bench(f, rep=200))  # noqa: E731
+    for dtype in (getattr(torch, d) for d in a.dtypes):
+        for N in a.states:
             inp = inputs(dtype, N)
             dy = torch.randn(inp["x"].shape, device="cuda", dtype=dtype)
             ref = fwd_bwd({k: v.float() for k, v in inp.items()}, "torch", dy.float())
-            own = do_bench(lambda: fwd_bwd(inp, "triton", dy), rep=200)
-            for name, spec in EMULATED.items():
+            own = bench(lambda: fwd_bwd(inp, "triton", dy))
+            for name, spec in chosen.items():
                 seen: list = []
                 with gpu_like(spec, seen):
                     x = inp["x"]
                     plan = launch.make_plan(x, N, 64, None)
                     got = fwd_bwd(inp, "triton", dy)
-                    ms = do_bench(lambda: fwd_bwd(inp, "triton", dy), rep=200)
+                    ms = bench(lambda: fwd_bwd(inp, "triton", dy))
                 limit = (spec[2] if spec else launch.shared_memory(dev)) // 1024
                 err = max(rel(g, r) for g, r in zip(got, ref))
                 rows.append(f"| {name} | {str(dtype)[6:]} | {N} | {plan.Q}, {plan.block_p}, {plan.block_p_bwd} | "

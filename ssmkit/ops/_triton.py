@@ -39,12 +39,27 @@ def triton_unavailable_reason(device: torch.device) -> Optional[str]:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             return "CUDA is not available"
-        return None
+        return _too_old(device.index if device.index is not None else torch.cuda.current_device())
     if device.type == "cpu":
         if interpret_mode():
             return None
         return "Triton kernels run on CUDA tensors (on CPU only under TRITON_INTERPRET=1)"
     return f"Triton kernels do not run on {device.type} tensors"
+
+
+@_constant
+def _too_old(index: int) -> Optional[str]:
+    return _too_old_reason(index)
+
+
+@functools.lru_cache(maxsize=None)
+def _too_old_reason(index: int) -> Optional[str]:
+    """Triton compiles for NVIDIA GPUs of compute capability 7.0 (Volta) and later."""
+    major, minor = torch.cuda.get_device_capability(index)
+    if major >= 7:
+        return None
+    return (f"Triton compiles for GPUs of compute capability 7.0 and later; "
+            f"{torch.cuda.get_device_name(index)} is {major}.{minor}")
 
 
 # Launch options every ssmkit kernel passes. Fused multiply-adds on: the kernels' recurrences,

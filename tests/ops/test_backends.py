@@ -39,3 +39,31 @@ def test_auto_with_nothing_available_lists_the_reasons():
                        auto_order={"cpu": ("triton",)})
     with pytest.raises(BackendUnavailableError, match=r"no backend can run on cpu: triton: no GPU"):
         table.resolve("auto", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("capability, runs", [((6, 1), False), ((7, 5), True), ((9, 0), True)])
+def test_triton_needs_volta_or_later(monkeypatch, capability, runs):
+    """Triton compiles for compute capability 7.0 and later: on an older GPU the Triton backend says why it cannot
+    run, and ``"auto"`` takes the PyTorch one (a GPU of ``capability`` patched in; no GPU needed)."""
+    pytest.importorskip("triton")
+    from ssmkit.ops import _triton, backends
+    from ssmkit.ops.ssd import SSD_BACKENDS
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "Tesla P100-PCIE-16GB")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    _triton._too_old_reason.cache_clear()  # (both caches hold what this GPU gave; cleared again at the end)
+    backends._resolve_auto.cache_clear()
+    try:
+        reason = _triton.triton_unavailable_reason(torch.device("cuda", 0))
+        assert SSD_BACKENDS.resolve("auto", torch.device("cuda"), torch.bfloat16) == ("triton" if runs else "torch")
+        if runs:
+            assert reason is None
+        else:
+            assert reason == "Triton compiles for GPUs of compute capability 7.0 and later; Tesla P100-PCIE-16GB is 6.1"
+            with pytest.raises(BackendUnavailableError, match=r"backend 'triton' cannot run on cuda:0: .*7\.0.* is 6\.1"):
+                SSD_BACKENDS.resolve("triton", torch.device("cuda", 0), torch.bfloat16)
+    finally:
+        _triton._too_old_reason.cache_clear()
+        backends._resolve_auto.cache_clear()

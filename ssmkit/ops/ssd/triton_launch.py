@@ -421,29 +421,40 @@ def make_plan(
 
 # Shared memory. A kernel asking for more shared memory per program than the GPU has does not start
 # (Triton's OutOfResources at its first launch). The plans above were chosen on the H200 (227 KiB);
-# an A100 has 163 KiB, GPUs of compute capability 8.6 / 8.9 (RTX 3090 / 4090, A10, L4, L40) 99 KiB.
+# an A100 has 163 KiB, GPUs of compute capability 8.6 / 8.9 (RTX 3090 / 4090, A10, L4, L40) 99 KiB,
+# a V100 96 KiB, a T4 (and the RTX 20xx, compute capability 7.5) 64 KiB.
 # ``shared_estimate`` bounds each kernel's shared memory by its tiles' elements times the operand size
 # times a factor: above the largest ratio of compiled shared memory to those bytes over the plans of
-# ``benchmarks/ssd_shared_memory.py`` (Triton 3.6 and 3.9; P 64 / 128, N 64-256, bf16 and fp32), by
-# kernel, operand size and architecture (Hopper's wgmma products stage more than mma.sync's). Largest
+# ``benchmarks/ssd_shared_memory.py`` (Triton 3.6 and 3.9; P 32-128, N 16-256, chunks 16-64, 16-bit and
+# fp32), by kernel, operand size and architecture generation (Hopper's wgmma products stage more than
+# mma.sync's; before Ampere, Triton multiplies tiles on the FMA units from whole staged operands). Largest
 # ratios seen, sm_90: the forward scan 1.23 (16-bit) / 0.70 (fp32), the fused backward 1.28 / 0.80, the
-# state walks 0.88; sm_80 and sm_89: 0.92 / 0.35, 0.98 / 0.57, 0.57.
-SHARED_FACTOR = {  # (kernel, operand bytes, Hopper) -> factor
-    ("scan", 2, True): 1.35, ("scan", 4, True): 0.8, ("bwd", 2, True): 1.35, ("bwd", 4, True): 0.9,
-    ("scan", 2, False): 1.0, ("scan", 4, False): 0.45, ("bwd", 2, False): 1.1, ("bwd", 4, False): 0.65,
-    ("walk", 2, True): 1.0, ("walk", 4, True): 1.0, ("walk", 2, False): 0.7, ("walk", 4, False): 0.7,
+# state walks 0.88; sm_80 and sm_89: 0.92 / 0.35, 0.98 / 0.57, 0.57; sm_70 and sm_75: 1.51 / 0.99,
+# 1.89 / 1.13, 0.47.
+SHARED_FACTOR = {  # (kernel, operand bytes, generation: 9 Hopper and later, 8 Ampere / Ada, 7 Volta / Turing)
+    ("scan", 2, 9): 1.35, ("scan", 4, 9): 0.8, ("bwd", 2, 9): 1.35, ("bwd", 4, 9): 0.9,
+    ("scan", 2, 8): 1.0, ("scan", 4, 8): 0.45, ("bwd", 2, 8): 1.1, ("bwd", 4, 8): 0.65,
+    ("scan", 2, 7): 1.6, ("scan", 4, 7): 1.05, ("bwd", 2, 7): 2.0, ("bwd", 4, 7): 1.2,
+    ("walk", 2, 9): 1.0, ("walk", 4, 9): 1.0, ("walk", 2, 8): 0.7, ("walk", 4, 8): 0.7,
+    ("walk", 2, 7): 0.5, ("walk", 4, 7): 0.5,
 }
 
 
-def shared_estimate(plan: Plan, esize: int, hopper: bool = True) -> dict:
+def generation(major: int) -> int:
+    """The ``SHARED_FACTOR`` generation of a compute capability major (0, off the GPU: Ampere's)."""
+    return 9 if major >= 9 else 7 if 0 < major < 8 else 8
+
+
+def shared_estimate(plan: Plan, esize: int, major: int = 9) -> dict:
     """Estimated shared memory, in bytes, of the plan's largest kernels for operands of ``esize`` bytes
-    (2: 16-bit, 4: fp32) on a Hopper GPU (``hopper``) or an earlier one, by kernel name."""
+    (2: 16-bit, 4: fp32) on a GPU of compute capability ``major``, by kernel name."""
     Q, bn, bp, bpb = plan.block_q, plan.block_n, plan.block_p, plan.block_p_bwd
     sn, sp, st = plan.state_block_n, plan.state_block_p, max(1, plan.state_stages)
     scan = 2 * Q * bn + bn * bp + Q * bp + Q * Q  # (Q, N) B and C, the (N, P) state, (Q, P) x, (Q, Q) scores
     bwd = 2 * Q * bn + 2 * bn * bpb + 2 * Q * bpb + Q * Q  # ... the state and its gradient, x and dy
     walk = st * max(Q, SEGMENT_BLOCK_T) * (sn + sp) + sn * sp  # pipelined (Q, N) and (Q, P) loads, the state
-    f = lambda kind, elements: int(SHARED_FACTOR[kind, esize, hopper] * elements * esize)  # noqa: E731
+    gen = generation(major)
+    f = lambda kind, elements: int(SHARED_FACTOR[kind, esize, gen] * elements * esize)  # noqa: E731
     return {"_ssd_scan_fwd_kernel": f("scan", scan),
             "_ssd_bwd_heads_kernel" if esize == 4 else "_ssd_bwd_kernel": f("bwd", bwd),
             "_ssd_states_kernel": f("walk", walk)}  # fmt: skip
@@ -454,9 +465,9 @@ def fit_shared_memory(x: torch.Tensor, N: int, chunk_size: int, block_p: int, bl
     plan's largest kernel would ask for more shared memory than ``x``'s device has: each step takes the
     halving that shrinks that estimate most (tiles before the chunk where they tie). Raises where even the
     smallest tiles would not fit (a very large state size N)."""
-    limit, esize, hopper = shared_memory(x.device), x.element_size(), device_major(x.device) >= 9
+    limit, esize, major = shared_memory(x.device), x.element_size(), device_major(x.device)
     plan = plan_for(chunk_size, block_p, block_p_bwd)
-    need = lambda p: max(shared_estimate(p, esize, hopper).values())  # noqa: E731
+    need = lambda p: max(shared_estimate(p, esize, major).values())  # noqa: E731
     while need(plan) > limit:
         steps = []
         if plan.block_p_bwd > 16:
