@@ -1,9 +1,9 @@
 """Run ssmkit's GPU tests as an older GPU would run them, on the GPU at hand.
 
 Triton lowers a kernel for its GPU's compute capability: on Volta (sm_70: V100) and Turing (sm_75: T4,
-RTX 20xx) it has no asynchronous copies, multiplies 16-bit tiles with the older mma instructions and bf16
-or tf32 tiles on the FMA units, and stages its tiles in shared memory in other layouts and amounts; those
-GPUs also have less shared memory per program (V100 96 KiB, T4 64 KiB). None of that is exercised on an
+RTX 20xx) it has no asynchronous copies, multiplies tiles on the FMA units (Triton 3.6 and 3.9 emit no mma
+there) and stages its tiles in shared memory in other layouts and amounts; those GPUs also have less shared
+memory per program (V100 96 KiB, T4 64 KiB). None of that is exercised on an
 H200, and no such GPU is lent here. This runs it there all the same:
 
 * ``TRITON_OVERRIDE_ARCH=sm70`` / ``sm75`` makes Triton lower every kernel for the older architecture
@@ -77,7 +77,8 @@ def emulate(gpu: str) -> None:
 def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] not in GPUS:
-        sys.exit(f"usage: {sys.argv[0]} {{{','.join(GPUS)}}} -- PYTEST_ARGS (got {args[:1]})")
+        sys.exit(f"usage: {sys.argv[0]} {{{','.join(GPUS)}}} -- PYTEST_ARGS | benchmarks/SCRIPT.py ARGS "
+                 f"(got {args[:1]})")
     gpu, rest = args[0], args[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
