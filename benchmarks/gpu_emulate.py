@@ -28,12 +28,15 @@ import runpy
 import sys
 import tempfile
 
-# name: (compute capability, SMs, shared memory per block (opt-in), total memory)
+# name: (compute capability, SMs, shared memory per block (opt-in), total memory, device name); the GPUs the
+# benchmarks plan for (ssd_shared_memory.py, gpu_ssd_shared_memory.py) read their figures from here too
 GPUS = {
-    "t4": ((7, 5), 40, 65536, 15 * 2**30, "Tesla T4"),
-    "v100": ((7, 0), 80, 98304, 32 * 2**30, "Tesla V100-SXM2-32GB"),
-    "a10": ((8, 6), 72, 101376, 24 * 2**30, "NVIDIA A10"),
+    "h200": ((9, 0), 132, 232448, 141 * 2**30, "NVIDIA H200"),
     "a100": ((8, 0), 108, 166912, 80 * 2**30, "NVIDIA A100-SXM4-80GB"),
+    "rtx4090": ((8, 9), 128, 101376, 24 * 2**30, "NVIDIA GeForce RTX 4090"),
+    "a10": ((8, 6), 72, 101376, 24 * 2**30, "NVIDIA A10"),
+    "v100": ((7, 0), 80, 98304, 32 * 2**30, "Tesla V100-SXM2-32GB"),
+    "t4": ((7, 5), 40, 65536, 15 * 2**30, "Tesla T4"),
 }
 
 

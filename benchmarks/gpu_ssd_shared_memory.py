@@ -30,7 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from ssmkit.ops.ssd import ssd  # noqa: E402
 from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
 
-EMULATED = {"this GPU": None, "A100 (163 KiB)": (8, 108, 166912), "RTX 4090 (99 KiB)": (8, 128, 101376)}
+sys.path.insert(0, os.path.dirname(__file__))
+from gpu_emulate import GPUS as EMULATE_GPUS  # noqa: E402
+
+# whose plans run: this GPU's, or those of an emulated GPU ((major, SMs, shared memory), from gpu_emulate.GPUS)
+EMULATED = {"this": None} | {n: (EMULATE_GPUS[n][0][0],) + EMULATE_GPUS[n][1:3] for n in ("a100", "rtx4090")}
 
 
 class _Shared:
@@ -83,14 +87,13 @@ def rel(a, b) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None)
-    ap.add_argument("--gpus", nargs="*", default=["this", "a100", "rtx4090"], choices=["this", "a100", "rtx4090"],
+    ap.add_argument("--gpus", nargs="*", default=list(EMULATED), choices=list(EMULATED),
                     help="whose plans run: this GPU's, or those of the emulated A100 / RTX 4090")
     ap.add_argument("--dtypes", nargs="*", default=["bfloat16", "float32"], choices=["bfloat16", "float16", "float32"])
     ap.add_argument("--states", type=int, nargs="*", default=[128, 256], help="state sizes N")
     ap.add_argument("--no-time", action="store_true", help="check only (no timings)")
     a = ap.parse_args()
-    short = dict(zip(EMULATED, ("this", "a100", "rtx4090")))
-    chosen = {k: v for k, v in EMULATED.items() if short[k] in a.gpus}
+    chosen = {k: v for k, v in EMULATED.items() if k in a.gpus}
     dev = torch.device("cuda")
     print(f"{torch.cuda.get_device_name()}: {launch.shared_memory(dev) // 1024} KiB of shared memory per program, "
           f"triton {triton.__version__}, torch {torch.__version__}")  # fmt: skip
@@ -112,7 +115,8 @@ def main() -> None:
                     ms = bench(lambda: fwd_bwd(inp, "triton", dy))
                 limit = (spec[2] if spec else launch.shared_memory(dev)) // 1024
                 err = max(rel(g, r) for g, r in zip(got, ref))
-                rows.append(f"| {name} | {str(dtype)[6:]} | {N} | {plan.Q}, {plan.block_p}, {plan.block_p_bwd} | "
+                label = "this GPU" if spec is None else f"{name} ({limit} KiB)"
+                rows.append(f"| {label} | {str(dtype)[6:]} | {N} | {plan.Q}, {plan.block_p}, {plan.block_p_bwd} | "
                             f"{max(seen) // 1024} | {limit} | {err:.1e} | {ms:.3f} | {own:.3f} |")  # fmt: skip
                 print(rows[-1], flush=True)
                 assert max(seen) <= limit * 1024, f"{name}: a kernel took {max(seen)} bytes"

@@ -30,18 +30,14 @@ import torch
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import ssd_codegen as codegen  # noqa: E402
+from gpu_emulate import GPUS as EMULATE_GPUS  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
 
-# name: (compute capability, SMs, shared memory per block (opt-in), bytes)
-GPUS = {
-    "h200": (90, 132, 232448),
-    "a100": (80, 108, 166912),
-    "rtx4090": (89, 128, 101376),
-    "v100": (70, 80, 98304),
-    "t4": (75, 40, 65536),
-}
+# name: (compute capability, SMs, shared memory per block (opt-in), bytes), from gpu_emulate.GPUS
+GPUS = {name: (10 * cc[0] + cc[1], sms, shared) for name, (cc, sms, shared, _, _) in EMULATE_GPUS.items()
+        if name in ("h200", "a100", "rtx4090", "v100", "t4")}  # fmt: skip
 DEFAULT_SHAPES = ["64,128", "64,256", "128,128", "64,64", "32,64"]  # P,N
 WALKS = ("_ssd_states_kernel", "_ssd_dstates_kernel", "_ssd_segment_sums_kernel")  # (one estimate)
 
