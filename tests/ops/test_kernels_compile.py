@@ -1,4 +1,5 @@
-"""The scan, SSD and conv1d Triton kernels compile for the H200 (sm_90), without a GPU.
+"""The scan, SSD and conv1d Triton kernels compile for the H200 (sm_90), and the SSD plans of smaller GPUs
+for theirs (sm_89, sm_75) within their shared memory, without a GPU.
 
 The interpreter tests run the kernels as Python, so they cannot see what only Triton's compiler
 rejects (a helper returning a tuple that holds None compiled nowhere, for example, yet ran in the
