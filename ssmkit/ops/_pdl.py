@@ -23,22 +23,34 @@ environment variable ``SSMKIT_PDL`` is ``0``; never in Triton's interpreter.
 
 import ctypes
 import functools
+import inspect
 import os
 
 import torch
 import triton
+import triton.language as tl
 
 from ._triton import interpret_mode
+
+
+def triton_lowers_gdc(gdc_function) -> bool:
+    """Whether a kernel calling Triton's ``gdc_wait`` / ``gdc_launch_dependents`` compiles: they take the code
+    generator's ``_semantic`` (Triton 3.5 and later). Triton 3.4 has the ``launch_pdl`` option, but its gdc_*
+    functions still take the ``_builder`` its code generator no longer passes, so no kernel calling them compiles
+    (``benchmarks/triton_versions.py``); there ssmkit emits the same PTX instructions itself."""
+    return "_semantic" in inspect.signature(gdc_function).parameters
+
 
 try:
     from triton.backends.nvidia.compiler import CUDAOptions
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
     _HAS_PDL = "launch_pdl" in CUDAOptions.__dataclass_fields__
+    _TRITON_GDC = triton_lowers_gdc(gdc_wait) and triton_lowers_gdc(gdc_launch_dependents)
 except Exception:  # an older Triton (or another backend): the kernels are built with PDL off
-    _HAS_PDL = False
+    _HAS_PDL = _TRITON_GDC = False
 
-if _HAS_PDL:
+if _HAS_PDL and _TRITON_GDC:
 
     @triton.jit
     def release_dependents():
@@ -49,6 +61,19 @@ if _HAS_PDL:
     def wait_inputs():
         """Waits until the kernel before has completed and its writes are visible."""
         gdc_wait()
+
+elif _HAS_PDL:
+
+    @triton.jit
+    def release_dependents():
+        """Lets the next kernel of the stream start once every program of this one has called it."""
+        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
+                                  is_pure=False, pack=1)  # fmt: skip
+
+    @triton.jit
+    def wait_inputs():
+        """Waits until the kernel before has completed and its writes are visible."""
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
 
 else:
 

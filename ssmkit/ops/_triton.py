@@ -54,12 +54,36 @@ def _too_old(index: int) -> Optional[str]:
 
 @functools.lru_cache(maxsize=None)
 def _too_old_reason(index: int) -> Optional[str]:
-    """Triton compiles for NVIDIA GPUs of compute capability 7.0 (Volta) and later."""
+    """Triton compiles for NVIDIA GPUs of compute capability 7.0 (Volta) and later; before Ampere (8.0), ssmkit
+    takes its kernels from Triton 3.3 on (:data:`MIN_TRITON_BEFORE_AMPERE`)."""
     major, minor = torch.cuda.get_device_capability(index)
-    if major >= 7:
-        return None
-    return (f"Triton compiles for GPUs of compute capability 7.0 and later; "
-            f"{torch.cuda.get_device_name(index)} is {major}.{minor}")
+    if major < 7:
+        return (f"Triton compiles for GPUs of compute capability 7.0 and later; "
+                f"{torch.cuda.get_device_name(index)} is {major}.{minor}")
+    if major < 8 and triton_version() < MIN_TRITON_BEFORE_AMPERE:
+        return (f"ssmkit's Triton kernels need Triton {'.'.join(map(str, MIN_TRITON_BEFORE_AMPERE))} or later on "
+                f"GPUs before Ampere (torch 2.7 and later ship it); Triton {triton_version_text()} cannot compile "
+                f"their bfloat16 code for compute capability {major}.{minor}")
+    return None
+
+
+# Compiled offline for sm_75 and sm_70 with Triton 3.0 to 3.9 (``benchmarks/triton_versions.py``), every kernel
+# of ssmkit with bfloat16 inputs fails in Triton 3.0-3.2 (torch 2.4-2.6): an internal PTX codegen error, or
+# map::at. From 3.3 they compile (the SSD's own limit is in ``ssd/triton_backend.py``).
+MIN_TRITON_BEFORE_AMPERE = (3, 3)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_version_text() -> str:
+    import triton
+
+    return triton.__version__
+
+
+def triton_version() -> tuple[int, int]:
+    """(major, minor) of the installed Triton: (3, 4) for "3.4.0"."""
+    parts = triton_version_text().split(".")
+    return int(parts[0]), int("".join(ch for ch in parts[1] if ch.isdigit()) or 0)
 
 
 # Launch options every ssmkit kernel passes. Fused multiply-adds on: the kernels' recurrences,

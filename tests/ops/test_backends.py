@@ -67,3 +67,44 @@ def test_triton_needs_volta_or_later(monkeypatch, capability, runs):
     finally:
         _triton._too_old_reason.cache_clear()
         backends._resolve_auto.cache_clear()
+
+
+@pytest.mark.parametrize("capability, version, scan_runs, ssd_runs", [
+    ((9, 0), "3.2.0", True, False),   # Hopper: Triton 3.0-3.2 abort compiling the SSD's fused backward
+    ((9, 0), "3.3.1", True, True),
+    ((8, 0), "3.0.0", True, True),    # Ampere compiles every kernel from 3.0
+    ((7, 5), "3.2.0", False, False),  # before Ampere: no bfloat16 code from Triton 3.0-3.2
+    ((7, 5), "3.3.1", True, False),   # ... and no 16-bit SSD kernels from 3.3
+    ((7, 0), "3.4.0", True, True),
+])  # fmt: skip
+def test_triton_versions_that_cannot_compile(monkeypatch, capability, version, scan_runs, ssd_runs):
+    """Where the installed Triton's compiler fails on ssmkit's kernels for this GPU generation
+    (``benchmarks/triton_versions.py``), the Triton backend says why and ``"auto"`` takes the PyTorch one (a GPU
+    and a Triton version patched in; no GPU needed)."""
+    pytest.importorskip("triton")
+    from ssmkit.ops import _triton, backends
+    from ssmkit.ops.scan import SCAN_BACKENDS
+    from ssmkit.ops.ssd import SSD_BACKENDS, triton_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "a GPU")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_triton, "triton_version_text", lambda: version)
+    caches = (_triton._too_old_reason, triton_backend._ssd_compiler_reason, backends._resolve_auto)
+    for cache in caches:  # (they hold what this GPU gave; cleared again at the end)
+        cache.cache_clear()
+    try:
+        cuda = torch.device("cuda")
+        assert SCAN_BACKENDS.resolve("auto", cuda, torch.bfloat16) == ("triton" if scan_runs else "torch")
+        assert SSD_BACKENDS.resolve("auto", cuda, torch.bfloat16) == ("triton" if ssd_runs else "torch")
+        if not ssd_runs:
+            with pytest.raises(BackendUnavailableError, match=rf"backend 'triton' cannot run on cuda:0: .*Triton "
+                                                              rf"{version}"):  # fmt: skip
+                SSD_BACKENDS.resolve("triton", torch.device("cuda", 0), torch.bfloat16)
+        if not scan_runs:
+            reason = _triton.triton_unavailable_reason(torch.device("cuda", 0))
+            assert "3.3 or later" in reason and f"Triton {version} cannot compile their bfloat16 code" in reason
+    finally:
+        for cache in caches:
+            cache.cache_clear()

@@ -1,5 +1,7 @@
 """The scan, SSD and conv1d Triton kernels compile for the H200 (sm_90), and the SSD plans of smaller GPUs
-for theirs (sm_89, sm_75) within their shared memory, without a GPU.
+for theirs (sm_89, sm_75) within their shared memory, without a GPU; the decode-step, GEMV and norm kernels
+compile for sm_90 and sm_80 through the JIT's own path (``benchmarks/triton_versions.py``, which also runs
+every kernel across Triton versions).
 
 The interpreter tests run the kernels as Python, so they cannot see what only Triton's compiler
 rejects (a helper returning a tuple that holds None compiled nowhere, for example, yet ran in the
@@ -114,3 +116,16 @@ def test_ssd_kernels_fit_a_t4(tmp_path):
                                             "float32"], tmp_path)  # fmt: skip
     assert "every kernel fits, within its estimate" in out
     assert out.count("fits   estimate") >= 8
+
+
+def test_decode_and_norm_kernels_compile(tmp_path):
+    """The kernels of the decode step (conv1d update, scan and SSD steps, GEMV) and the norms compile for sm_90
+    (with programmatic dependent launch where this Triton has it) and sm_80 (without), as the launchers make
+    them on a GPU."""
+    out = _compile("triton_versions.py", ["--only", "conv", "norm", "decode", "--arch", "90", "80"], tmp_path)
+    assert "FAIL" not in out, out[-3000:]
+    ok = [line.split() for line in out.splitlines() if line.startswith("  ok   sm_")]
+    for kernel in ("conv1d_step_kernel", "scan_step_kernel", "ssd_step_kernel", "gemv_kernel",
+                   "gated_rms_norm_fwd_kernel", "gated_rms_norm_bwd_kernel", "add_rms_norm_kernel"):
+        for arch in ("sm_90", "sm_80"):
+            assert any(w[1] == arch and kernel in w for w in ok), f"{kernel} was not compiled for {arch}"

@@ -63,6 +63,21 @@ def test_off_where_triton_lacks_it(fake_cuda, monkeypatch):
     assert _pdl.chain_launch(dev) == {"PDL": False}
 
 
+def test_gdc_of_triton_3_4_is_replaced():
+    """Triton 3.4's gdc_* functions take ``_builder``, which its code generator no longer passes (no kernel
+    calling them compiled: ``benchmarks/triton_versions.py``); ssmkit then emits the instructions itself.
+    Later versions take ``_semantic`` and are used as they are."""
+
+    def gdc_3_4(_builder=None):
+        pass
+
+    def gdc_3_5(_semantic=None):
+        pass
+
+    assert not _pdl.triton_lowers_gdc(gdc_3_4)
+    assert _pdl.triton_lowers_gdc(gdc_3_5)
+
+
 @pytest.mark.parametrize("driver, on", [(12020, False), (12030, True), (0, False)])
 def test_off_with_a_driver_before_cuda_12_3(fake_cuda, monkeypatch, driver, on):
     """Graph capture of PDL launches needs a CUDA 12.3 driver; one that cannot be read (0) counts as too old."""

@@ -34,7 +34,7 @@ from .chunked import ssd_chunked
 from .reference import ssd_reference
 from .step import ssd_step_torch
 from .step_c import C_STEP_DTYPES, ssd_step_c, ssd_step_c_unavailable_reason
-from .triton_backend import ssd_triton_impl, triton_unavailable
+from .triton_backend import ssd_triton_impl, ssd_triton_unavailable, triton_unavailable
 from .varlen import per_sequence
 
 __all__ = ["ssd", "ssd_step", "ssd_reference", "SSD_BACKENDS", "SSD_STEP_BACKENDS"]
@@ -48,7 +48,7 @@ def _reference_impl(x, dt, A, B, C, D, z, dt_bias, dt_softplus, chunk_size, init
 SSD_BACKENDS = OpBackends(
     op="ssd",
     impls={"reference": per_sequence(_reference_impl), "torch": per_sequence(ssd_chunked), "triton": ssd_triton_impl},
-    available={"triton": triton_unavailable},
+    available={"triton": ssd_triton_unavailable},
     auto_order={"cuda": ("triton", "torch"), "cpu": ("torch",)},
     dtypes={"triton": TRITON_DTYPES},
 )

@@ -1,0 +1,76 @@
+"""Compile a recorded Triton launch for a GPU that is not there, through the JIT's own path.
+
+``compile_launch(fn, args, kw, arch)`` hands ``fn``'s JIT the launch as the launcher made it (tensors stand-ins
+on the CPU with the same dtype and the same alignment, ints and floats as they were, constexprs and launch
+options as keywords), with Triton's active driver replaced by one that only names the target (``sm_<arch>``).
+The JIT then specializes the arguments, parses the options and compiles with its bundled ptxas exactly as it
+would before a launch, and stops there (``warmup``). Unlike building an ``ASTSource`` by hand, this does not
+depend on how a given Triton version spells signatures, constexprs and attributes: the same call works from
+Triton 3.0 to 3.9 (``benchmarks/triton_versions.py`` runs it across them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+
+
+class TargetOnlyDriver:
+    """Stands in for Triton's CUDA driver: one device, stream 0, the given target; nothing is launched."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def is_active(self) -> bool:
+        return True
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def set_current_device(self, device: int) -> None:
+        pass
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_active_torch_device(self):
+        return torch.device("cpu")
+
+    def get_device_interface(self):
+        return torch.cuda
+
+
+@contextlib.contextmanager
+def target(arch: int):
+    """Triton's active driver names ``sm_<arch>`` while the block runs."""
+    config = triton.runtime.driver
+    before = dict(vars(config))  # (not reset_active(): later Tritons then create the CUDA driver, which needs a GPU)
+    config.set_active(TargetOnlyDriver(arch))
+    try:
+        yield
+    finally:
+        vars(config).clear()
+        vars(config).update(before)
+
+
+def stand_in(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor of ``t``'s dtype whose address has ``t``'s alignment to 16 bytes (its storage offset's),
+    which is all the JIT reads of a pointer argument."""
+    offset = t.storage_offset() * t.element_size() % 16
+    base = torch.empty(64, dtype=torch.uint8)
+    shift = (-base.data_ptr()) % 16 + offset
+    return base[shift:shift + 16].view(torch.uint8).view(t.dtype) if t.element_size() <= 16 else base
+
+
+def compile_launch(fn, args: tuple, kw: dict, arch: int = 90):
+    """The ``CompiledKernel`` of ``fn[grid](*args, **kw)`` for ``sm_<arch>`` (``asm["cubin"]``, ``asm["ptx"]``,
+    ``metadata.shared``, ...). ``args`` / ``kw`` may hold meta tensors."""
+    swap = lambda v: stand_in(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    with target(arch):
+        return fn.run(*[swap(a) for a in args], grid=(1,), warmup=True, **{k: swap(v) for k, v in kw.items()})
