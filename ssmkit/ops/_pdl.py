@@ -50,6 +50,20 @@ try:
 except Exception:  # an older Triton (or another backend): the kernels are built with PDL off
     _HAS_PDL = _TRITON_GDC = False
 
+
+@triton.jit
+def own_release_dependents():
+    """``griddepcontrol.launch_dependents`` as inline PTX (where Triton's own function does not compile)."""
+    tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32, is_pure=False,
+                              pack=1)  # fmt: skip
+
+
+@triton.jit
+def own_wait_inputs():
+    """``griddepcontrol.wait`` as inline PTX (where Triton's own function does not compile)."""
+    tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+
+
 if _HAS_PDL and _TRITON_GDC:
 
     @triton.jit
@@ -63,17 +77,7 @@ if _HAS_PDL and _TRITON_GDC:
         gdc_wait()
 
 elif _HAS_PDL:
-
-    @triton.jit
-    def release_dependents():
-        """Lets the next kernel of the stream start once every program of this one has called it."""
-        tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
-                                  is_pure=False, pack=1)  # fmt: skip
-
-    @triton.jit
-    def wait_inputs():
-        """Waits until the kernel before has completed and its writes are visible."""
-        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
+    release_dependents, wait_inputs = own_release_dependents, own_wait_inputs
 
 else:
 

@@ -1,5 +1,6 @@
 """Builds each decode-chain kernel for sm_90 with PDL on and prints where its PTX waits, loads and stores.
 
+With ``--own-gdc``, the kernels call ssmkit's inline PTX instead of Triton's gdc functions (as with Triton 3.4).
 Run by ``test_pdl.py`` in a process without Triton's interpreter (``TRITON_INTERPRET=0``; no GPU needed): each
 launcher is called on small CPU tensors with its kernel replaced by a recorder and ``chain_launch`` forced on,
 then the recorded launch is compiled. The last line of the output is a JSON object: kernel name -> where its PTX
@@ -132,4 +133,8 @@ def summary(asm: dict) -> dict:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))  # (the checkout's ssmkit)
+    if "--own-gdc" in sys.argv:  # (the inline PTX that Triton 3.4 gets; set before the kernels are imported)
+        from ssmkit.ops import _pdl
+
+        _pdl.release_dependents, _pdl.wait_inputs = _pdl.own_release_dependents, _pdl.own_wait_inputs
     print(json.dumps({name: summary(build(fn, args, dict(kw))) for name, fn, args, kw in launches()}))

@@ -102,7 +102,8 @@ AHEAD = {"gemv": ["b_ptr", "w_ptr"], "add_rms_norm": ["w_ptr"], "conv1d_step": [
 
 
 @needs_pdl
-def test_chain_kernels_wait_before_reading_and_writing(tmp_path):
+@pytest.mark.parametrize("gdc", ["triton", "own"])
+def test_chain_kernels_wait_before_reading_and_writing(tmp_path, gdc):
     # (built in a process of its own: here the kernels are the interpreter's, which have no compiled form; with a
     # Triton cache of its own and the repository as its working directory, as tests/ops/test_kernels_compile.py's
     # compiles: started from a working directory that no longer exists, torch's MKL stops the child at import)
@@ -110,7 +111,9 @@ def test_chain_kernels_wait_before_reading_and_writing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path / "triton-cache")
     root = script.parents[2]
-    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    args = ["--own-gdc"] if gdc == "own" else []  # (ssmkit's inline PTX, which Triton 3.4 gets)
+    run = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, cwd=root,
+                         timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     found = json.loads(run.stdout.strip().splitlines()[-1])
     assert sorted(found) == sorted(AHEAD)
