@@ -37,6 +37,9 @@ GPUS = {
     "a10": ((8, 6), 72, 101376, 24 * 2**30, "NVIDIA A10"),
     "v100": ((7, 0), 80, 98304, 32 * 2**30, "Tesla V100-SXM2-32GB"),
     "t4": ((7, 5), 40, 65536, 15 * 2**30, "Tesla T4"),
+    # (Blackwell: planned for and compiled offline by ssd_shared_memory.py; newer than the H200, so not emulated)
+    "b200": ((10, 0), 148, 232448, 178 * 2**30, "NVIDIA B200"),
+    "rtx5090": ((12, 0), 170, 101376, 32 * 2**30, "NVIDIA GeForce RTX 5090"),
 }
 
 
@@ -85,9 +88,13 @@ def main() -> None:
     gpu, rest = args[0], args[1:]
     if rest[:1] == ["--"]:
         rest = rest[1:]
+    import torch
+
+    if GPUS[gpu][0] > torch.cuda.get_device_capability(0):
+        sys.exit(f"{gpu}: compute capability {GPUS[gpu][0]} is newer than this GPU's "
+                 f"{torch.cuda.get_device_capability(0)}, which cannot run code lowered for it")
     emulate(gpu)
     import pytest
-    import torch
 
     props = torch.cuda.get_device_properties(0)
     print(f"emulating {props.name}: compute capability {props.major}.{props.minor}, {props.multi_processor_count} "

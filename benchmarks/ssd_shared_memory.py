@@ -37,7 +37,7 @@ from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
 
 # name: (compute capability, SMs, shared memory per block (opt-in), bytes), from gpu_emulate.GPUS
 GPUS = {name: (10 * cc[0] + cc[1], sms, shared) for name, (cc, sms, shared, _, _) in EMULATE_GPUS.items()
-        if name in ("h200", "a100", "rtx4090", "v100", "t4")}  # fmt: skip
+        if name in ("h200", "a100", "rtx4090", "v100", "t4", "b200", "rtx5090")}  # fmt: skip
 DEFAULT_SHAPES = ["64,128", "64,256", "128,128", "64,64", "32,64"]  # P,N
 WALKS = ("_ssd_states_kernel", "_ssd_dstates_kernel", "_ssd_segment_sums_kernel")  # (one estimate)
 

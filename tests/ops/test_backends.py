@@ -76,6 +76,9 @@ def test_triton_needs_volta_or_later(monkeypatch, capability, runs):
     ((7, 5), "3.2.0", False, False),  # before Ampere: no bfloat16 code from Triton 3.0-3.2
     ((7, 5), "3.3.1", True, False),   # ... and no 16-bit SSD kernels from 3.3
     ((7, 0), "3.4.0", True, True),
+    ((10, 0), "3.6.0", True, False),  # B200: Triton 3.6 and 3.7 fail the SSD's backward kernels
+    ((10, 0), "3.8.0", True, True),
+    ((12, 0), "3.6.0", True, True),   # RTX 5090 compiles every kernel
 ])  # fmt: skip
 def test_triton_versions_that_cannot_compile(monkeypatch, capability, version, scan_runs, ssd_runs):
     """Where the installed Triton's compiler fails on ssmkit's kernels for this GPU generation

@@ -38,18 +38,21 @@ def triton_unavailable(device: torch.device) -> Optional[str]:
     return triton_unavailable_reason(device)
 
 
-# The oldest Triton that compiles every SSD kernel for a GPU generation (compute capability major: 9 for Hopper
-# and later, 7 before Ampere), from compiling each of them offline with Triton 3.0 to 3.9 for sm_90, sm_80, sm_75
-# and sm_70 (``benchmarks/triton_versions.py``): on Hopper, Triton 3.0-3.2 (torch 2.4-2.6) abort the whole
-# process on the 16-bit fused backward and the packed-sequence forward (LLVM "UNREACHABLE: unsupported
-# emitBaseIndexForLayout", "Failed to emit transfer from register to shared"); before Ampere, Triton 3.3
-# (torch 2.7) fails on every 16-bit SSD kernel ("PassManager::run failed"). Ampere and Ada compile from 3.0.
-SSD_MIN_TRITON = {9: (3, 3), 7: (3, 4)}
+# Tritons whose compiler fails on SSD kernels for a GPU generation, from compiling every launch offline with
+# Triton 3.0 to 3.9 for sm_100, sm_90, sm_80, sm_75 and sm_70 (``benchmarks/triton_versions.py``): (compute
+# capability majors, first and last failing Triton, what fails). Ampere, Ada (8.x) and consumer Blackwell (12.x)
+# compile every kernel with every version.
+SSD_FAILING_TRITON = (
+    ((9,), (3, 0), (3, 2), "they abort the whole process on the 16-bit fused backward and the packed-sequence "
+                            "forward (LLVM 'UNREACHABLE')"),
+    ((10,), (3, 6), (3, 7), "the backward kernels fail ('PassManager::run failed')"),
+    ((7,), (3, 0), (3, 3), "every 16-bit SSD kernel fails ('PassManager::run failed'; before 3.3 also bfloat16 code)"),
+)  # fmt: skip
 
 
 def ssd_triton_unavailable(device: torch.device) -> Optional[str]:
-    """:func:`triton_unavailable`, and on a GPU whose generation needs a later Triton for the SSD kernels
-    (:data:`SSD_MIN_TRITON`), why they cannot run there: ``"auto"`` then takes the PyTorch backend, and
+    """:func:`triton_unavailable`, and on a GPU for which the installed Triton's compiler fails on the SSD
+    kernels (:data:`SSD_FAILING_TRITON`), why they cannot run there: ``"auto"`` then takes the PyTorch backend, and
     ``backend="triton"`` raises with this reason instead of a compiler failure (or a crash)."""
     reason = triton_unavailable(device)
     if reason is not None or device.type != "cuda" or torch.compiler.is_compiling():
@@ -60,9 +63,14 @@ def ssd_triton_unavailable(device: torch.device) -> Optional[str]:
 @functools.lru_cache(maxsize=None)
 def _ssd_compiler_reason(index: int) -> Optional[str]:
     major, minor = torch.cuda.get_device_capability(index)
-    need = SSD_MIN_TRITON[9] if major >= 9 else SSD_MIN_TRITON[7] if major < 8 else None
-    if need is None or _triton.triton_version() >= need:
-        return None
-    return (f"the SSD kernels need Triton {'.'.join(map(str, need))} or later on compute capability {major}.{minor} "
-            f"(Triton {_triton.triton_version_text()}'s compiler fails on them; upgrade torch, which ships Triton, or use "
-            f"backend='torch')")
+    version = _triton.triton_version()
+    for majors, first, last, what in SSD_FAILING_TRITON:
+        if major in majors and first <= version <= last:
+            return (f"Triton {_triton.triton_version_text()}'s compiler fails on the SSD kernels for compute "
+                    f"capability {major}.{minor} (with Tritons {_text(first)} to {_text(last)}, {what}); upgrade "
+                    f"torch, which ships Triton, or use backend='torch'")
+    return None
+
+
+def _text(version: tuple) -> str:
+    return ".".join(map(str, version))
