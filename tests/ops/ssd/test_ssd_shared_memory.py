@@ -2,7 +2,9 @@
 
 A kernel that asks for more shared memory per program than the GPU has does not start. The plans were
 tuned on the H200 (227 KiB); an A100 has 163 KiB, an RTX 4090 (like every GPU of compute capability
-8.6 / 8.9) 99 KiB, a V100 96 KiB and a T4 (like the RTX 20xx, compute capability 7.5) 64 KiB. These tests make plans as each of those GPUs would (its SM count, compute capability
+8.6 / 8.9) 99 KiB, a V100 96 KiB and a T4 (like the RTX 20xx, compute capability 7.5) 64 KiB; a B200 has
+227 KiB (with its own factors: its products stage more), an RTX 5090 99 KiB. These tests make plans as each of
+those GPUs would (its SM count, compute capability
 and shared memory patched in; no GPU needed) and check them against ``shared_estimate``. That the estimate
 bounds what Triton's compiler really allocates is checked offline by
 ``tests/ops/test_kernels_compile.py::test_ssd_kernels_fit_shared_memory``; that the smaller tiles and chunks
@@ -29,6 +31,8 @@ GPUS = {  # name: (compute capability major, SMs, shared memory per block)
     "rtx4090": (8, 128, 101376),
     "v100": (7, 80, 98304),
     "t4": (7, 40, 65536),
+    "b200": (10, 148, 232448),
+    "rtx5090": (12, 170, 101376),
 }
 
 
