@@ -1,7 +1,7 @@
 """Compile a recorded Triton launch for a GPU that is not there, through the JIT's own path.
 
-``compile_launch(fn, args, kw, arch)`` hands ``fn``'s JIT the launch as the launcher made it (tensors stand-ins
-on the CPU with the same dtype and the same alignment, ints and floats as they were, constexprs and launch
+``compile_launch(fn, args, kw, arch)`` hands ``fn``'s JIT the launch as the launcher made it (for tensors,
+stand-ins on the CPU with the same dtype and the same alignment, ints and floats as they were, constexprs and launch
 options as keywords), with Triton's active driver replaced by one that only names the target (``sm_<arch>``).
 The JIT then specializes the arguments, parses the options and compiles with its bundled ptxas exactly as it
 would before a launch, and stops there (``warmup``). Unlike building an ``ASTSource`` by hand, this does not
@@ -64,8 +64,8 @@ def stand_in(t: torch.Tensor) -> torch.Tensor:
     which is all the JIT reads of a pointer argument."""
     offset = t.storage_offset() * t.element_size() % 16
     base = torch.empty(64, dtype=torch.uint8)
-    shift = (-base.data_ptr()) % 16 + offset
-    return base[shift:shift + 16].view(torch.uint8).view(t.dtype) if t.element_size() <= 16 else base
+    shift = (-base.data_ptr()) % 16 + offset  # (bytes to an address with the same remainder mod 16 as t's)
+    return base[shift : shift + 16].view(t.dtype)
 
 
 def compile_launch(fn, args: tuple, kw: dict, arch: int = 90):

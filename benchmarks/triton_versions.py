@@ -127,13 +127,14 @@ def scan_launches() -> list:
     from ssmkit.ops.scan import triton_launch as launch
 
     out = []
+    bf16, f32 = torch.bfloat16, torch.float32
     for label, (b, L, dim, N, dtype, cfg) in {
-        "bf16 N=16, two lanes (the GPU's wide rows)": (8, 4096, 2048, 16, torch.bfloat16, None),
-        "bf16 N=16, one lane (default config)": (2, 4096, 512, 16, torch.bfloat16, launch.default_config(16, torch.bfloat16)),
-        "fp32 N=64, grouped B/C": (2, 1000, 300, 64, torch.float32, None),
+        "bf16 N=16, two lanes (the GPU's wide rows)": (8, 4096, 2048, 16, bf16, None),
+        "bf16 N=16, one lane (default config)": (2, 4096, 512, 16, bf16, launch.default_config(16, bf16)),
+        "fp32 N=64, grouped B/C": (2, 1000, 300, 64, f32, None),
     }.items():  # fmt: skip
         u, delta, z = (_meta(b, L, dim, dtype=dtype) for _ in range(3))
-        A, D, bias = _meta(dim, N, dtype=torch.float32), _meta(dim, dtype=torch.float32), _meta(dim, dtype=torch.float32)
+        A, D, bias = _meta(dim, N, dtype=f32), _meta(dim, dtype=f32), _meta(dim, dtype=f32)
         G = 2 if N == 64 else 1
         B, C = _meta(b, L, G, N, dtype=dtype), _meta(b, L, G, N, dtype=dtype)
         h0 = _meta(b, dim, N, dtype=torch.float32)
@@ -158,10 +159,13 @@ def conv_launches() -> list:
         with mock.patch.object(conv, "FWD_LANE_CHANNELS", lanes), mock.patch.object(conv, "BWD_LANE_CHANNELS", lanes):
             out += [(f"conv bf16, {lanes} channels per thread", *c) for c in record(lambda: (
                 conv.conv_fwd(x, w, bias, None, True), conv.conv_bwd(dy, x, w, bias, None, True)))]  # fmt: skip
-    x, w, s0 = _meta(2, 1000, 300, dtype=torch.float32), _meta(300, 3, dtype=torch.float32), _meta(2, 2, 300, dtype=torch.float32)
+    f32 = torch.float32
+    x, w, s0 = _meta(2, 1000, 300, dtype=f32), _meta(300, 3, dtype=f32), _meta(2, 2, 300, dtype=f32)  # (K = 3)
     out += [("conv fp32, masked, initial state", *c) for c in record(lambda: (
         conv.conv_fwd(x, w, None, s0, False), conv.conv_bwd(torch.empty_like(x), x, w, None, s0, False)))]  # fmt: skip
-    out += [("conv decode update", *c) for c in record(lambda: _function(conv._step_op)(_meta(1, D), _meta(1, 3, D), _meta(D, 4), _meta(D), True))]  # fmt: skip
+    step = _function(conv._step_op)
+    out += [("conv decode update", *c)
+            for c in record(lambda: step(_meta(1, D), _meta(1, 3, D), _meta(D, 4), _meta(D), True))]  # fmt: skip
     return out
 
 
@@ -283,7 +287,8 @@ def run_here(families, arches) -> dict:
             detail = f"shared {res['shared']} B" if res["ok"] else res["error"]
             print(f"  {mark} sm_{arch} {label}: {fn.__name__}  ({detail}, {res['seconds']} s)", flush=True)
     bad = sum(not r["ok"] for r in rows)
-    print(f"triton {triton.__version__}: {len(rows) - bad} of {len(rows)} compiles ok" + (f", {bad} failed" if bad else ""))
+    failed = f", {bad} failed" if bad else ""
+    print(f"triton {triton.__version__}: {len(rows) - bad} of {len(rows)} compiles ok{failed}")
     return {"triton": triton.__version__, "launches": rows}
 
 

@@ -433,8 +433,9 @@ def make_plan(
 # 1.89 / 1.13, 0.47. Datacenter Blackwell (sm_100, B200; Triton 3.9, its tcgen05 products; 72 plans): the forward
 # scan 0.92 / 1.00, the fused backward 1.40 / 0.57, the walks 1.00 / 0.71, above Hopper's in three places;
 # consumer Blackwell (sm_120, RTX 5090: mma.sync) stays within Hopper's (1.31 / 0.65, 1.06 / 0.73, 0.59 / 0.63).
-SHARED_FACTOR = {  # (kernel, operand bytes, generation: 10 sm_100 / sm_110, 9 Hopper and sm_120+, 8 Ampere / Ada,
-    #                                                        7 Volta / Turing)
+# Keys: (kernel, operand bytes, generation): 10 sm_100 / sm_110, 9 Hopper and sm_120 on, 8 Ampere / Ada, 7 Volta /
+# Turing (``generation``).
+SHARED_FACTOR = {
     ("scan", 2, 10): 1.0, ("scan", 4, 10): 1.1, ("bwd", 2, 10): 1.5, ("bwd", 4, 10): 0.65,
     ("walk", 2, 10): 1.1, ("walk", 4, 10): 0.8,
     ("scan", 2, 9): 1.35, ("scan", 4, 9): 0.8, ("bwd", 2, 9): 1.35, ("bwd", 4, 9): 0.9,
