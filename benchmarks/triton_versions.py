@@ -19,8 +19,8 @@ launched, and each distinct launch is compiled through the JIT's own path for ea
 Launches (family: what is recorded): ssd (the forward and backward of four plans: the 16-bit walking plan at
 Mamba-2's shape, a masked chunk-64 plan with the fused backward walking, the fp32 head loop, packed sequences),
 scan (the forward with and without checkpoints, two lanes and one, and the backward), conv (forward and
-backward at one, two and four channels per thread, and the decode update), norm (the gated RMSNorm's forward
-and backward, the fused residual add + RMSNorm), decode (the scan and SSD steps and the one-row GEMV).
+backward at one, two and four channels per thread), norm (the gated RMSNorm's forward and backward, the fused
+residual add + RMSNorm), decode (the conv1d update, the scan and SSD steps and the one-row GEMV).
 """
 
 from __future__ import annotations
@@ -163,9 +163,6 @@ def conv_launches() -> list:
     x, w, s0 = _meta(2, 1000, 300, dtype=f32), _meta(300, 3, dtype=f32), _meta(2, 2, 300, dtype=f32)  # (K = 3)
     out += [("conv fp32, masked, initial state", *c) for c in record(lambda: (
         conv.conv_fwd(x, w, None, s0, False), conv.conv_bwd(torch.empty_like(x), x, w, None, s0, False)))]  # fmt: skip
-    step = _function(conv._step_op)
-    out += [("conv decode update", *c)
-            for c in record(lambda: step(_meta(1, D), _meta(1, 3, D), _meta(D, 4), _meta(D), True))]  # fmt: skip
     return out
 
 
@@ -190,12 +187,16 @@ def norm_launches() -> list:
 
 
 def decode_launches() -> list:
+    from ssmkit.ops.conv import causal_conv1d_triton as conv
     from ssmkit.ops.linear import gemv_triton
     from ssmkit.ops.scan import triton_step as scan_step
     from ssmkit.ops.ssd import triton_step as ssd_step
 
     out = []
     f32 = torch.float32
+    D, conv_step = 4352, _function(conv._step_op)
+    out += [("decode conv1d update", *c)
+            for c in record(lambda: conv_step(_meta(1, D), _meta(1, 3, D), _meta(D, 4), _meta(D), True))]  # fmt: skip
     out += [("decode scan step", *c) for c in record(lambda: _function(scan_step._step_op)(
         _meta(1, 4096, 16, dtype=f32), _meta(1, 4096), _meta(1, 4096), _meta(4096, 16, dtype=f32), _meta(1, 16),
         _meta(1, 16), _meta(4096, dtype=f32), _meta(1, 4096), _meta(4096, dtype=f32), True))]  # fmt: skip
