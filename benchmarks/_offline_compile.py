@@ -19,10 +19,10 @@ from triton.backends.compiler import GPUTarget
 
 
 class TargetOnlyDriver:
-    """Stands in for Triton's CUDA driver: one device, stream 0, the given target; nothing is launched."""
+    """Stands in for Triton's CUDA driver: one device per target, stream 0; nothing is launched."""
 
     def __init__(self, arch: int):
-        self.target = GPUTarget("cuda", arch, 32)
+        self.target, self.arch = GPUTarget("cuda", arch, 32), arch
 
     def is_active(self) -> bool:
         return True
@@ -31,7 +31,7 @@ class TargetOnlyDriver:
         return self.target
 
     def get_current_device(self) -> int:
-        return 0
+        return self.arch  # (the JIT keeps its compiled kernels per device: one "device" per target)
 
     def set_current_device(self, device: int) -> None:
         pass

@@ -3,10 +3,11 @@
 The launch sequences of ``ssmkit/ops/ssd/triton_launch.py`` (``ssd_fwd``,
 ``ssd_bwd``) run on *meta* tensors with every Triton kernel replaced by a
 recorder, so what gets compiled is exactly what the benchmark would launch:
-same constexprs, pointer dtypes, launch options (num_warps / num_stages) and
-the JIT's specializations (ints equal to 1 become constants, ints divisible by
-16 and every pointer get the divisibility-by-16 hint). The GPU's SM count is
-taken as 132 (H200), which fixes the plan's segments as on the device.
+same constexprs, pointer dtypes, launch options (num_warps / num_stages), compiled
+by the JIT itself with its own specializations (``_offline_compile.py``: ints equal
+to 1 become constants, ints divisible by 16 and aligned pointers get the
+divisibility-by-16 hint). The GPU's SM count is taken as 132 (H200), which fixes
+the plan's segments as on the device.
 
 Shape: the benchmark's by default (B=8, L=4096, H=32, P=64, N=128, G=1, bf16; --shape, --n, --dtype), D (H,),
 dt_bias, softplus, no z, at Q=32 and Q=64. Per kernel: registers, stack
@@ -41,18 +42,16 @@ from unittest import mock
 
 import torch
 import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+from _offline_compile import compile_launch as offline_compile  # noqa: E402
 from scan_codegen import BIN, loops  # noqa: E402
 
 from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
 
 KINDS = ("HGMMA", "HMMA", "MUFU", "FFMA", "FMUL", "FADD", "LDG", "STG", "LDS", "LDSM", "STS", "BAR", "SHFL", "LDL", "STL")
 SM_COUNT = 132  # H200
-PTR = {torch.bfloat16: "*bf16", torch.float16: "*fp16", torch.float32: "*fp32", torch.int64: "*i64", torch.int32: "*i32"}
 
 
 class Recorder:
@@ -77,30 +76,11 @@ def record(run) -> list:
     return calls
 
 
-def compile_launch(fn, args, kw):
-    """(resource line, SASS, shared bytes) of one recorded launch, compiled for sm_90."""
-    options = {k: kw.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg") if k in kw}
-    values = dict(zip([p.name for p in fn.params], args)) | kw
-    sig, attrs, constexprs = {}, {}, {}
-    for i, p in enumerate(fn.params):
-        v = values[p.name] if p.name in values or not p.has_default else p.default  # (defaults left out)
-        if p.is_constexpr:
-            sig[p.name], constexprs[p.name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = PTR[v.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        elif isinstance(v, bool) or not isinstance(v, int):
-            raise TypeError(f"{fn.__name__}: unexpected argument {p.name}={v!r}")
-        elif v == 1 and not p.do_not_specialize:  # the JIT turns ints equal to 1 into constants (unless told not to)
-            sig[p.name], constexprs[p.name] = "constexpr", 1
-        else:
-            sig[p.name] = "i32" if -(2**31) <= v < 2**31 else "i64"
-            if v % 16 == 0 and not p.do_not_specialize:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
+def compile_launch(fn, args, kw, arch: int = 90):
+    """(resource line, SASS, shared bytes, launch options) of one recorded launch, compiled for ``sm_<arch>``
+    through the JIT's own path (``_offline_compile.compile_launch``)."""
+    c = offline_compile(fn, args, kw, arch)
+    options = {k: kw[k] for k in ("num_warps", "num_stages", "enable_fp_fusion", "maxnreg") if k in kw}
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(c.asm["cubin"])
     res = subprocess.run([f"{BIN}/cuobjdump", "-res-usage", f.name], capture_output=True, text=True).stdout

@@ -31,7 +31,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import ssd_codegen as codegen  # noqa: E402
 from gpu_emulate import GPUS as EMULATE_GPUS  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
 
 from ssmkit.ops.ssd import triton_launch as launch  # noqa: E402
 
@@ -62,8 +61,7 @@ def gpu_plan(x: torch.Tensor, N: int, chunk: int, arch: int, sms: int, shared: i
 
 def compile_shared(fn, args, kw, arch: int) -> int:
     """Shared bytes of one recorded launch compiled for ``arch``."""
-    with mock.patch.object(codegen, "GPUTarget", lambda *a: GPUTarget("cuda", arch, 32)):
-        return codegen.compile_launch(fn, args, dict(kw))[2]
+    return codegen.compile_launch(fn, args, dict(kw), arch)[2]
 
 
 def check(gpu: str, dtype: torch.dtype, P: int, N: int, chunk: int, fit: bool, shape=(2, 1024, 8)) -> bool:
