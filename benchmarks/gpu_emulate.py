@@ -86,32 +86,37 @@ def main() -> None:
         sys.exit(f"usage: {sys.argv[0]} {{{','.join(GPUS)}}} -- PYTEST_ARGS | benchmarks/SCRIPT.py ARGS "
                  f"(got {args[:1]})")
     gpu, rest = args[0], args[1:]
-    if rest[:1] == ["--"]:
-        rest = rest[1:]
     import torch
 
     if GPUS[gpu][0] > torch.cuda.get_device_capability(0):
         sys.exit(f"{gpu}: compute capability {GPUS[gpu][0]} is newer than this GPU's "
                  f"{torch.cuda.get_device_capability(0)}, which cannot run code lowered for it")
     emulate(gpu)
-    import pytest
-
     props = torch.cuda.get_device_properties(0)
     print(f"emulating {props.name}: compute capability {props.major}.{props.minor}, {props.multi_processor_count} "
           f"SMs, {props.shared_memory_per_block_optin // 1024} KiB shared memory per block; "
           f"TRITON_OVERRIDE_ARCH={os.environ['TRITON_OVERRIDE_ARCH']}", flush=True)  # fmt: skip
+    code = run_tests_or_script(rest)
+    print(compiled_summary(os.environ["TRITON_CACHE_DIR"]), flush=True)
+    sys.exit(code)
+
+
+def run_tests_or_script(rest: list) -> int:
+    """Run ``rest`` in this process: a script under benchmarks/ with its arguments where it names one, else
+    pytest with those arguments; returns the exit status."""
+    if rest[:1] == ["--"]:
+        rest = rest[1:]
     if rest and rest[0].startswith("benchmarks/") and rest[0].endswith(".py"):
         sys.argv = rest
         sys.path.insert(0, os.path.dirname(os.path.abspath(rest[0])))
         try:
             runpy.run_path(rest[0], run_name="__main__")
-            code = 0
+            return 0
         except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-    else:
-        code = pytest.main(rest)
-    print(compiled_summary(os.environ["TRITON_CACHE_DIR"]), flush=True)
-    sys.exit(code)
+            return e.code if isinstance(e.code, int) else 1
+    import pytest
+
+    return pytest.main(rest)
 
 
 def compiled_summary(cache: str) -> str:

@@ -42,7 +42,7 @@ def _skip_reason() -> str:
     from triton.compiler import ASTSource
 
     if "constexprs" not in inspect.signature(ASTSource).parameters:  # (Triton 3.0 / 3.1: constants=, AttrsDescriptor)
-        return (f"the compile scripts build kernels with ASTSource(constexprs=...), which Triton "
+        return (f"scan_codegen.py builds kernels with ASTSource(constexprs=...), which Triton "
                 f"{triton.__version__} lacks")
     return ""
 

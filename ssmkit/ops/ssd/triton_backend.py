@@ -54,7 +54,7 @@ def ssd_triton_unavailable(device: torch.device) -> Optional[str]:
     """:func:`triton_unavailable`, and on a GPU for which the installed Triton's compiler fails on the SSD
     kernels (:data:`SSD_FAILING_TRITON`), why they cannot run there: ``"auto"`` then takes the PyTorch backend, and
     ``backend="triton"`` raises with this reason instead of a compiler failure (or a crash)."""
-    reason = triton_unavailable(device)
+    reason = triton_unavailable(device)  # (None while torch.compile traces: then so is this)
     if reason is not None or device.type != "cuda" or torch.compiler.is_compiling():
         return reason
     return _ssd_compiler_reason(device.index if device.index is not None else torch.cuda.current_device())
