@@ -41,7 +41,7 @@ def _skip_reason() -> str:
     import triton
     from triton.compiler import ASTSource
 
-    if "constexprs" not in inspect.signature(ASTSource).parameters:  # (Triton 3.0 / 3.1: constants=, AttrsDescriptor)
+    if "constexprs" not in inspect.signature(ASTSource).parameters:  # (Triton 3.0-3.2: constants=)
         return (f"scan_codegen.py builds kernels with ASTSource(constexprs=...), which Triton "
                 f"{triton.__version__} lacks")
     return ""
