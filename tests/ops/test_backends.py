@@ -70,13 +70,13 @@ def test_triton_needs_volta_or_later(monkeypatch, capability, runs):
 
 
 @pytest.mark.parametrize("capability, version, scan_runs, ssd_runs", [
-    ((9, 0), "3.2.0", True, False),   # Hopper: Triton 3.0-3.2 abort compiling the SSD's fused backward
+    ((9, 0), "3.2.0", True, True),    # Hopper: Triton 3.0-3.2 compile the SSD in their forms (triton_forms.py)
     ((9, 0), "3.3.1", True, True),
     ((8, 0), "3.0.0", True, True),    # Ampere compiles every kernel from 3.0
     ((7, 5), "3.2.0", False, False),  # before Ampere: no bfloat16 code from Triton 3.0-3.2
     ((7, 5), "3.3.1", True, False),   # ... and no 16-bit SSD kernels from 3.3
     ((7, 0), "3.4.0", True, True),
-    ((10, 0), "3.6.0", True, False),  # B200: Triton 3.6 and 3.7 fail the SSD's backward kernels
+    ((10, 0), "3.6.0", True, True),   # B200: Triton 3.6 and 3.7 compile the SSD's backward with TMEM_SUMS
     ((10, 0), "3.8.0", True, True),
     ((12, 0), "3.6.0", True, True),   # RTX 5090 compiles every kernel
 ])  # fmt: skip

@@ -40,12 +40,10 @@ def triton_unavailable(device: torch.device) -> Optional[str]:
 
 # Tritons whose compiler fails on SSD kernels for a GPU generation, from compiling every launch offline with
 # Triton 3.0 to 3.9 for sm_100, sm_90, sm_80, sm_75 and sm_70 (``benchmarks/triton_versions.py``): (compute
-# capability majors, first and last failing Triton, what fails). Ampere, Ada (8.x) and consumer Blackwell (12.x)
-# compile every kernel with every version.
+# capability majors, first and last failing Triton, what fails). Hopper with Triton 3.0-3.2 and sm_100 with 3.6-3.7
+# compile the kernels in the forms of ``triton_forms.py``; Ampere, Ada (8.x) and consumer Blackwell (12.x) compile
+# every kernel with every version.
 SSD_FAILING_TRITON = (
-    ((9,), (3, 0), (3, 2), "they abort the whole process on the 16-bit fused backward and the packed-sequence "
-                            "forward (LLVM 'UNREACHABLE')"),
-    ((10,), (3, 6), (3, 7), "the backward kernels fail ('PassManager::run failed')"),
     ((7,), (3, 0), (3, 3), "every 16-bit SSD kernel fails ('PassManager::run failed'; before 3.3 also bfloat16 code)"),
 )  # fmt: skip
 

@@ -43,6 +43,7 @@ import torch
 import triton.language as tl
 
 from .._triton import LAUNCH, cdiv, device_major, next_pow2, shared_memory, sm_count
+from . import triton_forms
 from .triton_bwd_heads import _ssd_bwd_heads_kernel
 from .triton_head_sums import _ssd_head_sums_kernel
 from .triton_passing import _ssd_passing_kernel
@@ -406,8 +407,9 @@ def make_plan(
         bwd_span = BWD_SPAN
     if head_loop is None:
         head_loop = HEAD_LOOP and x.element_size() == 4
-    if bwd_warps <= 0:
-        bwd_warps = 8 if bwd_span and Q > 32 and x.element_size() == 2 else 4
+    if bwd_warps <= 0:  # (Triton 3.0-3.2 crash compiling the 16-bit backward at 8 warps: triton_forms.py)
+        eight = bwd_span and Q > 32 and x.element_size() == 2 and not triton_forms.OLD_TRITON_FORMS.value
+        bwd_warps = 8 if eight else 4
     # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
     if y_off_from_dc is None:
@@ -830,7 +832,8 @@ def ssd_bwd(
         HAS_DINIT=init is not None, G_CHUNKS=span > 0, Y_OFF_FROM_DC=plan.y_off_from_dc, HEADS_INNER=heads_inner,
         REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        WHOLE=whole_tiles(plan, L, P, N, plan.block_p_bwd, plan.block_n), num_warps=plan.bwd_warps,
+        WHOLE=whole_tiles(plan, L, P, N, plan.block_p_bwd, plan.block_n),
+        TMEM_SUMS=triton_forms.tensor_memory_sums(device_major(x.device)), num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
@@ -900,7 +903,8 @@ def _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA
         o.numel(), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        num_warps=plan.bwd_warps, num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
+        TMEM_SUMS=triton_forms.tensor_memory_sums(device_major(x.device)), num_warps=plan.bwd_warps,
+        num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     if direct:
         return dB, dC

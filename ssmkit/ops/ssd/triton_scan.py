@@ -30,6 +30,7 @@ import triton.language as tl
 
 from ..scan.triton_common import _load_in, _store_in
 from .triton_cumsum import chunk_bounds, chunk_decay, chunk_dt, decay_matrix, decay_of, last_of, mask_if, program_tile
+from .triton_forms import inputs_to_state
 
 
 @triton.jit
@@ -167,7 +168,9 @@ def _ssd_scan_fwd_kernel(
         if not H_CHUNKS:  # advance the state to the chunk's end (as in triton_states.py)
             w = delta * tl.exp(acum_last - acum)
             xs = (xv.to(tl.float32) * w[:, None]).to(DT)
-            state = state * tl.exp(acum_last) + tl.dot(tl.trans(Bv), xs, input_precision=PREC)
+            BT_ptrs = B_row + t[None, :] * stride_B_l + offs_n[:, None]
+            BT_mask = mask_q[None, :] & mask_n[:, None]
+            state = state * tl.exp(acum_last) + inputs_to_state(Bv, xs, BT_ptrs, BT_mask, DT, PREC)
             if VARLEN:
                 tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
     if not VARLEN and not H_CHUNKS:

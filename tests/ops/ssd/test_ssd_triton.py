@@ -116,6 +116,39 @@ def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, s
     assert_all_close(got, ref, dtype, GRAD_NAMES)
 
 
+FORM_CASES = [  # the walking scan's state update, the walking and chunk-parallel backward, chunks over 32,
+    CASES[1], CASES[3], CASES[6], (torch.float32, 37, 40, 16, 2, "HP", True, 0, -1, -1)]  # and the head loop
+
+
+@pytest.mark.skipif(CUDA, reason="compiled kernels keep the global they were compiled with: on a GPU, run this "
+                                 "file with SSMKIT_SSD_OLD_TRITON_FORMS=1")  # fmt: skip
+@pytest.mark.parametrize("form", ["triton 3.0-3.2", "tensor memory"])
+@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span", FORM_CASES)
+def test_kernel_forms(gen, monkeypatch, form, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
+    """The forms that Triton 3.0-3.2 compile (``triton_forms.py``: B^T loaded as its own tile, <g, h>
+    elementwise, sums axis by axis, the 16-bit backward at 4 warps) and those the kernels take on GPUs with
+    tensor memory (whole-tile sums) give the same output, final state and gradients against the float64 loop."""
+    import triton.language as tl
+
+    from ssmkit.ops.ssd import triton_forms
+    from ssmkit.ops.ssd.triton_launch import make_plan
+
+    x = torch.empty(2, 256, 8, 64, dtype=torch.bfloat16)
+    assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == 8
+    if form == "triton 3.0-3.2":
+        monkeypatch.setattr(triton_forms, "OLD_TRITON_FORMS", tl.constexpr(True))
+        assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == 4
+    else:
+        assert triton_forms.tensor_memory_sums(10) and not triton_forms.tensor_memory_sums(9)
+        monkeypatch.setattr(triton_forms, "tensor_memory_sums", lambda major: True)
+    inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
+    seed = int(torch.randint(2**62, (1,), generator=gen))
+    got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
+    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
+              dt_softplus=softplus)  # fmt: skip
+    assert_all_close(got, ref, dtype, GRAD_NAMES)
+
+
 @pytest.mark.parametrize("reduce, heads_inner", [(True, True), (False, True), (True, False)])
 @pytest.mark.parametrize("dtype, P, G", [(torch.float32, 12, 2), (torch.bfloat16, 72, 1)])
 def test_head_sums(gen, monkeypatch, reduce, heads_inner, dtype, P, G):
