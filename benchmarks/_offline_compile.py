@@ -7,7 +7,7 @@ The JIT then specializes the arguments, parses the options and compiles with its
 would before a launch, and stops there (``warmup``). Unlike building an ``ASTSource`` by hand, this does not
 depend on how a given Triton version spells signatures, constexprs and attributes: the same call works from
 Triton 3.0 to 3.9 (``benchmarks/triton_versions.py`` runs it across them). Constexprs that a launcher sets by
-the GPU's generation (the SSD backward's ``TMEM_SUMS``) are set for the target, as on that GPU.
+the GPU's generation (the SSD kernels' ``FORMS``) are set for the target, as on that GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
-from ssmkit.ops.ssd.triton_forms import tensor_memory_sums
+from ssmkit.ops.ssd.triton_forms import kernel_forms
 
 
 class TargetOnlyDriver:
@@ -75,7 +75,7 @@ def compile_launch(fn, args: tuple, kw: dict, arch: int = 90):
     """The ``CompiledKernel`` of ``fn[grid](*args, **kw)`` for ``sm_<arch>`` (``asm["cubin"]``, ``asm["ptx"]``,
     ``metadata.shared``, ...). ``args`` / ``kw`` may hold meta tensors."""
     swap = lambda v: stand_in(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
-    if "TMEM_SUMS" in {p.name for p in fn.params}:  # (recorded without that GPU)
-        kw = dict(kw, TMEM_SUMS=tensor_memory_sums(arch // 10))
+    if "FORMS" in {p.name for p in fn.params}:  # (recorded without that GPU)
+        kw = dict(kw, FORMS=kernel_forms(arch // 10))
     with target(arch):
         return fn.run(*[swap(a) for a in args], grid=(1,), warmup=True, **{k: swap(v) for k, v in kw.items()})

@@ -76,7 +76,7 @@ def test_triton_needs_volta_or_later(monkeypatch, capability, runs):
     ((7, 5), "3.2.0", False, False),  # before Ampere: no bfloat16 code from Triton 3.0-3.2
     ((7, 5), "3.3.1", True, False),   # ... and no 16-bit SSD kernels from 3.3
     ((7, 0), "3.4.0", True, True),
-    ((10, 0), "3.6.0", True, True),   # B200: Triton 3.6 and 3.7 compile the SSD's backward with TMEM_SUMS
+    ((10, 0), "3.6.0", True, True),   # B200: Triton 3.6 and 3.7 compile the SSD's backward (triton_forms.py)
     ((10, 0), "3.8.0", True, True),
     ((12, 0), "3.6.0", True, True),   # RTX 5090 compiles every kernel
 ])  # fmt: skip

@@ -37,9 +37,9 @@ def _ssd_bwd_heads_kernel(
     share_ddt, share_dA,
     SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr, D_PER_P: tl.constexpr,
     VARLEN: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, TMEM_SUMS: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FORMS: tl.constexpr = 0,
 ):  # fmt: skip
-    """Grid (n_chunks, batch * G, n_pb = cdiv(P, BLOCK_P)); ``TMEM_SUMS`` as for ``_ssd_bwd_kernel``.
+    """Grid (n_chunks, batch * G, n_pb = cdiv(P, BLOCK_P)); ``FORMS`` as for ``_ssd_bwd_kernel``.
 
     x, dy, dx, dt, B, C, hin, gchunk as for ``_ssd_bwd_kernel`` with ``G_CHUNKS`` (gchunk: the gradient at
     every chunk's end); ddt: (n_pb, B, L, H) fp32 shares; dA: (n_pb, B * n_chunks, H) fp32 shares; dD:
@@ -92,10 +92,10 @@ def _ssd_bwd_heads_kernel(
 
         e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta = chunk_head_grads(
             xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, True, DT, PREC,
-            TMEM_SUMS=TMEM_SUMS)
+            FORMS=FORMS)
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
         tl.store(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask=mask_q)
-        tl.store(dA_ptr + pid_p.to(tl.int64) * share_dA + row * H + head, vector_sum(delta * da, TMEM_SUMS))
+        tl.store(dA_ptr + pid_p.to(tl.int64) * share_dA + row * H + head, vector_sum(delta * da, FORMS))
         dx = delta[:, None] * dxt
         if HAS_D:
             dyf = dyv.to(tl.float32)

@@ -408,7 +408,8 @@ def make_plan(
     if head_loop is None:
         head_loop = HEAD_LOOP and x.element_size() == 4
     if bwd_warps <= 0:  # (Triton 3.0-3.2 crash compiling the 16-bit backward at 8 warps: triton_forms.py)
-        eight = bwd_span and Q > 32 and x.element_size() == 2 and not triton_forms.OLD_TRITON_FORMS.value
+        old = triton_forms.kernel_forms(device_major(x.device)) == triton_forms.OLD_TRITON
+        eight = bwd_span and Q > 32 and x.element_size() == 2 and not old
         bwd_warps = 8 if eight else 4
     # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
@@ -736,7 +737,7 @@ def ssd_fwd(
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
         H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner,
         TILES_AHEAD=TILES_AHEAD and not plan.fwd_span and (not store_h or STORE_H_TILES_AHEAD), **flags,
-        **blocks, **LAUNCH,
+        FORMS=triton_forms.kernel_forms(device_major(x.device)), **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
 
@@ -834,7 +835,7 @@ def ssd_bwd(
         REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         WHOLE=whole_tiles(plan, L, P, N, plan.block_p_bwd, plan.block_n),
-        TMEM_SUMS=triton_forms.tensor_memory_sums(device_major(x.device)), num_warps=plan.bwd_warps,
+        FORMS=triton_forms.kernel_forms(device_major(x.device)), num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
@@ -904,7 +905,7 @@ def _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA
         o.numel(), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        TMEM_SUMS=triton_forms.tensor_memory_sums(device_major(x.device)), num_warps=plan.bwd_warps,
+        FORMS=triton_forms.kernel_forms(device_major(x.device)), num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     if direct:

@@ -60,10 +60,11 @@ def _ssd_scan_fwd_kernel(
     HAS_Z: tl.constexpr, STORE_PRE: tl.constexpr, HAS_INIT: tl.constexpr, VARLEN: tl.constexpr,
     H_CHUNKS: tl.constexpr, STORE_H: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, TILES_AHEAD: tl.constexpr = False,
-    WHOLE: tl.constexpr = False,
+    WHOLE: tl.constexpr = False, FORMS: tl.constexpr = 0,
 ):  # fmt: skip
     """Grid (cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (cdiv(P, BLOCK_P), batch * H, n_segs);
-    with H_CHUNKS the segments are spans of ``seg_chunks`` chunks; ``WHOLE``: whole tiles (``triton_cumsum``).
+    with H_CHUNKS the segments are spans of ``seg_chunks`` chunks; ``WHOLE``: whole tiles (``triton_cumsum``);
+    ``FORMS``: how the state update is written for this GPU and Triton (``triton_forms``).
 
     x, z, out, pre: (B, L, H, P), (H, P) contiguous in a token; x with its own batch / token strides,
     z, out, pre with stride_y_*; dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
@@ -170,7 +171,7 @@ def _ssd_scan_fwd_kernel(
             xs = (xv.to(tl.float32) * w[:, None]).to(DT)
             BT_ptrs = B_row + t[None, :] * stride_B_l + offs_n[:, None]
             BT_mask = mask_q[None, :] & mask_n[:, None]
-            state = state * tl.exp(acum_last) + inputs_to_state(Bv, xs, BT_ptrs, BT_mask, DT, PREC)
+            state = state * tl.exp(acum_last) + inputs_to_state(Bv, xs, BT_ptrs, BT_mask, DT, PREC, FORMS)
             if VARLEN:
                 tl.store(final_ptr + (seq * H + head) * P * N + api_np, state, mask=mask_if(mask_np, closes))
     if not VARLEN and not H_CHUNKS:

@@ -79,7 +79,7 @@ def _sum_group(src_ptr, dst_ptr, first, at, mask_qn, n_parts, N, BLOCK_Q: tl.con
 @triton.jit
 def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p,
                      Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
-                     WHOLE: tl.constexpr = False, TMEM_SUMS: tl.constexpr = False):  # fmt: skip
+                     WHOLE: tl.constexpr = False, FORMS: tl.constexpr = 0):  # fmt: skip
     """One chunk and head's share of the backward (module docstring) from its loaded tiles: x (Q, P) fp32, dy
     (Q, P), B, C (Q, N), C B^T (Q, Q) fp32 (or None: formed here), h, g (N, P) in DT, Δ and the chunk-local log
     decays. Returns (e_in, e_end, x̃, dx̃, M', C B^T, dy h^T, d a, dΔ): the decays from the chunk's start to i and
@@ -114,7 +114,7 @@ def chunk_head_grads(xf, dyv, Bv, Cv, CB, h_in, gd, delta, acum, acum_last, A, m
     state_dot = tl.sum(xt.to(tl.float32) * dxt_state, axis=1)  # x̃_j · dx̃^state_j
     da = tl.sum(tl.where(causal, before_t + y_off_dot[:, None], 0.0), axis=0)
     da += tl.cumsum(state_dot, axis=0) - state_dot
-    da += tl.exp(acum_last) * trace_of_product(gd, h_in, offs_p, PREC, TMEM_SUMS)
+    da += tl.exp(acum_last) * trace_of_product(gd, h_in, offs_p, PREC, FORMS)
     if not WHOLE:  # (with whole tiles every token is in the chunk)
         da = tl.where(mask_q, da, 0.0)
 
@@ -137,11 +137,11 @@ def _ssd_bwd_kernel(
     Y_OFF_FROM_DC: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, HEADS_INNER: tl.constexpr,
     REDUCE_HEADS: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, WHOLE: tl.constexpr = False,
-    TMEM_SUMS: tl.constexpr = False,
+    FORMS: tl.constexpr = 0,
 ):  # fmt: skip
     """Grid (n_pb = cdiv(P, BLOCK_P), n_segs, batch * H), or with HEADS_INNER (n_pb, batch * H, n_segs);
-    ``WHOLE``: whole tiles (``triton_cumsum``); ``TMEM_SUMS``: sums in the form for GPUs with tensor memory
-    (``triton_forms``).
+    ``WHOLE``: whole tiles (``triton_cumsum``); ``FORMS``: how three expressions are written for this GPU and
+    Triton (``triton_forms``).
 
     x, dy, dx: (B, L, H, P), (H, P) contiguous in a token (x: stride_x_*, dy: stride_y_*, dx: stride_dx_*);
     dt: (B, L, H); B, C: (B, L, G, N) (the same strides);
@@ -216,10 +216,10 @@ def _ssd_bwd_kernel(
 
         e_in, e_end, xt, dxt, Mp, CB, dyh, da, ddelta = chunk_head_grads(
             xf, dyv, Bv, Cv, None, h_in, gd, delta, acum, acum_last, A, mask_q, offs_q, offs_p, Y_OFF_FROM_DC, DT, PREC,
-            WHOLE, TMEM_SUMS)  # fmt: skip
+            WHOLE, FORMS)  # fmt: skip
         ddt_share = ddt_ptr + pid_p.to(tl.int64) * share_ddt + b64 * stride_dt_b + head
         _store_in(ddt_share + t * stride_dt_l, dt_grad(ddelta, raw, SOFTPLUS), mask_q, WHOLE)
-        dA_acc += vector_sum(delta * da, TMEM_SUMS)
+        dA_acc += vector_sum(delta * da, FORMS)
         dx = delta[:, None] * dxt
         if HAS_D:
             dyf = dyv.to(tl.float32)

@@ -120,27 +120,24 @@ FORM_CASES = [  # the walking scan's state update, the walking and chunk-paralle
     CASES[1], CASES[3], CASES[6], (torch.float32, 37, 40, 16, 2, "HP", True, 0, -1, -1)]  # and the head loop
 
 
-@pytest.mark.skipif(CUDA, reason="compiled kernels keep the global they were compiled with: on a GPU, run this "
-                                 "file with SSMKIT_SSD_OLD_TRITON_FORMS=1")  # fmt: skip
 @pytest.mark.parametrize("form", ["triton 3.0-3.2", "tensor memory"])
 @pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span", FORM_CASES)
 def test_kernel_forms(gen, monkeypatch, form, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
-    """The forms that Triton 3.0-3.2 compile (``triton_forms.py``: B^T loaded as its own tile, <g, h>
-    elementwise, sums axis by axis, the 16-bit backward at 4 warps) and those the kernels take on GPUs with
-    tensor memory (whole-tile sums) give the same output, final state and gradients against the float64 loop."""
-    import triton.language as tl
-
+    """The forms of Hopper with Triton 3.0-3.2 (``triton_forms.py``: B^T loaded as its own tile, <g, h>
+    elementwise, sums axis by axis, the 16-bit backward at 4 warps) and of GPUs with tensor memory (whole-tile
+    sums) give the same output, final state and gradients against the float64 loop."""
     from ssmkit.ops.ssd import triton_forms
     from ssmkit.ops.ssd.triton_launch import make_plan
 
+    monkeypatch.delenv("SSMKIT_SSD_OLD_TRITON_FORMS", raising=False)
+    version = triton_forms.triton_version()
+    assert triton_forms.kernel_forms(9) == (triton_forms.OLD_TRITON if version < (3, 3) else triton_forms.PLAIN)
+    assert triton_forms.kernel_forms(10) == triton_forms.TENSOR_MEMORY and triton_forms.kernel_forms(8) == triton_forms.PLAIN
     x = torch.empty(2, 256, 8, 64, dtype=torch.bfloat16)
     assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == 8
-    if form == "triton 3.0-3.2":
-        monkeypatch.setattr(triton_forms, "OLD_TRITON_FORMS", tl.constexpr(True))
-        assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == 4
-    else:
-        assert triton_forms.tensor_memory_sums(10) and not triton_forms.tensor_memory_sums(9)
-        monkeypatch.setattr(triton_forms, "tensor_memory_sums", lambda major: True)
+    forms = triton_forms.OLD_TRITON if form == "triton 3.0-3.2" else triton_forms.TENSOR_MEMORY
+    monkeypatch.setattr(triton_forms, "kernel_forms", lambda major: forms)  # (what the launchers and plans ask)
+    assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == (4 if forms == triton_forms.OLD_TRITON else 8)
     inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
