@@ -23,7 +23,8 @@ expression is written, not on what it computes:
 
 The launchers pass :func:`kernel_forms` of the GPU as the kernels' ``FORMS``.
 ``SSMKIT_SSD_OLD_TRITON_FORMS=1`` takes the older forms on any GPU and with
-any Triton (how the tests run them on a GPU whose Triton is newer).
+any Triton (how they were timed and the SSD tests run with them on the H200,
+whose Triton is newer).
 """
 
 import functools
