@@ -105,15 +105,20 @@ CASES = [  # dtype, L, P, chunk, G, D shape, softplus, seg_chunks (0: default pl
 ]
 
 
-@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span", CASES)
-def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
-    """Output, final state and every gradient against the float64 loop."""
+def check_case(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
+    """One of ``CASES``: output, final state and every gradient against the float64 loop."""
     inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
     seed = int(torch.randint(2**62, (1,), generator=gen))
     got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
     ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
               dt_softplus=softplus)  # fmt: skip
     assert_all_close(got, ref, dtype, GRAD_NAMES)
+
+
+@pytest.mark.parametrize("dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span", CASES)
+def test_matches_reference(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span):
+    """Output, final state and every gradient against the float64 loop."""
+    check_case(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span)
 
 
 FORM_CASES = [  # the walking scan's state update, the walking and chunk-parallel backward, chunks over 32,
@@ -138,12 +143,7 @@ def test_kernel_forms(gen, monkeypatch, form, dtype, L, P, chunk, G, D_shape, so
     forms = triton_forms.OLD_TRITON if form == "triton 3.0-3.2" else triton_forms.TENSOR_MEMORY
     monkeypatch.setattr(triton_forms, "kernel_forms", lambda major: forms)  # (what the launchers and plans ask)
     assert make_plan(x, 128, 64, None, bwd_span=1).bwd_warps == (4 if forms == triton_forms.OLD_TRITON else 8)
-    inp = make_inputs(gen, L=L, P=P, G=G, dtype=dtype, D_shape=D_shape, softplus=softplus)
-    seed = int(torch.randint(2**62, (1,), generator=gen))
-    got = run(triton_with(seg, span, fwd_span), inp, torch.Generator().manual_seed(seed), dt_softplus=softplus, chunk_size=chunk)
-    ref = run(ssd_reference, {k: v.double() for k, v in inp.items()}, torch.Generator().manual_seed(seed),
-              dt_softplus=softplus)  # fmt: skip
-    assert_all_close(got, ref, dtype, GRAD_NAMES)
+    check_case(gen, dtype, L, P, chunk, G, D_shape, softplus, seg, span, fwd_span)
 
 
 @pytest.mark.parametrize("reduce, heads_inner", [(True, True), (False, True), (True, False)])
