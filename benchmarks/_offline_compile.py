@@ -6,8 +6,9 @@ options as keywords), with Triton's active driver replaced by one that only name
 The JIT then specializes the arguments, parses the options and compiles with its bundled ptxas exactly as it
 would before a launch, and stops there (``warmup``). Unlike building an ``ASTSource`` by hand, this does not
 depend on how a given Triton version spells signatures, constexprs and attributes: the same call works from
-Triton 3.0 to 3.9 (``benchmarks/triton_versions.py`` runs it across them). Constexprs that a launcher sets by
-the GPU's generation (the SSD kernels' ``FORMS``) are set for the target, as on that GPU.
+Triton 3.0 to 3.9 (``benchmarks/triton_versions.py`` runs it across them). What a launcher sets by the GPU's
+generation (programmatic dependent launch, the SSD kernels' ``FORMS``) is set for the target, as on that GPU
+(``target_keywords``): the launches were recorded without it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 import triton
 from triton.backends.compiler import GPUTarget
 
+from ssmkit.ops import _pdl
 from ssmkit.ops.ssd.triton_forms import kernel_forms
 
 
@@ -71,11 +73,23 @@ def stand_in(t: torch.Tensor) -> torch.Tensor:
     return base[shift : shift + 16].view(t.dtype)
 
 
+def target_keywords(fn, kw: dict, arch: int) -> dict:
+    """``kw`` with what the launchers choose by the GPU set for ``sm_<arch>``: programmatic dependent launch as
+    ``_pdl.chain_launch`` sets it (on from sm_90 where this Triton has it, else off) and the SSD kernels'
+    ``FORMS`` (``triton_forms.kernel_forms``)."""
+    names = {p.name for p in fn.params}
+    if "PDL" in names:
+        on = arch >= 90 and _pdl._HAS_PDL
+        kw = dict({k: v for k, v in kw.items() if k != "launch_pdl"}, PDL=on, **({"launch_pdl": True} if on else {}))
+    if "FORMS" in names:
+        kw = dict(kw, FORMS=kernel_forms(arch // 10))
+    return kw
+
+
 def compile_launch(fn, args: tuple, kw: dict, arch: int = 90):
     """The ``CompiledKernel`` of ``fn[grid](*args, **kw)`` for ``sm_<arch>`` (``asm["cubin"]``, ``asm["ptx"]``,
     ``metadata.shared``, ...). ``args`` / ``kw`` may hold meta tensors."""
     swap = lambda v: stand_in(v) if isinstance(v, torch.Tensor) else v  # noqa: E731
-    if "FORMS" in {p.name for p in fn.params}:  # (recorded without that GPU)
-        kw = dict(kw, FORMS=kernel_forms(arch // 10))
+    kw = target_keywords(fn, kw, arch)
     with target(arch):
         return fn.run(*[swap(a) for a in args], grid=(1,), warmup=True, **{k: swap(v) for k, v in kw.items()})

@@ -42,7 +42,6 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from _offline_compile import compile_launch  # noqa: E402
 
-from ssmkit.ops import _pdl  # noqa: E402
 from ssmkit.ops import _triton as tri  # noqa: E402
 
 SM_COUNT = 132  # (the H200's: the launch rules see a GPU of this size)
@@ -50,19 +49,10 @@ FAMILIES = ("ssd", "scan", "conv", "norm", "decode")
 
 
 def _gpu_keywords(fn, kw: dict) -> dict:
-    """A recorded launch's keywords as on the GPU: fast math on (``_for_target`` sets PDL per target)."""
+    """A recorded launch's keywords as on the GPU: fast math on (``_offline_compile.target_keywords`` sets PDL
+    and the SSD's forms per target)."""
     names = {p.name for p in fn.params}
     return dict(kw, **{name: True for name in ("FAST_MATH", "FAST") if name in names})
-
-
-def _for_target(fn, kw: dict, arch: int) -> dict:
-    """``kw`` with programmatic dependent launch as ``_pdl.chain_launch`` would set it on that target: on from
-    sm_90 where this Triton has it, else off."""
-    if "PDL" not in {p.name for p in fn.params}:
-        return kw
-    kw = {k: v for k, v in kw.items() if k != "launch_pdl"}
-    on = arch >= 90 and _pdl._HAS_PDL
-    return dict(kw, PDL=on, **({"launch_pdl": True} if on else {}))
 
 
 def record(run) -> list:
@@ -244,7 +234,7 @@ def compile_isolated(fn, args, kw, arch: int) -> dict:
         os.close(read)
         os.dup2(err.fileno(), 2)
         try:
-            k = compile_launch(fn, args, _for_target(fn, kw, arch), arch)
+            k = compile_launch(fn, args, kw, arch)
             msg = {"ok": True, "shared": int(k.metadata.shared), "cubin": len(k.asm["cubin"])}
         except BaseException as e:  # noqa: BLE001  (reported, whatever it is)
             msg = {"ok": False, "error": f"{type(e).__name__}: {_last_line(str(e))}"}

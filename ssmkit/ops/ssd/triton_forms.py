@@ -21,7 +21,8 @@ expression is written, not on what it computes:
   elsewhere they stay sums axis by axis (on the H200 the whole-tile form
   took ~1% longer, forward+backward).
 
-The launchers pass :func:`kernel_forms` of the GPU as the kernels' ``FORMS``.
+The plan (``triton_launch.make_plan``) takes :func:`kernel_forms` of the GPU as ``Plan.forms``, and the
+launchers pass it as the kernels' ``FORMS``.
 ``SSMKIT_SSD_OLD_TRITON_FORMS=1`` takes the older forms on any GPU and with
 any Triton (how they were timed and the SSD tests run with them on the H200,
 whose Triton is newer).

@@ -271,6 +271,7 @@ class Plan:
     walk_regs: int = 0  # ... of the state walks
     bwd_regs: int = 0  # ... of the fused backward
     head_loop: bool = False  # chunk-parallel backward: one program per (chunk, group) walking its heads
+    forms: int = 0  # how the kernels write three expressions for this GPU and Triton (``triton_forms``: FORMS)
 
     @property
     def tiled_walks(self) -> bool:
@@ -407,9 +408,9 @@ def make_plan(
         bwd_span = BWD_SPAN
     if head_loop is None:
         head_loop = HEAD_LOOP and x.element_size() == 4
+    forms = triton_forms.kernel_forms(device_major(x.device))
     if bwd_warps <= 0:  # (Triton 3.0-3.2 crash compiling the 16-bit backward at 8 warps: triton_forms.py)
-        old = triton_forms.kernel_forms(device_major(x.device)) == triton_forms.OLD_TRITON
-        eight = bwd_span and Q > 32 and x.element_size() == 2 and not old
+        eight = bwd_span and Q > 32 and x.element_size() == 2 and forms != triton_forms.OLD_TRITON
         bwd_warps = 8 if eight else 4
     # Measured on the H200 (bf16, whole backward): from the dC product 2.80 ms against 3.11 at Q=32
     # (4 warps); at Q=64 it is slower (3.66 against 2.96 with 8 warps, 4.28 against 3.17 with 4).
@@ -419,7 +420,7 @@ def make_plan(
                 min(bwd_span, n_chunks), min(fwd_span, n_chunks), state_n, state_p, state_warps, state_stages,
                 y_off_from_dc, block_n, fwd_warps, bwd_warps, fwd_stages, store_stages or STORE_H_STAGES,
                 HEADS_INNER if heads_inner is None else heads_inner, bwd_stages, n_seqs is not None, scan_regs,
-                walk_regs, bwd_regs, head_loop)  # fmt: skip
+                walk_regs, bwd_regs, head_loop, forms)  # fmt: skip
 
 
 # Shared memory. A kernel asking for more shared memory per program than the GPU has does not start
@@ -737,7 +738,7 @@ def ssd_fwd(
         D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None, STORE_PRE=save_pre,
         H_CHUNKS=plan.fwd_span > 0, STORE_H=store_h, HEADS_INNER=plan.fwd_span > 0 and plan.heads_inner,
         TILES_AHEAD=TILES_AHEAD and not plan.fwd_span and (not store_h or STORE_H_TILES_AHEAD), **flags,
-        FORMS=triton_forms.kernel_forms(device_major(x.device)), **blocks, **LAUNCH,
+        FORMS=plan.forms, **blocks, **LAUNCH,
     )  # fmt: skip
     return y, final, seg, seg_decay, y_pre, h_in if keep_states else x.new_empty(0)
 
@@ -835,7 +836,7 @@ def ssd_bwd(
         REDUCE_HEADS=reduce_heads, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
         WHOLE=whole_tiles(plan, L, P, N, plan.block_p_bwd, plan.block_n),
-        FORMS=triton_forms.kernel_forms(device_major(x.device)), num_warps=plan.bwd_warps,
+        FORMS=plan.forms, num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     # Heads of a group share B and C: sum the shares of their heads and P blocks (in fp32), into the given
@@ -905,7 +906,7 @@ def _bwd_heads(x, dt, A, dt_bias, B, C, D, dy, h_in, g_chunk, table, dx, ddt, dA
         o.numel(), ddt[0].numel(), dA[0].numel(),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, **base,
         BLOCK_Q=plan.block_q, BLOCK_P=plan.block_p_bwd, BLOCK_N=plan.block_n,
-        FORMS=triton_forms.kernel_forms(device_major(x.device)), num_warps=plan.bwd_warps,
+        FORMS=plan.forms, num_warps=plan.bwd_warps,
         num_stages=plan.bwd_stages, **register_cap(x, plan.bwd_regs), **LAUNCH,
     )  # fmt: skip
     if direct:
